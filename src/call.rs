@@ -1,0 +1,348 @@
+//! The life of one call, top to bottom.
+//!
+//! ```text
+//! accept ─▶ match+pre ─┬─▶ upstream ─▶ post ─▶ reply ─┬─▶ journal
+//!                      └─▶ short-circuit reply ───────┘
+//! ```
+//!
+//! [`handle`] is the whole story: it runs the named phases in order, and whatever happens —
+//! success, a gateway error, a hook failure — the journal phase runs last. Everything that
+//! extends luastrip (Lua route scripts, Powerstrip adapters, helpers) plugs in through the
+//! [`Hooks`] trait at the `pre` and `post` phases; nothing else forwards requests.
+//! Hijacked calls (attach, exec) end their HTTP life in `reply`, which leaves the daemon side of
+//! the tunnel in the connection's [`TunnelSlot`]; see [`crate::hijack`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::{Body as _, Incoming};
+use tracing::{info, warn};
+
+use crate::error::Error;
+use crate::hijack::{Hijack, PendingTunnel, TunnelSlot};
+use crate::journal::{epoch_ms, CallError, CallRecord, HookRun, Journal};
+use crate::route::NormalPath;
+use crate::upstream::Upstream;
+
+/// A request or response body: the peer's stream, passed through untouched, or bytes luastrip
+/// produced (an error, a rewritten JSON body, a Lua endpoint's answer).
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// A body made of bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Right(Full::new(bytes.into()))
+}
+
+/// The future a hook returns.
+pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// Extension points of the call life. Lua route scripts implement this; the core only calls it.
+pub trait Hooks: Send + Sync + 'static {
+    /// Match and pre phases: inspect or edit the call, or return a response to answer it without
+    /// the daemon. An error fails the call closed: nothing reaches the daemon.
+    fn pre<'a>(&'a self, call: &'a mut Call) -> HookFuture<'a, Option<Response<Body>>>;
+
+    /// Post phase: inspect or edit the daemon's response. For streaming and hijacked responses
+    /// only the head may change.
+    fn post<'a>(&'a self, call: &'a mut Call, res: &'a mut Response<Body>) -> HookFuture<'a, ()>;
+}
+
+/// Shared state of a running gateway.
+pub struct Gateway {
+    pub upstream: Upstream,
+    pub journal: Journal,
+    /// `None` is pure pass-through, with no per-call hook overhead.
+    pub hooks: Option<Arc<dyn Hooks>>,
+    next_id: AtomicU64,
+}
+
+impl Gateway {
+    /// A pass-through gateway to `upstream`.
+    pub fn new(upstream: Upstream) -> Self {
+        Gateway {
+            upstream,
+            journal: Journal::new(1024),
+            hooks: None,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Install route hooks.
+    pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+}
+
+/// One call as it moves through the phases. Hooks read and edit it.
+pub struct Call {
+    pub id: u64,
+    /// The request head; `method` is upper-cased, `uri` is what the client sent.
+    pub head: http::request::Parts,
+    /// The normalised path that routes match and that is forwarded.
+    pub path: NormalPath,
+    /// The request body; taken by the upstream phase.
+    pub body: Option<Body>,
+    pub hijack: Hijack,
+    /// Hooks that ran, for the journal.
+    pub hooks: Vec<HookRun>,
+    started: Instant,
+    upstream_us: Option<u64>,
+}
+
+impl Call {
+    /// The raw query string, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.head.uri.query()
+    }
+}
+
+/// Serve one call. Never fails: errors become Docker JSON replies.
+pub async fn handle(gw: &Gateway, req: Request<Incoming>, tunnels: &TunnelSlot) -> Response<Body> {
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    let id = gw.next_id.fetch_add(1, Ordering::Relaxed);
+    let (head, body) = req.into_parts();
+
+    let (mut call, accepted) = accept(id, head, body, started);
+    let result = match accepted {
+        Ok(()) => phases(gw, &mut call, tunnels).await,
+        Err(e) => Err(e),
+    };
+    let (res, err) = match result {
+        Ok(res) => (res, None),
+        Err(err) => (err.to_response(), Some(err)),
+    };
+    journal(gw, call, started_at, &res, err);
+    res
+}
+
+/// accept → match+pre → upstream → post → reply.
+async fn phases(
+    gw: &Gateway,
+    call: &mut Call,
+    tunnels: &TunnelSlot,
+) -> Result<Response<Body>, Error> {
+    if let Some(hooks) = &gw.hooks {
+        if let Some(answer) = hooks.pre(call).await? {
+            return Ok(answer);
+        }
+    }
+    let mut res = upstream(gw, call).await?;
+    if let Some(hooks) = &gw.hooks {
+        hooks.post(call, &mut res).await?;
+    }
+    Ok(reply(call, res, tunnels))
+}
+
+/// accept: number the call, normalise its path, classify hijacks. A call whose path cannot be
+/// normalised is still returned (with its raw path), so that it is journaled like any other.
+fn accept(
+    id: u64,
+    mut head: http::request::Parts,
+    body: Incoming,
+    started: Instant,
+) -> (Call, Result<(), Error>) {
+    // Methods are case-sensitive on the wire; a lower-case "post" must not dodge a POST route.
+    if head.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        match Method::from_bytes(head.method.as_str().to_ascii_uppercase().as_bytes()) {
+            Ok(m) => head.method = m,
+            Err(_) => unreachable!("an upper-cased valid method is valid"),
+        }
+    }
+    let (path, accepted) = match NormalPath::parse(head.uri.path()) {
+        Ok(p) => (p, Ok(())),
+        Err(e) => (
+            NormalPath {
+                version: None,
+                path: head.uri.path().to_string(),
+            },
+            Err(Error::client(StatusCode::BAD_REQUEST, e.to_string())),
+        ),
+    };
+    let hijack = Hijack::classify(&head.method, &path.path, &head.headers);
+    let call = Call {
+        id,
+        head,
+        path,
+        body: Some(Either::Left(body)),
+        hijack,
+        hooks: Vec::new(),
+        started,
+        upstream_us: None,
+    };
+    (call, accepted)
+}
+
+/// upstream: send the (possibly edited) call to the daemon, return its response head.
+async fn upstream(gw: &Gateway, call: &mut Call) -> Result<Response<Body>, Error> {
+    let mut pq = call.path.to_wire();
+    if let Some(q) = call.head.uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut req = Request::new(call.body.take().unwrap_or_else(|| full(Bytes::new())));
+    *req.method_mut() = call.head.method.clone();
+    *req.uri_mut() = pq
+        .parse()
+        .map_err(|e| Error::client(StatusCode::BAD_REQUEST, format!("bad request target: {e}")))?;
+    *req.headers_mut() = call.head.headers.clone();
+    *req.extensions_mut() = std::mem::take(&mut call.head.extensions);
+    if call.hijack == Hijack::No {
+        strip_hop_by_hop(req.headers_mut());
+    } else {
+        remove_framing(req.headers_mut());
+        call.hijack.prepare_upstream(req.headers_mut());
+    }
+    let t = Instant::now();
+    let res = gw.upstream.send(req).await?;
+    call.upstream_us = Some(t.elapsed().as_micros() as u64);
+    Ok(res.map(Either::Left))
+}
+
+/// reply: shape the daemon's response for the client; hand hijacks to the connection driver.
+fn reply(call: &Call, mut res: Response<Body>, tunnels: &TunnelSlot) -> Response<Body> {
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS && call.hijack != Hijack::No {
+        let upstream = hyper::upgrade::on(&mut res);
+        tunnels.put(PendingTunnel {
+            call_id: call.id,
+            upstream,
+        });
+        let (mut parts, _) = res.into_parts();
+        if call.hijack == Hijack::Legacy {
+            // The old client expects the daemon's non-upgrade answer: 200 + raw stream. The
+            // connection ends as HTTP here; the driver takes the socket back for the tunnel.
+            parts.status = StatusCode::OK;
+            parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+            parts.headers.remove(header::UPGRADE);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return Response::from_parts(parts, full(Bytes::new()));
+    }
+    strip_hop_by_hop(res.headers_mut());
+    res
+}
+
+/// journal: always last. One record and one log line per call.
+fn journal(
+    gw: &Gateway,
+    call: Call,
+    started_at: SystemTime,
+    res: &Response<Body>,
+    err: Option<Error>,
+) {
+    let duration_us = call.started.elapsed().as_micros() as u64;
+    let status = res.status().as_u16();
+    let streaming = !res.body().is_end_stream() && res.body().size_hint().exact().is_none();
+    match &err {
+        None => info!(
+            call = call.id,
+            method = %call.head.method,
+            path = %call.path.path,
+            status,
+            duration_us,
+            "call"
+        ),
+        Some(e) => warn!(
+            call = call.id,
+            method = %call.head.method,
+            path = %call.path.path,
+            status,
+            duration_us,
+            source = ?e.source_kind(),
+            error = %e,
+            "call failed"
+        ),
+    }
+    gw.journal.record(CallRecord {
+        id: call.id,
+        started_ms: epoch_ms(started_at),
+        method: call.head.method.to_string(),
+        path: call.path.path,
+        raw: call
+            .head
+            .uri
+            .path_and_query()
+            .map(|pq| pq.to_string())
+            .unwrap_or_default(),
+        version: call.path.version,
+        status: Some(status),
+        duration_us,
+        upstream_us: call.upstream_us,
+        hijack: call.hijack,
+        streaming,
+        hooks: call.hooks,
+        error: err.map(|e| CallError {
+            source: e.source_kind(),
+            message: e.to_string(),
+        }),
+        request_headers: call.head.headers,
+        response_headers: res.headers().clone(),
+    });
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1). hyper frames each side
+/// itself.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(header::CONNECTION).cloned() {
+        if let Ok(list) = conn.to_str() {
+            for name in list.split(',') {
+                let name = name.trim();
+                if !name.is_empty() && !name.eq_ignore_ascii_case("close") {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for h in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+    ] {
+        headers.remove(h);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    remove_framing(headers);
+}
+
+/// Body framing is hyper's job on each side; a stale Transfer-Encoding would contradict it.
+fn remove_framing(headers: &mut HeaderMap) {
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_named_ones_too() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Foo"),
+        );
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+}

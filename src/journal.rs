@@ -1,0 +1,178 @@
+//! The journal: a record of every call, for the REPL, the control socket and the logs.
+//!
+//! Each finished call becomes a [`CallRecord`]. The last `capacity` records stay in a ring buffer
+//! (`calls`, `show ID`), and every record is broadcast to live watchers (`tail`). The journal never
+//! blocks a call: a watcher that falls behind loses records rather than slowing the gateway.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::error::Source;
+use crate::hijack::Hijack;
+
+/// One hook that ran on a call (filled in by route scripts and adapters).
+#[derive(Debug, Clone, Serialize)]
+pub struct HookRun {
+    /// `pre`, `post` or `endpoint`.
+    pub phase: &'static str,
+    /// The pattern as written, e.g. `"POST /containers/create"`.
+    pub route: String,
+    /// Where it was registered: `file:line`.
+    pub location: String,
+    pub duration_us: u64,
+    pub error: Option<String>,
+}
+
+/// What went wrong on a call.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallError {
+    pub source: Source,
+    pub message: String,
+}
+
+/// Everything recorded about one call.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRecord {
+    pub id: u64,
+    /// Wall-clock start, milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// Upper-case method.
+    pub method: String,
+    /// Normalised path, no version prefix: what routes match on.
+    pub path: String,
+    /// The client's path and query exactly as sent.
+    pub raw: String,
+    pub version: Option<String>,
+    /// Status sent to the client; `None` if the client went away before a reply.
+    pub status: Option<u16>,
+    /// Accept to reply head.
+    pub duration_us: u64,
+    /// Time the daemon took to send its response head, when it was asked.
+    pub upstream_us: Option<u64>,
+    pub hijack: Hijack,
+    /// The response body streams on after the head (events, logs -f, wait, build …).
+    pub streaming: bool,
+    pub hooks: Vec<HookRun>,
+    pub error: Option<CallError>,
+    #[serde(serialize_with = "ser_headers")]
+    pub request_headers: HeaderMap,
+    #[serde(serialize_with = "ser_headers")]
+    pub response_headers: HeaderMap,
+}
+
+fn ser_headers<S: serde::Serializer>(h: &HeaderMap, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(h.len()))?;
+    for (k, v) in h {
+        seq.serialize_element(&(k.as_str(), String::from_utf8_lossy(v.as_bytes())))?;
+    }
+    seq.end()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+/// Ring buffer of recent calls plus a broadcast to watchers.
+pub struct Journal {
+    ring: Mutex<VecDeque<Arc<CallRecord>>>,
+    capacity: usize,
+    watchers: broadcast::Sender<Arc<CallRecord>>,
+}
+
+impl Journal {
+    /// A journal keeping the last `capacity` calls.
+    pub fn new(capacity: usize) -> Self {
+        let (watchers, _) = broadcast::channel(1024);
+        Journal {
+            ring: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            capacity: capacity.max(1),
+            watchers,
+        }
+    }
+
+    /// Record a finished call.
+    pub fn record(&self, rec: CallRecord) {
+        let rec = Arc::new(rec);
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            if ring.len() == self.capacity {
+                ring.pop_front();
+            }
+            ring.push_back(rec.clone());
+        }
+        // No watcher is not an error.
+        let _ = self.watchers.send(rec);
+    }
+
+    /// The most recent calls, oldest first, at most `limit`.
+    pub fn recent(&self, limit: usize) -> Vec<Arc<CallRecord>> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = ring.len().saturating_sub(limit);
+        ring.iter().skip(skip).cloned().collect()
+    }
+
+    /// One call by id, if still in the ring.
+    pub fn get(&self, id: u64) -> Option<Arc<CallRecord>> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().rev().find(|r| r.id == id).cloned()
+    }
+
+    /// Watch calls as they are recorded.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<CallRecord>> {
+        self.watchers.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u64) -> CallRecord {
+        CallRecord {
+            id,
+            started_ms: 0,
+            method: "GET".into(),
+            path: "/_ping".into(),
+            raw: "/_ping".into(),
+            version: None,
+            status: Some(200),
+            duration_us: 1,
+            upstream_us: None,
+            hijack: Hijack::No,
+            streaming: false,
+            hooks: vec![],
+            error: None,
+            request_headers: HeaderMap::new(),
+            response_headers: HeaderMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn ring_keeps_the_last_calls_and_broadcasts() {
+        let j = Journal::new(3);
+        let mut rx = j.subscribe();
+        for id in 1..=5 {
+            j.record(rec(id));
+        }
+        let ids: Vec<u64> = j.recent(10).iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![3, 4, 5]);
+        assert_eq!(
+            j.recent(2).iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        assert!(j.get(2).is_none());
+        assert_eq!(j.get(4).unwrap().id, 4);
+        assert_eq!(rx.recv().await.unwrap().id, 1);
+        let json = serde_json::to_value(&*j.get(5).unwrap()).unwrap();
+        assert_eq!(json["hijack"], "no");
+    }
+}

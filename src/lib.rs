@@ -1,0 +1,28 @@
+//! luastrip: a drop-in `docker.sock`. A gateway listens on a Unix socket in front of the Docker
+//! daemon, forwards the Docker Engine API faithfully — streams, hijacked attach/exec sessions,
+//! every path spelling — and hands each call to hooks (Lua route scripts, Powerstrip adapters).
+//!
+//! # Layout
+//!
+//! * [`serve`] — the listen socket (ready-only appearance, stale-socket handling, permissions),
+//!   one task per client connection, clean shutdown. Entry point: [`serve::run`].
+//! * [`call`] — the life of one call as named phases: accept → match+pre → upstream → post →
+//!   reply → journal. The one place that forwards; extensions plug in via [`call::Hooks`].
+//! * [`upstream`] — pooled HTTP/1 connections to the daemon's Unix socket.
+//! * [`hijack`] — `101 UPGRADED` and old-style `200` raw-stream tunnels with half-close.
+//! * [`route`] — path normalisation, `"METHOD /path"` patterns and the route table.
+//! * [`journal`] — call records in a ring buffer, broadcast to watchers.
+//! * [`error`] — the one error type, recording its source, and its Docker JSON form.
+//!
+//! The core (`call`, `upstream`, `hijack`, `route`) imports none of the extensions; they hang off
+//! its phases. The phase chart is in `docs/phases.md`.
+
+pub mod call;
+pub mod error;
+pub mod hijack;
+pub mod journal;
+pub mod route;
+pub mod serve;
+pub mod upstream;
+
+pub use error::Error;

@@ -1,0 +1,118 @@
+//! The `luastrip` command: parse flags, set up logging, call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use luastrip::serve::{self, ListenOptions};
+use luastrip::upstream::{Upstream, UpstreamAddr};
+
+#[derive(Parser)]
+#[command(
+    name = "luastrip",
+    version,
+    about = "A drop-in docker.sock scripted in Lua"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway in front of the Docker daemon.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Socket clients connect to (set DOCKER_HOST to it).
+    #[arg(
+        long,
+        env = "LUASTRIP_LISTEN",
+        default_value = "unix:///run/luastrip.sock"
+    )]
+    listen: String,
+    /// The Docker daemon socket. Defaults to DOCKER_HOST, then unix:///var/run/docker.sock.
+    #[arg(long, env = "LUASTRIP_UPSTREAM")]
+    upstream: Option<String>,
+    /// Permission bits of the listen socket, in octal.
+    #[arg(long, env = "LUASTRIP_SOCKET_MODE", default_value = "660", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Group that owns the listen socket (name or gid), e.g. docker.
+    #[arg(long, env = "LUASTRIP_SOCKET_GROUP")]
+    socket_group: Option<String>,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s:?} is not an octal mode such as 660"))?;
+    if m > 0o7777 {
+        return Err(format!("{s:?} is not a file mode"));
+    }
+    Ok(m)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LUASTRIP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => match serve_cmd(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("luastrip: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve_cmd(args: ServeArgs) -> Result<(), String> {
+    let listen = args
+        .listen
+        .strip_prefix("unix://")
+        .unwrap_or(&args.listen)
+        .to_string();
+    if !listen.starts_with('/') {
+        return Err(format!(
+            "--listen {:?}: use unix:///absolute/path.sock",
+            args.listen
+        ));
+    }
+    let upstream = args
+        .upstream
+        .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+    let upstream = UpstreamAddr::parse(&upstream).map_err(|e| format!("--upstream: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let listener = serve::bind(&ListenOptions {
+            path: PathBuf::from(&listen),
+            mode: args.socket_mode,
+            group: args.socket_group,
+        })
+        .map_err(|e| e.to_string())?;
+        serve::run(listener, Upstream::new(upstream), shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

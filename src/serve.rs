@@ -1,0 +1,250 @@
+//! The listening side: the Unix socket clients connect to, one task per client connection, and a
+//! clean shutdown.
+//!
+//! [`bind`] makes the socket appear only when it is ready: it binds under a temporary name, sets
+//! mode and group, then renames it into place, so a client never sees a socket with the wrong
+//! permissions or one nobody accepts on. A socket file left by a crashed run is replaced; one that
+//! a live process answers on is refused. [`run`] accepts connections until the shutdown future
+//! resolves, then removes the socket, lets in-flight calls finish (up to [`SHUTDOWN_GRACE`]) and
+//! returns.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::call::{self, Gateway};
+use crate::hijack::{self, TunnelSlot};
+use crate::upstream::Upstream;
+
+/// How long in-flight calls (and open streams) may run on after shutdown is asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Where and how to listen.
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    pub path: PathBuf,
+    /// Permission bits of the socket file, e.g. `0o660`.
+    pub mode: u32,
+    /// Group name or numeric gid to own the socket (e.g. `docker`); `None` keeps ours.
+    pub group: Option<String>,
+}
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "{path} is in use: a running process answers on it (stop it, or choose another --listen)"
+    )]
+    InUse { path: String },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: String },
+    #[error("no such group {0:?} for --socket-group")]
+    NoGroup(String),
+    #[error("cannot set up {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A bound, ready listen socket. Dropping it removes the socket file if it is still ours.
+pub struct Listener {
+    inner: UnixListener,
+    path: PathBuf,
+    /// Inode of our socket file, so we never remove a successor's socket.
+    ino: u64,
+}
+
+impl Listener {
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if std::fs::metadata(&self.path).map(|m| m.ino()).ok() == Some(self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Bind the listen socket (see the module docs). Must be called inside a Tokio runtime.
+pub fn bind(opts: &ListenOptions) -> Result<Listener, BindError> {
+    let path = &opts.path;
+    let shown = path.display().to_string();
+    let io_err = |source| BindError::Io {
+        path: shown.clone(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(BindError::NotASocket { path: shown })
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(BindError::InUse { path: shown }),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                info!(path = %shown, "replacing a stale socket left by an earlier run");
+            }
+            Err(e) => return Err(io_err(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let gid = match &opts.group {
+        None => None,
+        Some(g) => Some(lookup_group(g)?),
+    };
+    let tmp = temp_name(path);
+    let _ = std::fs::remove_file(&tmp);
+    let inner = UnixListener::bind(&tmp).map_err(io_err)?;
+    let ready = (|| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(opts.mode))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+        }
+        std::fs::rename(&tmp, path)?;
+        std::fs::metadata(path).map(|m| m.ino())
+    })();
+    match ready {
+        Ok(ino) => Ok(Listener {
+            inner,
+            path: path.clone(),
+            ino,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(io_err(e))
+        }
+    }
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}~", std::process::id()));
+    PathBuf::from(name)
+}
+
+fn lookup_group(group: &str) -> Result<u32, BindError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(BindError::NoGroup(group.to_string())),
+    }
+}
+
+/// Serve a pass-through gateway to `upstream` until `shutdown` resolves.
+pub async fn run(
+    listener: Listener,
+    upstream: Upstream,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    run_gateway(listener, Arc::new(Gateway::new(upstream)), shutdown).await
+}
+
+/// Serve `gateway` (pass-through or with hooks) until `shutdown` resolves.
+pub async fn run_gateway(
+    listener: Listener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    info!(listen = %listener.path().display(), upstream = %gateway.upstream.addr(), "luastrip is serving");
+    let tracker = TaskTracker::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.inner.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tracker.spawn(connection(stream, gateway.clone(), stop_rx.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    info!("shutting down: no new connections; finishing calls in flight");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "streams still open after the grace period; closing them"
+        );
+    }
+    Ok(())
+}
+
+/// One client connection: HTTP/1 calls until it closes, then possibly a hijack tunnel.
+async fn connection(stream: UnixStream, gateway: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    let tunnels = TunnelSlot::default();
+    let service = {
+        let tunnels = tunnels.clone();
+        service_fn(move |req| {
+            let gateway = gateway.clone();
+            let tunnels = tunnels.clone();
+            // Boxed: `poll_without_shutdown` needs an `Unpin` service future.
+            Box::pin(async move {
+                Ok::<_, std::convert::Infallible>(call::handle(&gateway, req, &tunnels).await)
+            })
+        })
+    };
+    let mut conn = http1::Builder::new()
+        .preserve_header_case(true)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut draining = false;
+    let done = loop {
+        tokio::select! {
+            r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    };
+    let pending = tunnels.take();
+    match (done, pending) {
+        (Ok(()), Some(pending)) => {
+            let call_id = pending.call_id;
+            let parts = conn.into_parts();
+            match hijack::tunnel(parts.io.into_inner(), parts.read_buf, pending).await {
+                Ok(s) => debug!(
+                    call = call_id,
+                    client_to_daemon = s.client_to_daemon,
+                    daemon_to_client = s.daemon_to_client,
+                    "tunnel closed"
+                ),
+                Err(e) => debug!(call = call_id, error = %e, "tunnel ended with an error"),
+            }
+        }
+        (Ok(()), None) => {
+            let mut io = conn.into_parts().io.into_inner();
+            let _ = io.shutdown().await;
+        }
+        (Err(e), _) => debug!(error = %e, "client connection ended with an error"),
+    }
+}

@@ -1,0 +1,175 @@
+//! The Docker daemon side: pooled HTTP/1 connections to the daemon's Unix socket.
+//!
+//! hyper-util's pooled client does the bookkeeping a proxy gets wrong by hand: a connection goes
+//! back to the pool only once its response body is finished, a connection the daemon closed is
+//! dropped, and a `101` response hands its connection over to [`hyper::upgrade::on`] instead of
+//! the pool. This module only adds the Unix-socket connector and maps connection failures to
+//! [`Error::DaemonUnreachable`].
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::UnixStream;
+
+use crate::call::Body;
+use crate::error::Error;
+
+/// Where the daemon listens, as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    /// The socket path.
+    pub path: PathBuf,
+}
+
+impl UpstreamAddr {
+    /// Parse `unix:///path` or a bare absolute path.
+    pub fn parse(addr: &str) -> Result<Self, String> {
+        let path = if let Some(p) = addr.strip_prefix("unix://") {
+            p
+        } else if addr.starts_with('/') {
+            addr
+        } else {
+            return Err(format!(
+                "unsupported Docker daemon address {addr:?}: luastrip talks to the daemon over a \
+                 Unix socket; use unix:///path/to/docker.sock"
+            ));
+        };
+        if !path.starts_with('/') {
+            return Err(format!("the socket path in {addr:?} must be absolute"));
+        }
+        Ok(UpstreamAddr { path: path.into() })
+    }
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unix://{}", self.path.display())
+    }
+}
+
+/// Connects to the daemon socket, whatever the request URI says.
+#[derive(Clone)]
+struct UnixConnector {
+    path: Arc<PathBuf>,
+}
+
+impl tower_service::Service<Uri> for UnixConnector {
+    type Response = TokioIo<UnixStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let path = self.path.clone();
+        Box::pin(async move { Ok(TokioIo::new(UnixStream::connect(&*path).await?)) })
+    }
+}
+
+/// A pooled client for the daemon socket. Cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<UnixConnector, Body>,
+    addr: Arc<UpstreamAddr>,
+}
+
+impl Upstream {
+    /// A client for the daemon at `addr`. Connections are opened lazily.
+    pub fn new(addr: UpstreamAddr) -> Self {
+        let connector = UnixConnector {
+            path: Arc::new(addr.path.clone()),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            // Idle pooled connections only; an open stream is never timed out.
+            .pool_idle_timeout(Duration::from_secs(60))
+            // The client's own Host header goes through untouched.
+            .set_host(false)
+            .http1_preserve_header_case(true)
+            .build(connector);
+        Upstream {
+            client,
+            addr: Arc::new(addr),
+        }
+    }
+
+    /// The daemon address, for messages.
+    pub fn addr(&self) -> &UpstreamAddr {
+        &self.addr
+    }
+
+    /// Send one request to the daemon. `req`'s URI must be origin-form (`/v1.41/...?...`).
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, Error> {
+        // The pooled client wants an absolute URI; the authority is never sent nor used.
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let mut abs = String::with_capacity(pq.len() + 13);
+        abs.push_str("http://docker");
+        abs.push_str(pq);
+        *req.uri_mut() = abs
+            .parse()
+            .map_err(|e| Error::Internal(format!("cannot build the upstream URI: {e}")))?;
+        self.client.request(req).await.map_err(|e| self.error(e))
+    }
+
+    fn error(&self, e: hyper_util::client::legacy::Error) -> Error {
+        use std::error::Error as _;
+        let mut reason = String::new();
+        let mut src = e.source();
+        while let Some(s) = src {
+            reason = s.to_string();
+            src = s.source();
+        }
+        if reason.is_empty() {
+            reason = e.to_string();
+        }
+        if e.is_connect() {
+            Error::DaemonUnreachable {
+                upstream: self.addr.to_string(),
+                reason,
+            }
+        } else {
+            Error::Daemon {
+                upstream: self.addr.to_string(),
+                reason,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            UpstreamAddr::parse("unix:///var/run/docker.sock")
+                .unwrap()
+                .path,
+            PathBuf::from("/var/run/docker.sock")
+        );
+        assert_eq!(
+            UpstreamAddr::parse("/tmp/d.sock").unwrap().to_string(),
+            "unix:///tmp/d.sock"
+        );
+        assert!(UpstreamAddr::parse("tcp://127.0.0.1:2375")
+            .unwrap_err()
+            .contains("Unix socket"));
+        assert!(UpstreamAddr::parse("unix://rel.sock").is_err());
+    }
+}
