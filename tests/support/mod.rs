@@ -1,0 +1,467 @@
+//! Test harness shared by the integration tests: a private, real dockerd, a busybox image made
+//! from `busybox-static`, and the real `luastrip` binary started in front of it.
+//!
+//! Nothing here is mocked. A missing tool or missing root is a test failure that prints the
+//! command that installs it; tests are never skipped.
+//!
+//! Each test process gets its own daemon under `/tmp/luastrip-test-<pid>/` (socket, data root,
+//! exec root, pidfile), so parallel or leftover runs never share state. The daemon is started by
+//! a thread that lives as long as the process, with `PR_SET_PDEATHSIG`, so it receives SIGTERM
+//! when the test process exits, however it exits. Directories of earlier runs whose process is
+//! gone are removed at start.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The image every test uses: busybox-static imported as a rootfs.
+pub const IMAGE: &str = "luastrip-test/busybox:latest";
+
+/// Fail (never skip) when a tool is missing, naming the install command.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is missing. Install it with: apt-get install -y {package}   \
+         (or run the README's test command, which installs everything)"
+    );
+}
+
+/// Fail unless running as root (dockerd, namespaces and ZFS need it).
+pub fn require_root() {
+    assert!(
+        nix_is_root(),
+        "these tests start a private dockerd and must run as root: sudo bash .ci/run"
+    );
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A per-process scratch directory.
+pub fn run_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        clean_old_runs();
+        let d = PathBuf::from(format!("/tmp/luastrip-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    })
+}
+
+/// A fresh directory under the run directory.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = run_dir().join(format!("{name}-{n}"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn clean_old_runs() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.strip_prefix("luastrip-test-") else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // A leftover daemon of a dead run: stop it before removing its files.
+        if let Ok(dpid) = std::fs::read_to_string(e.path().join("dockerd/pid")) {
+            if let Ok(dpid) = dpid.trim().parse::<i32>() {
+                // SAFETY: plain kill(2).
+                unsafe { libc::kill(dpid, libc::SIGTERM) };
+            }
+        }
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o ' {0}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l; rm -rf {0}",
+                e.path().display()
+            ))
+            .status();
+    }
+}
+
+/// A private dockerd.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub pid: u32,
+}
+
+impl Daemon {
+    /// The daemon shared by every test of this process, with [`IMAGE`] loaded.
+    pub fn shared() -> &'static Daemon {
+        static D: OnceLock<Daemon> = OnceLock::new();
+        D.get_or_init(|| {
+            let d = Daemon::start(&run_dir().join("dockerd"));
+            d.import_busybox();
+            d
+        })
+    }
+
+    /// Start a dockerd with everything under `dir`, and wait until it answers.
+    pub fn start(dir: &Path) -> Daemon {
+        require_root();
+        require_tool("dockerd", "docker.io");
+        require_tool("docker", "docker.io");
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("docker.sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("--host")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("pid"))
+            // `--bridge=none` on every test daemon: another value would delete the machine's
+            // docker0 (DESIGN §6).
+            .arg("--bridge=none")
+            .arg("--iptables=false")
+            .arg("--ip-masq=false")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("dockerd.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("dockerd.err")).unwrap());
+        let pid = spawn_bound_to_process(cmd);
+        let d = Daemon {
+            dir: dir.to_path_buf(),
+            socket,
+            pid,
+        };
+        d.wait_ready(Duration::from_secs(60));
+        d
+    }
+
+    /// `unix://` address of the daemon socket.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Wait until `GET /_ping` answers OK.
+    pub fn wait_ready(&self, limit: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if let Ok(r) = raw_request(&self.socket, "GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
+            {
+                if r.starts_with(b"HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.join("dockerd.err")).unwrap_or_default();
+        panic!(
+            "dockerd at {} did not become ready within {limit:?}; its log ends:\n{}",
+            self.socket.display(),
+            tail(&log, 30)
+        );
+    }
+
+    /// A docker CLI talking to the daemon directly.
+    pub fn docker(&self) -> Command {
+        docker_cli(&self.host())
+    }
+
+    fn import_busybox(&self) {
+        require_tool("busybox", "busybox-static");
+        let busybox = which("busybox");
+        let out = Command::new(&busybox).arg("--list").output().unwrap();
+        assert!(out.status.success(), "busybox --list failed");
+        let root = self.dir.join("rootfs");
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy(&busybox, bin.join("busybox")).unwrap();
+        for applet in String::from_utf8_lossy(&out.stdout).lines() {
+            // The list names busybox itself; linking it would overwrite the binary.
+            if applet.is_empty() || applet == "busybox" {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+        for d in ["tmp", "etc", "root", "proc", "sys", "dev"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        let tar = self.dir.join("rootfs.tar");
+        run_ok(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&root)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."),
+        );
+        run_ok(
+            self.docker()
+                .args(["import", "-c", "ENV PATH=/bin", "-c", "CMD [\"sh\"]"])
+                .arg(&tar)
+                .arg(IMAGE),
+        );
+    }
+
+    /// Stop the daemon with SIGTERM and wait for it to exit.
+    pub fn stop(&self) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while Path::new(&format!("/proc/{}", self.pid)).exists()
+            && t.elapsed() < Duration::from_secs(30)
+        {
+            // Reap if it is our child; harmless otherwise.
+            let mut status = 0;
+            // SAFETY: waitpid on a pid we started.
+            unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) };
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Spawn `cmd` so that it gets SIGTERM when this test process exits. PR_SET_PDEATHSIG fires when
+/// the spawning *thread* exits, so the spawn happens on a thread that never ends.
+fn spawn_bound_to_process(mut cmd: Command) -> u32 {
+    use std::sync::mpsc;
+    static SPAWNER: OnceLock<mpsc::Sender<(Command, mpsc::Sender<u32>)>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<u32>)>();
+        std::thread::spawn(move || {
+            let mut children: Vec<Child> = Vec::new();
+            for (mut cmd, reply) in rx {
+                // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                        Ok(())
+                    });
+                }
+                let child = cmd.spawn().expect("spawn a background process");
+                let _ = reply.send(child.id());
+                children.push(child);
+            }
+            // Keep this thread (the children's parent thread) alive for the whole process.
+            loop {
+                std::thread::park();
+            }
+        });
+        tx
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    // Commands are not Sync; move it across.
+    tx.send((std::mem::replace(&mut cmd, Command::new("true")), reply_tx))
+        .unwrap();
+    reply_rx.recv().expect("background spawner died")
+}
+
+/// A docker CLI for `host`, with its own empty config directory.
+pub fn docker_cli(host: &str) -> Command {
+    let cfg = run_dir().join("docker-config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    let mut c = Command::new("docker");
+    c.env("DOCKER_HOST", host)
+        .env("DOCKER_CONFIG", cfg)
+        .env_remove("DOCKER_CONTEXT")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env("DOCKER_BUILDKIT", "0")
+        .env("DOCKER_CLI_HINTS", "false");
+    c
+}
+
+/// The luastrip binary running in front of a daemon.
+pub struct Gateway {
+    pub socket: PathBuf,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Start `luastrip serve` in front of `upstream` (a socket path) with extra arguments.
+    pub fn start_with(upstream: &Path, extra: &[&str]) -> Gateway {
+        let dir = temp_dir("gateway");
+        let socket = dir.join("luastrip.sock");
+        let log = dir.join("luastrip.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_luastrip"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--upstream")
+            .arg(format!("unix://{}", upstream.display()))
+            .args(extra)
+            .env("LUASTRIP_LOG", "info,luastrip=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start luastrip");
+        let g = Gateway { socket, child, log };
+        g.wait_ready();
+        g
+    }
+
+    /// Start `luastrip serve` in front of the shared daemon.
+    pub fn start() -> Gateway {
+        Gateway::start_with(&Daemon::shared().socket, &[])
+    }
+
+    fn wait_ready(&self) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if self.socket.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "luastrip did not create its socket; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// A docker CLI talking through the gateway.
+    pub fn docker(&self) -> Command {
+        docker_cli(&self.host())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send SIGTERM and wait for exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                panic!("luastrip did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a command, assert success, return stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run a command with no stdin and capture its output.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// Run a command feeding `input` on stdin; return its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+/// Send raw bytes to a Unix socket and read until the peer closes (or 10 s pass).
+pub fn raw_request(socket: &Path, request: &str) -> std::io::Result<Vec<u8>> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request.as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                // One response to a request without a body is enough for a ping.
+                if request.starts_with("GET /_ping") && buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(e) if buf.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(buf)
+}
+
+/// Random bytes (from /dev/urandom).
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut v)
+        .unwrap();
+    v
+}
+
+/// Hex SHA-256 of a file, by `sha256sum`.
+pub fn sha256_file(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path));
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+fn which(tool: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{tool} not on PATH"))
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
