@@ -187,6 +187,13 @@ impl Daemon {
     fn import_busybox(&self) {
         require_tool("busybox", "busybox-static");
         let busybox = which("busybox");
+        let bin = std::fs::read(&busybox).unwrap();
+        assert!(
+            !bin.windows(10).any(|w| w == b"ld-linux-x"),
+            "{} is dynamically linked and cannot run in an empty image. \
+             Install the static one with: apt-get install -y busybox-static",
+            busybox.display()
+        );
         let out = Command::new(&busybox).arg("--list").output().unwrap();
         assert!(out.status.success(), "busybox --list failed");
         let root = self.dir.join("rootfs");

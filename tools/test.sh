@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The one test command: installs what a fresh Debian machine lacks (as root, with apt), then runs
+# every check CI runs: formatting, clippy, unit tests and the integration tests against a real,
+# private dockerd. Usage: sudo bash tools/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "tools/test.sh: the integration tests start a private dockerd and need root: sudo bash tools/test.sh" >&2
+    exit 1
+fi
+
+# package:command pairs; a package is installed when its command is missing.
+need=()
+for pair in docker.io:dockerd docker.io:docker busybox-static:busybox bsdutils:script \
+            iproute2:ip tar:tar coreutils:sha256sum; do
+    pkg=${pair%%:*} cmd=${pair##*:}
+    command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+# A dynamically linked busybox cannot run inside an empty image.
+if ! dpkg -s busybox-static >/dev/null 2>&1; then need+=(busybox-static); fi
+if [ ${#need[@]} -gt 0 ]; then
+    mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+    echo "tools/test.sh: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test
