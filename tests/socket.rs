@@ -13,6 +13,16 @@ fn nowhere() -> std::path::PathBuf {
     support::temp_dir("nowhere").join("docker.sock")
 }
 
+/// `luastrip serve` listening on `listen`, in front of a daemon that is not there.
+fn serve(listen: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_luastrip"));
+    c.args(["serve", "--listen"])
+        .arg(format!("unix://{}", listen.display()))
+        .arg("--upstream")
+        .arg(format!("unix://{}", nowhere().display()));
+    c
+}
+
 #[test]
 fn socket_mode_and_group_are_set_before_it_appears() {
     let gw = Gateway::start_with(
@@ -46,14 +56,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     // A stale socket: bound, then its listener dropped (as after a crash).
     drop(UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let mut first = Command::new(env!("CARGO_BIN_EXE_luastrip"))
-        .args(["serve", "--listen"])
-        .arg(format!("unix://{}", path.display()))
-        .arg("--upstream")
-        .arg(format!("unix://{}", nowhere().display()))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = serve(&path).stderr(Stdio::null()).spawn().unwrap();
     // It answers once it took over the path.
     let t = std::time::Instant::now();
     while support::raw_request(&path, "GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n").is_err() {
@@ -64,13 +67,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     // A second gateway on the same, live path is refused with a clear message.
-    let out = Command::new(env!("CARGO_BIN_EXE_luastrip"))
-        .args(["serve", "--listen"])
-        .arg(format!("unix://{}", path.display()))
-        .arg("--upstream")
-        .arg(format!("unix://{}", nowhere().display()))
-        .output()
-        .unwrap();
+    let out = serve(&path).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -93,13 +90,7 @@ fn a_regular_file_is_never_replaced() {
     let dir = support::temp_dir("file");
     let path = dir.join("not-a-socket");
     std::fs::write(&path, b"precious").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_luastrip"))
-        .args(["serve", "--listen"])
-        .arg(format!("unix://{}", path.display()))
-        .arg("--upstream")
-        .arg(format!("unix://{}", nowhere().display()))
-        .output()
-        .unwrap();
+    let out = serve(&path).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exists and is not a socket"));
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");

@@ -109,14 +109,27 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// The daemon shared by every test of this process, with [`IMAGE`] loaded.
+    /// The daemon shared by every test of this process, with [`IMAGE`] loaded. If setting it up
+    /// fails, every test that needs it fails at once with the same message (no retries).
     pub fn shared() -> &'static Daemon {
-        static D: OnceLock<Daemon> = OnceLock::new();
-        D.get_or_init(|| {
-            let d = Daemon::start(&run_dir().join("dockerd"));
-            d.import_busybox();
-            d
-        })
+        static D: OnceLock<Result<Daemon, String>> = OnceLock::new();
+        let d = D.get_or_init(|| {
+            std::panic::catch_unwind(|| {
+                let d = Daemon::start(&run_dir().join("dockerd"));
+                d.import_busybox();
+                d
+            })
+            .map_err(|e| {
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into())
+            })
+        });
+        match d {
+            Ok(d) => d,
+            Err(msg) => panic!("the shared test daemon could not be set up: {msg}"),
+        }
     }
 
     /// Start a dockerd with everything under `dir`, and wait until it answers.
@@ -187,9 +200,8 @@ impl Daemon {
     fn import_busybox(&self) {
         require_tool("busybox", "busybox-static");
         let busybox = which("busybox");
-        let bin = std::fs::read(&busybox).unwrap();
         assert!(
-            !bin.windows(10).any(|w| w == b"ld-linux-x"),
+            !elf_has_interpreter(&std::fs::read(&busybox).unwrap()),
             "{} is dynamically linked and cannot run in an empty image. \
              Install the static one with: apt-get install -y busybox-static",
             busybox.display()
@@ -466,6 +478,20 @@ fn which(tool: &str) -> PathBuf {
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{tool} not on PATH"))
+}
+
+/// Whether an ELF executable names a program interpreter (PT_INTERP), i.e. is dynamically linked.
+fn elf_has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 {
+        return true; // not a 64-bit ELF: certainly not the static busybox we need
+    }
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| {
+        let o = phoff + i * size;
+        o + 4 <= elf.len() && u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) == 3
+    })
 }
 
 fn tail(s: &str, n: usize) -> String {

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# luastrip benchmark: every contender measured side by side in ONE run, on this machine.
+#
+#   bash bench/run.sh            # needs root (starts a private dockerd), oha, nginx, haproxy
+#
+# Contenders, all over Unix sockets, against the same static upstream (nginx `return 200`):
+#   direct    – oha straight to the static upstream
+#   luastrip  – luastrip serve (release build) in front of it
+#   nginx     – nginx proxy_pass with upstream keepalive
+#   haproxy   – HAProxy mode http with connection reuse
+# then GET /_ping on a private dockerd, direct and through luastrip, and luastrip's RSS with 1000
+# idle client connections. Rounds are interleaved (A B C D, A B C D, …) so that drift on a noisy
+# machine hits every contender alike; the median round is reported, with ratios to luastrip.
+#
+# Environment: DURATION (s per round, default 5), ROUNDS (default 3), CONC (connections, default 50).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
+CONC=${CONC:-50}
+
+die() { echo "bench: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "run as root (it starts a private dockerd)"
+command -v oha >/dev/null || die "oha is missing: cargo install oha --locked"
+command -v nginx >/dev/null || die "nginx is missing: apt-get install -y nginx-light"
+command -v haproxy >/dev/null || die "haproxy is missing: apt-get install -y haproxy"
+command -v dockerd >/dev/null || die "dockerd is missing: apt-get install -y docker.io"
+
+cargo build --release --quiet
+BIN=$PWD/target/release/luastrip
+D=$(mktemp -d /tmp/luastrip-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$D/nginx-static.pid" ] && kill "$(cat "$D/nginx-static.pid")" 2>/dev/null || true
+    [ -f "$D/nginx-proxy.pid" ] && kill "$(cat "$D/nginx-proxy.pid")" 2>/dev/null || true
+    [ -f "$D/dockerd/pid" ] && kill "$(cat "$D/dockerd/pid")" 2>/dev/null || true
+    sleep 1
+    rm -rf "$D" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; die "no socket $1"; }
+
+# --- the static upstream ------------------------------------------------------------------
+cat > "$D/nginx-static.conf" <<NGX
+worker_processes 1;
+pid $D/nginx-static.pid;
+error_log $D/nginx-static.err warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen unix:$D/static.sock;
+        location / { default_type application/json; return 200 '{"ok":true}'; }
+    }
+}
+NGX
+nginx -c "$D/nginx-static.conf" -g 'daemon on;'
+wait_sock "$D/static.sock"
+
+# --- contenders ---------------------------------------------------------------------------
+LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip.sock" --upstream "unix://$D/static.sock" \
+    2> "$D/luastrip.err" & PIDS+=($!)
+LUASTRIP_PID=$!
+wait_sock "$D/luastrip.sock"
+
+cat > "$D/nginx-proxy.conf" <<NGX
+worker_processes 1;
+pid $D/nginx-proxy.pid;
+error_log $D/nginx-proxy.err warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream static { server unix:$D/static.sock; keepalive 128; }
+    server {
+        listen unix:$D/nginx-proxy.sock;
+        location / {
+            proxy_pass http://static;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+NGX
+nginx -c "$D/nginx-proxy.conf" -g 'daemon on;'
+wait_sock "$D/nginx-proxy.sock"
+
+cat > "$D/haproxy.cfg" <<HAP
+global
+    nbthread 1
+    maxconn 10000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend fe
+    bind unix@$D/haproxy.sock
+    default_backend be
+backend be
+    server s1 unix@$D/static.sock
+HAP
+haproxy -f "$D/haproxy.cfg" -D -p "$D/haproxy.pid"
+PIDS+=($(cat "$D/haproxy.pid"))
+wait_sock "$D/haproxy.sock"
+
+# --- a private dockerd for /_ping -----------------------------------------------------------
+mkdir -p "$D/dockerd"
+dockerd --host "unix://$D/dockerd/docker.sock" --data-root "$D/dockerd/data" --exec-root "$D/dockerd/exec" \
+    --pidfile "$D/dockerd/pid" --bridge=none --iptables=false > "$D/dockerd/log" 2>&1 & PIDS+=($!)
+for _ in $(seq 300); do
+    curl -sf --unix-socket "$D/dockerd/docker.sock" http://d/_ping >/dev/null 2>&1 && break; sleep 0.1
+done
+LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip-docker.sock" --upstream "unix://$D/dockerd/docker.sock" \
+    2> "$D/luastrip-docker.err" & PIDS+=($!)
+wait_sock "$D/luastrip-docker.sock"
+
+# --- measuring ------------------------------------------------------------------------------
+# one_run NAME SOCKET PATH -> appends "NAME rps p50_ms p99_ms" to $D/results
+one_run() {
+    oha --no-tui --output-format json -z "${DURATION}s" -c "$CONC" --unix-socket "$2" "http://localhost$3" \
+        > "$D/oha.json" 2>/dev/null
+    python3 - "$1" "$D/oha.json" >> "$D/results" <<'PY'
+import json, sys
+name, path = sys.argv[1], sys.argv[2]
+j = json.load(open(path))
+s, p = j["summary"], j["latencyPercentiles"]
+ok = j.get("statusCodeDistribution", {})
+bad = sum(v for k, v in ok.items() if not k.startswith("2"))
+print(name, round(s["requestsPerSec"]), round(p["p50"] * 1000, 3), round(p["p99"] * 1000, 3), bad)
+PY
+}
+
+: > "$D/results"
+for r in $(seq "$ROUNDS"); do
+    echo "round $r/$ROUNDS" >&2
+    one_run direct   "$D/static.sock"           /
+    one_run luastrip "$D/luastrip.sock"         /
+    one_run nginx    "$D/nginx-proxy.sock"      /
+    one_run haproxy  "$D/haproxy.sock"          /
+    one_run docker-direct   "$D/dockerd/docker.sock"     /_ping
+    one_run docker-luastrip "$D/luastrip-docker.sock"    /_ping
+done
+
+# RSS of the pass-through gateway with 1000 idle keep-alive connections.
+RSS=$(python3 - "$D/luastrip.sock" "$LUASTRIP_PID" <<'PY'
+import socket, sys, time
+path, pid = sys.argv[1], sys.argv[2]
+conns = []
+for _ in range(1000):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conns.append(s)
+for s in conns:
+    s.recv(4096)
+time.sleep(1)
+rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
+print(int(rss) // 1024)
+PY
+)
+
+python3 - "$D/results" "$RSS" "$DURATION" "$ROUNDS" "$CONC" <<'PY'
+import sys, statistics
+rows = {}
+for line in open(sys.argv[1]):
+    name, rps, p50, p99, bad = line.split()
+    rows.setdefault(name, []).append((int(rps), float(p50), float(p99), int(bad)))
+rss, dur, rounds, conc = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+def med(name):
+    runs = sorted(rows[name])
+    return runs[len(runs) // 2]
+print(f"{rounds} interleaved rounds of {dur}s, {conc} connections, oha over Unix sockets; median round shown\n")
+print("| contender | req/s | p50 ms | p99 ms | non-2xx |")
+print("|---|---:|---:|---:|---:|")
+for name in ["direct", "luastrip", "nginx", "haproxy", "docker-direct", "docker-luastrip"]:
+    rps, p50, p99, bad = med(name)
+    print(f"| {name} | {rps} | {p50} | {p99} | {bad} |")
+l = med("luastrip"); n = med("nginx"); h = med("haproxy"); d = med("direct")
+dd = med("docker-direct"); dl = med("docker-luastrip")
+print()
+print(f"- luastrip / nginx proxy rps: {l[0]/n[0]:.2f}  (target >= 1.2); p99 {l[2]} vs {n[2]} ms")
+print(f"- luastrip / HAProxy rps: {l[0]/h[0]:.2f}  (target >= 1.2); p99 {l[2]} vs {h[2]} ms")
+print(f"- luastrip / direct static rps: {l[0]/d[0]:.2f}")
+print(f"- dockerd GET /_ping through luastrip / direct: {dl[0]/dd[0]:.2f}  (target >= 0.8)")
+print(f"- luastrip RSS with 1000 idle connections: {rss} MB  (target <= 30)")
+PY
