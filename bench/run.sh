@@ -45,6 +45,7 @@ wait_sock() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done;
 # --- the static upstream ------------------------------------------------------------------
 cat > "$D/nginx-static.conf" <<NGX
 worker_processes 1;
+user root;
 pid $D/nginx-static.pid;
 error_log $D/nginx-static.err warn;
 events { worker_connections 4096; }
@@ -68,6 +69,7 @@ wait_sock "$D/luastrip.sock"
 
 cat > "$D/nginx-proxy.conf" <<NGX
 worker_processes 1;
+user root;
 pid $D/nginx-proxy.pid;
 error_log $D/nginx-proxy.err warn;
 events { worker_connections 4096; }
@@ -92,7 +94,7 @@ wait_sock "$D/nginx-proxy.sock"
 cat > "$D/haproxy.cfg" <<HAP
 global
     nbthread 1
-    maxconn 10000
+    maxconn 4096
 defaults
     mode http
     timeout connect 5s
@@ -147,31 +149,44 @@ for r in $(seq "$ROUNDS"); do
     one_run docker-luastrip "$D/luastrip-docker.sock"    /_ping
 done
 
-# RSS of the pass-through gateway with 1000 idle keep-alive connections.
-RSS=$(python3 - "$D/luastrip.sock" "$LUASTRIP_PID" <<'PY'
+# RSS of a fresh pass-through gateway with 1000 idle keep-alive connections, each of which made
+# one request (one after another), then after a burst of 1000 concurrent requests on them.
+LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip-rss.sock" --upstream "unix://$D/static.sock" \
+    2> "$D/luastrip-rss.err" & PIDS+=($!)
+RSS_PID=$!
+wait_sock "$D/luastrip-rss.sock"
+RSS=$(python3 - "$D/luastrip-rss.sock" "$RSS_PID" <<'PY'
 import socket, sys, time
 path, pid = sys.argv[1], sys.argv[2]
+def rss_mb():
+    kb = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
+    return round(int(kb) / 1024, 1)
+req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 conns = []
 for _ in range(1000):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
-    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.sendall(req)
+    s.recv(4096)
     conns.append(s)
+time.sleep(1)
+idle = rss_mb()
+for s in conns:
+    s.sendall(req)
 for s in conns:
     s.recv(4096)
 time.sleep(1)
-rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
-print(int(rss) // 1024)
+print(idle, rss_mb())
 PY
 )
 
 python3 - "$D/results" "$RSS" "$DURATION" "$ROUNDS" "$CONC" <<'PY'
-import sys, statistics
+import sys
 rows = {}
 for line in open(sys.argv[1]):
     name, rps, p50, p99, bad = line.split()
     rows.setdefault(name, []).append((int(rps), float(p50), float(p99), int(bad)))
-rss, dur, rounds, conc = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+(rss_idle, rss_burst), dur, rounds, conc = sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5]
 def med(name):
     runs = sorted(rows[name])
     return runs[len(runs) // 2]
@@ -188,5 +203,6 @@ print(f"- luastrip / nginx proxy rps: {l[0]/n[0]:.2f}  (target >= 1.2); p99 {l[2
 print(f"- luastrip / HAProxy rps: {l[0]/h[0]:.2f}  (target >= 1.2); p99 {l[2]} vs {h[2]} ms")
 print(f"- luastrip / direct static rps: {l[0]/d[0]:.2f}")
 print(f"- dockerd GET /_ping through luastrip / direct: {dl[0]/dd[0]:.2f}  (target >= 0.8)")
-print(f"- luastrip RSS with 1000 idle connections: {rss} MB  (target <= 30)")
+print(f"- luastrip RSS with 1000 idle connections: {rss_idle} MB  (target <= 30); "
+      f"after a burst of 1000 concurrent requests on them: {rss_burst} MB")
 PY

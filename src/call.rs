@@ -80,6 +80,22 @@ impl Gateway {
     }
 }
 
+/// What one worker thread owns besides the shared [`Gateway`]: its own upstream connection pool,
+/// so that no call waits on another thread (the threading model is in [`crate::serve`]).
+pub struct Worker {
+    pub gateway: Arc<Gateway>,
+    /// This thread's pool of daemon connections.
+    pub upstream: Upstream,
+}
+
+impl Worker {
+    /// Must be created on the thread that will use it.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        let upstream = gateway.upstream.fork();
+        Worker { gateway, upstream }
+    }
+}
+
 /// One call as it moves through the phases. Hooks read and edit it.
 pub struct Call {
     pub id: u64,
@@ -104,7 +120,12 @@ impl Call {
 }
 
 /// Serve one call. Never fails: errors become Docker JSON replies.
-pub async fn handle(gw: &Gateway, req: Request<Incoming>, tunnels: &TunnelSlot) -> Response<Body> {
+pub async fn handle(
+    worker: &Worker,
+    req: Request<Incoming>,
+    tunnels: &TunnelSlot,
+) -> Response<Body> {
+    let gw = &*worker.gateway;
     let started = Instant::now();
     let started_at = SystemTime::now();
     let id = gw.next_id.fetch_add(1, Ordering::Relaxed);
@@ -112,7 +133,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, tunnels: &TunnelSlot) 
 
     let (mut call, accepted) = accept(id, head, body, started);
     let result = match accepted {
-        Ok(()) => phases(gw, &mut call, tunnels).await,
+        Ok(()) => phases(worker, &mut call, tunnels).await,
         Err(e) => Err(e),
     };
     let (res, err) = match result {
@@ -125,16 +146,17 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, tunnels: &TunnelSlot) 
 
 /// accept → match+pre → upstream → post → reply.
 async fn phases(
-    gw: &Gateway,
+    worker: &Worker,
     call: &mut Call,
     tunnels: &TunnelSlot,
 ) -> Result<Response<Body>, Error> {
+    let gw = &*worker.gateway;
     if let Some(hooks) = &gw.hooks {
         if let Some(answer) = hooks.pre(call).await? {
             return Ok(answer);
         }
     }
-    let mut res = upstream(gw, call).await?;
+    let mut res = upstream(&worker.upstream, call).await?;
     if let Some(hooks) = &gw.hooks {
         hooks.post(call, &mut res).await?;
     }
@@ -181,7 +203,7 @@ fn accept(
 }
 
 /// upstream: send the (possibly edited) call to the daemon, return its response head.
-async fn upstream(gw: &Gateway, call: &mut Call) -> Result<Response<Body>, Error> {
+async fn upstream(upstream: &Upstream, call: &mut Call) -> Result<Response<Body>, Error> {
     let mut pq = call.path.to_wire();
     if let Some(q) = call.head.uri.query() {
         pq.push('?');
@@ -201,7 +223,7 @@ async fn upstream(gw: &Gateway, call: &mut Call) -> Result<Response<Body>, Error
         call.hijack.prepare_upstream(req.headers_mut());
     }
     let t = Instant::now();
-    let res = gw.upstream.send(req).await?;
+    let res = upstream.send(req).await?;
     call.upstream_us = Some(t.elapsed().as_micros() as u64);
     Ok(res.map(Either::Left))
 }

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use luastrip::call::Gateway;
 use luastrip::serve::{self, ListenOptions};
 use luastrip::upstream::{Upstream, UpstreamAddr};
 
@@ -42,6 +45,9 @@ struct ServeArgs {
     /// Group that owns the listen socket (name or gid), e.g. docker.
     #[arg(long, env = "LUASTRIP_SOCKET_GROUP")]
     socket_group: Option<String>,
+    /// Worker threads (each a single-threaded runtime); 0 means one per core.
+    #[arg(long, env = "LUASTRIP_THREADS", default_value_t = 0)]
+    threads: usize,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -90,7 +96,12 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
     let upstream = UpstreamAddr::parse(&upstream).map_err(|e| format!("--upstream: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // This runtime is worker 0; serve starts the others (see the serve module's docs).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
@@ -101,7 +112,8 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             group: args.socket_group,
         })
         .map_err(|e| e.to_string())?;
-        serve::run(listener, Upstream::new(upstream), shutdown_signal())
+        let gateway = Arc::new(Gateway::new(Upstream::new(upstream)));
+        serve::run_gateway(listener, gateway, threads, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })

@@ -190,3 +190,38 @@ fn env_twins_configure_serve() {
 fn nowhere_marker() -> String {
     "cannot reach the Docker daemon at unix:///tmp/luastrip-test-".to_string()
 }
+
+#[test]
+fn upstream_defaults_to_docker_host() {
+    let dir = support::temp_dir("docker-host");
+    let path = dir.join("gw.sock");
+    let daemon = dir.join("from-docker-host.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_luastrip"))
+        .args(["serve", "--listen"])
+        .arg(format!("unix://{}", path.display()))
+        .env_remove("LUASTRIP_UPSTREAM")
+        .env("DOCKER_HOST", format!("unix://{}", daemon.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !path.exists() {
+        assert!(t.elapsed().as_secs() < 20);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let resp = support::raw_request(
+        &path,
+        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&resp);
+    assert!(
+        text.contains(&format!(
+            "cannot reach the Docker daemon at unix://{}",
+            daemon.display()
+        )),
+        "{text}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
