@@ -106,6 +106,8 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
+        // Handlers first: once the socket exists, SIGTERM must mean a clean shutdown.
+        let shutdown = shutdown_signal().map_err(|e| format!("cannot handle signals: {e}"))?;
         let listener = serve::bind(&ListenOptions {
             path: PathBuf::from(&listen),
             mode: args.socket_mode,
@@ -113,18 +115,21 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
         let gateway = Arc::new(Gateway::new(Upstream::new(upstream)));
-        serve::run_gateway(listener, gateway, threads, shutdown_signal())
+        serve::run_gateway(listener, gateway, threads, shutdown)
             .await
             .map_err(|e| e.to_string())
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs SIGINT and SIGTERM handlers now; the future resolves on either signal.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

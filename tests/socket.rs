@@ -114,42 +114,22 @@ fn sigterm_and_sigint_remove_the_socket_and_exit_cleanly() {
 
 #[test]
 fn bad_flags_are_clear_errors() {
-    let out = Command::new(env!("CARGO_BIN_EXE_luastrip"))
-        .args([
-            "serve",
-            "--listen",
-            "unix:///tmp/x.sock",
-            "--upstream",
-            "tcp://127.0.0.1:2375",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Unix socket"));
-    let out = Command::new(env!("CARGO_BIN_EXE_luastrip"))
-        .args([
-            "serve",
-            "--listen",
-            "unix:///tmp/x.sock",
-            "--socket-mode",
-            "999",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("octal"));
-    let out = Command::new(env!("CARGO_BIN_EXE_luastrip"))
-        .args([
-            "serve",
-            "--listen",
-            "unix:///tmp/x.sock",
-            "--socket-group",
-            "no-such-group-here",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no such group"));
+    for (flag, value, says) in [
+        ("--upstream", "tcp://127.0.0.1:2375", "Unix socket"),
+        ("--socket-mode", "999", "octal"),
+        ("--socket-group", "no-such-group-here", "no such group"),
+        ("--listen", "relative.sock", "absolute"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_luastrip"));
+        cmd.arg("serve");
+        if flag != "--listen" {
+            cmd.args(["--listen", "unix:///tmp/x.sock"]);
+        }
+        let out = cmd.args([flag, value]).output().unwrap();
+        assert!(!out.status.success(), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
 }
 
 #[test]
