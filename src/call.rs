@@ -108,6 +108,9 @@ pub struct Call {
     pub hijack: Hijack,
     /// Hooks that ran, for the journal.
     pub hooks: Vec<HookRun>,
+    /// State a [`Hooks`] implementation carries from its pre to its post phase (the Lua `req`
+    /// table, so that `req.ctx` reaches post hooks).
+    pub hook_state: Option<Box<dyn std::any::Any + Send + Sync>>,
     started: Instant,
     upstream_us: Option<u64>,
 }
@@ -196,6 +199,7 @@ fn accept(
         body: Some(Either::Left(body)),
         hijack,
         hooks: Vec::new(),
+        hook_state: None,
         started,
         upstream_us: None,
     };

@@ -12,6 +12,8 @@
 //! * [`hijack`] — `101 UPGRADED` and old-style `200` raw-stream tunnels with half-close.
 //! * [`route`] — path normalisation, `"METHOD /path"` patterns and the route table.
 //! * [`journal`] — call records in a ring buffer, broadcast to watchers.
+//! * [`lua`] — the route-script engine: per-thread VMs, limits, reload; one file per Lua
+//!   namespace (`route`, `json`, `log`). It implements [`call::Hooks`].
 //! * [`error`] — the one error type, recording its source, and its Docker JSON form.
 //!
 //! The core (`call`, `upstream`, `hijack`, `route`) imports none of the extensions; they hang off
@@ -21,6 +23,7 @@ pub mod call;
 pub mod error;
 pub mod hijack;
 pub mod journal;
+pub mod lua;
 pub mod route;
 pub mod serve;
 pub mod upstream;

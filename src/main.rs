@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
 use luastrip::call::Gateway;
+use luastrip::lua::{Engine, Limits};
 use luastrip::serve::{self, ListenOptions};
 use luastrip::upstream::{Upstream, UpstreamAddr};
 
@@ -25,6 +26,11 @@ struct Cli {
 enum Command {
     /// Serve the gateway in front of the Docker daemon.
     Serve(ServeArgs),
+    /// Load route scripts and report errors without serving.
+    Check {
+        /// A script file, or a directory of *.lua files.
+        path: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -48,6 +54,34 @@ struct ServeArgs {
     /// Worker threads (each a single-threaded runtime); 0 means one per core.
     #[arg(long, env = "LUASTRIP_THREADS", default_value_t = 0)]
     threads: usize,
+    /// Lua route scripts: a file, or a directory of *.lua files loaded in name order.
+    #[arg(long, env = "LUASTRIP_SCRIPTS")]
+    scripts: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Wall-clock budget of one hook call, in milliseconds.
+    #[arg(long, env = "LUASTRIP_HOOK_TIMEOUT_MS", default_value_t = 100)]
+    hook_timeout_ms: u64,
+    /// Memory cap of each Lua VM, in MiB.
+    #[arg(long, env = "LUASTRIP_VM_MEMORY_MB", default_value_t = 64)]
+    vm_memory_mb: usize,
+    /// Largest request or response body a hook may read, in MiB (larger: 413).
+    #[arg(long, env = "LUASTRIP_BODY_LIMIT_MB", default_value_t = 16)]
+    body_limit_mb: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            hook_time: std::time::Duration::from_millis(self.hook_timeout_ms),
+            vm_memory: self.vm_memory_mb << 20,
+            body: self.body_limit_mb << 20,
+        }
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -76,6 +110,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Check { path } => {
+            match Engine::load(&path, Limits::default()).and_then(|engine| engine.routes()) {
+                Ok(routes) => {
+                    println!("{}: ok, {} routes", path.display(), routes.len());
+                    for (phase, pattern, location) in routes {
+                        println!("  {phase:8} {pattern:40} {location}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
@@ -114,11 +163,32 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             group: args.socket_group,
         })
         .map_err(|e| e.to_string())?;
-        let gateway = Arc::new(Gateway::new(Upstream::new(upstream)));
+        let mut gateway = Gateway::new(Upstream::new(upstream));
+        if let Some(path) = &args.scripts {
+            let engine =
+                Arc::new(Engine::load(path, args.limits.limits()).map_err(|e| e.to_string())?);
+            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+            tokio::spawn(reload_on_sighup(engine.clone(), hup));
+            gateway = gateway.with_hooks(engine);
+        }
+        let gateway = Arc::new(gateway);
         serve::run_gateway(listener, gateway, threads, shutdown)
             .await
             .map_err(|e| e.to_string())
     })
+}
+
+/// Reload the scripts on every SIGHUP; a failing reload keeps the old routes.
+async fn reload_on_sighup(engine: Arc<Engine>, mut hup: tokio::signal::unix::Signal) {
+    while hup.recv().await.is_some() {
+        match engine.reload() {
+            Ok(n) => tracing::info!(routes = n, "scripts reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; the previous scripts keep serving")
+            }
+        }
+    }
 }
 
 /// Installs SIGINT and SIGTERM handlers now; the future resolves on either signal.

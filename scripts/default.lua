@@ -1,0 +1,21 @@
+-- luastrip's default route script: it passes every call through unchanged.
+--
+-- Start from here. A hook is a pattern and a function:
+--
+--   route.pre("POST /containers/create", function(req)   -- before the daemon sees the call
+--     local spec = req:json()                            -- the decoded JSON body
+--     spec.Labels = spec.Labels or json.object()
+--     spec.Labels["owner"] = "me"
+--     req:set_json(spec)                                 -- forward the edited body
+--   end)
+--
+--   route.post("GET /containers/json", function(req, res)  -- after the daemon answered
+--     log.info("listed containers", { status = res.status })
+--   end)
+--
+--   route.endpoint("GET /luastrip/ping", function(req)      -- answered by luastrip itself
+--     return { status = 200, json = { ok = true } }
+--   end)
+--
+-- Returning a response table from a pre hook ({ status = 403, json = { message = "..." } })
+-- answers the call without the daemon. See ../examples/scripts/ for runnable policies.

@@ -1,0 +1,860 @@
+//! Lua route scripts: the engine behind `luastrip serve --scripts PATH`.
+//!
+//! The engine implements [`crate::call::Hooks`]: in the pre phase it runs the matching
+//! `route.pre` hooks and `route.endpoint` handlers, in the post phase the `route.post` hooks.
+//! Scripts see the call as a `req` table and the answer as a `res` table (DESIGN §3); what they
+//! change is applied back to the call.
+//!
+//! # VMs and threads
+//!
+//! One Lua VM per worker thread, created lazily on that thread from the loaded sources and rebuilt
+//! when the scripts are reloaded (a generation number). luastrip's workers are single-threaded
+//! runtimes (see [`crate::serve`]), so a VM is only ever entered from its own thread: no lock is
+//! contended and both cores run scripts. `store` (shared by all VMs) arrives with the next step.
+//!
+//! # Limits
+//!
+//! Each hook runs under a wall-clock budget checked every 1000 Lua instructions, and each VM under
+//! a memory cap. A hook that throws or exceeds a limit fails the call closed: a 500 Docker JSON
+//! error naming `file:line` and the reason, and nothing reaches the daemon.
+//!
+//! # Namespaces
+//!
+//! One module per Lua global, each with `register(&Lua)`, wired in [`build_vm`]'s list.
+
+pub mod json;
+pub mod log;
+pub mod route;
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+
+use crate::call::{full, Body, Call, HookFuture, Hooks};
+use crate::error::Error;
+use crate::journal::HookRun;
+use crate::route::NormalPath;
+use route::{Hook, Phase, Registry};
+
+/// Limits applied to scripts.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock budget of one hook call.
+    pub hook_time: Duration,
+    /// Memory cap of one VM.
+    pub vm_memory: usize,
+    /// Largest request or response body a hook may read.
+    pub body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            hook_time: Duration::from_millis(100),
+            vm_memory: 64 << 20,
+            body: 16 << 20,
+        }
+    }
+}
+
+/// Script sources, in load order.
+#[derive(Debug, Clone)]
+pub struct Scripts {
+    /// The `--scripts` path, for reloads.
+    pub root: PathBuf,
+    pub files: Vec<(PathBuf, String)>,
+}
+
+impl Scripts {
+    /// Read a file, or every `*.lua` in a directory in name order.
+    pub fn read(root: &Path) -> Result<Scripts, Error> {
+        let err = |path: &Path, e: std::io::Error| Error::Script {
+            location: path.display().to_string(),
+            reason: format!("cannot read: {e}"),
+        };
+        let meta = std::fs::metadata(root).map_err(|e| err(root, e))?;
+        let mut paths = Vec::new();
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(root).map_err(|e| err(root, e))? {
+                let p = entry.map_err(|e| err(root, e))?.path();
+                if p.extension().is_some_and(|x| x == "lua") && p.is_file() {
+                    paths.push(p);
+                }
+            }
+            paths.sort();
+        } else {
+            paths.push(root.to_path_buf());
+        }
+        let mut files = Vec::new();
+        for p in paths {
+            let src = std::fs::read_to_string(&p).map_err(|e| err(&p, e))?;
+            files.push((p, src));
+        }
+        Ok(Scripts {
+            root: root.to_path_buf(),
+            files,
+        })
+    }
+}
+
+/// A VM with the scripts loaded and their hooks registered.
+struct Vm {
+    lua: Lua,
+    hooks: Vec<Hook>,
+    /// Script paths, to find `file:line` in error messages.
+    files: Vec<String>,
+}
+
+/// The deadline of the hook running now (VM app data, read by the instruction hook).
+struct Deadline(Option<Instant>);
+
+/// The route-script engine shared by all workers.
+pub struct Engine {
+    /// Tells this engine's VMs apart in the per-thread cache.
+    id: u64,
+    /// Current scripts and their generation; a VM built from an older generation is rebuilt.
+    current: RwLock<(u64, Arc<Scripts>)>,
+    limits: Limits,
+}
+
+thread_local! {
+    /// This thread's VMs, by engine id, with the generation they were built from.
+    static VMS: RefCell<HashMap<u64, (u64, Arc<Vm>)>> = RefCell::new(HashMap::new());
+}
+
+impl Engine {
+    /// Load and check the scripts at `root`; errors name `file:line`.
+    pub fn load(root: &Path, limits: Limits) -> Result<Engine, Error> {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let scripts = Scripts::read(root)?;
+        build_vm(&scripts, &limits)?;
+        Ok(Engine {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            current: RwLock::new((1, Arc::new(scripts))),
+            limits,
+        })
+    }
+
+    /// Re-read the scripts. On failure the old routes keep serving and the error is returned.
+    pub fn reload(&self) -> Result<usize, Error> {
+        let root = self.read_current().1.root.clone();
+        let scripts = Scripts::read(&root)?;
+        let vm = build_vm(&scripts, &self.limits)?;
+        let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *cur = (cur.0 + 1, Arc::new(scripts));
+        Ok(vm.hooks.len())
+    }
+
+    /// Every registered hook: (phase, pattern, file:line), in load order.
+    pub fn routes(&self) -> Result<Vec<(&'static str, String, String)>, Error> {
+        let vm = self.vm()?;
+        Ok(vm
+            .hooks
+            .iter()
+            .map(|h| (h.phase.as_str(), h.pattern.to_string(), h.location.clone()))
+            .collect())
+    }
+
+    fn read_current(&self) -> (u64, Arc<Scripts>) {
+        let cur = self.current.read().unwrap_or_else(|e| e.into_inner());
+        (cur.0, cur.1.clone())
+    }
+
+    /// This thread's VM, built on first use and after a reload.
+    fn vm(&self) -> Result<Arc<Vm>, Error> {
+        let (generation, scripts) = self.read_current();
+        if let Some(vm) = VMS.with(|v| {
+            v.borrow()
+                .get(&self.id)
+                .filter(|(g, _)| *g == generation)
+                .map(|(_, vm)| vm.clone())
+        }) {
+            return Ok(vm);
+        }
+        let vm = Arc::new(build_vm(&scripts, &self.limits)?);
+        VMS.with(|v| v.borrow_mut().insert(self.id, (generation, vm.clone())));
+        Ok(vm)
+    }
+}
+
+/// Create a sandboxed VM, install the namespaces, run the scripts, collect their hooks.
+fn build_vm(scripts: &Scripts, limits: &Limits) -> Result<Vm, Error> {
+    let files: Vec<String> = scripts
+        .files
+        .iter()
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    let lua_err = |e: mlua::Error| script_error(&e, &files, "", limits);
+    let lua = Lua::new_with(
+        StdLib::TABLE
+            | StdLib::STRING
+            | StdLib::MATH
+            | StdLib::UTF8
+            | StdLib::COROUTINE
+            | StdLib::OS,
+        LuaOptions::default(),
+    )
+    .map_err(lua_err)?;
+    sandbox(&lua).map_err(lua_err)?;
+    // The namespaces scripts see, one module each.
+    json::register(&lua).map_err(lua_err)?;
+    log::register(&lua).map_err(lua_err)?;
+    route::register(&lua).map_err(lua_err)?;
+
+    lua.set_memory_limit(limits.vm_memory).map_err(lua_err)?;
+    lua.set_app_data(Deadline(None));
+    lua.set_hook(
+        HookTriggers::new().every_nth_instruction(1000),
+        |lua, debug| {
+            let late = lua
+                .app_data_ref::<Deadline>()
+                .and_then(|d| d.0)
+                .is_some_and(|d| Instant::now() > d);
+            if late {
+                // Name the line that was running, so the error points into the loop.
+                let src = debug.source();
+                let file = src.short_src.as_deref().unwrap_or("?");
+                let line = debug.current_line().unwrap_or(0);
+                Err(mlua::Error::runtime(format!(
+                    "{BUDGET_MARK} at {file}:{line}"
+                )))
+            } else {
+                Ok(VmState::Continue)
+            }
+        },
+    )
+    .map_err(lua_err)?;
+    lua.set_app_data(Registry::default());
+    for (path, src) in &scripts.files {
+        let chunk = lua
+            .load(src.as_str())
+            .set_name(format!("@{}", path.display()));
+        with_budget(&lua, limits, || chunk.exec())
+            .map_err(|e| script_error(&e, &files, &path.display().to_string(), limits))?;
+    }
+    let hooks = lua.remove_app_data::<Registry>().unwrap_or_default().0;
+    Ok(Vm { lua, hooks, files })
+}
+
+/// What a budget overrun raises inside Lua; turned into a readable reason by [`script_error`].
+const BUDGET_MARK: &str = "luastrip: hook time budget exceeded";
+
+/// Remove what a route script must not reach: processes, files, bytecode.
+fn sandbox(lua: &Lua) -> mlua::Result<()> {
+    let g = lua.globals();
+    for name in ["dofile", "loadfile", "require", "collectgarbage"] {
+        g.set(name, Value::Nil)?;
+    }
+    if let Ok(os) = g.get::<Table>("os") {
+        let safe = lua.create_table()?;
+        for name in ["time", "clock", "date", "difftime"] {
+            safe.set(name, os.get::<Value>(name)?)?;
+        }
+        g.set("os", safe)?;
+    }
+    // `load` of text only: no precompiled bytecode.
+    let load: Function = g.get("load")?;
+    g.set(
+        "load",
+        lua.create_function(
+            move |_, (chunk, name, _mode, env): (Value, Value, Value, Value)| {
+                load.call::<mlua::MultiValue>((chunk, name, "t", env))
+            },
+        )?,
+    )?;
+    Ok(())
+}
+
+/// Run `f` with the hook deadline set.
+fn with_budget<R>(
+    lua: &Lua,
+    limits: &Limits,
+    f: impl FnOnce() -> mlua::Result<R>,
+) -> mlua::Result<R> {
+    lua.set_app_data(Deadline(Some(Instant::now() + limits.hook_time)));
+    let r = f();
+    lua.set_app_data(Deadline(None));
+    r
+}
+
+/// `file:line` of the Lua code calling into Rust right now.
+pub(crate) fn current_location(lua: &Lua) -> Option<String> {
+    lua.inspect_stack(1, |d| {
+        let src = d.source();
+        let file = src.short_src.as_deref().unwrap_or("?").to_string();
+        match d.current_line() {
+            Some(line) => format!("{file}:{line}"),
+            None => file,
+        }
+    })
+}
+
+/// Turn a Lua error into [`Error::Script`] with the best `file:line` available: the first
+/// position in one of our script files mentioned by the message or its traceback, else
+/// `fallback` (where the hook was registered).
+fn script_error(e: &mlua::Error, files: &[String], fallback: &str, limits: &Limits) -> Error {
+    let text = e.to_string();
+    let location = find_location(&text, files).unwrap_or_else(|| fallback.to_string());
+    let reason = if text.contains(BUDGET_MARK) {
+        format!(
+            "hook exceeded its time budget of {} ms",
+            limits.hook_time.as_millis()
+        )
+    } else if matches!(root_cause(e), mlua::Error::MemoryError(_)) {
+        format!(
+            "script exceeded the VM memory cap of {} MiB",
+            limits.vm_memory >> 20
+        )
+    } else {
+        let first = text.lines().next().unwrap_or("").trim();
+        let first = first
+            .trim_start_matches("runtime error: ")
+            .trim_start_matches("syntax error: ")
+            .trim_start_matches("callback error: ");
+        // Drop a leading "file:line:" that we report separately.
+        let first = match &find_location(first, files) {
+            Some(loc) if first.starts_with(loc.as_str()) => {
+                first[loc.len()..].trim_start_matches(':').trim()
+            }
+            _ => first,
+        };
+        if first.is_empty() {
+            text.clone()
+        } else {
+            first.to_string()
+        }
+    };
+    Error::Script { location, reason }
+}
+
+fn root_cause(e: &mlua::Error) -> &mlua::Error {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => root_cause(cause),
+        mlua::Error::WithContext { cause, .. } => root_cause(cause),
+        e => e,
+    }
+}
+
+/// The first `path:line` in `text` naming one of `files`.
+fn find_location(text: &str, files: &[String]) -> Option<String> {
+    let mut best: Option<(usize, String)> = None;
+    for f in files {
+        let mut from = 0;
+        while let Some(i) = text[from..].find(f.as_str()) {
+            let at = from + i;
+            let rest = &text[at + f.len()..];
+            if let Some(num) = rest.strip_prefix(':') {
+                let digits: String = num.chars().take_while(|c| c.is_ascii_digit()).collect();
+                if !digits.is_empty() {
+                    if best.as_ref().is_none_or(|(b, _)| at < *b) {
+                        best = Some((at, format!("{f}:{digits}")));
+                    }
+                    break;
+                }
+            }
+            from = at + f.len();
+        }
+    }
+    best.map(|(_, l)| l)
+}
+
+/// The hooks' per-call state kept on the [`Call`] between pre and post: the `req` table, so that
+/// `req.ctx` reaches the post hooks.
+struct CallState {
+    req: Table,
+}
+
+impl Hooks for Engine {
+    fn pre<'a>(&'a self, call: &'a mut Call) -> HookFuture<'a, Option<Response<Body>>> {
+        Box::pin(async move {
+            let vm = self.vm()?;
+            let method = call.head.method.as_str().to_string();
+            let path = call.path.path.clone();
+            let matched: Vec<(&Hook, crate::route::Params)> = vm
+                .hooks
+                .iter()
+                .filter(|h| h.phase != Phase::Post)
+                .filter_map(|h| h.pattern.matches(&method, &path).map(|p| (h, p)))
+                .collect();
+            let wants_post = vm
+                .hooks
+                .iter()
+                .any(|h| h.phase == Phase::Post && h.pattern.matches(&method, &path).is_some());
+            if matched.is_empty() && !wants_post {
+                return Ok(None);
+            }
+            let body = if !matched.is_empty() && request_body_is_json(call) {
+                Some(buffer_request_body(call, self.limits.body).await?)
+            } else {
+                None
+            };
+            let lua = &vm.lua;
+            let le = |e: mlua::Error| script_error(&e, &vm.files, "", &self.limits);
+            let req = new_req(lua, call, body.as_ref()).map_err(le)?;
+            let snapshot = Snapshot::take(&req).map_err(le)?;
+            let mut answer = None;
+            for (hook, params) in &matched {
+                set_params(lua, &req, params).map_err(le)?;
+                let t = Instant::now();
+                let out = with_budget(lua, &self.limits, || hook.func.call::<Value>(&req));
+                let run = |error: Option<String>| HookRun {
+                    phase: hook.phase.as_str(),
+                    route: hook.pattern.to_string(),
+                    location: hook.location.clone(),
+                    duration_us: t.elapsed().as_micros() as u64,
+                    error,
+                };
+                let out = match out {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let err = script_error(&e, &vm.files, &hook.location, &self.limits);
+                        call.hooks.push(run(Some(err.to_string())));
+                        return Err(err);
+                    }
+                };
+                call.hooks.push(run(None));
+                match out {
+                    Value::Nil if hook.phase == Phase::Endpoint => {
+                        return Err(Error::Script {
+                            location: hook.location.clone(),
+                            reason: "the endpoint returned no response table".into(),
+                        })
+                    }
+                    Value::Nil => {}
+                    v => {
+                        answer = Some(response_from_lua(lua, v).map_err(|e| Error::Script {
+                            location: hook.location.clone(),
+                            reason: e,
+                        })?);
+                        break;
+                    }
+                }
+            }
+            apply_req(lua, call, &req, &snapshot, body).map_err(le)?;
+            call.hook_state = Some(Box::new(CallState { req }) as Box<dyn Any + Send + Sync>);
+            Ok(answer)
+        })
+    }
+
+    fn post<'a>(&'a self, call: &'a mut Call, res: &'a mut Response<Body>) -> HookFuture<'a, ()> {
+        Box::pin(async move {
+            let vm = self.vm()?;
+            let method = call.head.method.as_str().to_string();
+            let path = call.path.path.clone();
+            let matched: Vec<(&Hook, crate::route::Params)> = vm
+                .hooks
+                .iter()
+                .filter(|h| h.phase == Phase::Post)
+                .filter_map(|h| h.pattern.matches(&method, &path).map(|p| (h, p)))
+                .collect();
+            if matched.is_empty() {
+                return Ok(());
+            }
+            let lua = &vm.lua;
+            let le = |e: mlua::Error| script_error(&e, &vm.files, "", &self.limits);
+            let streaming = response_is_streaming(res, self.limits.body);
+            let body = if streaming {
+                None
+            } else {
+                let b = std::mem::replace(res.body_mut(), full(Bytes::new()));
+                let bytes = b
+                    .collect()
+                    .await
+                    .map_err(|e| Error::Daemon {
+                        upstream: "daemon".into(),
+                        reason: format!("reading the response body: {e}"),
+                    })?
+                    .to_bytes();
+                *res.body_mut() = full(bytes.clone());
+                Some(bytes)
+            };
+            let req = match call
+                .hook_state
+                .take()
+                .and_then(|s| s.downcast::<CallState>().ok())
+            {
+                Some(s) => s.req,
+                None => new_req(lua, call, None).map_err(le)?,
+            };
+            let res_t = new_res(lua, res, body.as_ref(), streaming).map_err(le)?;
+            let snapshot = Snapshot::take(&res_t).map_err(le)?;
+            for (hook, params) in &matched {
+                set_params(lua, &req, params).map_err(le)?;
+                let t = Instant::now();
+                let out = with_budget(lua, &self.limits, || hook.func.call::<()>((&req, &res_t)));
+                let error = out
+                    .err()
+                    .map(|e| script_error(&e, &vm.files, &hook.location, &self.limits));
+                call.hooks.push(HookRun {
+                    phase: "post",
+                    route: hook.pattern.to_string(),
+                    location: hook.location.clone(),
+                    duration_us: t.elapsed().as_micros() as u64,
+                    error: error.as_ref().map(|e| e.to_string()),
+                });
+                if let Some(e) = error {
+                    return Err(e);
+                }
+            }
+            apply_res(lua, res, &res_t, &snapshot, body, streaming).map_err(le)
+        })
+    }
+}
+
+/// JSON bodies (Docker's API bodies) are buffered for hooks; tar streams (build, load, import,
+/// archives) stay streamed.
+fn request_body_is_json(call: &Call) -> bool {
+    match call.head.headers.get(header::CONTENT_TYPE) {
+        Some(ct) => ct
+            .to_str()
+            .map(|ct| {
+                let ct = ct.split(';').next().unwrap_or("").trim();
+                ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
+            })
+            .unwrap_or(false),
+        // No type: a small API call (or one trying to hide its body); hooks see it.
+        None => true,
+    }
+}
+
+async fn buffer_request_body(call: &mut Call, cap: usize) -> Result<Bytes, Error> {
+    let body = call.body.take().unwrap_or_else(|| full(Bytes::new()));
+    match Limited::new(body, cap).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than the {} MiB a script may read (--body-limit-mb)",
+                cap >> 20
+            ),
+        )),
+        Err(e) => Err(Error::client(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        )),
+    }
+}
+
+fn response_is_streaming(res: &Response<Body>, cap: usize) -> bool {
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS
+        || crate::hijack::is_stream_content_type(res.headers())
+    {
+        return true;
+    }
+    match res
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(n) => n > cap,
+        None => !hyper::body::Body::is_end_stream(res.body()),
+    }
+}
+
+/// The `req` table of DESIGN §3.
+fn new_req(lua: &Lua, call: &Call, body: Option<&Bytes>) -> mlua::Result<Table> {
+    let req = lua.create_table()?;
+    req.set("id", call.id)?;
+    req.set("method", call.head.method.as_str())?;
+    req.set("path", call.path.path.as_str())?;
+    req.set("version", call.path.version.as_deref())?;
+    req.set("query", query_table(lua, call.query().unwrap_or(""))?)?;
+    req.set("headers", headers_table(lua, &call.head.headers)?)?;
+    req.set("params", lua.create_table()?)?;
+    if let Some(b) = body {
+        req.set("body", lua.create_string(b)?)?;
+    }
+    req.set("ctx", lua.create_table()?)?;
+    add_json_methods(lua, &req)?;
+    Ok(req)
+}
+
+/// The `res` table of DESIGN §3.
+fn new_res(
+    lua: &Lua,
+    res: &Response<Body>,
+    body: Option<&Bytes>,
+    streaming: bool,
+) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.set("status", res.status().as_u16())?;
+    t.set("headers", headers_table(lua, res.headers())?)?;
+    if let Some(b) = body {
+        t.set("body", lua.create_string(b)?)?;
+    }
+    t.set("streaming", streaming)?;
+    add_json_methods(lua, &t)?;
+    Ok(t)
+}
+
+/// `t:json()` decodes `t.body`; `t:set_json(v)` replaces it.
+fn add_json_methods(lua: &Lua, t: &Table) -> mlua::Result<()> {
+    t.set(
+        "json",
+        lua.create_function(|lua, this: Table| {
+            match this.get::<Option<mlua::String>>("body")? {
+                // No body or an empty one decodes to nil, so `req:json() or {}` works.
+                Some(b) if !b.as_bytes().iter().all(u8::is_ascii_whitespace) => {
+                    json::decode(lua, &b.as_bytes())
+                }
+                _ => Ok(Value::Nil),
+            }
+        })?,
+    )?;
+    t.set(
+        "set_json",
+        lua.create_function(|lua, (this, v): (Table, Value)| {
+            this.set("body", lua.create_string(json::encode(lua, v)?)?)
+        })?,
+    )?;
+    Ok(())
+}
+
+fn set_params(lua: &Lua, req: &Table, params: &crate::route::Params) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    for (k, v) in params {
+        t.set(k.as_str(), v.as_str())?;
+    }
+    req.set("params", t)
+}
+
+/// Header names are lower-case in scripts (as in OpenResty's `ngx.req.get_headers()`);
+/// repeated headers are joined with ", ".
+fn headers_table(lua: &Lua, headers: &HeaderMap) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    for name in headers.keys() {
+        let joined = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        t.set(name.as_str(), joined)?;
+    }
+    Ok(t)
+}
+
+fn query_table(lua: &Lua, query: &str) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        t.set(decode_component(k), decode_component(v))?;
+    }
+    Ok(t)
+}
+
+fn decode_component(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// What a table looked like before the hooks ran, to apply only what they changed.
+struct Snapshot {
+    method: Option<String>,
+    path: Option<String>,
+    version: Option<String>,
+    status: Option<u16>,
+    query: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+    body: Option<mlua::String>,
+}
+
+impl Snapshot {
+    fn take(t: &Table) -> mlua::Result<Snapshot> {
+        Ok(Snapshot {
+            method: t.get("method")?,
+            path: t.get("path")?,
+            version: t.get("version")?,
+            status: t.get("status")?,
+            query: string_pairs(t.get::<Option<Table>>("query")?)?,
+            headers: string_pairs(Some(t.get::<Table>("headers")?))?,
+            body: t.get("body")?,
+        })
+    }
+}
+
+fn string_pairs(t: Option<Table>) -> mlua::Result<Vec<(String, String)>> {
+    let mut v = Vec::new();
+    if let Some(t) = t {
+        for pair in t.pairs::<String, String>() {
+            v.push(pair?);
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Apply a pre hook's edits of `req` to the call.
+fn apply_req(
+    lua: &Lua,
+    call: &mut Call,
+    req: &Table,
+    before: &Snapshot,
+    body: Option<Bytes>,
+) -> mlua::Result<()> {
+    let _ = lua;
+    let now = Snapshot::take(req)?;
+    if now.method != before.method {
+        let m = now.method.unwrap_or_default().to_ascii_uppercase();
+        call.head.method = Method::from_bytes(m.as_bytes())
+            .map_err(|_| mlua::Error::runtime(format!("req.method {m:?} is not a method")))?;
+    }
+    if now.path != before.path || now.version != before.version {
+        let p = now.path.unwrap_or_default();
+        let mut np = NormalPath::parse(&p).map_err(mlua::Error::runtime)?;
+        if np.version.is_none() {
+            np.version = now.version;
+        }
+        call.path = np;
+    }
+    if now.query != before.query {
+        let q: Vec<String> = now
+            .query
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v)))
+            .collect();
+        let pq = if q.is_empty() {
+            call.head.uri.path().to_string()
+        } else {
+            format!("{}?{}", call.head.uri.path(), q.join("&"))
+        };
+        call.head.uri = pq
+            .parse()
+            .map_err(|e| mlua::Error::runtime(format!("req.query: {e}")))?;
+    }
+    if now.headers != before.headers {
+        call.head.headers = header_map(&now.headers)?;
+    }
+    let new_body = match (&now.body, &before.body) {
+        (Some(n), Some(b)) if n.as_bytes() == b.as_bytes() => body,
+        (None, None) => body,
+        (Some(n), _) => Some(Bytes::copy_from_slice(&n.as_bytes())),
+        (None, Some(_)) => Some(Bytes::new()),
+    };
+    if let Some(b) = new_body {
+        set_length(&mut call.head.headers, b.len());
+        call.body = Some(full(b));
+    }
+    Ok(())
+}
+
+/// Apply post hooks' edits of `res`. Streaming responses keep their body.
+fn apply_res(
+    _lua: &Lua,
+    res: &mut Response<Body>,
+    t: &Table,
+    before: &Snapshot,
+    body: Option<Bytes>,
+    streaming: bool,
+) -> mlua::Result<()> {
+    let now = Snapshot::take(t)?;
+    if now.status != before.status {
+        let s = now.status.unwrap_or(200);
+        *res.status_mut() = StatusCode::from_u16(s)
+            .map_err(|_| mlua::Error::runtime(format!("res.status {s} is not a status code")))?;
+    }
+    if now.headers != before.headers {
+        *res.headers_mut() = header_map(&now.headers)?;
+    }
+    if !streaming {
+        let changed = match (&now.body, &before.body) {
+            (Some(n), Some(b)) => n.as_bytes() != b.as_bytes(),
+            (a, b) => a.is_some() != b.is_some(),
+        };
+        if changed {
+            let b = now
+                .body
+                .map(|b| Bytes::copy_from_slice(&b.as_bytes()))
+                .unwrap_or_default();
+            set_length(res.headers_mut(), b.len());
+            *res.body_mut() = full(b);
+        } else if let Some(b) = body {
+            *res.body_mut() = full(b);
+        }
+    }
+    Ok(())
+}
+
+fn header_map(pairs: &[(String, String)]) -> mlua::Result<HeaderMap> {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| mlua::Error::runtime(format!("bad header name {k:?}")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| mlua::Error::runtime(format!("bad value for header {k:?}")))?;
+        h.append(name, value);
+    }
+    Ok(h)
+}
+
+fn set_length(headers: &mut HeaderMap, len: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+fn encode_component(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Turn a hook's response table into a response: `{status=, json=}` or
+/// `{status=, body=, headers=}`.
+fn response_from_lua(lua: &Lua, v: Value) -> Result<Response<Body>, String> {
+    let t = match v {
+        Value::Table(t) => t,
+        other => {
+            return Err(format!(
+                "a hook must return nil or a response table, not a {}",
+                other.type_name()
+            ))
+        }
+    };
+    let status: u16 = t
+        .get::<Option<u16>>("status")
+        .map_err(|e| format!("response status: {e}"))?
+        .unwrap_or(200);
+    let status =
+        StatusCode::from_u16(status).map_err(|_| format!("{status} is not a status code"))?;
+    let mut headers = match t
+        .get::<Option<Table>>("headers")
+        .map_err(|e| e.to_string())?
+    {
+        Some(h) => header_map(&string_pairs(Some(h)).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?,
+        None => HeaderMap::new(),
+    };
+    let json_v: Value = t.get("json").map_err(|e| e.to_string())?;
+    let body = if !json_v.is_nil() {
+        let mut b = json::encode(lua, json_v).map_err(|e| e.to_string())?;
+        b.push(b'\n');
+        if !headers.contains_key(header::CONTENT_TYPE) {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        Bytes::from(b)
+    } else {
+        match t
+            .get::<Option<mlua::String>>("body")
+            .map_err(|e| e.to_string())?
+        {
+            Some(s) => Bytes::copy_from_slice(&s.as_bytes()),
+            None => Bytes::new(),
+        }
+    };
+    let mut res = Response::new(full(body));
+    *res.status_mut() = status;
+    *res.headers_mut() = headers;
+    Ok(res)
+}

@@ -1,0 +1,63 @@
+//! The `route` namespace: scripts register hooks with `route.pre`, `route.post` and
+//! `route.endpoint`. Registration only records the pattern, the function and where it was
+//! registered (`file:line`); the engine matches calls against them.
+
+use mlua::{Function, Lua, Result};
+
+use crate::route::Pattern;
+
+/// When a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Pre,
+    Post,
+    Endpoint,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pre => "pre",
+            Phase::Post => "post",
+            Phase::Endpoint => "endpoint",
+        }
+    }
+}
+
+/// One registered hook.
+pub struct Hook {
+    pub phase: Phase,
+    pub pattern: Pattern,
+    pub func: Function,
+    /// `file:line` of the `route.*` call, for errors, the journal and `routes`.
+    pub location: String,
+}
+
+/// Hooks registered while the scripts load, in load order (kept in the VM's app data).
+#[derive(Default)]
+pub struct Registry(pub Vec<Hook>);
+
+/// Install `route` as a global.
+pub fn register(lua: &Lua) -> Result<()> {
+    let route = lua.create_table()?;
+    for phase in [Phase::Pre, Phase::Post, Phase::Endpoint] {
+        route.set(
+            phase.as_str(),
+            lua.create_function(move |lua, (pattern, func): (String, Function)| {
+                let pattern = Pattern::parse(&pattern).map_err(mlua::Error::runtime)?;
+                let location = super::current_location(lua).unwrap_or_default();
+                let mut reg = lua.app_data_mut::<Registry>().ok_or_else(|| {
+                    mlua::Error::runtime("routes can only be added while scripts load")
+                })?;
+                reg.0.push(Hook {
+                    phase,
+                    pattern,
+                    func,
+                    location,
+                });
+                Ok(())
+            })?,
+        )?;
+    }
+    lua.globals().set("route", route)
+}

@@ -1,0 +1,416 @@
+//! Lua route scripts through the real binary, in front of a real dockerd.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::{output, run_ok, run_with_stdin, Daemon, Gateway, IMAGE};
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/scripts")
+        .join(name)
+}
+
+/// A gateway running one script given as text.
+fn with_script(name: &str, src: &str) -> (Gateway, PathBuf) {
+    let dir = support::temp_dir("scripts");
+    let path = dir.join(name);
+    std::fs::write(&path, src).unwrap();
+    (with_scripts(&path), path)
+}
+
+fn with_scripts(path: &Path) -> Gateway {
+    Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", path.to_str().unwrap()],
+    )
+}
+
+/// Send raw bytes as one request on a fresh connection; return the response text.
+fn raw(gw: &Gateway, request: &[u8]) -> String {
+    let mut s = UnixStream::connect(&gw.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json_body(resp: &str) -> serde_json::Value {
+    let body = &resp[resp.find("\r\n\r\n").expect("a head") + 4..];
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {resp}"))
+}
+
+/// Container ids (all, running or not) that are privileged.
+fn privileged_containers() -> Vec<String> {
+    let d = Daemon::shared();
+    let ids = run_ok(d.docker().args(["ps", "-aq", "--no-trunc"]));
+    ids.lines()
+        .filter(|id| {
+            run_ok(
+                d.docker()
+                    .args(["inspect", "-f", "{{.HostConfig.Privileged}}", id]),
+            )
+            .trim()
+                == "true"
+        })
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn label_injection_is_visible_in_inspect() {
+    let gw = with_scripts(&example("label-inject.lua"));
+    let id = run_ok(
+        gw.docker()
+            .args(["create", "--label", "mine=yes", IMAGE, "true"]),
+    )
+    .trim()
+    .to_string();
+    let labels = run_ok(
+        gw.docker()
+            .args(["inspect", "-f", "{{json .Config.Labels}}", &id]),
+    );
+    let v: serde_json::Value = serde_json::from_str(labels.trim()).unwrap();
+    assert_eq!(v["managed-by"], "luastrip");
+    assert_eq!(v["mine"], "yes");
+    run_ok(gw.docker().args(["rm", &id]));
+}
+
+#[test]
+fn privileged_run_and_host_binds_are_denied_with_the_scripts_message() {
+    let gw = with_scripts(&example("deny-privileged.lua"));
+    let out = output(
+        gw.docker()
+            .args(["run", "--rm", "--privileged", IMAGE, "true"]),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "Error response from daemon: luastrip policy: privileged containers are not allowed"
+        ),
+        "{err}"
+    );
+    let out = output(
+        gw.docker()
+            .args(["run", "--rm", "-v", "/etc:/host-etc", IMAGE, "true"]),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("bind mounts of host paths are not allowed (/etc:/host-etc)"));
+    // Everything else still works, including a named volume.
+    let out = run_ok(gw.docker().args([
+        "run",
+        "--rm",
+        "-v",
+        "luastrip-test-vol:/data",
+        IMAGE,
+        "echo",
+        "allowed",
+    ]));
+    assert_eq!(out, "allowed\n");
+    let _ = output(gw.docker().args(["volume", "rm", "luastrip-test-vol"]));
+}
+
+#[test]
+fn no_spelling_of_create_slips_past_the_policy() {
+    let gw = with_scripts(&example("deny-privileged.lua"));
+    let before = privileged_containers();
+    let body =
+        format!(r#"{{"Image":"{IMAGE}","Cmd":["true"],"HostConfig":{{"Privileged":true}}}}"#);
+    let n = body.len();
+    let mut attempts: Vec<(String, Vec<u8>)> = Vec::new();
+    for path in [
+        "/v1.41/containers/create",
+        "/containers/create",
+        "//containers/create",
+        "/v1.41//containers/create",
+        "/containers/create/",
+        "/v1.41/containers/create/",
+        "/%63ontainers/create",
+        "/containers%2Fcreate",
+        "/v1.41/containers/./create",
+        "/v1.41/x/../containers/create",
+        "/v1.41/containers/create?name=sneaky",
+    ] {
+        attempts.push((
+            path.to_string(),
+            format!("POST {path} HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n{body}").into_bytes(),
+        ));
+    }
+    attempts.push((
+        "lower-case method".into(),
+        format!("post /containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n{body}").into_bytes(),
+    ));
+    attempts.push((
+        "chunked, no Content-Length".into(),
+        format!("POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{n:x}\r\n{body}\r\n0\r\n\r\n").into_bytes(),
+    ));
+    attempts.push((
+        "no Content-Type".into(),
+        format!("POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n{body}").into_bytes(),
+    ));
+    attempts.push((
+        "Content-Length: 0 with a body (CVE-2024-41110 class)".into(),
+        format!("POST /containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n{body}").into_bytes(),
+    ));
+    for (what, req) in &attempts {
+        let resp = raw(&gw, req);
+        assert!(!resp.starts_with("HTTP/1.1 201"), "{what}: created! {resp}");
+    }
+    assert_eq!(
+        privileged_containers(),
+        before,
+        "a privileged container was created"
+    );
+}
+
+#[test]
+fn lua_endpoint_answers_without_the_daemon() {
+    let gw = with_scripts(&example("endpoint.lua"));
+    for (path, version) in [
+        ("/luastrip/hello", serde_json::Value::Null),
+        ("/v1.41/luastrip/hello", "1.41".into()),
+    ] {
+        let resp = raw(
+            &gw,
+            format!("GET {path} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        let v = json_body(&resp);
+        assert_eq!(v["hello"], "world");
+        assert_eq!(v["version"], version);
+    }
+}
+
+#[test]
+fn post_hook_rewrites_a_json_response() {
+    let gw = with_scripts(&example("version-tag.lua"));
+    let out = run_ok(gw.docker().args([
+        "version",
+        "--format",
+        "{{range .Server.Components}}{{.Name}} {{end}}",
+    ]));
+    assert!(out.contains("luastrip"), "{out}");
+    assert!(out.contains("Engine"), "{out}");
+}
+
+#[test]
+fn the_drop_in_suite_passes_with_null_hooks_on_everything() {
+    let (gw, _) = with_script(
+        "null.lua",
+        r#"
+        route.pre("* /**", function(req) end)
+        route.post("* /**", function(req, res) end)
+        -- and a hook that decodes and re-encodes every JSON body (nginx+cjson breaks run here)
+        route.pre("* /**", function(req)
+          if req.body and #req.body > 0 then req:set_json(req:json()) end
+        end)
+        route.post("* /**", function(req, res)
+          if res.body and #res.body > 0 and (res.headers["content-type"] or ""):find("json") then
+            res:set_json(res:json())
+          end
+        end)
+        "#,
+    );
+    assert_eq!(
+        run_ok(gw.docker().args(["run", "--rm", IMAGE, "echo", "hi"])),
+        "hi\n"
+    );
+    let out = output(
+        gw.docker()
+            .args(["run", "--rm", IMAGE, "sh", "-c", "exit 3"]),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let out = run_with_stdin(
+        gw.docker().args(["run", "--rm", "-i", IMAGE, "cat"]),
+        b"through hooks\n",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through hooks\n");
+    // The create body went through decode/encode: an empty Dns list must still be a list.
+    let id = run_ok(
+        gw.docker()
+            .args(["create", "--dns-search", "x.example", IMAGE, "true"]),
+    )
+    .trim()
+    .to_string();
+    let dns = run_ok(gw.docker().args([
+        "inspect",
+        "-f",
+        "{{json .HostConfig.Dns}} {{json .HostConfig.DnsSearch}}",
+        &id,
+    ]));
+    assert_eq!(dns.trim(), r#"[] ["x.example"]"#);
+    // exec -i and logs -f still stream.
+    let c = run_ok(
+        gw.docker()
+            .args(["run", "-d", IMAGE, "sh", "-c", "echo first; sleep 600"]),
+    )
+    .trim()
+    .to_string();
+    let out = run_with_stdin(
+        gw.docker().args(["exec", "-i", &c, "cat"]),
+        b"exec through hooks\n",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "exec through hooks\n");
+    let mut child = gw
+        .docker()
+        .args(["logs", "-f", &c])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"first\n");
+    let _ = child.kill();
+    let _ = child.wait();
+    run_ok(gw.docker().args(["rm", "-f", &c, &id]));
+}
+
+#[test]
+fn failing_hooks_fail_closed_with_file_and_line() {
+    let (gw, path) = with_script(
+        "faults.lua",
+        r#"route.pre("POST /containers/create", function(req)
+  local spec = req:json()
+  if spec.Labels and spec.Labels.fault == "error" then
+    error("boom")
+  elseif spec.Labels and spec.Labels.fault == "loop" then
+    while true do end
+  elseif spec.Labels and spec.Labels.fault == "memory" then
+    local t = {}
+    for i = 1, 1e9 do t[i] = string.rep("x", 1024 * 1024) .. i end
+  elseif spec.Labels and spec.Labels.fault == "nil" then
+    return spec.nothing.here
+  end
+end)
+"#,
+    );
+    let d = Daemon::shared();
+    let count = || run_ok(d.docker().args(["ps", "-aq"])).lines().count();
+    let before = count();
+    let file = path.display().to_string();
+    for (fault, want) in [
+        ("error", format!("{file}:4: boom")),
+        ("loop", format!("{file}:6")),
+        ("memory", "memory cap of 64 MiB".to_string()),
+        ("nil", format!("{file}:11")),
+    ] {
+        let out = output(gw.docker().args([
+            "create",
+            "--label",
+            &format!("fault={fault}"),
+            IMAGE,
+            "true",
+        ]));
+        assert!(!out.status.success(), "{fault}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("Error response from daemon: luastrip: script error at"),
+            "{fault}: {err}"
+        );
+        assert!(err.contains(&want), "{fault}: want {want:?} in {err}");
+        if fault == "loop" {
+            assert!(err.contains("time budget of 100 ms"), "{err}");
+        }
+    }
+    assert_eq!(count(), before, "a failing hook let a create through");
+    // The gateway keeps serving, hooks included.
+    let id = run_ok(gw.docker().args(["create", IMAGE, "true"]))
+        .trim()
+        .to_string();
+    run_ok(gw.docker().args(["rm", &id]));
+}
+
+#[test]
+fn check_reports_errors_with_file_and_line() {
+    let ok = Command::new(env!("CARGO_BIN_EXE_luastrip"))
+        .arg("check")
+        .arg(example("deny-privileged.lua"))
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(text.contains("ok, 2 routes"), "{text}");
+    assert!(text.contains("deny-privileged.lua:7"), "{text}");
+    assert!(text.contains("deny-privileged.lua:26"), "{text}");
+    let dir = support::temp_dir("check");
+    for (name, src, want) in [
+        (
+            "syntax.lua",
+            "route.pre(\"GET /x\", function(req)\n  if then\nend)\n",
+            ":2:",
+        ),
+        (
+            "pattern.lua",
+            "\n\nroute.pre(\"GET containers\", function() end)\n",
+            "pattern.lua:3",
+        ),
+        ("throws.lua", "local x = nil\nx.y = 1\n", "throws.lua:2"),
+        ("sandbox.lua", "os.execute('true')\n", "sandbox.lua:1"),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, src).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_luastrip"))
+            .arg("check")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{name}: want {want:?} in {err}");
+    }
+    // serve refuses to start on broken scripts.
+    let out = Command::new(env!("CARGO_BIN_EXE_luastrip"))
+        .args(["serve", "--listen", "unix:///tmp/never.sock", "--scripts"])
+        .arg(dir.join("throws.lua"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("throws.lua:2"));
+}
+
+#[test]
+fn sighup_reloads_and_a_broken_edit_keeps_the_old_routes() {
+    let (gw, path) = with_script(
+        "reload.lua",
+        r#"route.endpoint("GET /luastrip/v", function() return { json = { v = 1 } } end)"#,
+    );
+    let get = |gw: &Gateway| {
+        json_body(&raw(
+            gw,
+            b"GET /luastrip/v HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+        ))
+    };
+    assert_eq!(get(&gw)["v"], 1);
+    let hup = |gw: &Gateway| {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(gw.child.id() as i32, libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    std::fs::write(
+        &path,
+        "route.endpoint(\"GET /luastrip/v\", function() return { json = { v = 2 } }",
+    )
+    .unwrap();
+    hup(&gw);
+    assert_eq!(get(&gw)["v"], 1, "a broken reload replaced the routes");
+    assert!(gw.log_text().contains("reload failed"), "{}", gw.log_text());
+    std::fs::write(
+        &path,
+        r#"route.endpoint("GET /luastrip/v", function() return { json = { v = 2 } } end)"#,
+    )
+    .unwrap();
+    hup(&gw);
+    assert_eq!(get(&gw)["v"], 2);
+}
