@@ -7,7 +7,8 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
 use luastrip::call::Gateway;
-use luastrip::lua::{Engine, Limits};
+use luastrip::lua::store::Store;
+use luastrip::lua::{Engine, Limits, Services};
 use luastrip::serve::{self, ListenOptions};
 use luastrip::upstream::{Upstream, UpstreamAddr};
 
@@ -57,6 +58,9 @@ struct ServeArgs {
     /// Lua route scripts: a file, or a directory of *.lua files loaded in name order.
     #[arg(long, env = "LUASTRIP_SCRIPTS")]
     scripts: Option<PathBuf>,
+    /// Persist the scripts' `store` in this JSON file.
+    #[arg(long, env = "LUASTRIP_STATE")]
+    state: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -111,7 +115,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { path } => {
-            match Engine::load(&path, Limits::default()).and_then(|engine| engine.routes()) {
+            let engine = Engine::load(&path, Limits::default(), Services::default());
+            match engine.and_then(|engine| engine.routes()) {
                 Ok(routes) => {
                     println!("{}: ok, {} routes", path.display(), routes.len());
                     for (phase, pattern, location) in routes {
@@ -145,6 +150,10 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
     let upstream = UpstreamAddr::parse(&upstream).map_err(|e| format!("--upstream: {e}"))?;
+    let store = match &args.state {
+        Some(path) => Store::open(path)?,
+        None => Store::memory(),
+    };
     let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -163,10 +172,14 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             group: args.socket_group,
         })
         .map_err(|e| e.to_string())?;
-        let mut gateway = Gateway::new(Upstream::new(upstream));
+        let mut gateway = Gateway::new(Upstream::new(upstream.clone()));
         if let Some(path) = &args.scripts {
-            let engine =
-                Arc::new(Engine::load(path, args.limits.limits()).map_err(|e| e.to_string())?);
+            let services = Services {
+                upstream: Some(upstream),
+                store: Arc::new(store),
+            };
+            let engine = Engine::load(path, args.limits.limits(), services);
+            let engine = Arc::new(engine.map_err(|e| e.to_string())?);
             let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
             tokio::spawn(reload_on_sighup(engine.clone(), hup));

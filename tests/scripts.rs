@@ -297,7 +297,12 @@ end)
 "#,
     );
     let d = Daemon::shared();
-    let count = || run_ok(d.docker().args(["ps", "-aq"])).lines().count();
+    // Other tests share the daemon: count only what these attempts could have created.
+    let count = || {
+        run_ok(d.docker().args(["ps", "-aq", "--filter", "label=fault"]))
+            .lines()
+            .count()
+    };
     let before = count();
     let file = path.display().to_string();
     for (fault, want) in [
@@ -413,4 +418,122 @@ fn sighup_reloads_and_a_broken_edit_keeps_the_old_routes() {
     .unwrap();
     hup(&gw);
     assert_eq!(get(&gw)["v"], 2);
+}
+
+#[test]
+fn hooks_call_the_daemon_with_docker_get() {
+    let (gw, _) = with_script(
+        "inspect.lua",
+        r#"
+        -- Refuse images whose config has no Cmd, after asking the daemon; tag the rest.
+        route.pre("POST /containers/create", function(req)
+          local spec = req:json()
+          local img = docker.get("/images/" .. spec.Image .. "/json")
+          if img.status ~= 200 then
+            return { status = 400, json = { message = "luastrip: no such image " .. spec.Image } }
+          end
+          spec.Labels = spec.Labels or json.object()
+          spec.Labels["image-id"] = img:json().Id
+          req:set_json(spec)
+        end)
+        "#,
+    );
+    let id = run_ok(gw.docker().args(["create", IMAGE, "true"]))
+        .trim()
+        .to_string();
+    let image_id = run_ok(
+        Daemon::shared()
+            .docker()
+            .args(["image", "inspect", "-f", "{{.Id}}", IMAGE]),
+    );
+    let label = run_ok(gw.docker().args([
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"image-id\"}}",
+        &id,
+    ]));
+    assert_eq!(label.trim(), image_id.trim());
+    run_ok(gw.docker().args(["rm", &id]));
+    let out = output(
+        gw.docker()
+            .args(["create", "luastrip-test/nothing:here", "true"]),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("luastrip: no such image luastrip-test/nothing:here"));
+}
+
+const COUNTER: &str = r#"
+local vm = tostring({})   -- unique per VM
+route.pre("* /_ping", function(req)
+  store.incr("pings")
+  store.set("vm:" .. vm, true)
+end)
+route.endpoint("GET /luastrip/count", function(req)
+  return { json = { pings = store.get("pings"), vms = #store.keys("vm:") } }
+end)
+"#;
+
+#[test]
+fn store_counts_calls_across_both_vms_and_persists() {
+    let dir = support::temp_dir("store");
+    let script = dir.join("counter.lua");
+    std::fs::write(&script, COUNTER).unwrap();
+    let state = dir.join("state.json");
+    let args = [
+        "--scripts",
+        script.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--threads",
+        "2",
+    ];
+    let gw = Gateway::start_with(&Daemon::shared().socket, &args);
+    // Many connections open at once, so that both workers accept some.
+    let mut conns: Vec<UnixStream> = (0..100)
+        .map(|_| UnixStream::connect(&gw.socket).unwrap())
+        .collect();
+    for c in &mut conns {
+        c.write_all(b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
+            .unwrap();
+    }
+    for c in &mut conns {
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    let v = json_body(&raw(
+        &gw,
+        b"GET /luastrip/count HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+    ));
+    assert_eq!(v["pings"], 100);
+    assert_eq!(v["vms"], 2, "both worker VMs should have served pings");
+    drop(gw);
+    // A new gateway with the same state file counts on.
+    let gw = Gateway::start_with(&Daemon::shared().socket, &args);
+    raw(
+        &gw,
+        b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+    );
+    let v = json_body(&raw(
+        &gw,
+        b"GET /luastrip/count HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+    ));
+    assert_eq!(v["pings"], 101);
+    drop(gw);
+    // A corrupt state file is a clear start-up error, and is left alone.
+    std::fs::write(&state, b"{ half a file").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_luastrip"))
+        .args([
+            "serve",
+            "--listen",
+            "unix:///tmp/never-state.sock",
+            "--upstream",
+        ])
+        .arg(Daemon::shared().host())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a luastrip state file"));
+    assert_eq!(std::fs::read(&state).unwrap(), b"{ half a file");
 }

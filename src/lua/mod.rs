@@ -10,7 +10,8 @@
 //! One Lua VM per worker thread, created lazily on that thread from the loaded sources and rebuilt
 //! when the scripts are reloaded (a generation number). luastrip's workers are single-threaded
 //! runtimes (see [`crate::serve`]), so a VM is only ever entered from its own thread: no lock is
-//! contended and both cores run scripts. `store` (shared by all VMs) arrives with the next step.
+//! contended and both cores run scripts. What VMs share lives outside them ([`Services`]): the
+//! `store`, and the daemon address each VM opens its own `docker.*` connection pool to.
 //!
 //! # Limits
 //!
@@ -22,9 +23,12 @@
 //!
 //! One module per Lua global, each with `register(&Lua)`, wired in [`build_vm`]'s list.
 
+pub mod budget;
+pub mod docker;
 pub mod json;
 pub mod log;
 pub mod route;
+pub mod store;
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -37,12 +41,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value};
 
 use crate::call::{full, Body, Call, HookFuture, Hooks};
 use crate::error::Error;
 use crate::journal::HookRun;
 use crate::route::NormalPath;
+use crate::upstream::{Upstream, UpstreamAddr};
 use route::{Hook, Phase, Registry};
 
 /// Limits applied to scripts.
@@ -62,6 +67,24 @@ impl Default for Limits {
             hook_time: Duration::from_millis(100),
             vm_memory: 64 << 20,
             body: 16 << 20,
+        }
+    }
+}
+
+/// What every VM's namespaces are connected to.
+#[derive(Clone)]
+pub struct Services {
+    /// The daemon for `docker.*`; `None` for `luastrip check`.
+    pub upstream: Option<UpstreamAddr>,
+    /// The `store` shared by all VMs.
+    pub store: Arc<store::Store>,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            upstream: None,
+            store: Arc::new(store::Store::memory()),
         }
     }
 }
@@ -114,9 +137,6 @@ struct Vm {
     files: Vec<String>,
 }
 
-/// The deadline of the hook running now (VM app data, read by the instruction hook).
-struct Deadline(Option<Instant>);
-
 /// The route-script engine shared by all workers.
 pub struct Engine {
     /// Tells this engine's VMs apart in the per-thread cache.
@@ -124,6 +144,7 @@ pub struct Engine {
     /// Current scripts and their generation; a VM built from an older generation is rebuilt.
     current: RwLock<(u64, Arc<Scripts>)>,
     limits: Limits,
+    services: Services,
 }
 
 thread_local! {
@@ -133,14 +154,15 @@ thread_local! {
 
 impl Engine {
     /// Load and check the scripts at `root`; errors name `file:line`.
-    pub fn load(root: &Path, limits: Limits) -> Result<Engine, Error> {
+    pub fn load(root: &Path, limits: Limits, services: Services) -> Result<Engine, Error> {
         static IDS: AtomicU64 = AtomicU64::new(1);
         let scripts = Scripts::read(root)?;
-        build_vm(&scripts, &limits)?;
+        build_vm(&scripts, &limits, &services)?;
         Ok(Engine {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             current: RwLock::new((1, Arc::new(scripts))),
             limits,
+            services,
         })
     }
 
@@ -148,7 +170,7 @@ impl Engine {
     pub fn reload(&self) -> Result<usize, Error> {
         let root = self.read_current().1.root.clone();
         let scripts = Scripts::read(&root)?;
-        let vm = build_vm(&scripts, &self.limits)?;
+        let vm = build_vm(&scripts, &self.limits, &self.services)?;
         let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
         *cur = (cur.0 + 1, Arc::new(scripts));
         Ok(vm.hooks.len())
@@ -180,14 +202,14 @@ impl Engine {
         }) {
             return Ok(vm);
         }
-        let vm = Arc::new(build_vm(&scripts, &self.limits)?);
+        let vm = Arc::new(build_vm(&scripts, &self.limits, &self.services)?);
         VMS.with(|v| v.borrow_mut().insert(self.id, (generation, vm.clone())));
         Ok(vm)
     }
 }
 
 /// Create a sandboxed VM, install the namespaces, run the scripts, collect their hooks.
-fn build_vm(scripts: &Scripts, limits: &Limits) -> Result<Vm, Error> {
+fn build_vm(scripts: &Scripts, limits: &Limits, services: &Services) -> Result<Vm, Error> {
     let files: Vec<String> = scripts
         .files
         .iter()
@@ -209,44 +231,27 @@ fn build_vm(scripts: &Scripts, limits: &Limits) -> Result<Vm, Error> {
     json::register(&lua).map_err(lua_err)?;
     log::register(&lua).map_err(lua_err)?;
     route::register(&lua).map_err(lua_err)?;
-
-    lua.set_memory_limit(limits.vm_memory).map_err(lua_err)?;
-    lua.set_app_data(Deadline(None));
-    lua.set_hook(
-        HookTriggers::new().every_nth_instruction(1000),
-        |lua, debug| {
-            let late = lua
-                .app_data_ref::<Deadline>()
-                .and_then(|d| d.0)
-                .is_some_and(|d| Instant::now() > d);
-            if late {
-                // Name the line that was running, so the error points into the loop.
-                let src = debug.source();
-                let file = src.short_src.as_deref().unwrap_or("?");
-                let line = debug.current_line().unwrap_or(0);
-                Err(mlua::Error::runtime(format!(
-                    "{BUDGET_MARK} at {file}:{line}"
-                )))
-            } else {
-                Ok(VmState::Continue)
-            }
-        },
+    store::register(&lua, services.store.clone()).map_err(lua_err)?;
+    docker::register(
+        &lua,
+        services.upstream.clone().map(Upstream::new),
+        limits.body,
     )
     .map_err(lua_err)?;
+
+    lua.set_memory_limit(limits.vm_memory).map_err(lua_err)?;
     lua.set_app_data(Registry::default());
     for (path, src) in &scripts.files {
-        let chunk = lua
-            .load(src.as_str())
-            .set_name(format!("@{}", path.display()));
-        with_budget(&lua, limits, || chunk.exec())
-            .map_err(|e| script_error(&e, &files, &path.display().to_string(), limits))?;
+        let shown = path.display().to_string();
+        lua.load(src.as_str())
+            .set_name(format!("@{shown}"))
+            .into_function()
+            .and_then(|f| budget::call_sync(&lua, &f, limits.hook_time))
+            .map_err(|e| script_error(&e, &files, &shown, limits))?;
     }
     let hooks = lua.remove_app_data::<Registry>().unwrap_or_default().0;
     Ok(Vm { lua, hooks, files })
 }
-
-/// What a budget overrun raises inside Lua; turned into a readable reason by [`script_error`].
-const BUDGET_MARK: &str = "luastrip: hook time budget exceeded";
 
 /// Remove what a route script must not reach: processes, files, bytecode.
 fn sandbox(lua: &Lua) -> mlua::Result<()> {
@@ -274,18 +279,6 @@ fn sandbox(lua: &Lua) -> mlua::Result<()> {
     Ok(())
 }
 
-/// Run `f` with the hook deadline set.
-fn with_budget<R>(
-    lua: &Lua,
-    limits: &Limits,
-    f: impl FnOnce() -> mlua::Result<R>,
-) -> mlua::Result<R> {
-    lua.set_app_data(Deadline(Some(Instant::now() + limits.hook_time)));
-    let r = f();
-    lua.set_app_data(Deadline(None));
-    r
-}
-
 /// `file:line` of the Lua code calling into Rust right now.
 pub(crate) fn current_location(lua: &Lua) -> Option<String> {
     lua.inspect_stack(1, |d| {
@@ -304,7 +297,7 @@ pub(crate) fn current_location(lua: &Lua) -> Option<String> {
 fn script_error(e: &mlua::Error, files: &[String], fallback: &str, limits: &Limits) -> Error {
     let text = e.to_string();
     let location = find_location(&text, files).unwrap_or_else(|| fallback.to_string());
-    let reason = if text.contains(BUDGET_MARK) {
+    let reason = if text.contains(budget::EXCEEDED) {
         format!(
             "hook exceeded its time budget of {} ms",
             limits.hook_time.as_millis()
@@ -405,7 +398,8 @@ impl Hooks for Engine {
             for (hook, params) in &matched {
                 set_params(lua, &req, params).map_err(le)?;
                 let t = Instant::now();
-                let out = with_budget(lua, &self.limits, || hook.func.call::<Value>(&req));
+                let out =
+                    budget::call_async::<Value>(lua, &hook.func, self.limits.hook_time, &req).await;
                 let run = |error: Option<String>| HookRun {
                     phase: hook.phase.as_str(),
                     route: hook.pattern.to_string(),
@@ -490,7 +484,13 @@ impl Hooks for Engine {
             for (hook, params) in &matched {
                 set_params(lua, &req, params).map_err(le)?;
                 let t = Instant::now();
-                let out = with_budget(lua, &self.limits, || hook.func.call::<()>((&req, &res_t)));
+                let out = budget::call_async::<()>(
+                    lua,
+                    &hook.func,
+                    self.limits.hook_time,
+                    (&req, &res_t),
+                )
+                .await;
                 let error = out
                     .err()
                     .map(|e| script_error(&e, &vm.files, &hook.location, &self.limits));

@@ -1,0 +1,108 @@
+//! Time budgets for Lua code: every hook (and every script while it loads) runs in its own
+//! coroutine with an instruction hook that checks a deadline every 1000 instructions.
+//!
+//! The budget counts time spent running Lua, not time spent waiting for the daemon: the async
+//! API functions (`docker.*`) call [`pause`] around their await, which moves the deadline of the
+//! coroutine that called them by the time waited. Each coroutine has its own deadline, because
+//! on one worker thread several calls' hooks may be suspended in the same VM at once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mlua::{FromLuaMulti, Function, HookTriggers, IntoLuaMulti, Lua, ThreadStatus, VmState};
+
+/// What a budget overrun raises inside Lua; recognised by the engine's error mapping.
+pub const EXCEEDED: &str = "luastrip: hook time budget exceeded";
+
+/// The deadline of one running coroutine.
+struct Budget {
+    deadline: Mutex<Instant>,
+}
+
+/// Running coroutines' budgets, by coroutine pointer (VM app data).
+#[derive(Default)]
+struct Budgets(HashMap<usize, Arc<Budget>>);
+
+/// A coroutine running `func` under `limit`, registered so that [`pause`] can find it.
+fn start(lua: &Lua, func: &Function, limit: Duration) -> mlua::Result<(mlua::Thread, usize)> {
+    let thread = lua.create_thread(func.clone())?;
+    let budget = Arc::new(Budget {
+        deadline: Mutex::new(Instant::now() + limit),
+    });
+    let b = budget.clone();
+    thread.set_hook(
+        HookTriggers::new().every_nth_instruction(1000),
+        move |_, debug| {
+            if Instant::now() > *b.deadline.lock().unwrap_or_else(|e| e.into_inner()) {
+                // Name the line that was running, so the error points into the loop.
+                let src = debug.source();
+                let file = src.short_src.as_deref().unwrap_or("?");
+                let line = debug.current_line().unwrap_or(0);
+                Err(mlua::Error::runtime(format!("{EXCEEDED} at {file}:{line}")))
+            } else {
+                Ok(VmState::Continue)
+            }
+        },
+    )?;
+    let key = thread.to_pointer() as usize;
+    if lua.app_data_ref::<Budgets>().is_none() {
+        lua.set_app_data(Budgets::default());
+    }
+    if let Some(mut all) = lua.app_data_mut::<Budgets>() {
+        all.0.insert(key, budget);
+    }
+    Ok((thread, key))
+}
+
+fn finish(lua: &Lua, key: usize) {
+    if let Some(mut all) = lua.app_data_mut::<Budgets>() {
+        all.0.remove(&key);
+    }
+}
+
+/// Run `func(args)` as a coroutine under `limit`; it may await async API functions.
+pub async fn call_async<R: FromLuaMulti>(
+    lua: &Lua,
+    func: &Function,
+    limit: Duration,
+    args: impl IntoLuaMulti,
+) -> mlua::Result<R> {
+    let (thread, key) = start(lua, func, limit)?;
+    let result = match thread.into_async::<R>(args) {
+        Ok(fut) => fut.await,
+        Err(e) => Err(e),
+    };
+    finish(lua, key);
+    result
+}
+
+/// Run `func()` to completion without awaiting (script loading): async API calls are refused.
+pub fn call_sync(lua: &Lua, func: &Function, limit: Duration) -> mlua::Result<()> {
+    let (thread, key) = start(lua, func, limit)?;
+    let result = thread.resume::<()>(());
+    let suspended = thread.status() == ThreadStatus::Resumable;
+    finish(lua, key);
+    result?;
+    if suspended {
+        return Err(mlua::Error::runtime(
+            "scripts cannot call docker.* or yield while they load; do it inside a hook",
+        ));
+    }
+    Ok(())
+}
+
+/// Await `fut` from an async API function without charging the wait to the calling hook.
+pub async fn pause<F: Future>(lua: &Lua, fut: F) -> F::Output {
+    let key = lua.current_thread().to_pointer() as usize;
+    let budget = lua
+        .app_data_ref::<Budgets>()
+        .and_then(|all| all.0.get(&key).cloned());
+    let t = Instant::now();
+    let out = fut.await;
+    if let Some(b) = budget {
+        *b.deadline.lock().unwrap_or_else(|e| e.into_inner()) += t.elapsed();
+    }
+    out
+}
