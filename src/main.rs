@@ -173,6 +173,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
         let mut gateway = Gateway::new(Upstream::new(upstream.clone()));
+        let mut watcher = None;
         if let Some(path) = &args.scripts {
             let services = Services {
                 upstream: Some(upstream),
@@ -183,12 +184,17 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
             tokio::spawn(reload_on_sighup(engine.clone(), hup));
+            // Kept alive until serve returns.
+            watcher = Some(
+                luastrip::lua::reload::watch(engine.clone(), path)
+                    .map_err(|e| format!("cannot watch {}: {e}", path.display()))?,
+            );
             gateway = gateway.with_hooks(engine);
         }
         let gateway = Arc::new(gateway);
-        serve::run_gateway(listener, gateway, threads, shutdown)
-            .await
-            .map_err(|e| e.to_string())
+        let served = serve::run_gateway(listener, gateway, threads, shutdown).await;
+        drop(watcher);
+        served.map_err(|e| e.to_string())
     })
 }
 

@@ -537,3 +537,74 @@ fn store_counts_calls_across_both_vms_and_persists() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a luastrip state file"));
     assert_eq!(std::fs::read(&state).unwrap(), b"{ half a file");
 }
+
+#[test]
+fn editing_a_script_reloads_it_and_a_broken_edit_keeps_the_old_routes() {
+    let dir = support::temp_dir("hot");
+    std::fs::write(
+        dir.join("a.lua"),
+        r#"route.endpoint("GET /luastrip/v", function() return { json = { v = 1 } } end)"#,
+    )
+    .unwrap();
+    let gw = with_scripts(&dir);
+    let get = || {
+        json_body(&raw(
+            &gw,
+            b"GET /luastrip/v HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+        ))
+    };
+    assert_eq!(get()["v"], 1);
+    // A broken edit: reported with file:line, old routes keep serving.
+    std::fs::write(
+        dir.join("a.lua"),
+        "route.endpoint(\"GET /luastrip/v\",\n  function() return { json = { v = 2 } }\n",
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    while !gw.log_text().contains("reload failed") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no reload after an edit: {}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gw.log_text().contains("a.lua:3"), "{}", gw.log_text());
+    assert_eq!(get()["v"], 1);
+    // A good edit, written the way editors do: a new file renamed over the old one.
+    std::fs::write(
+        dir.join("a.tmp"),
+        r#"route.endpoint("GET /luastrip/v", function() return { json = { v = 2 } } end)"#,
+    )
+    .unwrap();
+    std::fs::rename(dir.join("a.tmp"), dir.join("a.lua")).unwrap();
+    let t = std::time::Instant::now();
+    while get()["v"] != 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the fixed script was not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A new file in the directory adds its routes.
+    std::fs::write(
+        dir.join("b.lua"),
+        r#"route.endpoint("GET /luastrip/b", function() return { json = { b = true } } end)"#,
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let resp = raw(
+            &gw,
+            b"GET /luastrip/b HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+        );
+        if resp.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "b.lua was not loaded: {resp}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -27,6 +27,7 @@ pub mod budget;
 pub mod docker;
 pub mod json;
 pub mod log;
+pub mod reload;
 pub mod route;
 pub mod store;
 

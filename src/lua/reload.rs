@@ -1,0 +1,59 @@
+//! Hot reload: scripts reload when their files change, and on `SIGHUP` (wired in `main`) or the
+//! REPL's `reload` (both call [`Engine::reload`]).
+//!
+//! Editors save in bursts (write, rename, chmod), so changes are debounced: the reload happens
+//! once the scripts have been quiet for [`QUIET`]. A reload that fails keeps the old routes
+//! serving and logs the error with `file:line`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tracing::{error, info};
+
+use super::Engine;
+
+/// How long the scripts must be quiet before a reload.
+pub const QUIET: Duration = Duration::from_millis(250);
+
+/// Watch `root` (a script file or a directory of scripts) and reload `engine` on changes.
+/// Returns the watcher; dropping it stops watching. Must be called inside a Tokio runtime.
+pub fn watch(engine: Arc<Engine>, root: &Path) -> notify::Result<notify::RecommendedWatcher> {
+    // A single file is usually replaced by a rename on save: watch its directory.
+    let (dir, only): (PathBuf, Option<PathBuf>) = if root.is_dir() {
+        (root.to_path_buf(), None)
+    } else {
+        let dir = root
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        (dir.to_path_buf(), Some(root.to_path_buf()))
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let relevant = event.paths.iter().any(|p| match &only {
+            Some(file) => p.file_name() == file.file_name(),
+            None => p.extension().is_some_and(|x| x == "lua"),
+        });
+        if relevant {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait until nothing changed for QUIET.
+            while let Ok(Some(())) = tokio::time::timeout(QUIET, rx.recv()).await {}
+            match engine.reload() {
+                Ok(n) => info!(routes = n, "scripts changed on disk; reloaded"),
+                Err(e) => error!(error = %e, "reload failed; the previous scripts keep serving"),
+            }
+        }
+    });
+    Ok(watcher)
+}
