@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
+use ::http::{header, HeaderValue, Method, Request};
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Limited};
 use mlua::{Lua, Result, Table, Value};
 

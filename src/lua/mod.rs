@@ -25,6 +25,7 @@
 
 pub mod budget;
 pub mod docker;
+pub mod http;
 pub mod json;
 pub mod log;
 pub mod reload;
@@ -39,8 +40,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use ::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value};
 
@@ -239,6 +240,7 @@ fn build_vm(scripts: &Scripts, limits: &Limits, services: &Services) -> Result<V
         limits.body,
     )
     .map_err(lua_err)?;
+    http::register(&lua, limits.body).map_err(lua_err)?;
 
     lua.set_memory_limit(limits.vm_memory).map_err(lua_err)?;
     lua.set_app_data(Registry::default());
