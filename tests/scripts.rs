@@ -719,3 +719,46 @@ fn http_request_reaches_local_services_over_tcp_and_unix_sockets() {
         "a refused connection must raise an error"
     );
 }
+
+#[test]
+fn pulls_are_rewritten_to_the_mirror() {
+    // The example with a mirror that refuses connections at once (no registry is reachable here).
+    let src = std::fs::read_to_string(example("mirror.lua"))
+        .unwrap()
+        .replace("mirror.example.internal:5000", "127.0.0.1:1");
+    let (gw, _) = with_script("mirror.lua", &src);
+    let out = output(gw.docker().args(["pull", "alpine:3.19"]));
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon went to the mirror, not to Docker Hub.
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("docker.io"), "{text}");
+}
+
+#[test]
+fn audit_example_logs_state_changing_calls() {
+    let gw = with_scripts(&example("audit.lua"));
+    run_ok(gw.docker().args(["run", "--rm", IMAGE, "true"]));
+    let log = gw.log_text();
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains("audit")).collect();
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("POST") && l.contains("/containers/create") && l.contains("201")),
+        "{log}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|l| l.contains("/wait") && l.contains("\\\"streaming\\\":true")),
+        "{log}"
+    );
+    assert!(
+        !audit.iter().any(|l| l.contains("\\\"GET\\\"")),
+        "GETs are not audited: {log}"
+    );
+}

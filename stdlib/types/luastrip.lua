@@ -1,0 +1,154 @@
+---@meta
+-- LuaLS type stubs for luastrip route scripts. Point your editor at this folder
+-- (.luarc.json: { "workspace.library": ["<luastrip>/stdlib/types"] }) for completion and checks.
+
+---@class luastrip.Request
+---@field id integer            call id (as in the journal and logs)
+---@field method string         upper-case HTTP method; writable in pre hooks
+---@field path string           normalised path without the version prefix; writable in pre hooks
+---@field version string|nil    Docker API version from the path ("1.41"), or nil
+---@field query table<string,string>  decoded query parameters; writable in pre hooks
+---@field headers table<string,string> lower-case header names; writable in pre hooks
+---@field params table<string,string>  values captured by {name} segments of the pattern
+---@field body string|nil       the JSON request body (buffered only for JSON bodies)
+---@field ctx table             shared by this call's pre and post hooks
+local Request = {}
+
+---Decode `body` as JSON (nil when there is no body).
+---@return any
+function Request:json() end
+
+---Replace `body` with `value` encoded as JSON.
+---@param value any
+function Request:set_json(value) end
+
+---@class luastrip.Response
+---@field status integer
+---@field headers table<string,string>
+---@field body string|nil       nil for streaming and hijacked responses
+---@field streaming boolean     true for streams (logs -f, events, attach …): only status and headers may change
+local Response = {}
+
+---@return any
+function Response:json() end
+
+---@param value any
+function Response:set_json(value) end
+
+---@class luastrip.Reply
+---@field status integer|nil    default 200
+---@field json any              a value to send as JSON, or
+---@field body string|nil       raw bytes
+---@field headers table<string,string>|nil
+
+---@class luastrip.HttpResult
+---@field status integer
+---@field headers table<string,string>
+---@field body string
+local HttpResult = {}
+
+---@return any
+function HttpResult:json() end
+
+route = {}
+
+---Run `fn` before the daemon sees matching calls. Return a reply table to answer the call yourself.
+---@param pattern string  "METHOD /path" with {name}, * and ** segments, no version prefix
+---@param fn fun(req: luastrip.Request): luastrip.Reply|nil
+function route.pre(pattern, fn) end
+
+---Run `fn` after the daemon answered matching calls.
+---@param pattern string
+---@param fn fun(req: luastrip.Request, res: luastrip.Response)
+function route.post(pattern, fn) end
+
+---Answer matching calls from Lua; they never reach the daemon.
+---@param pattern string
+---@param fn fun(req: luastrip.Request): luastrip.Reply
+function route.endpoint(pattern, fn) end
+
+json = {}
+
+---@param s string
+---@return any
+function json.decode(s) end
+
+---@param v any
+---@return string
+function json.encode(v) end
+
+---The JSON null value (a table field set to nil would vanish).
+json.null = nil
+
+---Mark `t` (or a new table) as a JSON array, so that an empty one encodes as [].
+---@param t table|nil
+---@return table
+function json.array(t) end
+
+---Mark `t` (or a new table) as a JSON object, so that an empty one encodes as {}.
+---@param t table|nil
+---@return table
+function json.object(t) end
+
+docker = {}
+
+---Call the Docker daemon directly (not through the hooks). Reads the whole response body.
+---@param opts {method: string|nil, path: string, query: string|table|nil, headers: table|nil, body: string|table|nil, timeout: number|nil}
+---@return luastrip.HttpResult
+function docker.request(opts) end
+
+---@param path string
+---@return luastrip.HttpResult
+function docker.get(path) end
+
+---@param path string
+---@param body string|table|nil
+---@return luastrip.HttpResult
+function docker.post(path, body) end
+
+http = {}
+
+---Call an HTTP service: "http://host:port/path" or "unix:///path/to.sock:/path".
+---@param opts {method: string|nil, url: string, headers: table|nil, body: string|table|nil, timeout: number|nil}
+---@return luastrip.HttpResult
+function http.request(opts) end
+
+store = {}
+
+---@param key string
+---@return any
+function store.get(key) end
+
+---Set a JSON-able value; nil deletes.
+---@param key string
+---@param value any
+function store.set(key, value) end
+
+---Add `n` (default 1) to an integer value and return the result.
+---@param key string
+---@param n integer|nil
+---@return integer
+function store.incr(key, n) end
+
+---@param key string
+---@return boolean existed
+function store.del(key) end
+
+---@param prefix string|nil
+---@return string[]
+function store.keys(prefix) end
+
+log = {}
+
+---@param msg string
+---@param fields table|nil
+function log.debug(msg, fields) end
+---@param msg string
+---@param fields table|nil
+function log.info(msg, fields) end
+---@param msg string
+---@param fields table|nil
+function log.warn(msg, fields) end
+---@param msg string
+---@param fields table|nil
+function log.error(msg, fields) end
