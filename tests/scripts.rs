@@ -762,3 +762,44 @@ fn audit_example_logs_state_changing_calls() {
         "GETs are not audited: {log}"
     );
 }
+
+#[test]
+fn pre_hooks_rewrite_method_path_query_and_headers() {
+    let (gw, _) = with_script(
+        "rewrite.lua",
+        r#"
+        -- /luastrip/all-containers is /containers/json?all=1, spelled for humans.
+        route.pre("GET /luastrip/all-containers", function(req)
+          req.path = "/containers/json"
+          req.query.all = "1"
+          req.headers["x-luastrip"] = "rewritten"
+        end)
+        -- A HEAD-less client can ask with DELETE-by-POST; the method is rewritten.
+        route.pre("POST /luastrip/remove/{id}", function(req)
+          req.method = "DELETE"
+          req.path = "/containers/" .. req.params.id
+          req.query.force = "true"
+        end)
+        "#,
+    );
+    let id = run_ok(gw.docker().args(["create", IMAGE, "true"]))
+        .trim()
+        .to_string();
+    let resp = raw(
+        &gw,
+        b"GET /v1.41/luastrip/all-containers HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let list = json_body(&resp);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["Id"] == id.as_str()),
+        "the created (never started) container is listed only with all=1"
+    );
+    let resp = raw(&gw, format!("POST /luastrip/remove/{id} HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 204"), "{resp}");
+    let out = output(Daemon::shared().docker().args(["inspect", &id]));
+    assert!(!out.status.success(), "the container should be gone");
+}

@@ -243,6 +243,8 @@ fn build_vm(scripts: &Scripts, limits: &Limits, services: &Services) -> Result<V
     http::register(&lua, limits.body).map_err(lua_err)?;
 
     lua.set_memory_limit(limits.vm_memory).map_err(lua_err)?;
+    let meta = object_meta(&lua).map_err(lua_err)?;
+    lua.set_app_data(ObjectMeta(meta));
     lua.set_app_data(Registry::default());
     for (path, src) in &scripts.files {
         let shown = path.display().to_string();
@@ -395,8 +397,8 @@ impl Hooks for Engine {
             };
             let lua = &vm.lua;
             let le = |e: mlua::Error| script_error(&e, &vm.files, "", &self.limits);
-            let req = new_req(lua, call, body.as_ref()).map_err(le)?;
-            let snapshot = Snapshot::take(&req).map_err(le)?;
+            let query = query_pairs(call.query().unwrap_or(""));
+            let req = new_req(lua, call, &query, body.as_ref()).map_err(le)?;
             let mut answer = None;
             for (hook, params) in &matched {
                 set_params(lua, &req, params).map_err(le)?;
@@ -436,7 +438,7 @@ impl Hooks for Engine {
                     }
                 }
             }
-            apply_req(lua, call, &req, &snapshot, body).map_err(le)?;
+            apply_req(call, &req, &query, body).map_err(le)?;
             call.hook_state = Some(Box::new(CallState { req }) as Box<dyn Any + Send + Sync>);
             Ok(answer)
         })
@@ -480,10 +482,12 @@ impl Hooks for Engine {
                 .and_then(|s| s.downcast::<CallState>().ok())
             {
                 Some(s) => s.req,
-                None => new_req(lua, call, None).map_err(le)?,
+                None => {
+                    let query = query_pairs(call.query().unwrap_or(""));
+                    new_req(lua, call, &query, None).map_err(le)?
+                }
             };
             let res_t = new_res(lua, res, body.as_ref(), streaming).map_err(le)?;
-            let snapshot = Snapshot::take(&res_t).map_err(le)?;
             for (hook, params) in &matched {
                 set_params(lua, &req, params).map_err(le)?;
                 let t = Instant::now();
@@ -508,7 +512,7 @@ impl Hooks for Engine {
                     return Err(e);
                 }
             }
-            apply_res(lua, res, &res_t, &snapshot, body, streaming).map_err(le)
+            apply_res(res, &res_t, body, streaming).map_err(le)
         })
     }
 }
@@ -565,13 +569,18 @@ fn response_is_streaming(res: &Response<Body>, cap: usize) -> bool {
 }
 
 /// The `req` table of DESIGN §3.
-fn new_req(lua: &Lua, call: &Call, body: Option<&Bytes>) -> mlua::Result<Table> {
+fn new_req(
+    lua: &Lua,
+    call: &Call,
+    query: &[(String, String)],
+    body: Option<&Bytes>,
+) -> mlua::Result<Table> {
     let req = lua.create_table()?;
     req.set("id", call.id)?;
     req.set("method", call.head.method.as_str())?;
     req.set("path", call.path.path.as_str())?;
     req.set("version", call.path.version.as_deref())?;
-    req.set("query", query_table(lua, call.query().unwrap_or(""))?)?;
+    req.set("query", query_table(lua, query)?)?;
     req.set("headers", headers_table(lua, &call.head.headers)?)?;
     req.set("params", lua.create_table()?)?;
     if let Some(b) = body {
@@ -600,9 +609,13 @@ fn new_res(
     Ok(t)
 }
 
-/// `t:json()` decodes `t.body`; `t:set_json(v)` replaces it.
-fn add_json_methods(lua: &Lua, t: &Table) -> mlua::Result<()> {
-    t.set(
+/// The metatable giving `req`, `res` and API results their `json()` / `set_json()` methods;
+/// made once per VM (app data) rather than two closures per call.
+struct ObjectMeta(Table);
+
+fn object_meta(lua: &Lua) -> mlua::Result<Table> {
+    let methods = lua.create_table()?;
+    methods.set(
         "json",
         lua.create_function(|lua, this: Table| {
             match this.get::<Option<mlua::String>>("body")? {
@@ -614,13 +627,24 @@ fn add_json_methods(lua: &Lua, t: &Table) -> mlua::Result<()> {
             }
         })?,
     )?;
-    t.set(
+    methods.set(
         "set_json",
         lua.create_function(|lua, (this, v): (Table, Value)| {
             this.set("body", lua.create_string(json::encode(lua, v)?)?)
         })?,
     )?;
-    Ok(())
+    let mt = lua.create_table()?;
+    mt.set("__index", methods)?;
+    Ok(mt)
+}
+
+/// Give `t` the `json()` / `set_json()` methods.
+fn add_json_methods(lua: &Lua, t: &Table) -> mlua::Result<()> {
+    let mt = match lua.app_data_ref::<ObjectMeta>() {
+        Some(m) => m.0.clone(),
+        None => return Err(mlua::Error::runtime("luastrip: VM without object methods")),
+    };
+    t.set_metatable(Some(mt))
 }
 
 fn set_params(lua: &Lua, req: &Table, params: &crate::route::Params) -> mlua::Result<()> {
@@ -647,11 +671,23 @@ fn headers_table(lua: &Lua, headers: &HeaderMap) -> mlua::Result<Table> {
     Ok(t)
 }
 
-fn query_table(lua: &Lua, query: &str) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
+/// Decoded `key=value` pairs of a query string (a repeated key: the last one wins, as in the
+/// Lua table).
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        t.set(decode_component(k), decode_component(v))?;
+        let (k, v) = (decode_component(k), decode_component(v));
+        pairs.retain(|(old, _)| *old != k);
+        pairs.push((k, v));
+    }
+    pairs
+}
+
+fn query_table(lua: &Lua, pairs: &[(String, String)]) -> mlua::Result<Table> {
+    let t = lua.create_table_with_capacity(0, pairs.len())?;
+    for (k, v) in pairs {
+        t.raw_set(k.as_str(), v.as_str())?;
     }
     Ok(t)
 }
@@ -662,29 +698,52 @@ fn decode_component(s: &str) -> String {
         .into_owned()
 }
 
-/// What a table looked like before the hooks ran, to apply only what they changed.
-struct Snapshot {
-    method: Option<String>,
-    path: Option<String>,
-    version: Option<String>,
-    status: Option<u16>,
-    query: Vec<(String, String)>,
-    headers: Vec<(String, String)>,
-    body: Option<mlua::String>,
+/// Whether a script's headers table still says what `orig` says (names are lower-case in Lua,
+/// repeated headers joined with ", ").
+fn headers_unchanged(t: &Table, orig: &HeaderMap) -> mlua::Result<bool> {
+    let mut n = 0;
+    for pair in t.pairs::<mlua::String, mlua::String>() {
+        let (k, v) = pair?;
+        n += 1;
+        let k = k.as_bytes();
+        let Ok(name) = HeaderName::from_bytes(&k) else {
+            return Ok(false);
+        };
+        let mut values = orig.get_all(&name).iter();
+        let same = match (values.next(), values.next()) {
+            (Some(one), None) => one.as_bytes() == &v.as_bytes()[..],
+            (Some(_), Some(_)) => {
+                let joined = orig
+                    .get_all(&name)
+                    .iter()
+                    .map(|x| String::from_utf8_lossy(x.as_bytes()).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                joined.as_bytes() == &v.as_bytes()[..]
+            }
+            (None, _) => false,
+        };
+        if !same {
+            return Ok(false);
+        }
+    }
+    Ok(n == orig.keys_len())
 }
 
-impl Snapshot {
-    fn take(t: &Table) -> mlua::Result<Snapshot> {
-        Ok(Snapshot {
-            method: t.get("method")?,
-            path: t.get("path")?,
-            version: t.get("version")?,
-            status: t.get("status")?,
-            query: string_pairs(t.get::<Option<Table>>("query")?)?,
-            headers: string_pairs(Some(t.get::<Table>("headers")?))?,
-            body: t.get("body")?,
-        })
+/// Whether a script's query table still holds exactly `orig`.
+fn query_unchanged(t: &Table, orig: &[(String, String)]) -> mlua::Result<bool> {
+    let mut n = 0;
+    for pair in t.pairs::<mlua::String, mlua::String>() {
+        let (k, v) = pair?;
+        n += 1;
+        let same = orig.iter().any(|(ok, ov)| {
+            ok.as_bytes() == &k.as_bytes()[..] && ov.as_bytes() == &v.as_bytes()[..]
+        });
+        if !same {
+            return Ok(false);
+        }
     }
+    Ok(n == orig.len())
 }
 
 fn string_pairs(t: Option<Table>) -> mlua::Result<Vec<(String, String)>> {
@@ -698,32 +757,40 @@ fn string_pairs(t: Option<Table>) -> mlua::Result<Vec<(String, String)>> {
     Ok(v)
 }
 
-/// Apply a pre hook's edits of `req` to the call.
+/// Whether `now` (a Lua `body` field) differs from the body the hooks were given.
+fn body_changed(now: &Option<mlua::String>, given: Option<&Bytes>) -> bool {
+    match (now, given) {
+        (Some(n), Some(g)) => &n.as_bytes()[..] != &g[..],
+        (None, None) => false,
+        _ => true,
+    }
+}
+
+/// Apply a pre hook's edits of `req` to the call: only what differs from the call.
 fn apply_req(
-    lua: &Lua,
     call: &mut Call,
     req: &Table,
-    before: &Snapshot,
+    query: &[(String, String)],
     body: Option<Bytes>,
 ) -> mlua::Result<()> {
-    let _ = lua;
-    let now = Snapshot::take(req)?;
-    if now.method != before.method {
-        let m = now.method.unwrap_or_default().to_ascii_uppercase();
+    let method: String = req.get("method")?;
+    if method != call.head.method.as_str() {
+        let m = method.to_ascii_uppercase();
         call.head.method = Method::from_bytes(m.as_bytes())
             .map_err(|_| mlua::Error::runtime(format!("req.method {m:?} is not a method")))?;
     }
-    if now.path != before.path || now.version != before.version {
-        let p = now.path.unwrap_or_default();
-        let mut np = NormalPath::parse(&p).map_err(mlua::Error::runtime)?;
+    let path: String = req.get("path")?;
+    let version: Option<String> = req.get("version")?;
+    if path != call.path.path || version != call.path.version {
+        let mut np = NormalPath::parse(&path).map_err(mlua::Error::runtime)?;
         if np.version.is_none() {
-            np.version = now.version;
+            np.version = version;
         }
         call.path = np;
     }
-    if now.query != before.query {
-        let q: Vec<String> = now
-            .query
+    let qt: Table = req.get("query")?;
+    if !query_unchanged(&qt, query)? {
+        let q: Vec<String> = string_pairs(Some(qt))?
             .iter()
             .map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v)))
             .collect();
@@ -736,14 +803,18 @@ fn apply_req(
             .parse()
             .map_err(|e| mlua::Error::runtime(format!("req.query: {e}")))?;
     }
-    if now.headers != before.headers {
-        call.head.headers = header_map(&now.headers)?;
+    let ht: Table = req.get("headers")?;
+    if !headers_unchanged(&ht, &call.head.headers)? {
+        call.head.headers = header_map(&string_pairs(Some(ht))?)?;
     }
-    let new_body = match (&now.body, &before.body) {
-        (Some(n), Some(b)) if n.as_bytes() == b.as_bytes() => body,
-        (None, None) => body,
-        (Some(n), _) => Some(Bytes::copy_from_slice(&n.as_bytes())),
-        (None, Some(_)) => Some(Bytes::new()),
+    let now: Option<mlua::String> = req.get("body")?;
+    let new_body = if body_changed(&now, body.as_ref()) {
+        Some(
+            now.map(|n| Bytes::copy_from_slice(&n.as_bytes()))
+                .unwrap_or_default(),
+        )
+    } else {
+        body
     };
     if let Some(b) = new_body {
         set_length(&mut call.head.headers, b.len());
@@ -752,32 +823,27 @@ fn apply_req(
     Ok(())
 }
 
-/// Apply post hooks' edits of `res`. Streaming responses keep their body.
+/// Apply post hooks' edits of `res`: only what differs. Streaming responses keep their body.
 fn apply_res(
-    _lua: &Lua,
     res: &mut Response<Body>,
     t: &Table,
-    before: &Snapshot,
     body: Option<Bytes>,
     streaming: bool,
 ) -> mlua::Result<()> {
-    let now = Snapshot::take(t)?;
-    if now.status != before.status {
-        let s = now.status.unwrap_or(200);
-        *res.status_mut() = StatusCode::from_u16(s)
-            .map_err(|_| mlua::Error::runtime(format!("res.status {s} is not a status code")))?;
+    let status: u16 = t.get("status")?;
+    if status != res.status().as_u16() {
+        *res.status_mut() = StatusCode::from_u16(status).map_err(|_| {
+            mlua::Error::runtime(format!("res.status {status} is not a status code"))
+        })?;
     }
-    if now.headers != before.headers {
-        *res.headers_mut() = header_map(&now.headers)?;
+    let ht: Table = t.get("headers")?;
+    if !headers_unchanged(&ht, res.headers())? {
+        *res.headers_mut() = header_map(&string_pairs(Some(ht))?)?;
     }
     if !streaming {
-        let changed = match (&now.body, &before.body) {
-            (Some(n), Some(b)) => n.as_bytes() != b.as_bytes(),
-            (a, b) => a.is_some() != b.is_some(),
-        };
-        if changed {
+        let now: Option<mlua::String> = t.get("body")?;
+        if body_changed(&now, body.as_ref()) {
             let b = now
-                .body
                 .map(|b| Bytes::copy_from_slice(&b.as_bytes()))
                 .unwrap_or_default();
             set_length(res.headers_mut(), b.len());
