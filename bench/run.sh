@@ -8,6 +8,10 @@
 #   luastrip  – luastrip serve (release build) in front of it
 #   nginx     – nginx proxy_pass with upstream keepalive
 #   haproxy   – HAProxy mode http with connection reuse
+#   luastrip-hook – luastrip with a trivial Lua pre hook on every call
+# and, POSTing the real docker CLI create body (tests/fixtures/create-body.json) to
+# /containers/create: luastrip pass-through, luastrip with a Lua hook that decodes it, adds a
+# label and re-encodes it, and nginx + Lua (lua-nginx-module + cjson) doing the same edit;
 # then GET /_ping on a private dockerd, direct and through luastrip, and luastrip's RSS with 1000
 # idle client connections. Rounds are interleaved (A B C D, A B C D, …) so that drift on a noisy
 # machine hits every contender alike; the median round is reported, with ratios to luastrip.
@@ -25,6 +29,9 @@ command -v oha >/dev/null || die "oha is missing: cargo install oha --locked"
 command -v nginx >/dev/null || die "nginx is missing: apt-get install -y nginx-light"
 command -v haproxy >/dev/null || die "haproxy is missing: apt-get install -y haproxy"
 command -v dockerd >/dev/null || die "dockerd is missing: apt-get install -y docker.io"
+[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || die "nginx Lua is missing: apt-get install -y libnginx-mod-http-lua lua-cjson"
+[ -f /usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so ] || die "cjson is missing: apt-get install -y lua-cjson"
+BODY=$PWD/tests/fixtures/create-body.json
 
 cargo build --release --quiet
 BIN=$PWD/target/release/luastrip
@@ -34,6 +41,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     [ -f "$D/nginx-static.pid" ] && kill "$(cat "$D/nginx-static.pid")" 2>/dev/null || true
     [ -f "$D/nginx-proxy.pid" ] && kill "$(cat "$D/nginx-proxy.pid")" 2>/dev/null || true
+    [ -f "$D/nginx-lua.pid" ] && kill "$(cat "$D/nginx-lua.pid")" 2>/dev/null || true
     [ -f "$D/dockerd/pid" ] && kill "$(cat "$D/dockerd/pid")" 2>/dev/null || true
     sleep 1
     rm -rf "$D" 2>/dev/null || true
@@ -66,6 +74,63 @@ LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip.sock" --upstream "un
     2> "$D/luastrip.err" & PIDS+=($!)
 LUASTRIP_PID=$!
 wait_sock "$D/luastrip.sock"
+
+cat > "$D/trivial.lua" <<'LUA'
+route.pre("* /**", function(req) end)
+LUA
+cat > "$D/json-edit.lua" <<'LUA'
+route.pre("POST /containers/create", function(req)
+  local spec = req:json()
+  spec.Labels = spec.Labels or json.object()
+  spec.Labels["managed-by"] = "luastrip"
+  req:set_json(spec)
+end)
+LUA
+LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip-hook.sock" --upstream "unix://$D/static.sock" \
+    --scripts "$D/trivial.lua" 2> "$D/luastrip-hook.err" & PIDS+=($!)
+LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip-json.sock" --upstream "unix://$D/static.sock" \
+    --scripts "$D/json-edit.lua" 2> "$D/luastrip-json.err" & PIDS+=($!)
+wait_sock "$D/luastrip-hook.sock"
+wait_sock "$D/luastrip-json.sock"
+
+cat > "$D/nginx-lua.conf" <<NGX
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+worker_processes 1;
+user root;
+pid $D/nginx-lua.pid;
+error_log $D/nginx-lua.err warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    lua_package_cpath "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
+    upstream static { server unix:$D/static.sock; keepalive 128; }
+    server {
+        listen unix:$D/nginx-lua.sock;
+        client_body_buffer_size 64k;
+        location / {
+            rewrite_by_lua_block {
+                local cjson = require "cjson"
+                ngx.req.read_body()
+                local b = ngx.req.get_body_data()
+                if b then
+                    local t = cjson.decode(b)
+                    t.Labels = t.Labels or {}
+                    t.Labels["managed-by"] = "luastrip"
+                    ngx.req.set_body_data(cjson.encode(t))
+                end
+            }
+            proxy_pass http://static;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+NGX
+nginx -c "$D/nginx-lua.conf" -g 'daemon on;'
+wait_sock "$D/nginx-lua.sock"
 
 cat > "$D/nginx-proxy.conf" <<NGX
 worker_processes 1;
@@ -123,11 +188,13 @@ LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip-docker.sock" --upstr
 wait_sock "$D/luastrip-docker.sock"
 
 # --- measuring ------------------------------------------------------------------------------
-# one_run NAME SOCKET PATH -> appends "NAME rps p50_ms p99_ms" to $D/results
+# one_run NAME SOCKET PATH [oha args…] -> appends "NAME rps p50_ms p99_ms non2xx" to $D/results
 one_run() {
-    oha --no-tui --output-format json -z "${DURATION}s" -c "$CONC" --unix-socket "$2" "http://localhost$3" \
-        > "$D/oha.json" 2>/dev/null
-    python3 - "$1" "$D/oha.json" >> "$D/results" <<'PY'
+    local name=$1 sock=$2 path=$3
+    shift 3
+    oha --no-tui --output-format json -z "${DURATION}s" -c "$CONC" --unix-socket "$sock" "$@" \
+        "http://localhost$path" > "$D/oha.json" 2>/dev/null
+    python3 - "$name" "$D/oha.json" >> "$D/results" <<'PY'
 import json, sys
 name, path = sys.argv[1], sys.argv[2]
 j = json.load(open(path))
@@ -145,8 +212,13 @@ for r in $(seq "$ROUNDS"); do
     one_run luastrip "$D/luastrip.sock"         /
     one_run nginx    "$D/nginx-proxy.sock"      /
     one_run haproxy  "$D/haproxy.sock"          /
+    one_run luastrip-hook "$D/luastrip-hook.sock"   /
     one_run docker-direct   "$D/dockerd/docker.sock"     /_ping
     one_run docker-luastrip "$D/luastrip-docker.sock"    /_ping
+    POST=(-m POST -T application/json -D "$BODY")
+    one_run create-luastrip "$D/luastrip.sock"      /containers/create "${POST[@]}"
+    one_run create-luastrip-json "$D/luastrip-json.sock" /containers/create "${POST[@]}"
+    one_run create-nginx-lua "$D/nginx-lua.sock"    /containers/create "${POST[@]}"
 done
 
 # RSS of a fresh pass-through gateway with 1000 idle keep-alive connections, each of which made
@@ -193,7 +265,8 @@ def med(name):
 print(f"{rounds} interleaved rounds of {dur}s, {conc} connections, oha over Unix sockets; median round shown\n")
 print("| contender | req/s | p50 ms | p99 ms | non-2xx |")
 print("|---|---:|---:|---:|---:|")
-for name in ["direct", "luastrip", "nginx", "haproxy", "docker-direct", "docker-luastrip"]:
+for name in ["direct", "luastrip", "nginx", "haproxy", "luastrip-hook", "docker-direct", "docker-luastrip",
+             "create-luastrip", "create-luastrip-json", "create-nginx-lua"]:
     rps, p50, p99, bad = med(name)
     print(f"| {name} | {rps} | {p50} | {p99} | {bad} |")
 l = med("luastrip"); n = med("nginx"); h = med("haproxy"); d = med("direct")
@@ -203,6 +276,10 @@ print(f"- luastrip / nginx proxy rps: {l[0]/n[0]:.2f}  (target >= 1.2); p99 {l[2
 print(f"- luastrip / HAProxy rps: {l[0]/h[0]:.2f}  (target >= 1.2); p99 {l[2]} vs {h[2]} ms")
 print(f"- luastrip / direct static rps: {l[0]/d[0]:.2f}")
 print(f"- dockerd GET /_ping through luastrip / direct: {dl[0]/dd[0]:.2f}  (target >= 0.8)")
+t = med("luastrip-hook"); cj = med("create-luastrip-json"); cn = med("create-nginx-lua"); cp = med("create-luastrip")
+print(f"- trivial Lua hook / pass-through rps: {t[0]/l[0]:.2f}  (target >= 0.9)")
+print(f"- JSON-editing hook / nginx+Lua (cjson) rps: {cj[0]/cn[0]:.2f}  (target >= 1.3); "
+      f"JSON hook / pass-through on the same POST: {cj[0]/cp[0]:.2f}")
 print(f"- luastrip RSS with 1000 idle connections: {rss_idle} MB  (target <= 30); "
       f"after a burst of 1000 concurrent requests on them: {rss_burst} MB")
 PY

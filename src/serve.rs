@@ -11,9 +11,10 @@
 //! # Threads
 //!
 //! luastrip runs thread-per-core: `threads` workers, each a single-threaded Tokio runtime with its
-//! own accept loop on the shared listen socket and its own upstream pool ([`Worker`]). A call, its
-//! daemon connection and its tunnel all live on the thread that accepted the client, so the hot
-//! path has no cross-thread hand-off. Measured (see `bench/RESULTS.md`): on a 2-core machine a
+//! own upstream pool ([`Worker`]) and Lua VM. One acceptor deals client connections to the workers
+//! round-robin; from then on a call, its daemon connection and its tunnel all live on that
+//! worker's thread, so the hot path has no cross-thread hand-off (only each new connection
+//! crosses once). Measured (see `bench/RESULTS.md`): on a 2-core machine a
 //! work-stealing runtime spent 44 % of its samples in the kernel's wake-up and context-switch
 //! paths and served 35k pass-through calls/s; thread-per-core serves about 50k.
 
@@ -29,7 +30,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -191,9 +192,11 @@ pub async fn run_gateway(
         "luastrip is serving"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut workers = Vec::new();
     let mut others = Vec::new();
     for n in 1..threads.max(1) {
-        let socket = listener.inner.try_clone()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        workers.push(tx);
         let gateway = gateway.clone();
         let stop = stop_rx.clone();
         let thread = std::thread::Builder::new()
@@ -202,15 +205,41 @@ pub async fn run_gateway(
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                rt.block_on(worker(socket, gateway, stop))
+                rt.block_on(worker(rx, gateway, stop))
             })?;
         others.push(thread);
     }
-    let mine = tokio::spawn(worker(listener.inner.try_clone()?, gateway, stop_rx));
-    shutdown.await;
+    // This runtime is a worker too.
+    let (tx, rx) = mpsc::unbounded_channel();
+    workers.push(tx);
+    let mine = tokio::spawn(worker(rx, gateway, stop_rx));
+
+    // One acceptor deals connections round-robin: a shared accept would let one worker win
+    // most of them and leave the other core idle.
+    let accept = UnixListener::from_std(listener.inner.try_clone()?)?;
+    let mut next = 0;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = accept.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
+                Ok(stream) => {
+                    let _ = workers[next].send(stream);
+                    next = (next + 1) % workers.len();
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
     info!("shutting down: no new connections; finishing calls in flight");
     // Remove the socket first so that no client connects to a gateway that is going away.
+    drop(accept);
     drop(listener);
+    drop(workers);
     let _ = stop_tx.send(true);
     let mut result = mine.await.unwrap_or_else(|e| Err(io::Error::other(e)));
     for t in others {
@@ -225,32 +254,29 @@ pub async fn run_gateway(
     result
 }
 
-/// One worker: accept clients on `socket` until told to stop, serve each on this thread, then give
+/// One worker: serve the connections dealt to it on this thread until told to stop, then give
 /// calls in flight up to [`SHUTDOWN_GRACE`].
 async fn worker(
-    socket: std::os::unix::net::UnixListener,
+    mut incoming: mpsc::UnboundedReceiver<std::os::unix::net::UnixStream>,
     gateway: Arc<Gateway>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let listener = UnixListener::from_std(socket)?;
     let worker = Arc::new(Worker::new(gateway));
     let tracker = TaskTracker::new();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tracker.spawn(connection(stream, worker.clone(), stop.clone()));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            stream = incoming.recv() => match stream {
+                Some(stream) => match UnixStream::from_std(stream) {
+                    Ok(stream) => {
+                        tracker.spawn(connection(stream, worker.clone(), stop.clone()));
+                    }
+                    Err(e) => warn!(error = %e, "cannot register a client connection"),
+                },
+                None => break,
             }
         }
     }
-    drop(listener);
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await

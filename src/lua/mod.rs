@@ -760,7 +760,7 @@ fn string_pairs(t: Option<Table>) -> mlua::Result<Vec<(String, String)>> {
 /// Whether `now` (a Lua `body` field) differs from the body the hooks were given.
 fn body_changed(now: &Option<mlua::String>, given: Option<&Bytes>) -> bool {
     match (now, given) {
-        (Some(n), Some(g)) => &n.as_bytes()[..] != &g[..],
+        (Some(n), Some(g)) => n.as_bytes()[..] != g[..],
         (None, None) => false,
         _ => true,
     }
