@@ -9,15 +9,9 @@
 //! limit), so do not use it for streams such as `/events`; `timeout` (seconds, default 30) bounds
 //! every call.
 
-use std::time::Duration;
-
-use ::http::{header, HeaderValue, Method, Request};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use mlua::{Lua, Result, Table, Value};
 
-use super::{budget, headers_table, json};
-use crate::call::full;
+use super::exchange;
 use crate::upstream::Upstream;
 
 /// Install `docker` as a global. Without an upstream (`luastrip check`) calls fail clearly.
@@ -68,11 +62,6 @@ async fn request(
 ) -> Result<Table> {
     let err = |m: String| mlua::Error::runtime(format!("docker.request: {m}"));
     let upstream = upstream.ok_or_else(|| err("no daemon here (luastrip check)".into()))?;
-    let method: String = opts
-        .get::<Option<String>>("method")?
-        .unwrap_or_else(|| "GET".into());
-    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| err(format!("{method:?} is not a method")))?;
     let path: String = opts
         .get::<Option<String>>("path")?
         .ok_or_else(|| err("path is required".into()))?;
@@ -108,63 +97,10 @@ async fn request(
             )))
         }
     }
-    let mut builder = Request::builder().method(method).uri(&target);
-    let mut json_body = false;
-    let body = match opts.get::<Value>("body")? {
-        Value::Nil => Bytes::new(),
-        Value::String(s) => Bytes::copy_from_slice(&s.as_bytes()),
-        v @ Value::Table(_) => {
-            json_body = true;
-            Bytes::from(json::encode(lua, v)?)
-        }
-        other => {
-            return Err(err(format!(
-                "body must be a string or table, not {}",
-                other.type_name()
-            )))
-        }
-    };
-    if let Some(h) = opts.get::<Option<Table>>("headers")? {
-        for pair in h.pairs::<String, String>() {
-            let (k, v) = pair?;
-            builder = builder.header(k, v);
-        }
-    }
-    let mut req = builder
-        .body(full(body.clone()))
-        .map_err(|e| err(format!("bad request: {e}")))?;
-    let headers = req.headers_mut();
-    headers.insert(header::HOST, HeaderValue::from_static("docker"));
-    if json_body && !headers.contains_key(header::CONTENT_TYPE) {
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    let timeout = Duration::from_secs_f64(
-        opts.get::<Option<f64>>("timeout")?
-            .unwrap_or(30.0)
-            .max(0.001),
-    );
-    let call = async {
-        let res = upstream.send(req).await.map_err(|e| e.to_string())?;
-        let (parts, body) = res.into_parts();
-        let bytes = Limited::new(body, limit)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the response: {e}"))?
-            .to_bytes();
-        Ok::<_, String>((parts, bytes))
-    };
-    let (parts, bytes) = budget::pause(lua, tokio::time::timeout(timeout, call))
-        .await
-        .map_err(|_| err(format!("{target} took longer than {timeout:?}")))?
-        .map_err(err)?;
-    let out = lua.create_table()?;
-    out.set("status", parts.status.as_u16())?;
-    out.set("headers", headers_table(lua, &parts.headers)?)?;
-    out.set("body", lua.create_string(&bytes)?)?;
-    super::add_json_methods(lua, &out)?;
-    Ok(out)
+    let req = exchange::build(lua, &opts, &target, "docker").map_err(err)?;
+    let what = format!("docker.request {target}");
+    exchange::finish(lua, &opts, 30.0, limit, &what, async move {
+        upstream.send(req).await.map_err(|e| e.to_string())
+    })
+    .await
 }

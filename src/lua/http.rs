@@ -6,16 +6,11 @@
 //! call opens its own HTTP/1.1 connection; the wait is async and not charged to the hook's
 //! budget; `timeout` (seconds, default 10) bounds connect, send and the whole response.
 
-use std::time::Duration;
-
-use ::http::{header, HeaderValue, Method, Request};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use ::http::Request;
 use hyper_util::rt::TokioIo;
-use mlua::{Lua, Result, Table, Value};
+use mlua::{Lua, Result, Table};
 
-use super::{budget, headers_table, json};
-use crate::call::full;
+use super::exchange;
 
 /// Where a URL points.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,94 +79,31 @@ async fn request(lua: &Lua, limit: usize, opts: Table) -> Result<Table> {
     let url: String = opts
         .get::<Option<String>>("url")?
         .ok_or_else(|| mlua::Error::runtime("http.request: url is required"))?;
-    let err = |m: String| mlua::Error::runtime(format!("http.request {url}: {m}"));
+    let what = format!("http.request {url}");
+    let err = |m: String| mlua::Error::runtime(format!("{what}: {m}"));
     let (target, path) = parse_url(&url).map_err(err)?;
-    let method: String = opts
-        .get::<Option<String>>("method")?
-        .unwrap_or_else(|| "GET".into());
-    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| err(format!("{method:?} is not a method")))?;
-    let mut json_body = false;
-    let body = match opts.get::<Value>("body")? {
-        Value::Nil => Bytes::new(),
-        Value::String(s) => Bytes::copy_from_slice(&s.as_bytes()),
-        v @ Value::Table(_) => {
-            json_body = true;
-            Bytes::from(json::encode(lua, v)?)
-        }
-        other => {
-            return Err(err(format!(
-                "body must be a string or table, not {}",
-                other.type_name()
-            )))
-        }
+    let host = match &target {
+        Target::Tcp { host, .. } => host.as_str(),
+        Target::Unix { .. } => "localhost",
     };
-    let mut builder = Request::builder().method(method).uri(&path);
-    if let Some(h) = opts.get::<Option<Table>>("headers")? {
-        for pair in h.pairs::<String, String>() {
-            let (k, v) = pair?;
-            builder = builder.header(k, v);
-        }
-    }
-    let mut req = builder
-        .body(full(body.clone()))
-        .map_err(|e| err(e.to_string()))?;
-    let headers = req.headers_mut();
-    if !headers.contains_key(header::HOST) {
-        let host = match &target {
-            Target::Tcp { host, .. } => host.as_str(),
-            Target::Unix { .. } => "localhost",
-        };
-        headers.insert(
-            header::HOST,
-            HeaderValue::from_str(host).map_err(|e| err(e.to_string()))?,
-        );
-    }
-    if json_body && !headers.contains_key(header::CONTENT_TYPE) {
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    let timeout = Duration::from_secs_f64(
-        opts.get::<Option<f64>>("timeout")?
-            .unwrap_or(10.0)
-            .max(0.001),
-    );
-    let exchange = async {
-        let res = match &target {
+    let req = exchange::build(lua, &opts, &path, host).map_err(err)?;
+    exchange::finish(lua, &opts, 10.0, limit, &what, async move {
+        match &target {
             Target::Tcp { addr, .. } => {
                 let s = tokio::net::TcpStream::connect(addr.as_str())
                     .await
                     .map_err(|e| format!("cannot connect: {e}"))?;
-                send(TokioIo::new(s), req).await?
+                send(TokioIo::new(s), req).await
             }
             Target::Unix { socket } => {
                 let s = tokio::net::UnixStream::connect(socket.as_str())
                     .await
                     .map_err(|e| format!("cannot connect: {e}"))?;
-                send(TokioIo::new(s), req).await?
+                send(TokioIo::new(s), req).await
             }
-        };
-        let (parts, body) = res.into_parts();
-        let bytes = Limited::new(body, limit)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the response: {e}"))?
-            .to_bytes();
-        Ok::<_, String>((parts, bytes))
-    };
-    let (parts, bytes) = budget::pause(lua, tokio::time::timeout(timeout, exchange))
-        .await
-        .map_err(|_| err(format!("no complete answer within {timeout:?}")))?
-        .map_err(err)?;
-    let out = lua.create_table()?;
-    out.set("status", parts.status.as_u16())?;
-    out.set("headers", headers_table(lua, &parts.headers)?)?;
-    out.set("body", lua.create_string(&bytes)?)?;
-    super::add_json_methods(lua, &out)?;
-    Ok(out)
+        }
+    })
+    .await
 }
 
 /// One request on a fresh HTTP/1.1 connection.

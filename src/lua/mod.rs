@@ -25,6 +25,7 @@
 
 pub mod budget;
 pub mod docker;
+pub mod exchange;
 pub mod http;
 pub mod json;
 pub mod log;
@@ -137,6 +138,22 @@ struct Vm {
     hooks: Vec<Hook>,
     /// Script paths, to find `file:line` in error messages.
     files: Vec<String>,
+}
+
+impl Vm {
+    /// Hooks of the phases `which` accepts that match the call, in load order, with params.
+    fn matching(
+        &self,
+        call: &Call,
+        which: impl Fn(Phase) -> bool,
+    ) -> Vec<(&Hook, crate::route::Params)> {
+        let method = call.head.method.as_str();
+        self.hooks
+            .iter()
+            .filter(|h| which(h.phase))
+            .filter_map(|h| h.pattern.matches(method, &call.path.path).map(|p| (h, p)))
+            .collect()
+    }
 }
 
 /// The route-script engine shared by all workers.
@@ -375,18 +392,8 @@ impl Hooks for Engine {
     fn pre<'a>(&'a self, call: &'a mut Call) -> HookFuture<'a, Option<Response<Body>>> {
         Box::pin(async move {
             let vm = self.vm()?;
-            let method = call.head.method.as_str().to_string();
-            let path = call.path.path.clone();
-            let matched: Vec<(&Hook, crate::route::Params)> = vm
-                .hooks
-                .iter()
-                .filter(|h| h.phase != Phase::Post)
-                .filter_map(|h| h.pattern.matches(&method, &path).map(|p| (h, p)))
-                .collect();
-            let wants_post = vm
-                .hooks
-                .iter()
-                .any(|h| h.phase == Phase::Post && h.pattern.matches(&method, &path).is_some());
+            let matched = vm.matching(call, |p| p != Phase::Post);
+            let wants_post = !vm.matching(call, |p| p == Phase::Post).is_empty();
             if matched.is_empty() && !wants_post {
                 return Ok(None);
             }
@@ -447,14 +454,7 @@ impl Hooks for Engine {
     fn post<'a>(&'a self, call: &'a mut Call, res: &'a mut Response<Body>) -> HookFuture<'a, ()> {
         Box::pin(async move {
             let vm = self.vm()?;
-            let method = call.head.method.as_str().to_string();
-            let path = call.path.path.clone();
-            let matched: Vec<(&Hook, crate::route::Params)> = vm
-                .hooks
-                .iter()
-                .filter(|h| h.phase == Phase::Post)
-                .filter_map(|h| h.pattern.matches(&method, &path).map(|p| (h, p)))
-                .collect();
+            let matched = vm.matching(call, |p| p == Phase::Post);
             if matched.is_empty() {
                 return Ok(());
             }
