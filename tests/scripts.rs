@@ -104,7 +104,11 @@ fn privileged_run_and_host_binds_are_denied_with_the_scripts_message() {
     );
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("bind mounts of host paths are not allowed (/etc:/host-etc)"));
-    // Everything else still works, including a named volume.
+    // Everything else still works: a plain run ("Binds": null) and a named volume.
+    assert_eq!(
+        run_ok(gw.docker().args(["run", "--rm", IMAGE, "echo", "plain"])),
+        "plain\n"
+    );
     let out = run_ok(gw.docker().args([
         "run",
         "--rm",
@@ -348,8 +352,8 @@ fn check_reports_errors_with_file_and_line() {
     assert!(ok.status.success(), "{ok:?}");
     let text = String::from_utf8_lossy(&ok.stdout);
     assert!(text.contains("ok, 2 routes"), "{text}");
-    assert!(text.contains("deny-privileged.lua:7"), "{text}");
-    assert!(text.contains("deny-privileged.lua:26"), "{text}");
+    assert!(text.contains("deny-privileged.lua:14"), "{text}");
+    assert!(text.contains("deny-privileged.lua:33"), "{text}");
     let dir = support::temp_dir("check");
     for (name, src, want) in [
         (
@@ -862,4 +866,63 @@ fn bodies_over_the_limit_are_a_413_and_streams_stay_streamed() {
         String::from_utf8_lossy(&out.stderr)
     );
     run_ok(gw.docker().args(["rmi", &tag]));
+}
+
+#[test]
+fn require_finds_bundled_modules_and_modules_beside_the_scripts() {
+    let dir = support::temp_dir("require");
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    std::fs::write(
+        dir.join("lib/names.lua"),
+        "local M = {}\nfunction M.shout(s)\n  if s == 'boom' then error('no shouting') end\n  return s:upper()\nend\nreturn M\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("main.lua"),
+        r#"
+        local policy = require "luastrip.policy"
+        local names = require "lib.names"
+        assert(require "lib.names" == names, "modules load once")
+        route.pre("POST /containers/create", function(req)
+          local spec = req:json() or {}
+          if policy.privileged(spec) then return policy.deny("luastrip: no privileges for " .. names.shout("you")) end
+          if #policy.host_binds(spec) > 0 then return policy.deny("binds: " .. table.concat(policy.host_binds(spec), ",")) end
+          if spec.Labels and spec.Labels.say then names.shout(spec.Labels.say) end
+        end)
+        "#,
+    )
+    .unwrap();
+    let gw = with_scripts(&dir);
+    let out = output(gw.docker().args(["create", "--privileged", IMAGE, "true"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("luastrip: no privileges for YOU"));
+    let out = output(
+        gw.docker()
+            .args(["create", "-v", "/etc:/x", "-v", "/tmp:/y", IMAGE, "true"]),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("binds: /etc,/tmp"),
+        "{:?}",
+        out
+    );
+    // An error inside a module names the module's file and line.
+    let out = output(
+        gw.docker()
+            .args(["create", "--label", "say=boom", IMAGE, "true"]),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("names.lua:3") && err.contains("no shouting"),
+        "{err}"
+    );
+    // Outside the scripts directory and the bundled modules there is nothing to require.
+    let bad = dir.join("bad.lua");
+    std::fs::write(&bad, "require '../etc/passwd'\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_luastrip"))
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("module names are letters"));
+    std::fs::remove_file(&bad).unwrap();
 }

@@ -4,18 +4,25 @@ local function deny(why)
   return { status = 403, json = { message = why } }
 end
 
+-- The docker CLI sends "Binds": null when there are none; json.null is truthy, so `x or {}`
+-- would keep it. Treat anything that is not a table as empty.
+local function list(v)
+  if type(v) == "table" then return v end
+  return {}
+end
+
 route.pre("POST /containers/create", function(req)
   local spec = req:json() or {}
-  local host = spec.HostConfig or {}
+  local host = type(spec.HostConfig) == "table" and spec.HostConfig or {}
   if host.Privileged then
     return deny("luastrip policy: privileged containers are not allowed")
   end
-  for _, bind in ipairs(host.Binds or {}) do
+  for _, bind in ipairs(list(host.Binds)) do
     if bind:sub(1, 1) == "/" then
       return deny("luastrip policy: bind mounts of host paths are not allowed (" .. bind .. ")")
     end
   end
-  for _, m in ipairs(host.Mounts or {}) do
+  for _, m in ipairs(list(host.Mounts)) do
     if m.Type == "bind" then
       return deny("luastrip policy: bind mounts of host paths are not allowed (" .. tostring(m.Source) .. ")")
     end

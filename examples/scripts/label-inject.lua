@@ -2,7 +2,7 @@
 --   docker ps --filter label=managed-by=luastrip
 route.pre("POST /containers/create", function(req)
   local spec = req:json()
-  spec.Labels = spec.Labels or json.object()
+  if type(spec.Labels) ~= "table" then spec.Labels = json.object() end  -- absent or null
   spec.Labels["managed-by"] = "luastrip"
   req:set_json(spec)
 end)

@@ -245,7 +245,16 @@ fn build_vm(scripts: &Scripts, limits: &Limits, services: &Services) -> Result<V
         LuaOptions::default(),
     )
     .map_err(lua_err)?;
-    sandbox(&lua).map_err(lua_err)?;
+    let scripts_dir = if scripts.root.is_dir() {
+        scripts.root.clone()
+    } else {
+        scripts
+            .root
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    sandbox(&lua, scripts_dir).map_err(lua_err)?;
     // The namespaces scripts see, one module each.
     json::register(&lua).map_err(lua_err)?;
     log::register(&lua).map_err(lua_err)?;
@@ -276,11 +285,12 @@ fn build_vm(scripts: &Scripts, limits: &Limits, services: &Services) -> Result<V
 }
 
 /// Remove what a route script must not reach: processes, files, bytecode.
-fn sandbox(lua: &Lua) -> mlua::Result<()> {
+fn sandbox(lua: &Lua, scripts_dir: PathBuf) -> mlua::Result<()> {
     let g = lua.globals();
-    for name in ["dofile", "loadfile", "require", "collectgarbage"] {
+    for name in ["dofile", "loadfile", "collectgarbage"] {
         g.set(name, Value::Nil)?;
     }
+    g.set("require", require_fn(lua, scripts_dir)?)?;
     if let Ok(os) = g.get::<Table>("os") {
         let safe = lua.create_table()?;
         for name in ["time", "clock", "date", "difftime"] {
@@ -299,6 +309,57 @@ fn sandbox(lua: &Lua) -> mlua::Result<()> {
         )?,
     )?;
     Ok(())
+}
+
+/// Lua modules bundled into the binary, `require`-able as `luastrip.*`.
+const BUNDLED: &[(&str, &str)] = &[(
+    "luastrip.policy",
+    include_str!("../../stdlib/luastrip/policy.lua"),
+)];
+
+/// `require(name)` limited to the bundled `luastrip.*` modules and `name.lua` files under the
+/// scripts directory (`a.b` is `a/b.lua`). Each module runs once per VM; errors name `file:line`.
+fn require_fn(lua: &Lua, dir: PathBuf) -> mlua::Result<Function> {
+    let loaded = lua.create_table()?;
+    lua.create_function(move |lua, name: String| {
+        if let Some(v) = loaded.raw_get::<Option<Value>>(name.as_str())? {
+            return Ok(v);
+        }
+        let valid = !name.is_empty()
+            && !name.contains("..")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        if !valid {
+            return Err(mlua::Error::runtime(format!(
+                "require {name:?}: module names are letters, digits, '_', '-' and '.'"
+            )));
+        }
+        let (chunk_name, src) = match BUNDLED.iter().find(|(n, _)| *n == name) {
+            Some((n, src)) => (
+                format!("@stdlib/{}.lua", n.replace('.', "/")),
+                src.to_string(),
+            ),
+            None => {
+                let path = dir.join(format!("{}.lua", name.replace('.', "/")));
+                let src = std::fs::read_to_string(&path).map_err(|e| {
+                    mlua::Error::runtime(format!(
+                        "require {name:?}: no bundled module and cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                (format!("@{}", path.display()), src)
+            }
+        };
+        let value: Value = lua.load(src).set_name(chunk_name).call(name.as_str())?;
+        let value = if value.is_nil() {
+            Value::Boolean(true)
+        } else {
+            value
+        };
+        loaded.raw_set(name.as_str(), value.clone())?;
+        Ok(value)
+    })
 }
 
 /// `file:line` of the Lua code calling into Rust right now.
@@ -359,27 +420,32 @@ fn root_cause(e: &mlua::Error) -> &mlua::Error {
     }
 }
 
-/// The first `path:line` in `text` naming one of `files`.
+/// The first `path.lua:line` in `text`: one of `files` (the scripts), or any other Lua file
+/// (a `require`d module, a bundled `stdlib/` one).
 fn find_location(text: &str, files: &[String]) -> Option<String> {
-    let mut best: Option<(usize, String)> = None;
-    for f in files {
-        let mut from = 0;
-        while let Some(i) = text[from..].find(f.as_str()) {
-            let at = from + i;
-            let rest = &text[at + f.len()..];
-            if let Some(num) = rest.strip_prefix(':') {
-                let digits: String = num.chars().take_while(|c| c.is_ascii_digit()).collect();
-                if !digits.is_empty() {
-                    if best.as_ref().is_none_or(|(b, _)| at < *b) {
-                        best = Some((at, format!("{f}:{digits}")));
-                    }
-                    break;
-                }
-            }
-            from = at + f.len();
+    let mut from = 0;
+    while let Some(i) = text[from..].find(".lua:") {
+        let end_of_name = from + i + 4;
+        let digits: String = text[end_of_name + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        if !digits.is_empty() {
+            let start = text[..end_of_name]
+                .rfind(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '[')
+                .map_or(0, |j| j + 1);
+            let name = &text[start..end_of_name];
+            // Prefer the full path of a script when Lua shortened it ("...ts/x.lua").
+            let name = files
+                .iter()
+                .find(|f| f.ends_with(name.trim_start_matches("...")))
+                .map(String::as_str)
+                .unwrap_or(name);
+            return Some(format!("{name}:{digits}"));
         }
+        from = end_of_name;
     }
-    best.map(|(_, l)| l)
+    None
 }
 
 /// The hooks' per-call state kept on the [`Call`] between pre and post: the `req` table, so that

@@ -21,14 +21,19 @@ pub const QUIET: Duration = Duration::from_millis(250);
 /// Returns the watcher; dropping it stops watching. Must be called inside a Tokio runtime.
 pub fn watch(engine: Arc<Engine>, root: &Path) -> notify::Result<notify::RecommendedWatcher> {
     // A single file is usually replaced by a rename on save: watch its directory.
-    let (dir, only): (PathBuf, Option<PathBuf>) = if root.is_dir() {
-        (root.to_path_buf(), None)
+    let (dir, only, mode): (PathBuf, Option<PathBuf>, RecursiveMode) = if root.is_dir() {
+        // Recursive: modules `require`d from subdirectories reload the scripts too.
+        (root.to_path_buf(), None, RecursiveMode::Recursive)
     } else {
         let dir = root
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        (dir.to_path_buf(), Some(root.to_path_buf()))
+        (
+            dir.to_path_buf(),
+            Some(root.to_path_buf()),
+            RecursiveMode::NonRecursive,
+        )
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -44,7 +49,7 @@ pub fn watch(engine: Arc<Engine>, root: &Path) -> notify::Result<notify::Recomme
             let _ = tx.send(());
         }
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    watcher.watch(&dir, mode)?;
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Debounce: wait until nothing changed for QUIET.
