@@ -309,8 +309,14 @@ end)
             .count()
     };
     let before = count();
+    // A clean call first, so that the faults below also run on reused coroutines.
+    let ok = run_ok(gw.docker().args(["create", IMAGE, "true"]))
+        .trim()
+        .to_string();
+    run_ok(gw.docker().args(["rm", &ok]));
     let file = path.display().to_string();
     for (fault, want) in [
+        ("loop", format!("{file}:6")),
         ("error", format!("{file}:4: boom")),
         ("loop", format!("{file}:6")),
         ("memory", "memory cap of 64 MiB".to_string()),

@@ -470,8 +470,7 @@ impl Hooks for Engine {
             };
             let lua = &vm.lua;
             let le = |e: mlua::Error| script_error(&e, &vm.files, "", &self.limits);
-            let query = query_pairs(call.query().unwrap_or(""));
-            let req = new_req(lua, call, &query, body.as_ref()).map_err(le)?;
+            let req = new_req(lua, call, body.as_ref()).map_err(le)?;
             let mut answer = None;
             for (hook, params) in &matched {
                 set_params(lua, &req, params).map_err(le)?;
@@ -511,7 +510,7 @@ impl Hooks for Engine {
                     }
                 }
             }
-            apply_req(call, &req, &query, body).map_err(le)?;
+            apply_req(call, &req, body).map_err(le)?;
             call.hook_state = Some(Box::new(CallState { req }) as Box<dyn Any + Send + Sync>);
             Ok(answer)
         })
@@ -548,10 +547,7 @@ impl Hooks for Engine {
                 .and_then(|s| s.downcast::<CallState>().ok())
             {
                 Some(s) => s.req,
-                None => {
-                    let query = query_pairs(call.query().unwrap_or(""));
-                    new_req(lua, call, &query, None).map_err(le)?
-                }
+                None => new_req(lua, call, None).map_err(le)?,
             };
             let res_t = new_res(lua, res, body.as_ref(), streaming).map_err(le)?;
             for (hook, params) in &matched {
@@ -635,24 +631,20 @@ fn response_is_streaming(res: &Response<Body>, cap: usize) -> bool {
 }
 
 /// The `req` table of DESIGN §3.
-fn new_req(
-    lua: &Lua,
-    call: &Call,
-    query: &[(String, String)],
-    body: Option<&Bytes>,
-) -> mlua::Result<Table> {
-    let req = lua.create_table()?;
-    req.set("id", call.id)?;
-    req.set("method", call.head.method.as_str())?;
-    req.set("path", call.path.path.as_str())?;
-    req.set("version", call.path.version.as_deref())?;
-    req.set("query", query_table(lua, query)?)?;
-    req.set("headers", headers_table(lua, &call.head.headers)?)?;
-    req.set("params", lua.create_table()?)?;
+fn new_req(lua: &Lua, call: &Call, body: Option<&Bytes>) -> mlua::Result<Table> {
+    let req = lua.create_table_with_capacity(0, 8)?;
+    req.raw_set("id", call.id)?;
+    req.raw_set("method", call.head.method.as_str())?;
+    req.raw_set("path", call.path.path.as_str())?;
+    req.raw_set("version", call.path.version.as_deref())?;
     if let Some(b) = body {
-        req.set("body", lua.create_string(b)?)?;
+        req.raw_set("body", lua.create_string(b)?)?;
     }
-    req.set("ctx", lua.create_table()?)?;
+    let lazy = Lazy {
+        headers: call.head.headers.clone(),
+        query: Some(call.query().unwrap_or("").to_string()),
+    };
+    req.raw_set(lazy_key(), lua.create_userdata(lazy)?)?;
     add_json_methods(lua, &req)?;
     Ok(req)
 }
@@ -664,15 +656,36 @@ fn new_res(
     body: Option<&Bytes>,
     streaming: bool,
 ) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
-    t.set("status", res.status().as_u16())?;
-    t.set("headers", headers_table(lua, res.headers())?)?;
+    let t = lua.create_table_with_capacity(0, 6)?;
+    t.raw_set("status", res.status().as_u16())?;
     if let Some(b) = body {
-        t.set("body", lua.create_string(b)?)?;
+        t.raw_set("body", lua.create_string(b)?)?;
     }
-    t.set("streaming", streaming)?;
+    t.raw_set("streaming", streaming)?;
+    let lazy = Lazy {
+        headers: res.headers().clone(),
+        query: None,
+    };
+    t.raw_set(lazy_key(), lua.create_userdata(lazy)?)?;
     add_json_methods(lua, &t)?;
     Ok(t)
+}
+
+/// What `req` / `res` build only when a script first looks: most hooks never read the headers,
+/// and turning every header into Lua strings (then checking them for edits) dominated a trivial
+/// hook's cost. Kept in the table under [`lazy_key`].
+struct Lazy {
+    headers: HeaderMap,
+    /// The raw query string; `None` for `res` (which has no query and no ctx).
+    query: Option<String>,
+}
+
+impl mlua::UserData for Lazy {}
+
+/// A key no script can spell: a light userdata.
+fn lazy_key() -> mlua::LightUserData {
+    static KEY: u8 = 0;
+    mlua::LightUserData(std::ptr::addr_of!(KEY) as *mut std::ffi::c_void)
 }
 
 /// The metatable giving `req`, `res` and API results their `json()` / `set_json()` methods;
@@ -699,8 +712,30 @@ fn object_meta(lua: &Lua) -> mlua::Result<Table> {
             this.set("body", lua.create_string(json::encode(lua, v)?)?)
         })?,
     )?;
+    let index = lua.create_function(move |lua, (t, k): (Table, Value)| {
+        let Value::String(k) = k else {
+            return Ok(Value::Nil);
+        };
+        let k = k.to_str()?;
+        let method: Value = methods.raw_get(&*k)?;
+        if !method.is_nil() {
+            return Ok(method);
+        }
+        let Some(lazy) = t.raw_get::<Option<mlua::AnyUserData>>(lazy_key())? else {
+            return Ok(Value::Nil);
+        };
+        let lazy = lazy.borrow::<Lazy>()?;
+        let built = match (&*k, &lazy.query) {
+            ("headers", _) => headers_table(lua, &lazy.headers)?,
+            ("query", Some(q)) => query_table(lua, &query_pairs(q))?,
+            ("ctx", Some(_)) | ("params", Some(_)) => lua.create_table()?,
+            _ => return Ok(Value::Nil),
+        };
+        t.raw_set(&*k, &built)?;
+        Ok(Value::Table(built))
+    })?;
     let mt = lua.create_table()?;
-    mt.set("__index", methods)?;
+    mt.set("__index", index)?;
     Ok(mt)
 }
 
@@ -713,12 +748,16 @@ fn add_json_methods(lua: &Lua, t: &Table) -> mlua::Result<()> {
     t.set_metatable(Some(mt))
 }
 
+/// `req.params` for the hook about to run (an empty table is made on first access).
 fn set_params(lua: &Lua, req: &Table, params: &crate::route::Params) -> mlua::Result<()> {
-    let t = lua.create_table()?;
-    for (k, v) in params {
-        t.set(k.as_str(), v.as_str())?;
+    if params.is_empty() {
+        return req.raw_set("params", Value::Nil);
     }
-    req.set("params", t)
+    let t = lua.create_table_with_capacity(0, params.len())?;
+    for (k, v) in params {
+        t.raw_set(k.as_str(), v.as_str())?;
+    }
+    req.raw_set("params", t)
 }
 
 /// Header names are lower-case in scripts (as in OpenResty's `ngx.req.get_headers()`);
@@ -833,20 +872,15 @@ fn body_changed(now: &Option<mlua::String>, given: Option<&Bytes>) -> bool {
 }
 
 /// Apply a pre hook's edits of `req` to the call: only what differs from the call.
-fn apply_req(
-    call: &mut Call,
-    req: &Table,
-    query: &[(String, String)],
-    body: Option<Bytes>,
-) -> mlua::Result<()> {
-    let method: String = req.get("method")?;
+fn apply_req(call: &mut Call, req: &Table, body: Option<Bytes>) -> mlua::Result<()> {
+    let method: String = req.raw_get("method")?;
     if method != call.head.method.as_str() {
         let m = method.to_ascii_uppercase();
         call.head.method = Method::from_bytes(m.as_bytes())
             .map_err(|_| mlua::Error::runtime(format!("req.method {m:?} is not a method")))?;
     }
-    let path: String = req.get("path")?;
-    let version: Option<String> = req.get("version")?;
+    let path: String = req.raw_get("path")?;
+    let version: Option<String> = req.raw_get("version")?;
     if path != call.path.path || version != call.path.version {
         let mut np = NormalPath::parse(&path).map_err(mlua::Error::runtime)?;
         if np.version.is_none() {
@@ -854,8 +888,12 @@ fn apply_req(
         }
         call.path = np;
     }
-    let qt: Table = req.get("query")?;
-    if !query_unchanged(&qt, query)? {
+    // Headers and query exist in the table only if a script looked at them.
+    let query = match req.raw_get::<Option<Table>>("query")? {
+        Some(qt) if !query_unchanged(&qt, &query_pairs(call.query().unwrap_or("")))? => Some(qt),
+        _ => None,
+    };
+    if let Some(qt) = query {
         let q: Vec<String> = string_pairs(Some(qt))?
             .iter()
             .map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v)))
@@ -869,11 +907,12 @@ fn apply_req(
             .parse()
             .map_err(|e| mlua::Error::runtime(format!("req.query: {e}")))?;
     }
-    let ht: Table = req.get("headers")?;
-    if !headers_unchanged(&ht, &call.head.headers)? {
-        call.head.headers = header_map(&string_pairs(Some(ht))?)?;
+    if let Some(ht) = req.raw_get::<Option<Table>>("headers")? {
+        if !headers_unchanged(&ht, &call.head.headers)? {
+            call.head.headers = header_map(&string_pairs(Some(ht))?)?;
+        }
     }
-    let now: Option<mlua::String> = req.get("body")?;
+    let now: Option<mlua::String> = req.raw_get("body")?;
     let new_body = if body_changed(&now, body.as_ref()) {
         Some(
             now.map(|n| Bytes::copy_from_slice(&n.as_bytes()))
@@ -896,18 +935,19 @@ fn apply_res(
     body: Option<Bytes>,
     streaming: bool,
 ) -> mlua::Result<()> {
-    let status: u16 = t.get("status")?;
+    let status: u16 = t.raw_get("status")?;
     if status != res.status().as_u16() {
         *res.status_mut() = StatusCode::from_u16(status).map_err(|_| {
             mlua::Error::runtime(format!("res.status {status} is not a status code"))
         })?;
     }
-    let ht: Table = t.get("headers")?;
-    if !headers_unchanged(&ht, res.headers())? {
-        *res.headers_mut() = header_map(&string_pairs(Some(ht))?)?;
+    if let Some(ht) = t.raw_get::<Option<Table>>("headers")? {
+        if !headers_unchanged(&ht, res.headers())? {
+            *res.headers_mut() = header_map(&string_pairs(Some(ht))?)?;
+        }
     }
     if !streaming {
-        let now: Option<mlua::String> = t.get("body")?;
+        let now: Option<mlua::String> = t.raw_get("body")?;
         if body_changed(&now, body.as_ref()) {
             let b = now
                 .map(|b| Bytes::copy_from_slice(&b.as_bytes()))
