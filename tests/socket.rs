@@ -147,11 +147,11 @@ fn env_twins_configure_serve() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t = std::time::Instant::now();
-    while !path.exists() {
-        assert!(t.elapsed().as_secs() < 20);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert!(
+        support::wait_for_path(&path),
+        "no socket at {}",
+        path.display()
+    );
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
         0o600
@@ -184,11 +184,11 @@ fn upstream_defaults_to_docker_host() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t = std::time::Instant::now();
-    while !path.exists() {
-        assert!(t.elapsed().as_secs() < 20);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert!(
+        support::wait_for_path(&path),
+        "no socket at {}",
+        path.display()
+    );
     let resp = support::raw_request(
         &path,
         "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",

@@ -395,6 +395,18 @@ impl Drop for Gateway {
     }
 }
 
+/// Wait up to 20 s for `path` to appear (a listen socket appears only when ready).
+pub fn wait_for_path(path: &Path) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(20) {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// Run a command, assert success, return stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = output(cmd);
