@@ -10,6 +10,7 @@
 //!   reply → journal. The one place that forwards; extensions plug in via [`call::Hooks`].
 //! * [`upstream`] — pooled HTTP/1 connections to the daemon's Unix socket.
 //! * [`hijack`] — `101 UPGRADED` and old-style `200` raw-stream tunnels with half-close.
+//! * [`outbound`] — HTTP requests luastrip makes to other services (`http.request`, adapters).
 //! * [`route`] — path normalisation, `"METHOD /path"` patterns and the route table.
 //! * [`journal`] — call records in a ring buffer, broadcast to watchers.
 //! * [`lua`] — the route-script engine: per-thread VMs, limits, reload; one file per Lua
@@ -24,6 +25,7 @@ pub mod error;
 pub mod hijack;
 pub mod journal;
 pub mod lua;
+pub mod outbound;
 pub mod route;
 pub mod serve;
 pub mod upstream;
