@@ -11,6 +11,7 @@
 //! * [`upstream`] — pooled HTTP/1 connections to the daemon's Unix socket.
 //! * [`hijack`] — `101 UPGRADED` and old-style `200` raw-stream tunnels with half-close.
 //! * [`outbound`] — HTTP requests luastrip makes to other services (`http.request`, adapters).
+//! * [`powerstrip`] — the Powerstrip protocol v1 client for external adapters.
 //! * [`route`] — path normalisation, `"METHOD /path"` patterns and the route table.
 //! * [`journal`] — call records in a ring buffer, broadcast to watchers.
 //! * [`lua`] — the route-script engine: per-thread VMs, limits, reload; one file per Lua
@@ -26,6 +27,7 @@ pub mod hijack;
 pub mod journal;
 pub mod lua;
 pub mod outbound;
+pub mod powerstrip;
 pub mod route;
 pub mod serve;
 pub mod upstream;

@@ -29,6 +29,7 @@ pub mod exchange;
 pub mod http;
 pub mod json;
 pub mod log;
+pub mod powerstrip;
 pub mod reload;
 pub mod route;
 pub mod store;
@@ -267,6 +268,7 @@ fn build_vm(scripts: &Scripts, limits: &Limits, services: &Services) -> Result<V
     )
     .map_err(lua_err)?;
     http::register(&lua, limits.body).map_err(lua_err)?;
+    powerstrip::register(&lua, limits.body).map_err(lua_err)?;
 
     lua.set_memory_limit(limits.vm_memory).map_err(lua_err)?;
     let meta = object_meta(&lua).map_err(lua_err)?;

@@ -152,3 +152,13 @@ function log.warn(msg, fields) end
 ---@param msg string
 ---@param fields table|nil
 function log.error(msg, fields) end
+
+powerstrip = {}
+
+---A hook function that calls a Powerstrip (protocol v1) adapter; use it with route.pre / route.post.
+---Pre: JSON bodies only; applies the adapter's Method, Request and Body. Post: skipped for
+---streaming responses; applies Code, ContentType and Body. A failing adapter fails the call closed.
+---@param url string  "http://host:port/path" or "unix:///path/to.sock:/path"
+---@param opts {timeout: number|nil}|nil  timeout in seconds (default 10)
+---@return fun(req: luastrip.Request, res: luastrip.Response|nil)
+function powerstrip.adapter(url, opts) end

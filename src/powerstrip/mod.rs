@@ -1,0 +1,209 @@
+//! Powerstrip adapters: external HTTP hooks speaking Powerstrip's protocol v1, so that existing
+//! adapters (any language) run unchanged.
+//!
+//! A pre-hook gets `{"PowerstripProtocolVersion": 1, "Type": "pre-hook", "ClientRequest":
+//! {"Method", "Request", "Body"}}` and answers `{"PowerstripProtocolVersion": 1,
+//! "ModifiedClientRequest": {...}}`; a post-hook also gets `"ServerResponse": {"ContentType",
+//! "Body", "Code"}` and answers `"ModifiedServerResponse"`. Unlike Powerstrip, every field of the
+//! answer is applied (Method and Request too, not only Body; Code and ContentType too), and every
+//! failure — refused connection, timeout, non-2xx, non-JSON, missing keys, another protocol
+//! version — is an error naming the adapter and the reason within the timeout, so the call fails
+//! closed instead of hanging the client. Scripts use adapters through `powerstrip.adapter(url)`
+//! (see `lua::powerstrip`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Limited};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::call::full;
+use crate::outbound::{self, Url};
+
+/// The client's request as adapters see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ClientRequest {
+    pub method: String,
+    /// Path and query as the client sent them, version prefix included: `/v1.41/containers/create?name=x`.
+    pub request: String,
+    /// The body as a string; `null` when there is none.
+    pub body: Option<String>,
+}
+
+/// The daemon's response as post-hooks see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServerResponse {
+    pub content_type: String,
+    pub body: String,
+    pub code: u16,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Hook<'a> {
+    powerstrip_protocol_version: u32,
+    #[serde(rename = "Type")]
+    kind: &'static str,
+    client_request: &'a ClientRequest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_response: Option<&'a ServerResponse>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PreReply {
+    powerstrip_protocol_version: Option<u32>,
+    modified_client_request: Option<ClientRequest>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PostReply {
+    powerstrip_protocol_version: Option<u32>,
+    modified_server_response: Option<ServerResponse>,
+}
+
+/// One adapter endpoint.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    /// As configured, for messages.
+    pub url: String,
+    parsed: Url,
+    /// Bounds connect, send and the whole answer.
+    pub timeout: Duration,
+    /// Largest answer accepted.
+    pub body_limit: usize,
+}
+
+impl Adapter {
+    /// An adapter at `url` (`http://` or `unix://`).
+    pub fn new(url: &str, timeout: Duration, body_limit: usize) -> Result<Adapter, String> {
+        Ok(Adapter {
+            url: url.to_string(),
+            parsed: Url::parse(url)?,
+            timeout,
+            body_limit,
+        })
+    }
+
+    /// Run the pre-hook: the adapter's modified request.
+    pub async fn pre(&self, req: &ClientRequest) -> Result<ClientRequest, String> {
+        let reply: PreReply = self
+            .call(&Hook {
+                powerstrip_protocol_version: 1,
+                kind: "pre-hook",
+                client_request: req,
+                server_response: None,
+            })
+            .await?;
+        check_version(reply.powerstrip_protocol_version)?;
+        reply
+            .modified_client_request
+            .ok_or_else(|| "the reply has no ModifiedClientRequest".to_string())
+    }
+
+    /// Run the post-hook: the adapter's modified response.
+    pub async fn post(
+        &self,
+        req: &ClientRequest,
+        res: &ServerResponse,
+    ) -> Result<ServerResponse, String> {
+        let reply: PostReply = self
+            .call(&Hook {
+                powerstrip_protocol_version: 1,
+                kind: "post-hook",
+                client_request: req,
+                server_response: Some(res),
+            })
+            .await?;
+        check_version(reply.powerstrip_protocol_version)?;
+        reply
+            .modified_server_response
+            .ok_or_else(|| "the reply has no ModifiedServerResponse".to_string())
+    }
+
+    async fn call<T: DeserializeOwned>(&self, hook: &Hook<'_>) -> Result<T, String> {
+        let body = serde_json::to_vec(hook).map_err(|e| e.to_string())?;
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(&self.parsed.path)
+            .body(full(Bytes::from(body.clone())))
+            .map_err(|e| e.to_string())?;
+        let h = req.headers_mut();
+        h.insert(
+            header::HOST,
+            HeaderValue::from_str(&self.parsed.host).map_err(|e| e.to_string())?,
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let exchange = async {
+            let res = outbound::send(&self.parsed, req).await?;
+            let status = res.status();
+            let bytes = Limited::new(res.into_body(), self.body_limit)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the reply: {e}"))?
+                .to_bytes();
+            if !status.is_success() {
+                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+                return Err(format!("it answered {status}: {}", text.trim()));
+            }
+            serde_json::from_slice::<T>(&bytes)
+                .map_err(|e| format!("its reply is not Powerstrip protocol JSON: {e}"))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| format!("no reply within {:?}", self.timeout))?
+    }
+}
+
+fn check_version(v: Option<u32>) -> Result<(), String> {
+    match v {
+        Some(1) => Ok(()),
+        Some(v) => Err(format!("it speaks PowerstripProtocolVersion {v}, not 1")),
+        None => Err("the reply has no PowerstripProtocolVersion".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_uses_powerstrip_names() {
+        let req = ClientRequest {
+            method: "POST".into(),
+            request: "/v1.41/containers/create?name=x".into(),
+            body: None,
+        };
+        let res = ServerResponse {
+            content_type: "application/json".into(),
+            body: "{}".into(),
+            code: 201,
+        };
+        let v = serde_json::to_value(Hook {
+            powerstrip_protocol_version: 1,
+            kind: "post-hook",
+            client_request: &req,
+            server_response: Some(&res),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "PowerstripProtocolVersion": 1,
+                "Type": "post-hook",
+                "ClientRequest": {"Method": "POST", "Request": "/v1.41/containers/create?name=x", "Body": null},
+                "ServerResponse": {"ContentType": "application/json", "Body": "{}", "Code": 201}
+            })
+        );
+        assert!(check_version(Some(2)).unwrap_err().contains("2"));
+        assert!(check_version(None).is_err());
+    }
+}

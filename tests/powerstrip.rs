@@ -1,0 +1,375 @@
+//! Powerstrip adapters from route scripts: Powerstrip's own scenarios (adders, chains, query
+//! strings, streams) and every failure mode, against real adapter servers started here.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{output, run_ok, run_with_stdin, Daemon, Gateway, IMAGE};
+
+/// Read one HTTP request (head + Content-Length body) from `s`.
+fn read_request(s: &mut impl Read) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let l = l.to_ascii_lowercase();
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).ok()?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Some((head, buf[end + 4..end + 4 + len].to_vec()));
+        }
+    }
+}
+
+fn respond(s: &mut impl Write, status: &str, ctype: &str, body: &[u8]) {
+    let _ = write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(body);
+}
+
+/// A Powerstrip adapter server on loopback. The path picks the behaviour:
+/// `/add/N` adds N to `Number` in the body (pre or post), `/label` adds a label to a create body,
+/// `/status500`, `/notjson`, `/nokeys`, `/v2`, `/slow` misbehave. Every hook it receives is kept.
+struct Adapters {
+    port: u16,
+    seen: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Adapters {
+    fn start() -> Adapters {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            for stream in l.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let seen = s2.clone();
+                std::thread::spawn(move || {
+                    let Some((head, body)) = read_request(&mut s) else {
+                        return;
+                    };
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    let hook: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    seen.lock()
+                        .unwrap()
+                        .push(json!({"path": path, "hook": hook}));
+                    let reply = |v: Value| v.to_string().into_bytes();
+                    match path.as_str() {
+                        "/status500" => respond(
+                            &mut s,
+                            "500 Internal Server Error",
+                            "text/plain",
+                            b"adapter broke",
+                        ),
+                        "/notjson" => respond(&mut s, "200 OK", "text/plain", b"hello"),
+                        "/nokeys" => respond(
+                            &mut s,
+                            "200 OK",
+                            "application/json",
+                            &reply(json!({"PowerstripProtocolVersion": 1})),
+                        ),
+                        "/v2" => respond(
+                            &mut s,
+                            "200 OK",
+                            "application/json",
+                            &reply(
+                                json!({"PowerstripProtocolVersion": 2, "ModifiedClientRequest": hook["ClientRequest"]}),
+                            ),
+                        ),
+                        "/slow" => {
+                            std::thread::sleep(Duration::from_secs(5));
+                            respond(&mut s, "200 OK", "application/json", b"{}");
+                        }
+                        p => {
+                            let add: i64 = p
+                                .strip_prefix("/add/")
+                                .and_then(|n| n.parse().ok())
+                                .unwrap_or(0);
+                            let edit = |text: &str| -> String {
+                                let mut v: Value = serde_json::from_str(text).unwrap_or(json!({}));
+                                if p == "/label" {
+                                    v["Labels"]["powerstrip"] = json!("was-here");
+                                } else {
+                                    v["Number"] = json!(v["Number"].as_i64().unwrap_or(0) + add);
+                                }
+                                v.to_string()
+                            };
+                            let out = if hook["Type"] == "pre-hook" {
+                                let mut cr = hook["ClientRequest"].clone();
+                                if let Some(b) = cr["Body"].as_str() {
+                                    cr["Body"] = json!(edit(b));
+                                }
+                                json!({"PowerstripProtocolVersion": 1, "ModifiedClientRequest": cr})
+                            } else {
+                                let mut sr = hook["ServerResponse"].clone();
+                                sr["Body"] = json!(edit(sr["Body"].as_str().unwrap_or("{}")));
+                                json!({"PowerstripProtocolVersion": 1, "ModifiedServerResponse": sr})
+                            };
+                            respond(&mut s, "200 OK", "application/json", &reply(out));
+                        }
+                    }
+                });
+            }
+        });
+        Adapters { port, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn seen_paths(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|v| v["path"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// A stand-in upstream on a Unix socket that answers every request with its own body (as
+/// JSON), counting requests: Powerstrip's adder scenarios need an upstream that returns `Number`.
+struct EchoUpstream {
+    socket: PathBuf,
+    hits: Arc<AtomicUsize>,
+}
+
+impl EchoUpstream {
+    fn start() -> EchoUpstream {
+        let socket = support::temp_dir("echo-upstream").join("echo.sock");
+        let l = UnixListener::bind(&socket).unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for stream in l.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    while let Some((head, body)) = read_request(&mut s) {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let body = if body.is_empty() {
+                            b"{}".to_vec()
+                        } else {
+                            body
+                        };
+                        let _ = head;
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = s.write_all(&body);
+                    }
+                });
+            }
+        });
+        EchoUpstream { socket, hits }
+    }
+}
+
+fn gateway(upstream: &std::path::Path, script: &str) -> Gateway {
+    let dir = support::temp_dir("ps");
+    let path = dir.join("adapters.lua");
+    std::fs::write(&path, script).unwrap();
+    Gateway::start_with(upstream, &["--scripts", path.to_str().unwrap()])
+}
+
+fn post_json(gw: &Gateway, path: &str, body: &str) -> (String, Value, Duration) {
+    let t = Instant::now();
+    let mut s = UnixStream::connect(&gw.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    // The Content-Length must match what we got.
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .expect("a Content-Length");
+    assert_eq!(
+        len,
+        body.len(),
+        "Content-Length does not match the body: {out}"
+    );
+    (
+        head.to_string(),
+        serde_json::from_str(body.trim()).unwrap_or(Value::Null),
+        t.elapsed(),
+    )
+}
+
+#[test]
+fn adders_as_pre_and_post_hooks_chain_like_powerstrip() {
+    let a = Adapters::start();
+    let up = EchoUpstream::start();
+    let mut script = format!(
+        "route.pre(\"POST /*/number\", powerstrip.adapter(\"{}\"))\nroute.pre(\"POST /*/number\", powerstrip.adapter(\"{}\"))\n",
+        a.url("/add/1"),
+        a.url("/add/2")
+    );
+    for _ in 0..9 {
+        script.push_str(&format!(
+            "route.post(\"POST /*/number\", powerstrip.adapter(\"{}\"))\n",
+            a.url("/add/1")
+        ));
+    }
+    let gw = gateway(&up.socket, &script);
+    let (head, v, _) = post_json(&gw, "/v1.41/x/number?name=first&x=1", r#"{"Number": 1}"#);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // 1, +1 +2 before the upstream, +9 after it.
+    assert_eq!(v["Number"], 13);
+    let seen = a.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 11);
+    // Query strings reach the adapters (and the version prefix the client used).
+    assert_eq!(
+        seen[0]["hook"]["ClientRequest"]["Request"],
+        "/v1.41/x/number?name=first&x=1"
+    );
+    assert_eq!(seen[0]["hook"]["Type"], "pre-hook");
+    assert_eq!(seen[2]["hook"]["Type"], "post-hook");
+    assert_eq!(seen[2]["hook"]["ServerResponse"]["Code"], 200);
+    assert_eq!(up.hits.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_failing_adapter_fails_the_call_closed_quickly_and_names_itself() {
+    let a = Adapters::start();
+    let up = EchoUpstream::start();
+    for (path, why) in [
+        ("http://127.0.0.1:1/hook".to_string(), "cannot connect"),
+        (a.url("/status500"), "500"),
+        (a.url("/notjson"), "not Powerstrip protocol JSON"),
+        (a.url("/nokeys"), "no ModifiedClientRequest"),
+        (a.url("/v2"), "PowerstripProtocolVersion 2"),
+        (a.url("/slow"), "no reply within 1s"),
+    ] {
+        let gw = gateway(
+            &up.socket,
+            &format!(
+                "route.pre(\"POST /**\", powerstrip.adapter(\"{path}\", {{ timeout = 1 }}))\n"
+            ),
+        );
+        let (head, v, took) = post_json(&gw, "/v1.41/x", r#"{"Number": 1}"#);
+        assert!(head.starts_with("HTTP/1.1 500"), "{path}: {head}");
+        let msg = v["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(&format!("powerstrip adapter {path} failed")),
+            "{path}: {msg}"
+        );
+        assert!(msg.contains(why), "{path}: want {why:?} in {msg}");
+        assert!(took < Duration::from_secs(3), "{path}: took {took:?}");
+        // The gateway keeps serving calls the adapter does not hook.
+        let resp = support::raw_request(
+            &gw.socket,
+            "GET /probe HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 200"));
+    }
+    // Nothing reached the upstream on a failed pre-hook: only the six GET probes did.
+    assert_eq!(up.hits.load(Ordering::SeqCst), 6);
+}
+
+#[test]
+fn docker_cli_through_adapters_and_streams_stay_untouched() {
+    let a = Adapters::start();
+    let script = format!(
+        "route.pre(\"POST /containers/create\", powerstrip.adapter(\"{}\"))\nroute.pre(\"* /**\", powerstrip.adapter(\"{}\"))\nroute.post(\"* /**\", powerstrip.adapter(\"{}\"))\n",
+        a.url("/label"),
+        a.url("/add/0"),
+        a.url("/add/0")
+    );
+    let gw = gateway(&Daemon::shared().socket, &script);
+    let id = run_ok(gw.docker().args(["create", IMAGE, "true"]))
+        .trim()
+        .to_string();
+    let label = run_ok(gw.docker().args([
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"powerstrip\"}}",
+        &id,
+    ]));
+    assert_eq!(label.trim(), "was-here");
+    run_ok(gw.docker().args(["rm", &id]));
+    // Interactive runs and followed logs still work with adapters on everything.
+    let out = run_with_stdin(
+        gw.docker().args(["run", "--rm", "-i", IMAGE, "cat"]),
+        b"through adapters\n",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through adapters\n");
+    let c = run_ok(
+        gw.docker()
+            .args(["run", "-d", IMAGE, "sh", "-c", "echo first; sleep 600"]),
+    )
+    .trim()
+    .to_string();
+    let mut child = gw
+        .docker()
+        .args(["logs", "-f", &c])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"first\n");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = output(gw.docker().args(["rm", "-f", &c]));
+    // No post-hook was ever called for a hijacked or streaming call.
+    let seen = a.seen.lock().unwrap().clone();
+    for h in &seen {
+        if h["hook"]["Type"] == "post-hook" {
+            let r = h["hook"]["ClientRequest"]["Request"].as_str().unwrap();
+            assert!(
+                !r.contains("/attach") && !r.contains("/logs") && !r.contains("/wait"),
+                "post-hook on a stream: {r}"
+            );
+        }
+    }
+    assert!(a.seen_paths().iter().any(|p| p == "/label"));
+}
