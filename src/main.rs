@@ -58,6 +58,9 @@ struct ServeArgs {
     /// Lua route scripts: a file, or a directory of *.lua files loaded in name order.
     #[arg(long, env = "LUASTRIP_SCRIPTS")]
     scripts: Option<PathBuf>,
+    /// Powerstrip's adapters.yml: adapter chains by endpoint glob (run after the scripts' hooks).
+    #[arg(long, env = "LUASTRIP_POWERSTRIP_CONFIG")]
+    powerstrip_config: Option<PathBuf>,
     /// Persist the scripts' `store` in this JSON file.
     #[arg(long, env = "LUASTRIP_STATE")]
     state: Option<PathBuf>,
@@ -115,7 +118,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { path } => {
-            let engine = Engine::load(&path, Limits::default(), Services::default());
+            let engine = Engine::load(Some(&path), Limits::default(), Services::default());
             match engine.and_then(|engine| engine.routes()) {
                 Ok(routes) => {
                     println!("{}: ok, {} routes", path.display(), routes.len());
@@ -166,34 +169,38 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
     runtime.block_on(async {
         // Handlers first: once the socket exists, SIGTERM must mean a clean shutdown.
         let shutdown = shutdown_signal().map_err(|e| format!("cannot handle signals: {e}"))?;
+        // Scripts and adapters load before the socket appears: a broken script never leaves a
+        // socket behind, and the first client already gets the hooks.
+        let mut gateway = Gateway::new(Upstream::new(upstream.clone()));
+        let mut watchers = Vec::new();
+        if args.scripts.is_some() || args.powerstrip_config.is_some() {
+            let services = Services {
+                upstream: Some(upstream),
+                store: Arc::new(store),
+                adapters_file: args.powerstrip_config.clone(),
+            };
+            let engine = Engine::load(args.scripts.as_deref(), args.limits.limits(), services);
+            let engine = Arc::new(engine.map_err(|e| e.to_string())?);
+            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+            tokio::spawn(reload_on_sighup(engine.clone(), hup));
+            // Kept alive until serve returns.
+            for path in args.scripts.iter().chain(args.powerstrip_config.iter()) {
+                let w = luastrip::lua::reload::watch(engine.clone(), path)
+                    .map_err(|e| format!("cannot watch {}: {e}", path.display()))?;
+                watchers.push(w);
+            }
+            gateway = gateway.with_hooks(engine);
+        }
         let listener = serve::bind(&ListenOptions {
             path: PathBuf::from(&listen),
             mode: args.socket_mode,
             group: args.socket_group,
         })
         .map_err(|e| e.to_string())?;
-        let mut gateway = Gateway::new(Upstream::new(upstream.clone()));
-        let mut watcher = None;
-        if let Some(path) = &args.scripts {
-            let services = Services {
-                upstream: Some(upstream),
-                store: Arc::new(store),
-            };
-            let engine = Engine::load(path, args.limits.limits(), services);
-            let engine = Arc::new(engine.map_err(|e| e.to_string())?);
-            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
-            tokio::spawn(reload_on_sighup(engine.clone(), hup));
-            // Kept alive until serve returns.
-            watcher = Some(
-                luastrip::lua::reload::watch(engine.clone(), path)
-                    .map_err(|e| format!("cannot watch {}: {e}", path.display()))?,
-            );
-            gateway = gateway.with_hooks(engine);
-        }
         let gateway = Arc::new(gateway);
         let served = serve::run_gateway(listener, gateway, threads, shutdown).await;
-        drop(watcher);
+        drop(watchers);
         served.map_err(|e| e.to_string())
     })
 }

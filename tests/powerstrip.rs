@@ -290,10 +290,10 @@ fn a_failing_adapter_fails_the_call_closed_quickly_and_names_itself() {
             ),
         );
         let (head, v, took) = post_json(&gw, "/v1.41/x", r#"{"Number": 1}"#);
-        assert!(head.starts_with("HTTP/1.1 500"), "{path}: {head}");
+        assert!(head.starts_with("HTTP/1.1 502"), "{path}: {head}");
         let msg = v["message"].as_str().unwrap_or_default();
         assert!(
-            msg.contains(&format!("powerstrip adapter {path} failed")),
+            msg.starts_with(&format!("luastrip: adapter {path} failed: ")),
             "{path}: {msg}"
         );
         assert!(msg.contains(why), "{path}: want {why:?} in {msg}");
@@ -372,4 +372,87 @@ fn docker_cli_through_adapters_and_streams_stay_untouched() {
         }
     }
     assert!(a.seen_paths().iter().any(|p| p == "/label"));
+}
+
+fn with_config(upstream: &std::path::Path, yaml: &str) -> (Gateway, PathBuf) {
+    let dir = support::temp_dir("ps-config");
+    let path = dir.join("adapters.yml");
+    std::fs::write(&path, yaml).unwrap();
+    let gw = Gateway::start_with(upstream, &["--powerstrip-config", path.to_str().unwrap()]);
+    (gw, path)
+}
+
+#[test]
+fn adapters_yml_chains_run_like_powerstrip() {
+    let a = Adapters::start();
+    let up = EchoUpstream::start();
+    // An empty configuration passes everything through.
+    let (gw, _) = with_config(&up.socket, "version: 1\n");
+    let (_, v, _) = post_json(&gw, "/v1.41/x/number", r#"{"Number": 1}"#);
+    assert_eq!(v["Number"], 1);
+    drop(gw);
+    let yaml = format!(
+        "version: 1\nendpoints:\n  \"POST /*/x/number\":\n    pre: [plus1, plus2]\n    post: [plus1]\nadapters:\n  plus1: {}\n  plus2: {}\n",
+        a.url("/add/1"),
+        a.url("/add/2")
+    );
+    let (gw, path) = with_config(&up.socket, &yaml);
+    // Versioned and unversioned spellings both match "/*/".
+    for spelling in ["/v1.41/x/number", "/x/number"] {
+        let (_, v, _) = post_json(&gw, spelling, r#"{"Number": 1}"#);
+        assert_eq!(v["Number"], 5, "{spelling}");
+    }
+    // A failing adapter from the file is reported as the adapter's error.
+    std::fs::write(
+        &path,
+        "version: 1\nendpoints:\n  \"POST /*/x/number\":\n    pre: [gone]\nadapters:\n  gone: http://127.0.0.1:1/\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    loop {
+        let (head, v, _) = post_json(&gw, "/x/number", r#"{"Number": 1}"#);
+        if head.starts_with("HTTP/1.1 502") {
+            assert!(v["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("luastrip: adapter http://127.0.0.1:1/ failed"));
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the edited adapters.yml was not reloaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_bad_adapters_yml_stops_serve_with_the_line() {
+    let dir = support::temp_dir("ps-bad");
+    let path = dir.join("adapters.yml");
+    std::fs::write(
+        &path,
+        "version: 1\nendpoints:\n  \"POST /*/containers/create\":\n    pre: [missing]\n",
+    )
+    .unwrap();
+    let sock = dir.join("gw.sock");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_luastrip"))
+        .args(["serve", "--listen"])
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--upstream")
+        .arg(Daemon::shared().host())
+        .arg("--powerstrip-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("adapters.yml:4: adapter \"missing\" is not defined"),
+        "{err}"
+    );
+    assert!(
+        !sock.exists(),
+        "a socket appeared for a gateway that could not start"
+    );
 }

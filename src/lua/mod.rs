@@ -82,6 +82,8 @@ pub struct Services {
     pub upstream: Option<UpstreamAddr>,
     /// The `store` shared by all VMs.
     pub store: Arc<store::Store>,
+    /// `--powerstrip-config`: Powerstrip's `adapters.yml`, re-read on every reload.
+    pub adapters_file: Option<PathBuf>,
 }
 
 impl Default for Services {
@@ -89,21 +91,42 @@ impl Default for Services {
         Services {
             upstream: None,
             store: Arc::new(store::Store::memory()),
+            adapters_file: None,
         }
     }
 }
 
-/// Script sources, in load order.
+/// Script sources, in load order, and the checked `adapters.yml`.
 #[derive(Debug, Clone)]
 pub struct Scripts {
-    /// The `--scripts` path, for reloads.
-    pub root: PathBuf,
+    /// The `--scripts` path, for reloads; `None` with only `--powerstrip-config`.
+    pub root: Option<PathBuf>,
     pub files: Vec<(PathBuf, String)>,
+    /// Adapter chains from `--powerstrip-config`; they run after the scripts' hooks.
+    pub adapters: Option<crate::powerstrip::config::Config>,
 }
 
 impl Scripts {
-    /// Read a file, or every `*.lua` in a directory in name order.
-    pub fn read(root: &Path) -> Result<Scripts, Error> {
+    /// Read a file, or every `*.lua` in a directory in name order, and the adapters file.
+    pub fn read(root: Option<&Path>, adapters: Option<&Path>) -> Result<Scripts, Error> {
+        let adapters = match adapters {
+            Some(path) => {
+                Some(
+                    crate::powerstrip::config::load(path).map_err(|reason| Error::Script {
+                        location: path.display().to_string(),
+                        reason,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let Some(root) = root else {
+            return Ok(Scripts {
+                root: None,
+                files: Vec::new(),
+                adapters,
+            });
+        };
         let err = |path: &Path, e: std::io::Error| Error::Script {
             location: path.display().to_string(),
             reason: format!("cannot read: {e}"),
@@ -127,8 +150,9 @@ impl Scripts {
             files.push((p, src));
         }
         Ok(Scripts {
-            root: root.to_path_buf(),
+            root: Some(root.to_path_buf()),
             files,
+            adapters,
         })
     }
 }
@@ -152,7 +176,7 @@ impl Vm {
         self.hooks
             .iter()
             .filter(|h| which(h.phase))
-            .filter_map(|h| h.pattern.matches(method, &call.path.path).map(|p| (h, p)))
+            .filter_map(|h| h.matcher.matches(method, &call.path.path).map(|p| (h, p)))
             .collect()
     }
 }
@@ -173,10 +197,10 @@ thread_local! {
 }
 
 impl Engine {
-    /// Load and check the scripts at `root`; errors name `file:line`.
-    pub fn load(root: &Path, limits: Limits, services: Services) -> Result<Engine, Error> {
+    /// Load and check the scripts at `root` and the adapters file; errors name `file:line`.
+    pub fn load(root: Option<&Path>, limits: Limits, services: Services) -> Result<Engine, Error> {
         static IDS: AtomicU64 = AtomicU64::new(1);
-        let scripts = Scripts::read(root)?;
+        let scripts = Scripts::read(root, services.adapters_file.as_deref())?;
         build_vm(&scripts, &limits, &services)?;
         Ok(Engine {
             id: IDS.fetch_add(1, Ordering::Relaxed),
@@ -189,7 +213,7 @@ impl Engine {
     /// Re-read the scripts. On failure the old routes keep serving and the error is returned.
     pub fn reload(&self) -> Result<usize, Error> {
         let root = self.read_current().1.root.clone();
-        let scripts = Scripts::read(&root)?;
+        let scripts = Scripts::read(root.as_deref(), self.services.adapters_file.as_deref())?;
         let vm = build_vm(&scripts, &self.limits, &self.services)?;
         let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
         *cur = (cur.0 + 1, Arc::new(scripts));
@@ -202,7 +226,7 @@ impl Engine {
         Ok(vm
             .hooks
             .iter()
-            .map(|h| (h.phase.as_str(), h.pattern.to_string(), h.location.clone()))
+            .map(|h| (h.phase.as_str(), h.matcher.to_string(), h.location.clone()))
             .collect())
     }
 
@@ -246,14 +270,13 @@ fn build_vm(scripts: &Scripts, limits: &Limits, services: &Services) -> Result<V
         LuaOptions::default(),
     )
     .map_err(lua_err)?;
-    let scripts_dir = if scripts.root.is_dir() {
-        scripts.root.clone()
-    } else {
-        scripts
-            .root
+    let scripts_dir = match &scripts.root {
+        Some(root) if root.is_dir() => root.clone(),
+        Some(root) => root
             .parent()
             .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
+            .unwrap_or_else(|| PathBuf::from(".")),
+        None => PathBuf::from("."),
     };
     sandbox(&lua, scripts_dir).map_err(lua_err)?;
     // The namespaces scripts see, one module each.
@@ -282,8 +305,34 @@ fn build_vm(scripts: &Scripts, limits: &Limits, services: &Services) -> Result<V
             .and_then(|f| budget::call_sync(&lua, &f, limits.hook_time))
             .map_err(|e| script_error(&e, &files, &shown, limits))?;
     }
-    let hooks = lua.remove_app_data::<Registry>().unwrap_or_default().0;
+    let mut hooks = lua.remove_app_data::<Registry>().unwrap_or_default().0;
+    if let Some(config) = &scripts.adapters {
+        adapter_hooks(&lua, config, &mut hooks).map_err(lua_err)?;
+    }
     Ok(Vm { lua, hooks, files })
+}
+
+/// Hooks for the chains of an `adapters.yml`, made with the same `powerstrip.adapter` scripts use.
+fn adapter_hooks(
+    lua: &Lua,
+    config: &crate::powerstrip::config::Config,
+    hooks: &mut Vec<Hook>,
+) -> mlua::Result<()> {
+    let adapter: Function = lua.globals().get::<Table>("powerstrip")?.get("adapter")?;
+    for e in &config.endpoints {
+        let chains = [(Phase::Pre, &e.pre), (Phase::Post, &e.post)];
+        for (phase, urls) in chains {
+            for url in urls {
+                hooks.push(Hook {
+                    phase,
+                    matcher: route::Matcher::Glob(e.glob.clone()),
+                    func: adapter.call(url.as_str())?,
+                    location: format!("{}:{}", config.file, e.line),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Remove what a route script must not reach: processes, files, bytecode.
@@ -381,6 +430,16 @@ pub(crate) fn current_location(lua: &Lua) -> Option<String> {
 /// `fallback` (where the hook was registered).
 fn script_error(e: &mlua::Error, files: &[String], fallback: &str, limits: &Limits) -> Error {
     let text = e.to_string();
+    // A Powerstrip adapter that failed is the adapter's fault, not the script's.
+    if let Some((adapter, reason)) = text
+        .split_once(powerstrip::FAILED_MARK)
+        .and_then(|(_, rest)| rest.split_once(" failed: "))
+    {
+        return Error::Adapter {
+            adapter: adapter.to_string(),
+            reason: reason.lines().next().unwrap_or("").to_string(),
+        };
+    }
     let location = find_location(&text, files).unwrap_or_else(|| fallback.to_string());
     let reason = if text.contains(budget::EXCEEDED) {
         format!(
@@ -481,7 +540,7 @@ impl Hooks for Engine {
                     budget::call_async::<Value>(lua, &hook.func, self.limits.hook_time, &req).await;
                 let run = |error: Option<String>| HookRun {
                     phase: hook.phase.as_str(),
-                    route: hook.pattern.to_string(),
+                    route: hook.matcher.to_string(),
                     location: hook.location.clone(),
                     duration_us: t.elapsed().as_micros() as u64,
                     error,
@@ -567,7 +626,7 @@ impl Hooks for Engine {
                     .map(|e| script_error(&e, &vm.files, &hook.location, &self.limits));
                 call.hooks.push(HookRun {
                     phase: "post",
-                    route: hook.pattern.to_string(),
+                    route: hook.matcher.to_string(),
                     location: hook.location.clone(),
                     duration_us: t.elapsed().as_micros() as u64,
                     error: error.as_ref().map(|e| e.to_string()),

@@ -20,6 +20,9 @@ use super::budget;
 use crate::powerstrip::{Adapter, ClientRequest, ServerResponse};
 use crate::route::NormalPath;
 
+/// How an adapter failure starts, so the engine reports it as the adapter's error.
+pub const FAILED_MARK: &str = "powerstrip adapter ";
+
 /// Install `powerstrip` as a global.
 pub fn register(lua: &Lua, body_limit: usize) -> Result<()> {
     let t = lua.create_table()?;

@@ -24,10 +24,36 @@ impl Phase {
     }
 }
 
+/// What a hook matches: a route pattern, or a Powerstrip glob from `adapters.yml`.
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    Route(Pattern),
+    Glob(crate::powerstrip::config::Glob),
+}
+
+impl Matcher {
+    /// Match a method and normalised path; captured params for route patterns.
+    pub fn matches(&self, method: &str, path: &str) -> Option<crate::route::Params> {
+        match self {
+            Matcher::Route(p) => p.matches(method, path),
+            Matcher::Glob(g) => g.matches(method, path).then(Vec::new),
+        }
+    }
+}
+
+impl std::fmt::Display for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Matcher::Route(p) => p.fmt(f),
+            Matcher::Glob(g) => f.write_str(&g.text),
+        }
+    }
+}
+
 /// One registered hook.
 pub struct Hook {
     pub phase: Phase,
-    pub pattern: Pattern,
+    pub matcher: Matcher,
     pub func: Function,
     /// `file:line` of the `route.*` call, for errors, the journal and `routes`.
     pub location: String,
@@ -51,7 +77,7 @@ pub fn register(lua: &Lua) -> Result<()> {
                 })?;
                 reg.0.push(Hook {
                     phase,
-                    pattern,
+                    matcher: Matcher::Route(pattern),
                     func,
                     location,
                 });

@@ -11,6 +11,8 @@
 //! closed instead of hanging the client. Scripts use adapters through `powerstrip.adapter(url)`
 //! (see `lua::powerstrip`).
 
+pub mod config;
+
 use std::time::Duration;
 
 use bytes::Bytes;

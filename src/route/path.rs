@@ -116,7 +116,7 @@ impl NormalPath {
 }
 
 /// Docker's router accepts `/v{version:[0-9.]+}` as the prefix.
-fn is_version(seg: &str) -> bool {
+pub(crate) fn is_version(seg: &str) -> bool {
     let rest = match seg.strip_prefix('v') {
         Some(r) => r,
         None => return false,
