@@ -456,3 +456,85 @@ fn a_bad_adapters_yml_stops_serve_with_the_line() {
         "a socket appeared for a gateway that could not start"
     );
 }
+
+#[test]
+fn docker_run_i_and_logs_f_work_with_catch_all_adapters_from_adapters_yml() {
+    let a = Adapters::start();
+    let yaml = format!(
+        "version: 1\nendpoints:\n  \"* *\":\n    pre: [noop]\n    post: [noop]\nadapters:\n  noop: {}\n",
+        a.url("/add/0")
+    );
+    let (gw, _) = with_config(&Daemon::shared().socket, &yaml);
+    let out = run_with_stdin(
+        gw.docker().args(["run", "--rm", "-i", IMAGE, "cat"]),
+        b"yml adapters\n",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "yml adapters\n");
+    let c = run_ok(
+        gw.docker()
+            .args(["run", "-d", IMAGE, "sh", "-c", "echo first; sleep 600"]),
+    )
+    .trim()
+    .to_string();
+    let mut child = gw
+        .docker()
+        .args(["logs", "-f", &c])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"first\n");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = output(gw.docker().args(["rm", "-f", &c]));
+    assert!(!a.seen_paths().is_empty(), "the adapters were called");
+}
+
+#[test]
+fn the_python_example_adapter_labels_containers() {
+    support::require_tool("python3", "python3");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/powerstrip");
+    let mut adapter = std::process::Command::new("python3")
+        .arg(example.join("label_adapter.py"))
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for its "listening" line.
+    let mut line = [0u8; 16];
+    adapter
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .unwrap();
+    let yaml = std::fs::read_to_string(example.join("adapters.yml"))
+        .unwrap()
+        .replace("127.0.0.1:9000", &format!("127.0.0.1:{port}"));
+    let (gw, _) = with_config(&Daemon::shared().socket, &yaml);
+    let id = run_ok(gw.docker().args(["create", IMAGE, "true"]))
+        .trim()
+        .to_string();
+    let label = run_ok(gw.docker().args([
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"example.adapter\"}}",
+        &id,
+    ]));
+    let _ = adapter.kill();
+    let _ = adapter.wait();
+    assert_eq!(label.trim(), "label_adapter.py");
+    run_ok(gw.docker().args(["rm", &id]));
+}

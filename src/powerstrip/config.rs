@@ -59,10 +59,10 @@ impl Glob {
     pub fn parse(text: &str) -> Result<Glob, String> {
         let (method, path) = text
             .split_once(' ')
-            .filter(|(m, p)| !m.is_empty() && p.starts_with('/'))
+            .filter(|(m, p)| !m.is_empty() && (p.starts_with('/') || p.starts_with('*')))
             .ok_or_else(|| format!("endpoint {text:?} is not \"METHOD /path\""))?;
         // "/*/..." and "/v1.41/..." stand for the version prefix, which routes never carry.
-        let path = match path[1..].split_once('/') {
+        let path = match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
             Some((first, rest)) if first == "*" || crate::route::path::is_version(first) => {
                 format!("/{rest}")
             }
