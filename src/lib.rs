@@ -8,6 +8,7 @@
 //!   one task per client connection, clean shutdown. Entry point: [`serve::run`].
 //! * [`call`] — the life of one call as named phases: accept → match+pre → upstream → post →
 //!   reply → journal. The one place that forwards; extensions plug in via [`call::Hooks`].
+//! * [`control`] — the control socket (HTTP/JSON): recent calls, live tail, routes, reload.
 //! * [`upstream`] — pooled HTTP/1 connections to the daemon's Unix socket.
 //! * [`hijack`] — `101 UPGRADED` and old-style `200` raw-stream tunnels with half-close.
 //! * [`outbound`] — HTTP requests luastrip makes to other services (`http.request`, adapters).
@@ -22,6 +23,7 @@
 //! its phases. The phase chart is in `docs/phases.md`.
 
 pub mod call;
+pub mod control;
 pub mod error;
 pub mod hijack;
 pub mod journal;

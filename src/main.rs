@@ -61,6 +61,9 @@ struct ServeArgs {
     /// Powerstrip's adapters.yml: adapter chains by endpoint glob (run after the scripts' hooks).
     #[arg(long, env = "LUASTRIP_POWERSTRIP_CONFIG")]
     powerstrip_config: Option<PathBuf>,
+    /// Control socket for `luastrip repl` and curl (mode 0600). Defaults to the listen path + .ctl.
+    #[arg(long, env = "LUASTRIP_CONTROL")]
+    control: Option<String>,
     /// Persist the scripts' `store` in this JSON file.
     #[arg(long, env = "LUASTRIP_STATE")]
     state: Option<PathBuf>,
@@ -172,6 +175,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         // Scripts and adapters load before the socket appears: a broken script never leaves a
         // socket behind, and the first client already gets the hooks.
         let mut gateway = Gateway::new(Upstream::new(upstream.clone()));
+        let mut engine_for_control = None;
         let mut watchers = Vec::new();
         if args.scripts.is_some() || args.powerstrip_config.is_some() {
             let services = Services {
@@ -190,6 +194,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
                     .map_err(|e| format!("cannot watch {}: {e}", path.display()))?;
                 watchers.push(w);
             }
+            engine_for_control = Some(engine.clone());
             gateway = gateway.with_hooks(engine);
         }
         let listener = serve::bind(&ListenOptions {
@@ -199,7 +204,38 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
         let gateway = Arc::new(gateway);
-        let served = serve::run_gateway(listener, gateway, threads, shutdown).await;
+        // One shutdown for the gateway and its control socket.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let control_path = args
+            .control
+            .as_deref()
+            .map(|c| c.strip_prefix("unix://").unwrap_or(c).to_string())
+            .unwrap_or_else(|| format!("{listen}.ctl"));
+        let control_listener = serve::bind(&ListenOptions {
+            path: PathBuf::from(&control_path),
+            mode: 0o600,
+            group: None,
+        })
+        .map_err(|e| format!("--control: {e}"))?;
+        let control = Arc::new(luastrip::control::Control {
+            gateway: gateway.clone(),
+            engine: engine_for_control,
+        });
+        let control_task = tokio::spawn(luastrip::control::serve(
+            control_listener,
+            control,
+            stop_rx.clone(),
+        ));
+        let mut stopped = stop_rx;
+        let gateway_shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let served = serve::run_gateway(listener, gateway, threads, gateway_shutdown).await;
+        let _ = control_task.await;
         drop(watchers);
         served.map_err(|e| e.to_string())
     })

@@ -84,6 +84,11 @@ impl Listener {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The bound socket, for a server that accepts on it itself (the control socket).
+    pub fn std_listener(&self) -> &std::os::unix::net::UnixListener {
+        &self.inner
+    }
 }
 
 impl Drop for Listener {

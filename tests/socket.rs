@@ -39,7 +39,15 @@ fn socket_mode_and_group_are_set_before_it_appears() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains(".sock"))
         .collect();
-    assert_eq!(names, vec!["luastrip.sock".to_string()]);
+    let mut names = names;
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["luastrip.sock".to_string(), "luastrip.sock.ctl".to_string()]
+    );
+    // The control socket can steer the gateway: owner only, whatever --socket-mode says.
+    let ctl = std::fs::metadata(dir.join("luastrip.sock.ctl")).unwrap();
+    assert_eq!(ctl.permissions().mode() & 0o7777, 0o600);
 }
 
 #[test]

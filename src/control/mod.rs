@@ -1,0 +1,169 @@
+//! The control socket: HTTP/JSON on a Unix socket (mode 0600 — it can reload and, later, run
+//! code in the gateway) for watching and steering a running gateway. `luastrip repl` and curl
+//! are its clients.
+//!
+//! | call | answer |
+//! |---|---|
+//! | `GET /calls?limit=N` | the last N (default 100) call records, oldest first |
+//! | `GET /calls/{id}` | one call record: heads, status, timings, hooks run, error |
+//! | `GET /tail` | NDJSON: every call record as the call finishes, until the client leaves |
+//! | `GET /routes` | every hook: phase, pattern, `file:line` |
+//! | `POST /reload` | reload scripts and `adapters.yml`; a failure keeps the old routes |
+//!
+//! It hangs off the journal and the script engine; it never forwards Docker calls itself.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixListener;
+use tokio::sync::{broadcast, watch};
+use tracing::warn;
+
+use crate::call::Gateway;
+use crate::lua::Engine;
+
+type ControlBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// What the control socket can see and steer.
+pub struct Control {
+    pub gateway: Arc<Gateway>,
+    /// The script engine, when scripts or adapters are loaded.
+    pub engine: Option<Arc<Engine>>,
+}
+
+/// Serve the control socket until `stop` turns true.
+pub async fn serve(
+    listener: crate::serve::Listener,
+    control: Arc<Control>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let accept = UnixListener::from_std(listener.std_listener().try_clone()?)?;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = accept.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let control = control.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| {
+                            let control = control.clone();
+                            async move { Ok::<_, Infallible>(route(&control, req).await) }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Err(e) => warn!(error = %e, "control socket accept failed"),
+            }
+        }
+    }
+    drop(listener);
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<ControlBody> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    let mut res = Response::new(Full::new(Bytes::from(body)).boxed());
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+fn message(status: StatusCode, m: &str) -> Response<ControlBody> {
+    json(status, &serde_json::json!({ "message": m }))
+}
+
+async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBody> {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let journal = &control.gateway.journal;
+    match (req.method().clone(), segs.as_slice()) {
+        (Method::GET, ["calls"]) => {
+            let limit = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("limit="))
+                .map(|n| n.parse::<usize>())
+                .unwrap_or(Ok(100));
+            match limit {
+                Ok(n) => {
+                    let recent = journal.recent(n);
+                    let records: Vec<&crate::journal::CallRecord> =
+                        recent.iter().map(|r| &**r).collect();
+                    json(StatusCode::OK, &records)
+                }
+                Err(_) => message(StatusCode::BAD_REQUEST, "limit must be a number"),
+            }
+        }
+        (Method::GET, ["calls", id]) => match id.parse::<u64>().ok().and_then(|id| journal.get(id))
+        {
+            Some(rec) => json(StatusCode::OK, &*rec),
+            None => message(
+                StatusCode::NOT_FOUND,
+                &format!("no call {id} in the journal"),
+            ),
+        },
+        (Method::GET, ["tail"]) => tail(journal.subscribe()),
+        (Method::GET, ["routes"]) => match &control.engine {
+            None => json(StatusCode::OK, &Vec::<()>::new()),
+            Some(engine) => match engine.routes() {
+                Ok(routes) => {
+                    let list: Vec<_> = routes
+                        .into_iter()
+                        .map(|(phase, pattern, location)| {
+                            serde_json::json!({"phase": phase, "pattern": pattern, "location": location})
+                        })
+                        .collect();
+                    json(StatusCode::OK, &list)
+                }
+                Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            },
+        },
+        (Method::POST, ["reload"]) => match &control.engine {
+            None => message(StatusCode::CONFLICT, "no scripts or adapters are loaded"),
+            Some(engine) => match engine.reload() {
+                Ok(n) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "reloaded": true, "routes": n }),
+                ),
+                Err(e) => message(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+            },
+        },
+        (_, _) => message(StatusCode::NOT_FOUND, &format!("no control call {path}")),
+    }
+}
+
+/// NDJSON of every call record as it is journaled. A watcher that falls behind is told how many
+/// records it missed instead of slowing the gateway.
+fn tail(rx: broadcast::Receiver<Arc<crate::journal::CallRecord>>) -> Response<ControlBody> {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let line = match rx.recv().await {
+            Ok(rec) => serde_json::to_vec(&*rec).unwrap_or_default(),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                serde_json::to_vec(&serde_json::json!({ "missed": n })).unwrap_or_default()
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        let mut line = line;
+        line.push(b'\n');
+        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx))
+    });
+    let mut res = Response::new(StreamBody::new(stream).boxed());
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    res
+}

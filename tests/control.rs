@@ -1,0 +1,175 @@
+//! The control socket against a real gateway and dockerd: calls, one call, live tail, routes,
+//! reload.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{run_ok, Daemon, Gateway, IMAGE};
+
+fn ctl_path(gw: &Gateway) -> PathBuf {
+    PathBuf::from(format!("{}.ctl", gw.socket.display()))
+}
+
+/// One control call; (status line, JSON body).
+fn ctl(gw: &Gateway, method: &str, path: &str) -> (String, Value) {
+    let mut s = UnixStream::connect(ctl_path(gw)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: ctl\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (
+        head.lines().next().unwrap().to_string(),
+        serde_json::from_str(body.trim()).unwrap_or(Value::Null),
+    )
+}
+
+fn gateway_with(script: &str) -> (Gateway, PathBuf) {
+    let dir = support::temp_dir("ctl");
+    let path = dir.join("s.lua");
+    std::fs::write(&path, script).unwrap();
+    let gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", path.to_str().unwrap()],
+    );
+    (gw, path)
+}
+
+#[test]
+fn calls_and_one_call_show_what_happened() {
+    let (gw, _) = gateway_with("route.pre(\"POST /containers/create\", function(req) end)\n");
+    run_ok(gw.docker().args(["run", "--rm", IMAGE, "true"]));
+    let (status, calls) = ctl(&gw, "GET", "/calls?limit=50");
+    assert!(status.contains("200"), "{status}");
+    let calls = calls.as_array().unwrap();
+    let create = calls
+        .iter()
+        .find(|c| c["method"] == "POST" && c["path"] == "/containers/create")
+        .expect("the create call is journaled");
+    assert_eq!(create["status"], 201);
+    assert_eq!(create["version"], "1.41");
+    assert!(create["raw"]
+        .as_str()
+        .unwrap()
+        .starts_with("/v1.41/containers/create"));
+    assert_eq!(create["hooks"][0]["phase"], "pre");
+    assert!(create["hooks"][0]["location"]
+        .as_str()
+        .unwrap()
+        .ends_with("s.lua:1"));
+    let attach = calls
+        .iter()
+        .find(|c| c["path"].as_str().unwrap().ends_with("/attach"))
+        .expect("attach journaled");
+    assert_eq!(attach["hijack"], "upgrade");
+    assert_eq!(attach["status"], 101);
+    let wait = calls
+        .iter()
+        .find(|c| c["path"].as_str().unwrap().ends_with("/wait"))
+        .expect("wait journaled");
+    assert_eq!(wait["streaming"], true);
+    // One call in full, request and response heads included.
+    let id = create["id"].as_u64().unwrap();
+    let (status, one) = ctl(&gw, "GET", &format!("/calls/{id}"));
+    assert!(status.contains("200"));
+    assert!(one["request_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h[0] == "content-type"));
+    assert!(one["response_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h[0] == "api-version"));
+    let (status, missing) = ctl(&gw, "GET", "/calls/999999999");
+    assert!(status.contains("404"));
+    assert!(missing["message"]
+        .as_str()
+        .unwrap()
+        .contains("no call 999999999"));
+    let (status, _) = ctl(&gw, "GET", "/calls?limit=x");
+    assert!(status.contains("400"));
+}
+
+#[test]
+fn tail_streams_a_docker_run_as_it_happens() {
+    let (gw, _) = gateway_with("-- no hooks\n");
+    let mut s = UnixStream::connect(ctl_path(&gw)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET /tail HTTP/1.1\r\nHost: ctl\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    // Skip the response head.
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let name = format!("tail-probe-{}", std::process::id());
+    run_ok(
+        gw.docker()
+            .args(["run", "--rm", "--name", &name, IMAGE, "true"]),
+    );
+    let t = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no create in the tail: {seen:?}"
+        );
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        // Chunked framing: skip size lines, keep JSON lines.
+        if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
+            if v["path"] == "/containers/create" {
+                assert!(v["raw"].as_str().unwrap().contains(&name));
+                break;
+            }
+            seen.push(v["path"].clone());
+        }
+    }
+}
+
+#[test]
+fn routes_and_reload() {
+    let (gw, path) = gateway_with("route.pre(\"POST /containers/create\", function(req) end)\n");
+    let (_, routes) = ctl(&gw, "GET", "/routes");
+    assert_eq!(routes[0]["pattern"], "POST /containers/create");
+    assert_eq!(routes[0]["phase"], "pre");
+    // A broken edit: reload reports file:line and the old routes stay.
+    std::fs::write(
+        &path,
+        "route.pre(\"POST /containers/create\", function(req)\n",
+    )
+    .unwrap();
+    let (status, err) = ctl(&gw, "POST", "/reload");
+    assert!(status.contains("422"), "{status}");
+    assert!(
+        err["message"].as_str().unwrap().contains("s.lua:2"),
+        "{err}"
+    );
+    let (_, routes) = ctl(&gw, "GET", "/routes");
+    assert_eq!(routes.as_array().unwrap().len(), 1);
+    std::fs::write(
+        &path,
+        "route.pre(\"* /**\", function(req) end)\nroute.post(\"* /**\", function(req, res) end)\n",
+    )
+    .unwrap();
+    let (status, ok) = ctl(&gw, "POST", "/reload");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(ok["routes"], 2);
+    let (_, routes) = ctl(&gw, "GET", "/routes");
+    assert_eq!(routes[1]["phase"], "post");
+}
