@@ -173,3 +173,30 @@ fn routes_and_reload() {
     let (_, routes) = ctl(&gw, "GET", "/routes");
     assert_eq!(routes[1]["phase"], "post");
 }
+
+#[test]
+fn filters_select_calls_and_bad_filters_point_at_the_problem() {
+    let (gw, _) = gateway_with("-- no hooks\n");
+    run_ok(gw.docker().args(["run", "--rm", IMAGE, "true"]));
+    let (_, creates) = ctl(
+        &gw,
+        "GET",
+        "/calls?filter=~m%20POST%20%26%20~u%20create%20%26%20~s%202..",
+    );
+    let creates = creates.as_array().unwrap();
+    assert_eq!(creates.len(), 1, "{creates:?}");
+    assert_eq!(creates[0]["path"], "/containers/create");
+    let (_, none) = ctl(&gw, "GET", "/calls?filter=~s%205..");
+    assert_eq!(none.as_array().unwrap().len(), 0);
+    let (_, not_get) = ctl(&gw, "GET", "/calls?filter=!~m%20GET&limit=2");
+    let not_get = not_get.as_array().unwrap();
+    assert_eq!(not_get.len(), 2);
+    assert!(not_get.iter().all(|c| c["method"] != "GET"));
+    let (status, err) = ctl(&gw, "GET", "/calls?filter=~m%20POST%20%26%20~q%20x");
+    assert!(status.contains("400"), "{status}");
+    assert_eq!(err["position"], 10);
+    assert_eq!(
+        err["caret"],
+        "~m POST & ~q x\n          ^ unknown operator ~q (try ~m ~u ~s ~h ~b ~e ~r)"
+    );
+}

@@ -4,13 +4,15 @@
 //!
 //! | call | answer |
 //! |---|---|
-//! | `GET /calls?limit=N` | the last N (default 100) call records, oldest first |
+//! | `GET /calls?filter=F&limit=N` | the last N (default 100) matching call records, oldest first |
 //! | `GET /calls/{id}` | one call record: heads, status, timings, hooks run, error |
-//! | `GET /tail` | NDJSON: every call record as the call finishes, until the client leaves |
+//! | `GET /tail?filter=F` | NDJSON: every matching call record as the call finishes |
 //! | `GET /routes` | every hook: phase, pattern, `file:line` |
 //! | `POST /reload` | reload scripts and `adapters.yml`; a failure keeps the old routes |
 //!
 //! It hangs off the journal and the script engine; it never forwards Docker calls itself.
+
+pub mod filter;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -90,18 +92,48 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
     let query = req.uri().query().unwrap_or("").to_string();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let journal = &control.gateway.journal;
+    let param = |name: &str| -> Option<String> {
+        query.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == name).then(|| {
+                percent_encoding::percent_decode_str(&v.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    };
+    let filter = match param("filter").filter(|f| !f.trim().is_empty()) {
+        None => None,
+        Some(text) => match filter::Filter::parse(&text) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({
+                        "message": e.to_string(),
+                        "position": e.position,
+                        "caret": e.caret(&text),
+                    }),
+                )
+            }
+        },
+    };
     match (req.method().clone(), segs.as_slice()) {
         (Method::GET, ["calls"]) => {
-            let limit = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("limit="))
+            let limit = param("limit")
                 .map(|n| n.parse::<usize>())
                 .unwrap_or(Ok(100));
             match limit {
                 Ok(n) => {
-                    let recent = journal.recent(n);
-                    let records: Vec<&crate::journal::CallRecord> =
-                        recent.iter().map(|r| &**r).collect();
+                    // The filter applies before the limit: "the last N that match".
+                    let all = journal.recent(usize::MAX);
+                    let mut records: Vec<&crate::journal::CallRecord> = all
+                        .iter()
+                        .map(|r| &**r)
+                        .filter(|r| filter.as_ref().is_none_or(|f| f.matches(r)))
+                        .collect();
+                    let skip = records.len().saturating_sub(n);
+                    records.drain(..skip);
                     json(StatusCode::OK, &records)
                 }
                 Err(_) => message(StatusCode::BAD_REQUEST, "limit must be a number"),
@@ -115,7 +147,7 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                 &format!("no call {id} in the journal"),
             ),
         },
-        (Method::GET, ["tail"]) => tail(journal.subscribe()),
+        (Method::GET, ["tail"]) => tail(journal.subscribe(), filter),
         (Method::GET, ["routes"]) => match &control.engine {
             None => json(StatusCode::OK, &Vec::<()>::new()),
             Some(engine) => match engine.routes() {
@@ -147,18 +179,29 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
 
 /// NDJSON of every call record as it is journaled. A watcher that falls behind is told how many
 /// records it missed instead of slowing the gateway.
-fn tail(rx: broadcast::Receiver<Arc<crate::journal::CallRecord>>) -> Response<ControlBody> {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let line = match rx.recv().await {
-            Ok(rec) => serde_json::to_vec(&*rec).unwrap_or_default(),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                serde_json::to_vec(&serde_json::json!({ "missed": n })).unwrap_or_default()
-            }
-            Err(broadcast::error::RecvError::Closed) => return None,
-        };
-        let mut line = line;
-        line.push(b'\n');
-        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx))
+fn tail(
+    rx: broadcast::Receiver<Arc<crate::journal::CallRecord>>,
+    filter: Option<filter::Filter>,
+) -> Response<ControlBody> {
+    let filter = Arc::new(filter);
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let filter = filter.clone();
+        async move {
+            let line = loop {
+                match rx.recv().await {
+                    Ok(rec) if (*filter).as_ref().is_some_and(|f| !f.matches(&rec)) => continue,
+                    Ok(rec) => break serde_json::to_vec(&*rec).unwrap_or_default(),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        break serde_json::to_vec(&serde_json::json!({ "missed": n }))
+                            .unwrap_or_default()
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            };
+            let mut line = line;
+            line.push(b'\n');
+            Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx))
+        }
     });
     let mut res = Response::new(StreamBody::new(stream).boxed());
     res.headers_mut().insert(

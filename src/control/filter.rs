@@ -1,0 +1,350 @@
+//! The filter language of `calls`, `tail` and the REPL, after mitmproxy's:
+//!
+//! | filter | matches calls … |
+//! |---|---|
+//! | `~m METHOD` | with that method (any case) |
+//! | `~u REGEX` | whose path and query (as sent) match |
+//! | `~s CODE`, `~s 4..` | with that status, or in that range (`4..` is 400–499, `20.` 200–209) |
+//! | `~h REGEX` | with a request or response header line (`name: value`) matching |
+//! | `~b REGEX` | whose error message matches (bodies are not journaled yet) |
+//! | `~e` | that ended in a gateway, script or adapter error |
+//! | `~r ROUTE` | that a hook registered on exactly that pattern ran on |
+//! | `WORD` | whose normalised path contains the word |
+//!
+//! combined with `!`, `&` (also by juxtaposition), `|` and parentheses. A parse error carries the
+//! byte position, so it can be shown with a caret under the bad spot.
+
+use regex::Regex;
+
+use crate::journal::CallRecord;
+
+/// A parsed filter.
+#[derive(Debug)]
+pub enum Filter {
+    Method(String),
+    Url(Regex),
+    Status { lo: u16, hi: u16 },
+    Header(Regex),
+    Body(Regex),
+    Error,
+    Route(String),
+    Word(String),
+    Not(Box<Filter>),
+    And(Box<Filter>, Box<Filter>),
+    Or(Box<Filter>, Box<Filter>),
+}
+
+/// Why a filter does not parse, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad filter at position {position}: {reason}")]
+pub struct FilterError {
+    /// Byte offset into the filter text.
+    pub position: usize,
+    pub reason: String,
+}
+
+impl FilterError {
+    /// The filter text with a caret under the bad position.
+    pub fn caret(&self, text: &str) -> String {
+        format!("{text}\n{}^ {}", " ".repeat(self.position), self.reason)
+    }
+}
+
+impl Filter {
+    /// Parse a filter expression.
+    pub fn parse(text: &str) -> Result<Filter, FilterError> {
+        let mut p = Parser { text, pos: 0 };
+        let f = p.or()?;
+        p.skip_ws();
+        if p.pos < text.len() {
+            return Err(p.error("unexpected input (an unmatched ')'?)"));
+        }
+        Ok(f)
+    }
+
+    /// Whether a journaled call matches.
+    pub fn matches(&self, c: &CallRecord) -> bool {
+        match self {
+            Filter::Method(m) => c.method.eq_ignore_ascii_case(m),
+            Filter::Url(r) => r.is_match(&c.raw),
+            Filter::Status { lo, hi } => c.status.is_some_and(|s| (*lo..=*hi).contains(&s)),
+            Filter::Header(r) => c
+                .request_headers
+                .iter()
+                .chain(c.response_headers.iter())
+                .any(|(k, v)| {
+                    r.is_match(&format!("{}: {}", k, String::from_utf8_lossy(v.as_bytes())))
+                }),
+            Filter::Body(r) => c.error.as_ref().is_some_and(|e| r.is_match(&e.message)),
+            Filter::Error => c.error.is_some(),
+            Filter::Route(route) => c.hooks.iter().any(|h| h.route == *route),
+            Filter::Word(w) => c.path.contains(w.as_str()),
+            Filter::Not(f) => !f.matches(c),
+            Filter::And(a, b) => a.matches(c) && b.matches(c),
+            Filter::Or(a, b) => a.matches(c) || b.matches(c),
+        }
+    }
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn error(&self, reason: &str) -> FilterError {
+        FilterError {
+            position: self.pos,
+            reason: reason.to_string(),
+        }
+    }
+
+    fn skip_ws(&mut self) {
+        while self.text[self.pos..].starts_with(char::is_whitespace) {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<char> {
+        self.skip_ws();
+        self.text[self.pos..].chars().next()
+    }
+
+    fn or(&mut self) -> Result<Filter, FilterError> {
+        let mut left = self.and()?;
+        while self.peek() == Some('|') {
+            self.pos += 1;
+            let right = self.and()?;
+            left = Filter::Or(Box::new(left), Box::new(right));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Filter, FilterError> {
+        let mut left = self.unary()?;
+        loop {
+            match self.peek() {
+                Some('&') => {
+                    self.pos += 1;
+                }
+                // Juxtaposition is "and", as in mitmproxy.
+                Some(c) if c != '|' && c != ')' => {}
+                _ => return Ok(left),
+            }
+            let right = self.unary()?;
+            left = Filter::And(Box::new(left), Box::new(right));
+        }
+    }
+
+    fn unary(&mut self) -> Result<Filter, FilterError> {
+        match self.peek() {
+            None => Err(self.error("a filter was expected here")),
+            Some('!') => {
+                self.pos += 1;
+                Ok(Filter::Not(Box::new(self.unary()?)))
+            }
+            Some('(') => {
+                self.pos += 1;
+                let f = self.or()?;
+                if self.peek() != Some(')') {
+                    return Err(self.error("')' expected"));
+                }
+                self.pos += 1;
+                Ok(f)
+            }
+            Some('~') => self.operator(),
+            Some(c) if c == ')' || c == '&' || c == '|' => {
+                Err(self.error("a filter was expected here"))
+            }
+            Some(_) => Ok(Filter::Word(self.word()?.1)),
+        }
+    }
+
+    /// A bare or quoted word; returns (start, text).
+    fn word(&mut self) -> Result<(usize, String), FilterError> {
+        self.skip_ws();
+        let start = self.pos;
+        let rest = &self.text[self.pos..];
+        if let Some(q) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') {
+            let end = rest[1..]
+                .find(q)
+                .ok_or_else(|| self.error("unclosed quote"))?;
+            self.pos += end + 2;
+            return Ok((start, rest[1..end + 1].to_string()));
+        }
+        let len = rest
+            .find(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == '&' || c == '|')
+            .unwrap_or(rest.len());
+        if len == 0 {
+            return Err(self.error("a value was expected here"));
+        }
+        self.pos += len;
+        Ok((start, rest[..len].to_string()))
+    }
+
+    fn regex(&mut self) -> Result<Regex, FilterError> {
+        let (start, w) = self.word()?;
+        Regex::new(&w).map_err(|e| FilterError {
+            position: start,
+            reason: format!(
+                "bad regular expression: {}",
+                e.to_string().lines().last().unwrap_or("")
+            ),
+        })
+    }
+
+    fn operator(&mut self) -> Result<Filter, FilterError> {
+        let start = self.pos;
+        let rest = &self.text[self.pos + 1..];
+        let name_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let name = &rest[..name_len];
+        self.pos += 1 + name_len;
+        Ok(match name {
+            "m" => Filter::Method(self.word()?.1),
+            "u" => Filter::Url(self.regex()?),
+            "h" => Filter::Header(self.regex()?),
+            "b" => Filter::Body(self.regex()?),
+            "e" => Filter::Error,
+            "r" => Filter::Route(self.word()?.1),
+            "s" => {
+                let (at, w) = self.word()?;
+                status_range(&w).ok_or(FilterError {
+                    position: at,
+                    reason: format!("{w:?} is not a status (404) or a range (4.., 20.)"),
+                })?
+            }
+            _ => {
+                return Err(FilterError {
+                    position: start,
+                    reason: format!("unknown operator ~{name} (try ~m ~u ~s ~h ~b ~e ~r)"),
+                })
+            }
+        })
+    }
+}
+
+/// `404` → 404..=404; `4..` → 400..=499; `20.` → 200..=209.
+fn status_range(w: &str) -> Option<Filter> {
+    if w.len() != 3 || !w.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    if !w.chars().all(|c| c.is_ascii_digit() || c == '.') || w.trim_end_matches('.').contains('.') {
+        return None;
+    }
+    let lo: u16 = w.replace('.', "0").parse().ok()?;
+    let hi: u16 = w.replace('.', "9").parse().ok()?;
+    Some(Filter::Status { lo, hi })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hijack::Hijack;
+    use crate::journal::{CallError, HookRun};
+    use http::{HeaderMap, HeaderValue};
+
+    fn call(method: &str, raw: &str, path: &str, status: u16) -> CallRecord {
+        let mut req = HeaderMap::new();
+        req.insert(
+            "user-agent",
+            HeaderValue::from_static("Docker-Client/28.2.2 (linux)"),
+        );
+        CallRecord {
+            id: 1,
+            started_ms: 0,
+            method: method.into(),
+            path: path.into(),
+            raw: raw.into(),
+            version: None,
+            status: Some(status),
+            duration_us: 1,
+            upstream_us: None,
+            hijack: Hijack::No,
+            streaming: false,
+            hooks: vec![HookRun {
+                phase: "pre",
+                route: "POST /containers/create".into(),
+                location: "x.lua:1".into(),
+                duration_us: 1,
+                error: None,
+            }],
+            error: (status >= 500).then(|| CallError {
+                source: crate::error::Source::Script,
+                message: "luastrip: script error at x.lua:4: boom".into(),
+            }),
+            request_headers: req,
+            response_headers: HeaderMap::new(),
+        }
+    }
+
+    fn m(f: &str, c: &CallRecord) -> bool {
+        Filter::parse(f)
+            .unwrap_or_else(|e| panic!("{}", e.caret(f)))
+            .matches(c)
+    }
+
+    #[test]
+    fn operators() {
+        let create = call(
+            "POST",
+            "/v1.41/containers/create?name=web",
+            "/containers/create",
+            201,
+        );
+        let failed = call(
+            "POST",
+            "/v1.41/containers/create",
+            "/containers/create",
+            500,
+        );
+        let ping = call("GET", "/_ping", "/_ping", 200);
+        assert!(m("~m post", &create) && !m("~m GET", &create));
+        assert!(m("~u name=web", &create) && !m("~u name=db", &create));
+        assert!(m("~s 201", &create) && m("~s 2..", &create) && m("~s 20.", &create));
+        assert!(!m("~s 4..", &create) && m("~s 5..", &failed));
+        assert!(m("~h Docker-Client", &create));
+        assert!(m("~e", &failed) && !m("~e", &create));
+        assert!(m("~b boom", &failed));
+        assert!(m("~r 'POST /containers/create'", &create));
+        assert!(m("containers", &create) && !m("containers", &ping));
+    }
+
+    #[test]
+    fn combinators() {
+        let create = call(
+            "POST",
+            "/v1.41/containers/create",
+            "/containers/create",
+            201,
+        );
+        let ping = call("GET", "/_ping", "/_ping", 200);
+        assert!(m("~m POST & ~s 2..", &create));
+        assert!(m("~m POST ~s 2..", &create), "juxtaposition is and");
+        assert!(m("~m GET | ~m POST", &create));
+        assert!(m("!~m GET", &create) && !m("!~m GET", &ping));
+        assert!(m("!(~m GET | ~s 4..)", &create));
+        assert!(m("(~m GET | containers) & !~e", &create));
+    }
+
+    #[test]
+    fn errors_point_at_the_problem() {
+        for (f, at) in [
+            ("~m POST & ", 10),
+            ("~x foo", 0),
+            ("~s 2x0", 3),
+            ("(~m GET", 7),
+            ("~m GET )", 7),
+            ("~u (", 3),
+            ("~m", 2),
+            ("| ~m GET", 0),
+            ("~u \"abc", 3),
+        ] {
+            let e = Filter::parse(f).unwrap_err();
+            assert_eq!(e.position, at, "{}", e.caret(f));
+        }
+        let e = Filter::parse("~s 2x0").unwrap_err();
+        assert_eq!(e.caret("~s 2x0").lines().nth(1).unwrap().find('^'), Some(3));
+    }
+}
