@@ -13,6 +13,7 @@
 //! * [`hijack`] — `101 UPGRADED` and old-style `200` raw-stream tunnels with half-close.
 //! * [`outbound`] — HTTP requests luastrip makes to other services (`http.request`, adapters).
 //! * [`powerstrip`] — the Powerstrip protocol v1 client for external adapters.
+//! * [`repl`] — `luastrip repl`, the rustyline front end of the control socket.
 //! * [`route`] — path normalisation, `"METHOD /path"` patterns and the route table.
 //! * [`journal`] — call records in a ring buffer, broadcast to watchers.
 //! * [`lua`] — the route-script engine: per-thread VMs, limits, reload; one file per Lua
@@ -30,6 +31,7 @@ pub mod journal;
 pub mod lua;
 pub mod outbound;
 pub mod powerstrip;
+pub mod repl;
 pub mod route;
 pub mod serve;
 pub mod upstream;

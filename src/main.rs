@@ -27,6 +27,19 @@ struct Cli {
 enum Command {
     /// Serve the gateway in front of the Docker daemon.
     Serve(ServeArgs),
+    /// Watch and steer a running gateway through its control socket.
+    Repl {
+        /// The control socket (default: /run/luastrip.sock.ctl).
+        #[arg(
+            long,
+            env = "LUASTRIP_CONTROL",
+            default_value = "unix:///run/luastrip.sock.ctl"
+        )]
+        control: String,
+        /// Run one command and exit (e.g. -c 'calls ~m POST').
+        #[arg(short = 'c')]
+        command: Option<String>,
+    },
     /// Load route scripts and report errors without serving.
     Check {
         /// A script file, or a directory of *.lua files.
@@ -120,6 +133,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Repl { control, command } => {
+            let path = PathBuf::from(control.strip_prefix("unix://").unwrap_or(&control));
+            let stdout = std::io::stdout();
+            match luastrip::repl::run(&path, command.as_deref(), &mut stdout.lock()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("luastrip repl: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Check { path } => {
             let engine = Engine::load(Some(&path), Limits::default(), Services::default());
             match engine.and_then(|engine| engine.routes()) {

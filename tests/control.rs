@@ -200,3 +200,69 @@ fn filters_select_calls_and_bad_filters_point_at_the_problem() {
         "~m POST & ~q x\n          ^ unknown operator ~q (try ~m ~u ~s ~h ~b ~e ~r)"
     );
 }
+
+fn repl(gw: &Gateway, command: &str) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_luastrip"))
+        .args(["repl", "--control"])
+        .arg(format!("unix://{}", ctl_path(gw).display()))
+        .args(["-c", command])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn eval_and_repl_commands_see_the_live_gateway() {
+    let (mut gw, _) = gateway_with(
+        "route.pre(\"* /_ping\", function(req) store.incr(\"pings\") end)\nroute.post(\"POST /containers/create\", function(req, res) end)\n",
+    );
+    for _ in 0..3 {
+        support::raw_request(
+            &gw.socket,
+            "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    }
+    // eval sees what hooks stored, with the same globals.
+    let mut s = UnixStream::connect(ctl_path(&gw)).unwrap();
+    let code = "= store.get('pings') * 10";
+    write!(
+        s,
+        "POST /eval HTTP/1.1\r\nHost: ctl\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{code}",
+        code.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.contains("\"result\": 30"), "{out}");
+    let (ok, text) = repl(&gw, "= store.get(\"pings\")");
+    assert!(ok && text.trim() == "3", "{text}");
+    let (ok, text) = repl(&gw, "= json.encode({ok = true, list = json.array()})");
+    assert!(
+        ok && text.contains(r#"{\"list\":[],\"ok\":true}"#),
+        "{text}"
+    );
+    let (ok, text) = repl(&gw, "error('nope')");
+    assert!(!ok && text.contains("eval:1: nope"), "{text}");
+    let (ok, text) = repl(&gw, "calls ~u _ping & ~s 200");
+    assert!(ok && text.lines().count() == 3, "{text}");
+    let (ok, text) = repl(&gw, "routes");
+    assert!(
+        ok && text.contains("POST /containers/create") && text.contains("s.lua:2"),
+        "{text}"
+    );
+    let (ok, text) = repl(&gw, "calls ~s 2x0");
+    assert!(!ok && text.contains("~s 2x0\n   ^"), "{text}");
+    let (ok, text) = repl(&gw, "help");
+    assert!(ok && text.contains("tail [FILTER]"));
+    // When the gateway is gone the REPL says so.
+    gw.terminate();
+    let (ok, text) = repl(&gw, "calls");
+    assert!(
+        !ok && text.contains("cannot reach the gateway's control socket"),
+        "{text}"
+    );
+}

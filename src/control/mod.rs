@@ -9,6 +9,7 @@
 //! | `GET /tail?filter=F` | NDJSON: every matching call record as the call finishes |
 //! | `GET /routes` | every hook: phase, pattern, `file:line` |
 //! | `POST /reload` | reload scripts and `adapters.yml`; a failure keeps the old routes |
+//! | `POST /eval` | run the Lua chunk in the body in a gateway VM (same globals as hooks) → JSON |
 //!
 //! It hangs off the journal and the script engine; it never forwards Docker calls itself.
 
@@ -173,6 +174,22 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                 Err(e) => message(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
             },
         },
+        (Method::POST, ["eval"]) => {
+            let Some(engine) = &control.engine else {
+                return message(
+                    StatusCode::CONFLICT,
+                    "no scripts are loaded (start with --scripts)",
+                );
+            };
+            let code = match req.into_body().collect().await {
+                Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+                Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
+            };
+            match engine.eval(&code).await {
+                Ok(v) => json(StatusCode::OK, &serde_json::json!({ "result": v })),
+                Err(e) => message(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+            }
+        }
         (_, _) => message(StatusCode::NOT_FOUND, &format!("no control call {path}")),
     }
 }

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use ::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use mlua::{Function, Lua, LuaOptions, StdLib, Table, Value};
+use mlua::{Function, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Value};
 
 use crate::call::{full, Body, Call, HookFuture, Hooks};
 use crate::error::Error;
@@ -220,6 +220,42 @@ impl Engine {
         Ok(vm.hooks.len())
     }
 
+    /// Run a Lua chunk in this thread's VM, with the globals hooks see (`store`, `docker`, …).
+    /// `= expr` and bare expressions return their value, as in the Lua REPL. The result comes
+    /// back as JSON (functions and other non-JSON values as their `tostring`).
+    pub async fn eval(&self, code: &str) -> Result<serde_json::Value, Error> {
+        let vm = self.vm()?;
+        let lua = &vm.lua;
+        let code = code.trim();
+        let code = code
+            .strip_prefix('=')
+            .map_or(code.to_string(), |e| format!("return {e}"));
+        let func = lua
+            .load(format!("return {code}"))
+            .set_name("=eval")
+            .into_function()
+            .or_else(|_| lua.load(code.as_str()).set_name("=eval").into_function())
+            .map_err(|e| eval_error(&e))?;
+        let values: mlua::MultiValue = budget::call_async(lua, &func, self.limits.hook_time, ())
+            .await
+            .map_err(|e| eval_error(&e))?;
+        let mut out: Vec<serde_json::Value> = Vec::new();
+        for v in values {
+            let j = match lua.from_value::<serde_json::Value>(v.clone()) {
+                Ok(j) => j,
+                Err(_) => serde_json::Value::String(
+                    v.to_string().unwrap_or_else(|_| v.type_name().to_string()),
+                ),
+            };
+            out.push(j);
+        }
+        Ok(match out.len() {
+            0 => serde_json::Value::Null,
+            1 => out.remove(0),
+            _ => serde_json::Value::Array(out),
+        })
+    }
+
     /// Every registered hook: (phase, pattern, file:line), in load order.
     pub fn routes(&self) -> Result<Vec<(&'static str, String, String)>, Error> {
         let vm = self.vm()?;
@@ -249,6 +285,22 @@ impl Engine {
         let vm = Arc::new(build_vm(&scripts, &self.limits, &self.services)?);
         VMS.with(|v| v.borrow_mut().insert(self.id, (generation, vm.clone())));
         Ok(vm)
+    }
+}
+
+/// An eval error: Lua's own message (`eval:1: ...`) without the traceback.
+fn eval_error(e: &mlua::Error) -> Error {
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("runtime error: ")
+        .trim_start_matches("syntax error: ")
+        .to_string();
+    Error::Script {
+        location: "eval".into(),
+        reason: first,
     }
 }
 

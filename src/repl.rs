@@ -1,0 +1,243 @@
+//! `luastrip repl`: a rustyline front end on the control socket ([`crate::control`]).
+//!
+//! Every command is one HTTP call on a fresh connection, so when the gateway goes away the REPL
+//! says so and simply works again once it is back. `-c COMMAND` runs one command and exits
+//! (non-zero if it failed), for scripts and tests.
+//!
+//! Commands: `calls [FILTER]`, `show ID`, `tail [FILTER]` (until Ctrl-C), `routes`, `reload`,
+//! `help`, `quit`; anything else is Lua evaluated in the gateway (`= expr` prints a value).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use crate::call::full;
+use crate::outbound::{self, Url};
+
+const HELP: &str = "\
+calls [FILTER]   recent calls (filter: ~m METHOD ~u REGEX ~s 4.. ~h REGEX ~e ~r ROUTE, ! & | ( ))
+show ID          one call in full: heads, status, timings, hooks, error
+tail [FILTER]    calls as they finish, until Ctrl-C
+routes           every hook with its file:line
+reload           reload scripts and adapters.yml
+help             this text
+quit             leave
+anything else    Lua, run in the gateway (= expr prints a value), e.g. = store.get(\"pings\")";
+
+/// Run the REPL against the control socket at `control`: one `command`, or interactively.
+/// Output goes to `out`. Returns whether the (last) command succeeded.
+pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result<bool, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    if let Some(cmd) = command {
+        return Ok(rt.block_on(execute(control, cmd, out)));
+    }
+    let mut editor = rustyline::DefaultEditor::new().map_err(|e| e.to_string())?;
+    let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".luastrip_history"));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    let _ = writeln!(
+        out,
+        "luastrip repl on {} — help for commands",
+        control.display()
+    );
+    let mut ok = true;
+    loop {
+        match editor.readline("luastrip> ") {
+            Ok(line) => {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let _ = editor.add_history_entry(line);
+                if line == "quit" || line == "exit" {
+                    break;
+                }
+                ok = rt.block_on(execute(control, line, out));
+            }
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(_) => break,
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    Ok(ok)
+}
+
+/// Run one command; print its result; return whether it succeeded.
+async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let rest = rest.trim();
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let result = match word {
+        "help" => {
+            let _ = writeln!(out, "{HELP}");
+            return true;
+        }
+        "calls" => call(
+            control,
+            Method::GET,
+            &format!("/calls?limit=50&filter={}", enc(rest)),
+            "",
+        )
+        .await
+        .map(|v| print_calls(&v, out)),
+        "show" => call(control, Method::GET, &format!("/calls/{}", enc(rest)), "")
+            .await
+            .map(|v| {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                );
+            }),
+        "routes" => call(control, Method::GET, "/routes", "").await.map(|v| {
+            for r in v.as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{:8} {:40} {}",
+                    r["phase"].as_str().unwrap_or(""),
+                    r["pattern"].as_str().unwrap_or(""),
+                    r["location"].as_str().unwrap_or("")
+                );
+            }
+        }),
+        "reload" => call(control, Method::POST, "/reload", "").await.map(|v| {
+            let _ = writeln!(out, "reloaded: {} routes", v["routes"]);
+        }),
+        "tail" => tail(control, &format!("/tail?filter={}", enc(rest)), out).await,
+        _ => call(control, Method::POST, "/eval", line).await.map(|v| {
+            if !v["result"].is_null() || line.trim_start().starts_with('=') {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
+                );
+            }
+        }),
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = writeln!(out, "error: {e}");
+            false
+        }
+    }
+}
+
+fn print_calls(v: &Value, out: &mut dyn Write) {
+    for c in v.as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:6} {:3} {:>8}us  {}{}",
+            c["id"],
+            c["method"].as_str().unwrap_or(""),
+            c["status"],
+            c["duration_us"],
+            c["raw"].as_str().unwrap_or(""),
+            c["error"]["message"]
+                .as_str()
+                .map(|m| format!("  ! {m}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// One control call; the JSON answer, or the error message it carried.
+async fn call(control: &Path, method: Method, path: &str, body: &str) -> Result<Value, String> {
+    let res = send(control, method, path, body).await?;
+    let status = res.status();
+    let bytes = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if status.is_success() {
+        Ok(v)
+    } else {
+        Err(v["caret"]
+            .as_str()
+            .or(v["message"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| status.to_string()))
+    }
+}
+
+async fn send(
+    control: &Path,
+    method: Method,
+    path: &str,
+    body: &str,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let url = Url::parse(&format!("unix://{}:{path}", control.display()))?;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(&url.path)
+        .body(full(Bytes::copy_from_slice(body.as_bytes())))
+        .map_err(|e| e.to_string())?;
+    req.headers_mut()
+        .insert(header::HOST, HeaderValue::from_static("ctl"));
+    req.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    outbound::send(&url, req).await.map_err(|e| {
+        format!(
+            "cannot reach the gateway's control socket {}: {e} (is luastrip serve running?)",
+            control.display()
+        )
+    })
+}
+
+/// Print calls as they finish until Ctrl-C.
+async fn tail(control: &Path, path: &str, out: &mut dyn Write) -> Result<(), String> {
+    let res = send(control, Method::GET, path, "").await?;
+    if !res.status().is_success() {
+        let v: Value = serde_json::from_slice(
+            &res.into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes(),
+        )
+        .unwrap_or(Value::Null);
+        return Err(v["caret"]
+            .as_str()
+            .or(v["message"].as_str())
+            .unwrap_or("tail failed")
+            .to_string());
+    }
+    let mut body = res.into_body();
+    let mut pending = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            frame = body.frame() => match frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        pending.extend_from_slice(data);
+                        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = pending.drain(..=i).collect();
+                            if let Ok(v) = serde_json::from_slice::<Value>(&line) {
+                                print_calls(&Value::Array(vec![v]), out);
+                                let _ = out.flush();
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the gateway closed the stream".into()),
+            }
+        }
+    }
+}
