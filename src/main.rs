@@ -247,6 +247,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         })
         .map_err(|e| format!("--control: {e}"))?;
         let control = Arc::new(luastrip::control::Control {
+            stats: luastrip::control::stats::Stats::follow(&gateway.journal),
             gateway: gateway.clone(),
             engine: engine_for_control,
         });

@@ -266,3 +266,50 @@ fn eval_and_repl_commands_see_the_live_gateway() {
         "{text}"
     );
 }
+
+#[test]
+fn metrics_and_route_numbers_follow_the_traffic() {
+    let (gw, _) = gateway_with(
+        "route.pre(\"POST /containers/create\", function(req) end)\nroute.pre(\"GET /luastrip/boom\", function(req) error('boom') end)\n",
+    );
+    run_ok(gw.docker().args(["run", "--rm", IMAGE, "true"]));
+    support::raw_request(
+        &gw.socket,
+        "GET /luastrip/boom HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let routes = loop {
+        let (_, routes) = ctl(&gw, "GET", "/routes");
+        if routes[1]["errors"] == 1 || t.elapsed() > Duration::from_secs(10) {
+            break routes;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(routes[0]["hits"], 1, "{routes}");
+    assert_eq!(routes[0]["errors"], 0);
+    assert_eq!(routes[1]["hits"], 1);
+    assert_eq!(routes[1]["errors"], 1);
+    let mut s = UnixStream::connect(ctl_path(&gw)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: ctl\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.contains("text/plain; version=0.0.4"), "{text}");
+    assert!(
+        text.contains("luastrip_calls_total{method=\"POST\",status=\"201\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("luastrip_errors_total{source=\"script\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("luastrip_hijacks_total 1"), "{text}");
+    assert!(
+        text.contains("luastrip_hook_errors_total{phase=\"pre\",route=\"GET /luastrip/boom\""),
+        "{text}"
+    );
+}

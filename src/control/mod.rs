@@ -7,13 +7,15 @@
 //! | `GET /calls?filter=F&limit=N` | the last N (default 100) matching call records, oldest first |
 //! | `GET /calls/{id}` | one call record: heads, status, timings, hooks run, error |
 //! | `GET /tail?filter=F` | NDJSON: every matching call record as the call finishes |
-//! | `GET /routes` | every hook: phase, pattern, `file:line` |
+//! | `GET /routes` | every hook: phase, pattern, `file:line`, hits, errors, p50/p99 time |
+//! | `GET /metrics` | Prometheus text: calls by method/status, errors by source, hooks, streams |
 //! | `POST /reload` | reload scripts and `adapters.yml`; a failure keeps the old routes |
 //! | `POST /eval` | run the Lua chunk in the body in a gateway VM (same globals as hooks) → JSON |
 //!
 //! It hangs off the journal and the script engine; it never forwards Docker calls itself.
 
 pub mod filter;
+pub mod stats;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -39,6 +41,8 @@ pub struct Control {
     pub gateway: Arc<Gateway>,
     /// The script engine, when scripts or adapters are loaded.
     pub engine: Option<Arc<Engine>>,
+    /// Aggregates following the journal.
+    pub stats: stats::Stats,
 }
 
 /// Serve the control socket until `stop` turns true.
@@ -156,7 +160,12 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                     let list: Vec<_> = routes
                         .into_iter()
                         .map(|(phase, pattern, location)| {
-                            serde_json::json!({"phase": phase, "pattern": pattern, "location": location})
+                            let st = control.stats.route(phase, &pattern, &location);
+                            serde_json::json!({
+                                "phase": phase, "pattern": pattern, "location": location,
+                                "hits": st.hits, "errors": st.errors,
+                                "p50_us": st.quantile(0.5), "p99_us": st.quantile(0.99),
+                            })
                         })
                         .collect();
                     json(StatusCode::OK, &list)
@@ -164,6 +173,14 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                 Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             },
         },
+        (Method::GET, ["metrics"]) => {
+            let mut res = Response::new(Full::new(Bytes::from(control.stats.prometheus())).boxed());
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            res
+        }
         (Method::POST, ["reload"]) => match &control.engine {
             None => message(StatusCode::CONFLICT, "no scripts or adapters are loaded"),
             Some(engine) => match engine.reload() {
