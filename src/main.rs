@@ -29,11 +29,11 @@ enum Command {
     Serve(ServeArgs),
     /// Watch and steer a running gateway through its control socket.
     Repl {
-        /// The control socket (default: /run/luastrip.sock.ctl).
+        /// The control socket of the gateway.
         #[arg(
             long,
             env = "LUASTRIP_CONTROL",
-            default_value = "unix:///run/luastrip.sock.ctl"
+            default_value = "unix:///run/luastrip.ctl"
         )]
         control: String,
         /// Run one command and exit (e.g. -c 'calls ~m POST').
@@ -74,7 +74,8 @@ struct ServeArgs {
     /// Powerstrip's adapters.yml: adapter chains by endpoint glob (run after the scripts' hooks).
     #[arg(long, env = "LUASTRIP_POWERSTRIP_CONFIG")]
     powerstrip_config: Option<PathBuf>,
-    /// Control socket for `luastrip repl` and curl (mode 0600). Defaults to the listen path + .ctl.
+    /// Control socket for `luastrip repl` and curl (mode 0600). Defaults to the listen path with
+    /// its extension replaced by .ctl (/run/luastrip.sock → /run/luastrip.ctl).
     #[arg(long, env = "LUASTRIP_CONTROL")]
     control: Option<String>,
     /// Persist the scripts' `store` in this JSON file.
@@ -239,7 +240,12 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             .control
             .as_deref()
             .map(|c| c.strip_prefix("unix://").unwrap_or(c).to_string())
-            .unwrap_or_else(|| format!("{listen}.ctl"));
+            .unwrap_or_else(|| {
+                PathBuf::from(&listen)
+                    .with_extension("ctl")
+                    .display()
+                    .to_string()
+            });
         let control_listener = serve::bind(&ListenOptions {
             path: PathBuf::from(&control_path),
             mode: 0o600,

@@ -12,7 +12,7 @@ use serde_json::Value;
 use support::{run_ok, Daemon, Gateway, IMAGE};
 
 fn ctl_path(gw: &Gateway) -> PathBuf {
-    PathBuf::from(format!("{}.ctl", gw.socket.display()))
+    gw.socket.with_extension("ctl")
 }
 
 /// One control call; (status line, JSON body).
