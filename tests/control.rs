@@ -313,3 +313,42 @@ fn metrics_and_route_numbers_follow_the_traffic() {
         "{text}"
     );
 }
+
+#[test]
+fn the_control_socket_refuses_other_users() {
+    support::require_tool("setpriv", "util-linux");
+    // Debian's own python3: a per-user install (pyenv under /root) is out of reach of uid 65534.
+    assert!(
+        std::path::Path::new("/usr/bin/python3").exists(),
+        "/usr/bin/python3 is missing: apt-get install -y python3"
+    );
+    let (gw, _) = gateway_with("-- no hooks\n");
+    let connect = format!(
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?}); print('connected')",
+        ctl_path(&gw).display().to_string()
+    );
+    let as_nobody = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &connect,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !as_nobody.status.success(),
+        "uid 65534 reached the control socket"
+    );
+    assert!(String::from_utf8_lossy(&as_nobody.stderr).contains("PermissionError"));
+    // The owner can.
+    let as_root = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &connect])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&as_root.stdout).trim(), "connected");
+}

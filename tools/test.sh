@@ -13,10 +13,12 @@ fi
 # package:command pairs; a package is installed when its command is missing.
 need=()
 for pair in docker.io:dockerd docker.io:docker busybox-static:busybox bsdutils:script \
-            iproute2:ip tar:tar coreutils:sha256sum python3:python3; do
+            util-linux:setpriv iproute2:ip tar:tar coreutils:sha256sum; do
     pkg=${pair%%:*} cmd=${pair##*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+# Debian's python3 (the tests run it as another uid, which cannot reach a per-user install).
+[ -x /usr/bin/python3 ] || need+=(python3)
 # A dynamically linked busybox cannot run inside an empty image.
 if ! dpkg -s busybox-static >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then
