@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{output, run_ok, run_with_stdin, Daemon, Gateway, IMAGE};
+use support::{run_ok, Daemon, Gateway, IMAGE};
 
 /// Read one HTTP request (head + Content-Length body) from `s`.
 fn read_request(s: &mut impl Read) -> Option<(String, Vec<u8>)> {
@@ -332,34 +332,7 @@ fn docker_cli_through_adapters_and_streams_stay_untouched() {
     assert_eq!(label.trim(), "was-here");
     run_ok(gw.docker().args(["rm", &id]));
     // Interactive runs and followed logs still work with adapters on everything.
-    let out = run_with_stdin(
-        gw.docker().args(["run", "--rm", "-i", IMAGE, "cat"]),
-        b"through adapters\n",
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "through adapters\n");
-    let c = run_ok(
-        gw.docker()
-            .args(["run", "-d", IMAGE, "sh", "-c", "echo first; sleep 600"]),
-    )
-    .trim()
-    .to_string();
-    let mut child = gw
-        .docker()
-        .args(["logs", "-f", &c])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
-    assert_eq!(&first, b"first\n");
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = output(gw.docker().args(["rm", "-f", &c]));
+    support::assert_interactive_and_follow_work(&gw);
     // No post-hook was ever called for a hijacked or streaming call.
     let seen = a.seen.lock().unwrap().clone();
     for h in &seen {
@@ -465,34 +438,7 @@ fn docker_run_i_and_logs_f_work_with_catch_all_adapters_from_adapters_yml() {
         a.url("/add/0")
     );
     let (gw, _) = with_config(&Daemon::shared().socket, &yaml);
-    let out = run_with_stdin(
-        gw.docker().args(["run", "--rm", "-i", IMAGE, "cat"]),
-        b"yml adapters\n",
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "yml adapters\n");
-    let c = run_ok(
-        gw.docker()
-            .args(["run", "-d", IMAGE, "sh", "-c", "echo first; sleep 600"]),
-    )
-    .trim()
-    .to_string();
-    let mut child = gw
-        .docker()
-        .args(["logs", "-f", &c])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
-    assert_eq!(&first, b"first\n");
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = output(gw.docker().args(["rm", "-f", &c]));
+    support::assert_interactive_and_follow_work(&gw);
     assert!(!a.seen_paths().is_empty(), "the adapters were called");
 }
 

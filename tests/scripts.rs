@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{output, run_ok, run_with_stdin, Daemon, Gateway, IMAGE};
+use support::{output, run_ok, Daemon, Gateway, IMAGE};
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -232,11 +232,6 @@ fn the_drop_in_suite_passes_with_null_hooks_on_everything() {
             .args(["run", "--rm", IMAGE, "sh", "-c", "exit 3"]),
     );
     assert_eq!(out.status.code(), Some(3));
-    let out = run_with_stdin(
-        gw.docker().args(["run", "--rm", "-i", IMAGE, "cat"]),
-        b"through hooks\n",
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "through hooks\n");
     // The create body went through decode/encode: an empty Dns list must still be a list.
     let id = run_ok(
         gw.docker()
@@ -251,35 +246,9 @@ fn the_drop_in_suite_passes_with_null_hooks_on_everything() {
         &id,
     ]));
     assert_eq!(dns.trim(), r#"[] ["x.example"]"#);
-    // exec -i and logs -f still stream.
-    let c = run_ok(
-        gw.docker()
-            .args(["run", "-d", IMAGE, "sh", "-c", "echo first; sleep 600"]),
-    )
-    .trim()
-    .to_string();
-    let out = run_with_stdin(
-        gw.docker().args(["exec", "-i", &c, "cat"]),
-        b"exec through hooks\n",
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "exec through hooks\n");
-    let mut child = gw
-        .docker()
-        .args(["logs", "-f", &c])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 6];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
-    assert_eq!(&first, b"first\n");
-    let _ = child.kill();
-    let _ = child.wait();
-    run_ok(gw.docker().args(["rm", "-f", &c, &id]));
+    // run -i, exec -i and logs -f still stream.
+    support::assert_interactive_and_follow_work(&gw);
+    run_ok(gw.docker().args(["rm", "-f", &id]));
 }
 
 #[test]

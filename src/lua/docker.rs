@@ -76,18 +76,10 @@ async fn request(
             target.push_str(&s.to_str()?);
         }
         Value::Table(q) => {
-            let mut parts = Vec::new();
-            for pair in q.pairs::<String, String>() {
-                let (k, v) = pair?;
-                parts.push(format!(
-                    "{}={}",
-                    super::encode_component(&k),
-                    super::encode_component(&v)
-                ));
-            }
-            if !parts.is_empty() {
+            let q = super::encode_query(&q)?;
+            if !q.is_empty() {
                 target.push('?');
-                target.push_str(&parts.join("&"));
+                target.push_str(&q);
             }
         }
         other => {

@@ -1007,14 +1007,11 @@ fn apply_req(call: &mut Call, req: &Table, body: Option<Bytes>) -> mlua::Result<
         _ => None,
     };
     if let Some(qt) = query {
-        let q: Vec<String> = string_pairs(Some(qt))?
-            .iter()
-            .map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v)))
-            .collect();
+        let q = encode_query(&qt)?;
         let pq = if q.is_empty() {
             call.head.uri.path().to_string()
         } else {
-            format!("{}?{}", call.head.uri.path(), q.join("&"))
+            format!("{}?{q}", call.head.uri.path())
         };
         call.head.uri = pq
             .parse()
@@ -1089,6 +1086,15 @@ fn header_map(pairs: &[(String, String)]) -> mlua::Result<HeaderMap> {
 fn set_length(headers: &mut HeaderMap, len: usize) {
     headers.remove(header::TRANSFER_ENCODING);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+/// A query table as a query string (`a=1&b=x%20y`), keys sorted; empty for an empty table.
+fn encode_query(t: &Table) -> mlua::Result<String> {
+    Ok(string_pairs(Some(t.clone()))?
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v)))
+        .collect::<Vec<_>>()
+        .join("&"))
 }
 
 fn encode_component(s: &str) -> String {

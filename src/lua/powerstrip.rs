@@ -102,20 +102,10 @@ fn client_request(req: &Table) -> Result<ClientRequest> {
         Some(v) => format!("/v{v}{path}"),
         None => path,
     };
-    let query: Table = req.get("query")?;
-    let mut pairs = Vec::new();
-    for pair in query.pairs::<String, String>() {
-        let (k, v) = pair?;
-        pairs.push(format!(
-            "{}={}",
-            super::encode_component(&k),
-            super::encode_component(&v)
-        ));
-    }
-    if !pairs.is_empty() {
-        pairs.sort();
+    let query = super::encode_query(&req.get::<Table>("query")?)?;
+    if !query.is_empty() {
         request.push('?');
-        request.push_str(&pairs.join("&"));
+        request.push_str(&query);
     }
     let body = req
         .get::<Option<mlua::String>>("body")?

@@ -395,6 +395,52 @@ impl Drop for Gateway {
     }
 }
 
+/// Through `gw`: `docker run -i` echoes stdin, and `docker logs -f` shows a running container's
+/// first line while it runs — what a hook or adapter on every call must not break.
+pub fn assert_interactive_and_follow_work(gw: &Gateway) {
+    let out = run_with_stdin(
+        gw.docker().args(["run", "--rm", "-i", IMAGE, "cat"]),
+        b"stdin through\n",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "stdin through\n",
+        "run -i"
+    );
+    let c = run_ok(
+        gw.docker()
+            .args(["run", "-d", IMAGE, "sh", "-c", "echo first; sleep 600"]),
+    )
+    .trim()
+    .to_string();
+    let out = run_with_stdin(
+        gw.docker().args(["exec", "-i", &c, "cat"]),
+        b"exec through\n",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "exec through\n",
+        "exec -i"
+    );
+    let mut child = gw
+        .docker()
+        .args(["logs", "-f", &c])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 6];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = output(gw.docker().args(["rm", "-f", &c]));
+    assert_eq!(&first, b"first\n", "logs -f");
+}
+
 /// Wait up to 20 s for `path` to appear (a listen socket appears only when ready).
 pub fn wait_for_path(path: &Path) -> bool {
     let t = Instant::now();
