@@ -44,6 +44,11 @@ pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Sen
 
 /// Extension points of the call life. Lua route scripts implement this; the core only calls it.
 pub trait Hooks: Send + Sync + 'static {
+    /// Whether this layer wants to see calls right now; an inactive layer costs nothing.
+    fn active(&self) -> bool {
+        true
+    }
+
     /// Match and pre phases: inspect or edit the call, or return a response to answer it without
     /// the daemon. An error fails the call closed: nothing reaches the daemon.
     fn pre<'a>(&'a self, call: &'a mut Call) -> HookFuture<'a, Option<Response<Body>>>;
@@ -57,8 +62,9 @@ pub trait Hooks: Send + Sync + 'static {
 pub struct Gateway {
     pub upstream: Upstream,
     pub journal: Journal,
-    /// `None` is pure pass-through, with no per-call hook overhead.
-    pub hooks: Option<Arc<dyn Hooks>>,
+    /// Hook layers in order (the control socket's intercept, then route scripts); empty is pure
+    /// pass-through, with no per-call hook overhead.
+    pub hooks: Vec<Arc<dyn Hooks>>,
     next_id: AtomicU64,
 }
 
@@ -68,14 +74,14 @@ impl Gateway {
         Gateway {
             upstream,
             journal: Journal::new(1024),
-            hooks: None,
+            hooks: Vec::new(),
             next_id: AtomicU64::new(1),
         }
     }
 
-    /// Install route hooks.
+    /// Add a hook layer; layers run in the order they were added.
     pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
-        self.hooks = Some(hooks);
+        self.hooks.push(hooks);
         self
     }
 }
@@ -154,13 +160,13 @@ async fn phases(
     tunnels: &TunnelSlot,
 ) -> Result<Response<Body>, Error> {
     let gw = &*worker.gateway;
-    if let Some(hooks) = &gw.hooks {
+    for hooks in gw.hooks.iter().filter(|h| h.active()) {
         if let Some(answer) = hooks.pre(call).await? {
             return Ok(answer);
         }
     }
     let mut res = upstream(&worker.upstream, call).await?;
-    if let Some(hooks) = &gw.hooks {
+    for hooks in gw.hooks.iter().filter(|h| h.active()) {
         hooks.post(call, &mut res).await?;
     }
     Ok(reply(call, res, tunnels))

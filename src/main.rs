@@ -229,7 +229,9 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             group: args.socket_group,
         })
         .map_err(|e| e.to_string())?;
-        let gateway = Arc::new(gateway);
+        // Intercept runs after the scripts: a held call shows what would be sent.
+        let intercept = Arc::new(luastrip::control::intercept::Intercept::default());
+        let gateway = Arc::new(gateway.with_hooks(intercept.clone()));
         // One shutdown for the gateway and its control socket.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -256,6 +258,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             stats: luastrip::control::stats::Stats::follow(&gateway.journal),
             gateway: gateway.clone(),
             engine: engine_for_control,
+            intercept,
         });
         let control_task = tokio::spawn(luastrip::control::serve(
             control_listener,

@@ -24,6 +24,10 @@ show ID          one call in full: heads, status, timings, hooks, error
 tail [FILTER]    calls as they finish, until Ctrl-C
 routes           every hook with its file:line
 reload           reload scripts and adapters.yml
+intercept [F]    hold calls matching F before the daemon sees them (no F: stop)
+intercepted      the held calls
+resume ID [JSON] let a held call go on, optionally edited ({\"path\": …, \"body\": …})
+drop ID          refuse a held call (the client gets a 403)
 help             this text
 quit             leave
 anything else    Lua, run in the gateway (= expr prints a value), e.g. = store.get(\"pings\")";
@@ -116,6 +120,40 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
             let _ = writeln!(out, "reloaded: {} routes", v["routes"]);
         }),
         "tail" => tail(control, &format!("/tail?filter={}", enc(rest)), out).await,
+        "intercept" => call(control, Method::POST, "/intercept", rest)
+            .await
+            .map(|v| {
+                let _ = match v["intercept"].as_str() {
+                    Some(f) => writeln!(out, "intercepting {f}"),
+                    None => writeln!(out, "not intercepting"),
+                };
+            }),
+        "intercepted" => call(control, Method::GET, "/intercepted", "")
+            .await
+            .map(|v| {
+                for h in v["held"].as_array().into_iter().flatten() {
+                    let _ = writeln!(
+                        out,
+                        "{:>6}  {:6} {}",
+                        h["id"],
+                        h["method"].as_str().unwrap_or(""),
+                        h["raw"].as_str().unwrap_or("")
+                    );
+                }
+            }),
+        "resume" | "drop" => {
+            let (id, edit) = rest.split_once(' ').unwrap_or((rest, ""));
+            call(
+                control,
+                Method::POST,
+                &format!("/intercepted/{}/{word}", enc(id)),
+                edit,
+            )
+            .await
+            .map(|_| {
+                let _ = writeln!(out, "{word}: {id}");
+            })
+        }
         _ => call(control, Method::POST, "/eval", line).await.map(|v| {
             if !v["result"].is_null() || line.trim_start().starts_with('=') {
                 let _ = writeln!(

@@ -352,3 +352,115 @@ fn the_control_socket_refuses_other_users() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&as_root.stdout).trim(), "connected");
 }
+
+#[test]
+fn intercept_holds_a_docker_run_until_resumed_and_drop_refuses_it() {
+    let (gw, _) = gateway_with("-- no hooks\n");
+    let name = format!("held-{}", std::process::id());
+    let (ok, text) = repl(&gw, &format!("intercept ~m POST & ~u create.*{name}"));
+    assert!(ok && text.contains("intercepting"), "{text}");
+    let host = gw.host();
+    let n = name.clone();
+    let run = std::thread::spawn(move || {
+        support::output(
+            support::docker_cli(&host)
+                .args(["run", "--rm", "--name", &n, IMAGE, "echo", "released"]),
+        )
+    });
+    // The create is held: it shows up in intercepted, and the container does not exist yet.
+    let t = Instant::now();
+    let id = loop {
+        let (_, v) = ctl(&gw, "GET", "/intercepted");
+        if let Some(h) = v["held"].as_array().and_then(|a| a.first()) {
+            break h["id"].as_u64().unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the create was not held"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let exists = support::output(Daemon::shared().docker().args(["inspect", &name]));
+    assert!(!exists.status.success(), "a held create reached the daemon");
+    let (ok, _) = repl(&gw, &format!("resume {id}"));
+    assert!(ok);
+    let out = run.join().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "released\n");
+    // Drop: the CLI prints luastrip's error.
+    let host = gw.host();
+    let n = name.clone();
+    let run = std::thread::spawn(move || {
+        support::output(
+            support::docker_cli(&host).args(["run", "--rm", "--name", &n, IMAGE, "true"]),
+        )
+    });
+    let t = Instant::now();
+    let id = loop {
+        let (_, v) = ctl(&gw, "GET", "/intercepted");
+        if let Some(h) = v["held"].as_array().and_then(|a| a.first()) {
+            break h["id"].as_u64().unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the create was not held"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (ok, _) = repl(&gw, &format!("drop {id}"));
+    assert!(ok);
+    let out = run.join().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Error response from daemon: luastrip: call dropped at the control socket"),
+        "{err}"
+    );
+    let (ok, text) = repl(&gw, "intercept");
+    assert!(ok && text.contains("not intercepting"));
+    let (ok, text) = repl(&gw, "resume 424242");
+    assert!(!ok && text.contains("call 424242 is not held"), "{text}");
+}
+
+#[test]
+fn a_held_call_resumes_with_an_edited_request() {
+    let (gw, _) = gateway_with("-- no hooks\n");
+    let name = format!("edited-{}", std::process::id());
+    repl(&gw, &format!("intercept ~u create.*{name}"));
+    let host = gw.host();
+    let n = name.clone();
+    let create = std::thread::spawn(move || {
+        support::output(support::docker_cli(&host).args(["create", "--name", &n, IMAGE, "true"]))
+    });
+    let t = Instant::now();
+    let id = loop {
+        let (_, v) = ctl(&gw, "GET", "/intercepted");
+        if let Some(h) = v["held"].as_array().and_then(|a| a.first()) {
+            break h["id"].as_u64().unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the create was not held"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let body =
+        format!(r#"{{"Image":"{IMAGE}","Cmd":["true"],"Labels":{{"edited":"at-the-repl"}}}}"#);
+    let edit = serde_json::json!({ "body": body, "headers": {"content-type": "application/json", "host": "docker"} }).to_string();
+    let (ok, text) = repl(&gw, &format!("resume {id} {edit}"));
+    assert!(ok, "{text}");
+    let out = create.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let label = run_ok(Daemon::shared().docker().args([
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"edited\"}}",
+        &name,
+    ]));
+    assert_eq!(label.trim(), "at-the-repl");
+    run_ok(Daemon::shared().docker().args(["rm", &name]));
+}

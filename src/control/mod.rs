@@ -10,11 +10,16 @@
 //! | `GET /routes` | every hook: phase, pattern, `file:line`, hits, errors, p50/p99 time |
 //! | `GET /metrics` | Prometheus text: calls by method/status, errors by source, hooks, streams |
 //! | `POST /reload` | reload scripts and `adapters.yml`; a failure keeps the old routes |
+//! | `POST /intercept` | hold calls matching the filter in the body (empty: stop) |
+//! | `GET /intercepted` | the held calls |
+//! | `POST /intercepted/{id}/resume` | let it go on, edited by an optional JSON body (method, path, headers, body) |
+//! | `POST /intercepted/{id}/drop` | refuse it: the client gets a 403 Docker error |
 //! | `POST /eval` | run the Lua chunk in the body in a gateway VM (same globals as hooks) → JSON |
 //!
 //! It hangs off the journal and the script engine; it never forwards Docker calls itself.
 
 pub mod filter;
+pub mod intercept;
 pub mod stats;
 
 use std::convert::Infallible;
@@ -43,6 +48,8 @@ pub struct Control {
     pub engine: Option<Arc<Engine>>,
     /// Aggregates following the journal.
     pub stats: stats::Stats,
+    /// The intercept hook layer (installed in the gateway too).
+    pub intercept: Arc<intercept::Intercept>,
 }
 
 /// Serve the control socket until `stop` turns true.
@@ -191,6 +198,72 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                 Err(e) => message(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
             },
         },
+        (Method::POST, ["intercept"]) => {
+            let text = match req.into_body().collect().await {
+                Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
+                Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
+            };
+            if text.is_empty() {
+                control.intercept.set(None);
+                return json(StatusCode::OK, &serde_json::json!({ "intercept": null }));
+            }
+            match filter::Filter::parse(&text) {
+                Ok(f) => {
+                    control.intercept.set(Some((text.clone(), f)));
+                    json(StatusCode::OK, &serde_json::json!({ "intercept": text }))
+                }
+                Err(e) => json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"message": e.to_string(), "position": e.position, "caret": e.caret(&text)}),
+                ),
+            }
+        }
+        (Method::GET, ["intercepted"]) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "filter": control.intercept.filter_text(), "held": control.intercept.held() }),
+        ),
+        (Method::POST, ["intercepted", id, action]) => {
+            let Ok(id) = id.parse::<u64>() else {
+                return message(StatusCode::BAD_REQUEST, "the call id must be a number");
+            };
+            let done = match *action {
+                "drop" => control.intercept.drop_call(id),
+                "resume" => {
+                    let body = match req.into_body().collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
+                    };
+                    let edit = if body.iter().all(u8::is_ascii_whitespace) {
+                        intercept::Edit::default()
+                    } else {
+                        match serde_json::from_slice(&body) {
+                            Ok(e) => e,
+                            Err(e) => {
+                                return message(
+                                    StatusCode::BAD_REQUEST,
+                                    &format!("the edit is not JSON: {e}"),
+                                )
+                            }
+                        }
+                    };
+                    control.intercept.resume(id, edit)
+                }
+                other => {
+                    return message(
+                        StatusCode::NOT_FOUND,
+                        &format!("no action {other:?} (resume, drop)"),
+                    )
+                }
+            };
+            if done {
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "id": id, "done": action }),
+                )
+            } else {
+                message(StatusCode::NOT_FOUND, &format!("call {id} is not held"))
+            }
+        }
         (Method::POST, ["eval"]) => {
             let Some(engine) = &control.engine else {
                 return message(

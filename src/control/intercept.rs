@@ -1,0 +1,198 @@
+//! Intercept, as in mitmproxy: calls matching a filter are held before the daemon sees them
+//! until someone resumes them (optionally with an edited request) or drops them. It is a hook
+//! layer ([`Hooks`]) after the route scripts, so a held call shows what would be sent; with no
+//! filter set it is inactive and costs one atomic load per call.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use super::filter::Filter;
+use crate::call::{full, Body, Call, HookFuture, Hooks};
+use crate::error::Error;
+use crate::hijack::Hijack;
+use crate::journal::CallRecord;
+use crate::route::NormalPath;
+
+/// An edited request for `resume`: every field optional.
+#[derive(Debug, Default, Deserialize)]
+pub struct Edit {
+    pub method: Option<String>,
+    /// Path and query; a version prefix is kept as given.
+    pub path: Option<String>,
+    /// Replaces all request headers.
+    pub headers: Option<BTreeMap<String, String>>,
+    pub body: Option<String>,
+}
+
+enum Decision {
+    Resume(Edit),
+    Drop,
+}
+
+struct Held {
+    summary: serde_json::Value,
+    decide: oneshot::Sender<Decision>,
+}
+
+/// The intercept layer.
+#[derive(Default)]
+pub struct Intercept {
+    /// Fast path: no filter set.
+    active: AtomicBool,
+    filter: Mutex<Option<(String, Arc<Filter>)>>,
+    held: Mutex<BTreeMap<u64, Held>>,
+}
+
+impl Intercept {
+    /// Hold calls matching `filter` from now on; `None` stops intercepting (held calls stay).
+    pub fn set(&self, filter: Option<(String, Filter)>) {
+        let mut f = self.filter.lock().unwrap_or_else(|e| e.into_inner());
+        self.active.store(filter.is_some(), Ordering::Release);
+        *f = filter.map(|(t, f)| (t, Arc::new(f)));
+    }
+
+    /// The filter text in force.
+    pub fn filter_text(&self) -> Option<String> {
+        self.filter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(t, _)| t.clone())
+    }
+
+    /// Summaries of the held calls.
+    pub fn held(&self) -> Vec<serde_json::Value> {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|h| h.summary.clone())
+            .collect()
+    }
+
+    /// Let a held call go on, edited; false if there is no such held call.
+    pub fn resume(&self, id: u64, edit: Edit) -> bool {
+        self.decide(id, Decision::Resume(edit))
+    }
+
+    /// Refuse a held call; false if there is no such held call.
+    pub fn drop_call(&self, id: u64) -> bool {
+        self.decide(id, Decision::Drop)
+    }
+
+    fn decide(&self, id: u64, d: Decision) -> bool {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        match held {
+            Some(h) => h.decide.send(d).is_ok(),
+            None => false,
+        }
+    }
+
+    fn matching_filter(&self, call: &Call) -> Option<Arc<Filter>> {
+        let f = self.filter.lock().unwrap_or_else(|e| e.into_inner());
+        let filter = f.as_ref()?.1.clone();
+        filter.matches(&probe(call)).then_some(filter)
+    }
+}
+
+/// What the filter sees of a call that has not been answered yet.
+fn probe(call: &Call) -> CallRecord {
+    CallRecord {
+        id: call.id,
+        started_ms: 0,
+        method: call.head.method.to_string(),
+        path: call.path.path.clone(),
+        raw: call.head.uri.to_string(),
+        version: call.path.version.clone(),
+        status: None,
+        duration_us: 0,
+        upstream_us: None,
+        hijack: call.hijack,
+        streaming: false,
+        hooks: call.hooks.clone(),
+        error: None,
+        request_headers: call.head.headers.clone(),
+        response_headers: HeaderMap::new(),
+    }
+}
+
+impl Hooks for Intercept {
+    fn active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    fn pre<'a>(&'a self, call: &'a mut Call) -> HookFuture<'a, Option<Response<Body>>> {
+        Box::pin(async move {
+            if self.matching_filter(call).is_none() {
+                return Ok(None);
+            }
+            let (tx, rx) = oneshot::channel();
+            let summary = serde_json::json!({
+                "id": call.id,
+                "method": call.head.method.as_str(),
+                "path": call.path.path,
+                "raw": call.head.uri.to_string(),
+                "hijack": call.hijack != Hijack::No,
+            });
+            self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                call.id,
+                Held {
+                    summary,
+                    decide: tx,
+                },
+            );
+            match rx.await {
+                Ok(Decision::Resume(edit)) => apply(call, edit).map(|()| None),
+                Ok(Decision::Drop) | Err(_) => Err(Error::client(
+                    StatusCode::FORBIDDEN,
+                    "call dropped at the control socket (intercept)",
+                )),
+            }
+        })
+    }
+
+    fn post<'a>(&'a self, _call: &'a mut Call, _res: &'a mut Response<Body>) -> HookFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn apply(call: &mut Call, edit: Edit) -> Result<(), Error> {
+    let bad = |m: String| Error::client(StatusCode::BAD_REQUEST, format!("intercept edit: {m}"));
+    if let Some(m) = edit.method {
+        call.head.method = http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .map_err(|_| bad(format!("{m:?} is not a method")))?;
+    }
+    if let Some(p) = edit.path {
+        let uri: http::Uri = p.parse().map_err(|e| bad(format!("path {p:?}: {e}")))?;
+        call.path = NormalPath::parse(uri.path()).map_err(|e| bad(e.to_string()))?;
+        call.head.uri = uri;
+    }
+    if let Some(h) = edit.headers {
+        let mut map = HeaderMap::new();
+        for (k, v) in h {
+            let name =
+                HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad(format!("header {k:?}")))?;
+            let value = HeaderValue::from_str(&v).map_err(|_| bad(format!("value of {k:?}")))?;
+            map.insert(name, value);
+        }
+        call.head.headers = map;
+    }
+    if let Some(b) = edit.body {
+        call.head.headers.remove(http::header::TRANSFER_ENCODING);
+        call.head
+            .headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+        call.body = Some(full(Bytes::from(b)));
+    }
+    Ok(())
+}
