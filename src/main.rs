@@ -223,12 +223,6 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             engine_for_control = Some(engine.clone());
             gateway = gateway.with_hooks(engine);
         }
-        let listener = serve::bind(&ListenOptions {
-            path: PathBuf::from(&listen),
-            mode: args.socket_mode,
-            group: args.socket_group,
-        })
-        .map_err(|e| e.to_string())?;
         // Intercept runs after the scripts: a held call shows what would be sent.
         let intercept = Arc::new(luastrip::control::intercept::Intercept::default());
         let gateway = Arc::new(gateway.with_hooks(intercept.clone()));
@@ -265,6 +259,13 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             control,
             stop_rx.clone(),
         ));
+        // Last: the listen socket appears once everything behind it is ready.
+        let listener = serve::bind(&ListenOptions {
+            path: PathBuf::from(&listen),
+            mode: args.socket_mode,
+            group: args.socket_group,
+        })
+        .map_err(|e| e.to_string())?;
         let mut stopped = stop_rx;
         let gateway_shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
