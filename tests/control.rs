@@ -368,18 +368,7 @@ fn intercept_holds_a_docker_run_until_resumed_and_drop_refuses_it() {
         )
     });
     // The create is held: it shows up in intercepted, and the container does not exist yet.
-    let t = Instant::now();
-    let id = loop {
-        let (_, v) = ctl(&gw, "GET", "/intercepted");
-        if let Some(h) = v["held"].as_array().and_then(|a| a.first()) {
-            break h["id"].as_u64().unwrap();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the create was not held"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let id = wait_held(&gw);
     std::thread::sleep(Duration::from_millis(300));
     let exists = support::output(Daemon::shared().docker().args(["inspect", &name]));
     assert!(!exists.status.success(), "a held create reached the daemon");
@@ -395,18 +384,7 @@ fn intercept_holds_a_docker_run_until_resumed_and_drop_refuses_it() {
             support::docker_cli(&host).args(["run", "--rm", "--name", &n, IMAGE, "true"]),
         )
     });
-    let t = Instant::now();
-    let id = loop {
-        let (_, v) = ctl(&gw, "GET", "/intercepted");
-        if let Some(h) = v["held"].as_array().and_then(|a| a.first()) {
-            break h["id"].as_u64().unwrap();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the create was not held"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let id = wait_held(&gw);
     let (ok, _) = repl(&gw, &format!("drop {id}"));
     assert!(ok);
     let out = run.join().unwrap();
@@ -432,18 +410,7 @@ fn a_held_call_resumes_with_an_edited_request() {
     let create = std::thread::spawn(move || {
         support::output(support::docker_cli(&host).args(["create", "--name", &n, IMAGE, "true"]))
     });
-    let t = Instant::now();
-    let id = loop {
-        let (_, v) = ctl(&gw, "GET", "/intercepted");
-        if let Some(h) = v["held"].as_array().and_then(|a| a.first()) {
-            break h["id"].as_u64().unwrap();
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the create was not held"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let id = wait_held(&gw);
     let body =
         format!(r#"{{"Image":"{IMAGE}","Cmd":["true"],"Labels":{{"edited":"at-the-repl"}}}}"#);
     let edit = serde_json::json!({ "body": body, "headers": {"content-type": "application/json", "host": "docker"} }).to_string();
@@ -463,4 +430,17 @@ fn a_held_call_resumes_with_an_edited_request() {
     ]));
     assert_eq!(label.trim(), "at-the-repl");
     run_ok(Daemon::shared().docker().args(["rm", &name]));
+}
+
+/// Wait until the control socket holds a call; its id.
+fn wait_held(gw: &Gateway) -> u64 {
+    let t = Instant::now();
+    loop {
+        let (_, v) = ctl(gw, "GET", "/intercepted");
+        if let Some(h) = v["held"].as_array().and_then(|a| a.first()) {
+            return h["id"].as_u64().unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no call was held");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
