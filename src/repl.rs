@@ -7,8 +7,10 @@
 //! Commands: `calls [FILTER]`, `show ID`, `tail [FILTER]` (until Ctrl-C), `routes`, `reload`,
 //! `help`, `quit`; anything else is Lua evaluated in the gateway (`= expr` prints a value).
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
@@ -32,17 +34,186 @@ help             this text
 quit             leave
 anything else    Lua, run in the gateway (= expr prints a value), e.g. = store.get(\"pings\")";
 
+/// The words that are REPL commands rather than Lua.
+const COMMANDS: &[&str] = &[
+    "calls",
+    "show",
+    "tail",
+    "routes",
+    "reload",
+    "intercept",
+    "intercepted",
+    "resume",
+    "drop",
+    "help",
+    "quit",
+];
+
+/// Tab completion (commands, call ids, Lua globals and table keys from the live VM) and
+/// multi-line Lua input (a chunk that ends too early continues on the next line).
+struct Helper {
+    control: PathBuf,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+impl Helper {
+    fn lua_keys(&self, table: &str) -> Vec<String> {
+        let code = format!(
+            "local t = {table}; local r = {{}}; if type(t) == 'table' then for k in pairs(t) do \
+             if type(k) == 'string' then r[#r + 1] = k end end end; table.sort(r); return json.array(r)"
+        );
+        self.rt
+            .block_on(call(&self.control, Method::POST, "/eval", &code))
+            .ok()
+            .and_then(|v| v["result"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+impl rustyline::completion::Completer for Helper {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        let before = &line[..pos];
+        let start = before
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+            .map_or(0, |i| i + 1);
+        let word = &before[start..];
+        if before.starts_with("show ")
+            || before.starts_with("resume ")
+            || before.starts_with("drop ")
+        {
+            let path = if before.starts_with("show ") {
+                "/calls?limit=50"
+            } else {
+                "/intercepted"
+            };
+            let v = self
+                .rt
+                .block_on(call(&self.control, Method::GET, path, ""))
+                .unwrap_or_default();
+            let list = if before.starts_with("show ") {
+                v
+            } else {
+                v["held"].clone()
+            };
+            let ids = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["id"].as_u64().map(|i| i.to_string()))
+                .filter(|i| i.starts_with(word))
+                .collect();
+            return Ok((start, ids));
+        }
+        let mut out: Vec<String> = Vec::new();
+        if start == 0 {
+            out.extend(
+                COMMANDS
+                    .iter()
+                    .filter(|c| c.starts_with(word))
+                    .map(|c| c.to_string()),
+            );
+        }
+        let (table, key) = match word.rfind('.') {
+            Some(i) => (&word[..i], &word[i + 1..]),
+            None => ("_G", word),
+        };
+        let prefix = if table == "_G" {
+            String::new()
+        } else {
+            format!("{table}.")
+        };
+        out.extend(
+            self.lua_keys(table)
+                .into_iter()
+                .filter(|k| k.starts_with(key))
+                .map(|k| format!("{prefix}{k}")),
+        );
+        out.sort();
+        out.dedup();
+        Ok((start, out))
+    }
+}
+
+impl rustyline::validate::Validator for Helper {
+    fn validate(
+        &self,
+        ctx: &mut rustyline::validate::ValidationContext,
+    ) -> rustyline::Result<rustyline::validate::ValidationResult> {
+        use rustyline::validate::ValidationResult;
+        let input = ctx.input();
+        let first = input.split_whitespace().next().unwrap_or("");
+        if input.trim().is_empty() || COMMANDS.contains(&first) {
+            return Ok(ValidationResult::Valid(None));
+        }
+        // Lua's own test for "incomplete": the chunk fails to compile at <eof>.
+        let lua = mlua::Lua::new();
+        let (as_expr, as_chunk) = match input.trim().strip_prefix('=') {
+            Some(e) => (format!("return {e}"), format!("return {e}")),
+            None => (format!("return {input}"), input.to_string()),
+        };
+        let incomplete = |src: &str| {
+            lua.load(src)
+                .into_function()
+                .err()
+                .is_some_and(|e| e.to_string().contains("<eof>"))
+        };
+        if incomplete(&as_expr) && incomplete(&as_chunk) {
+            Ok(ValidationResult::Incomplete)
+        } else {
+            Ok(ValidationResult::Valid(None))
+        }
+    }
+}
+
+impl rustyline::hint::Hinter for Helper {
+    type Hint = String;
+}
+
+impl rustyline::highlight::Highlighter for Helper {
+    fn highlight_prompt<'b, 's: 'b, 'p: 'b>(
+        &'s self,
+        prompt: &'p str,
+        default: bool,
+    ) -> Cow<'b, str> {
+        // Colour only on a terminal that asked for none of NO_COLOR.
+        if default && std::env::var_os("NO_COLOR").is_none() {
+            Cow::Owned(format!("\x1b[1;36m{prompt}\x1b[0m"))
+        } else {
+            Cow::Borrowed(prompt)
+        }
+    }
+}
+
+impl rustyline::Helper for Helper {}
+
 /// Run the REPL against the control socket at `control`: one `command`, or interactively.
 /// Output goes to `out`. Returns whether the (last) command succeeded.
 pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result<bool, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
     if let Some(cmd) = command {
         return Ok(rt.block_on(execute(control, cmd, out)));
     }
-    let mut editor = rustyline::DefaultEditor::new().map_err(|e| e.to_string())?;
+    let mut editor: rustyline::Editor<Helper, rustyline::history::DefaultHistory> =
+        rustyline::Editor::new().map_err(|e| e.to_string())?;
+    editor.set_helper(Some(Helper {
+        control: control.to_path_buf(),
+        rt: rt.clone(),
+    }));
     let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".luastrip_history"));
     if let Some(h) = &history {
         let _ = editor.load_history(h);

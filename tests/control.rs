@@ -444,3 +444,120 @@ fn wait_held(gw: &Gateway) -> u64 {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A tmux session running `luastrip repl` on a real pseudo-terminal.
+struct Tmux {
+    server: String,
+}
+
+impl Tmux {
+    fn start(gw: &Gateway) -> Tmux {
+        support::require_tool("tmux", "tmux");
+        let server = format!("luastrip-test-{}", std::process::id());
+        let cmd = format!(
+            "NO_COLOR=1 {} repl --control unix://{}",
+            env!("CARGO_BIN_EXE_luastrip"),
+            ctl_path(gw).display()
+        );
+        let ok = std::process::Command::new("tmux")
+            .args([
+                "-L",
+                &server,
+                "new-session",
+                "-d",
+                "-s",
+                "repl",
+                "-x",
+                "160",
+                "-y",
+                "50",
+                &cmd,
+            ])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let t = Tmux { server };
+        t.wait_for("luastrip>");
+        t
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["-L", &self.server, "send-keys", "-t", "repl"];
+        args.extend_from_slice(keys);
+        assert!(std::process::Command::new("tmux")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    fn screen(&self) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", &self.server, "capture-pane", "-p", "-t", "repl"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for(&self, text: &str) -> String {
+        let t = Instant::now();
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "{text:?} never appeared:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.server, "kill-server"])
+            .status();
+    }
+}
+
+#[test]
+fn the_repl_on_a_terminal_completes_continues_lua_and_stops_tail_on_ctrl_c() {
+    let (gw, _) =
+        gateway_with("route.pre(\"* /_ping\", function(req) store.incr(\"pings\") end)\n");
+    support::raw_request(
+        &gw.socket,
+        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let tmux = Tmux::start(&gw);
+    // Tab completes commands and Lua names from the live VM.
+    tmux.keys(&["sho", "Tab"]);
+    tmux.wait_for("luastrip> show");
+    tmux.keys(&["C-u", "= stor", "Tab"]);
+    tmux.wait_for("luastrip> = store");
+    tmux.keys(&[".ge", "Tab"]);
+    tmux.wait_for("= store.get");
+    tmux.keys(&["(\"pings\")", "Enter"]);
+    tmux.wait_for("\n1\n");
+    // An unfinished chunk continues on the next line.
+    tmux.keys(&["= (40 +", "Enter"]);
+    std::thread::sleep(Duration::from_millis(200));
+    tmux.keys(&["2)", "Enter"]);
+    tmux.wait_for("42");
+    // tail runs until Ctrl-C, which returns to the prompt.
+    tmux.keys(&["tail", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    support::raw_request(
+        &gw.socket,
+        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    tmux.wait_for("GET    200");
+    tmux.keys(&["C-c"]);
+    tmux.keys(&["routes", "Enter"]);
+    tmux.wait_for("* /_ping");
+    tmux.keys(&["quit", "Enter"]);
+}
