@@ -348,11 +348,13 @@ fn print_calls(v: &Value, out: &mut dyn Write) {
     for c in v.as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{:>6}  {:6} {:3} {:>8}us  {}{}",
-            c["id"],
+            "{:>6}  {:6} {:>3} {:>8}us  {}{}",
+            c["id"].as_u64().unwrap_or(0),
             c["method"].as_str().unwrap_or(""),
-            c["status"],
-            c["duration_us"],
+            c["status"]
+                .as_u64()
+                .map_or("-".to_string(), |s| s.to_string()),
+            c["duration_us"].as_u64().unwrap_or(0),
             c["raw"].as_str().unwrap_or(""),
             c["error"]["message"]
                 .as_str()

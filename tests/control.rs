@@ -561,3 +561,75 @@ fn the_repl_on_a_terminal_completes_continues_lua_and_stops_tail_on_ctrl_c() {
     tmux.wait_for("* /_ping");
     tmux.keys(&["quit", "Enter"]);
 }
+
+/// Whether `line` matches `pattern`, where `…` stands for any text.
+fn glob_line(pattern: &str, line: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('…').collect();
+    let mut rest = line;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(j) => rest = &rest[j + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    rest.is_empty()
+}
+
+#[test]
+fn the_readme_repl_transcript_is_what_the_repl_prints() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("### A REPL session")
+        .expect("the README has its REPL session");
+    let block = &readme[start..];
+    let block = &block[block.find("```text\n").unwrap() + 8..];
+    let block = &block[..block.find("```").unwrap()];
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scripts/label-inject.lua");
+    let gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", script.to_str().unwrap()],
+    );
+    let id = run_ok(gw.docker().args(["create", IMAGE, "true"]))
+        .trim()
+        .to_string();
+    let mut steps: Vec<(String, Vec<String>)> = Vec::new();
+    for line in block.lines() {
+        match line.strip_prefix("luastrip> ") {
+            Some(cmd) => steps.push((cmd.to_string(), Vec::new())),
+            None => steps
+                .last_mut()
+                .expect("output before a command")
+                .1
+                .push(line.to_string()),
+        }
+    }
+    assert!(steps.len() >= 4);
+    for (cmd, want) in steps {
+        let (_, got) = repl(&gw, &cmd);
+        let got: Vec<&str> = got.lines().map(str::trim_end).collect();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "`{cmd}` printed:\n{}",
+            got.join("\n")
+        );
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                glob_line(w.trim_end(), g),
+                "`{cmd}`: {g:?} does not match {w:?}"
+            );
+        }
+    }
+    run_ok(gw.docker().args(["rm", &id]));
+}
