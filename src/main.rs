@@ -78,6 +78,9 @@ struct ServeArgs {
     /// its extension replaced by .ctl (/run/luastrip.sock → /run/luastrip.ctl).
     #[arg(long, env = "LUASTRIP_CONTROL")]
     control: Option<String>,
+    /// Run the REPL on this terminal too; quitting it stops the gateway. Logs default to warn.
+    #[arg(long)]
+    repl: bool,
     /// Persist the scripts' `store` in this JSON file.
     #[arg(long, env = "LUASTRIP_STATE")]
     state: Option<PathBuf>,
@@ -119,10 +122,15 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // With the REPL on the same terminal, per-call log lines would bury the prompt.
+    let default_level = match &cli.command {
+        Command::Serve(a) if a.repl => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LUASTRIP_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -226,11 +234,13 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         // Intercept runs after the scripts: a held call shows what would be sent.
         let intercept = Arc::new(luastrip::control::intercept::Intercept::default());
         let gateway = Arc::new(gateway.with_hooks(intercept.clone()));
-        // One shutdown for the gateway and its control socket.
+        // One shutdown for the gateway and its control socket (and `--repl`'s quit).
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+        let on_signal = stop_tx.clone();
         tokio::spawn(async move {
             shutdown.await;
-            let _ = stop_tx.send(true);
+            let _ = on_signal.send(true);
         });
         let control_path = args
             .control
@@ -270,6 +280,18 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         let gateway_shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
+        if args.repl {
+            // The REPL blocks on the terminal: its own thread, talking to our control socket.
+            let ctl = PathBuf::from(&control_path);
+            let on_quit = stop_tx.clone();
+            std::thread::spawn(move || {
+                let stdout = std::io::stdout();
+                if let Err(e) = luastrip::repl::run(&ctl, None, &mut stdout.lock()) {
+                    tracing::error!(error = %e, "the REPL failed");
+                }
+                let _ = on_quit.send(true);
+            });
+        }
         let served = serve::run_gateway(listener, gateway, threads, gateway_shutdown).await;
         let _ = control_task.await;
         drop(watchers);

@@ -451,14 +451,21 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// `luastrip repl` against `gw`.
     fn start(gw: &Gateway) -> Tmux {
-        support::require_tool("tmux", "tmux");
-        let server = format!("luastrip-test-{}", std::process::id());
-        let cmd = format!(
+        Tmux::run(&format!(
             "NO_COLOR=1 {} repl --control unix://{}",
             env!("CARGO_BIN_EXE_luastrip"),
             ctl_path(gw).display()
-        );
+        ))
+    }
+
+    /// Any command line, on a 160x50 terminal, waiting for the REPL prompt.
+    fn run(cmd: &str) -> Tmux {
+        support::require_tool("tmux", "tmux");
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let server = format!("luastrip-test-{}-{n}", std::process::id());
         let ok = std::process::Command::new("tmux")
             .args([
                 "-L",
@@ -632,4 +639,37 @@ fn the_readme_repl_transcript_is_what_the_repl_prints() {
         }
     }
     run_ok(gw.docker().args(["rm", &id]));
+}
+
+#[test]
+fn serve_with_repl_shares_the_terminal_and_quit_stops_the_gateway() {
+    let dir = support::temp_dir("serve-repl");
+    let sock = dir.join("gw.sock");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scripts/endpoint.lua");
+    let tmux = Tmux::run(&format!(
+        "NO_COLOR=1 {} serve --repl --listen unix://{} --upstream {} --scripts {}",
+        env!("CARGO_BIN_EXE_luastrip"),
+        sock.display(),
+        Daemon::shared().host(),
+        script.display()
+    ));
+    let resp = support::raw_request(
+        &sock,
+        "GET /luastrip/hello HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert!(String::from_utf8_lossy(&resp).contains("\"hello\":\"world\""));
+    tmux.keys(&["calls", "Enter"]);
+    tmux.wait_for("/luastrip/hello");
+    tmux.keys(&["quit", "Enter"]);
+    let t = Instant::now();
+    while sock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "quitting the REPL did not stop the gateway"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!sock.with_extension("ctl").exists());
 }
