@@ -478,7 +478,7 @@ impl Tmux {
                 "160",
                 "-y",
                 "50",
-                &cmd,
+                cmd,
             ])
             .status()
             .unwrap();
