@@ -58,6 +58,9 @@ pub trait Hooks: Send + Sync + 'static {
     fn post<'a>(&'a self, call: &'a mut Call, res: &'a mut Response<Body>) -> HookFuture<'a, ()>;
 }
 
+/// How much of a buffered request body the journal keeps.
+pub const JOURNAL_BODY_CAP: usize = 64 << 10;
+
 /// Shared state of a running gateway.
 pub struct Gateway {
     pub upstream: Upstream,
@@ -117,6 +120,9 @@ pub struct Call {
     /// State a [`Hooks`] implementation carries from its pre to its post phase (the Lua `req`
     /// table, so that `req.ctx` reaches post hooks).
     pub hook_state: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// The request body as forwarded, when a hook buffered it anyway (never buffered for the
+    /// journal alone); journaled up to [`JOURNAL_BODY_CAP`] for `show` and replay.
+    pub buffered_body: Option<Bytes>,
     started: Instant,
     upstream_us: Option<u64>,
 }
@@ -206,6 +212,7 @@ fn accept(
         hijack,
         hooks: Vec::new(),
         hook_state: None,
+        buffered_body: None,
         started,
         upstream_us: None,
     };
@@ -317,6 +324,9 @@ fn journal(
             message: e.to_string(),
         }),
         request_headers: call.head.headers,
+        request_body: call
+            .buffered_body
+            .map(|b| String::from_utf8_lossy(&b[..b.len().min(JOURNAL_BODY_CAP)]).into_owned()),
         response_headers: res.headers().clone(),
     });
 }

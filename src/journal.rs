@@ -61,6 +61,9 @@ pub struct CallRecord {
     pub error: Option<CallError>,
     #[serde(serialize_with = "ser_headers")]
     pub request_headers: HeaderMap,
+    /// The request body as forwarded, when a hook had buffered it (capped); `None` for streamed
+    /// bodies, which are never held back for the journal.
+    pub request_body: Option<String>,
     #[serde(serialize_with = "ser_headers")]
     pub response_headers: HeaderMap,
 }
@@ -152,6 +155,7 @@ mod tests {
             hooks: vec![],
             error: None,
             request_headers: HeaderMap::new(),
+            request_body: None,
             response_headers: HeaderMap::new(),
         }
     }

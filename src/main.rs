@@ -263,6 +263,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             gateway: gateway.clone(),
             engine: engine_for_control,
             intercept,
+            listen: PathBuf::from(&listen),
         });
         let control_task = tokio::spawn(luastrip::control::serve(
             control_listener,

@@ -30,6 +30,7 @@ intercept [F]    hold calls matching F before the daemon sees them (no F: stop)
 intercepted      the held calls
 resume ID [JSON] let a held call go on, optionally edited ({\"path\": …, \"body\": …})
 drop ID          refuse a held call (the client gets a 403)
+replay ID [JSON] send a journaled call again, optionally edited ({\"body\": …})
 help             this text
 quit             leave
 anything else    Lua, run in the gateway (= expr prints a value), e.g. = store.get(\"pings\")";
@@ -312,6 +313,18 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
                     );
                 }
             }),
+        "replay" => {
+            let (id, edit) = rest.split_once(' ').unwrap_or((rest, ""));
+            call(control, Method::POST, &format!("/replay/{}", enc(id)), edit)
+                .await
+                .map(|v| {
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string_pretty(&v).unwrap_or_default()
+                    );
+                })
+        }
         "resume" | "drop" => {
             let (id, edit) = rest.split_once(' ').unwrap_or((rest, ""));
             call(

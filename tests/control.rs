@@ -673,3 +673,81 @@ fn serve_with_repl_shares_the_terminal_and_quit_stops_the_gateway() {
     }
     assert!(!sock.with_extension("ctl").exists());
 }
+
+#[test]
+fn replay_reissues_a_create_through_the_gateway() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scripts/label-inject.lua");
+    let gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", script.to_str().unwrap()],
+    );
+    let first = run_ok(gw.docker().args(["create", IMAGE, "true"]))
+        .trim()
+        .to_string();
+    let (_, calls) = ctl(&gw, "GET", "/calls?filter=~m%20POST%20%26%20~u%20create");
+    let create = &calls.as_array().unwrap()[0];
+    // The body the hook buffered is journaled (and matchable with ~b).
+    assert!(create["request_body"]
+        .as_str()
+        .unwrap()
+        .contains("managed-by"));
+    let id = create["id"].as_u64().unwrap();
+    let (ok, text) = repl(&gw, &format!("replay {id}"));
+    assert!(ok, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], 201);
+    let second = v["body"]["Id"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    // The replay went through the phases again: journaled, labelled by the script.
+    let label = run_ok(gw.docker().args([
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"managed-by\"}}",
+        &second,
+    ]));
+    assert_eq!(label.trim(), "luastrip");
+    // Edited replay.
+    let edit = format!(
+        r#"{{"body": "{{\"Image\":\"{IMAGE}\",\"Cmd\":[\"true\"],\"Labels\":{{\"replayed\":\"edited\"}}}}"}}"#
+    );
+    let (ok, text) = repl(&gw, &format!("replay {id} {edit}"));
+    assert!(ok, "{text}");
+    let third = serde_json::from_str::<Value>(&text).unwrap()["body"]["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let label = run_ok(gw.docker().args([
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"replayed\"}}",
+        &third,
+    ]));
+    assert_eq!(label.trim(), "edited");
+    // An unknown id is a 404.
+    let (ok, text) = repl(&gw, "replay 987654321");
+    assert!(!ok && text.contains("no call 987654321"), "{text}");
+    run_ok(gw.docker().args(["rm", &first, &second, &third]));
+}
+
+#[test]
+fn replay_refuses_a_body_it_never_saw() {
+    let (gw, _) = gateway_with("-- no hooks: bodies stream through\n");
+    let id = run_ok(gw.docker().args(["create", IMAGE, "true"]))
+        .trim()
+        .to_string();
+    let (_, calls) = ctl(&gw, "GET", "/calls?filter=~u%20create");
+    let call_id = calls[0]["id"].as_u64().unwrap();
+    assert!(calls[0]["request_body"].is_null());
+    let (ok, text) = repl(&gw, &format!("replay {call_id}"));
+    assert!(
+        !ok && text.contains("streamed through and was not journaled"),
+        "{text}"
+    );
+    run_ok(gw.docker().args(["run", "--rm", IMAGE, "true"]));
+    let (_, attaches) = ctl(&gw, "GET", "/calls?filter=~u%20attach");
+    let attach = attaches[0]["id"].as_u64().unwrap();
+    let (ok, text) = repl(&gw, &format!("replay {attach}"));
+    assert!(!ok && text.contains("hijacked session"), "{text}");
+    run_ok(gw.docker().args(["rm", &id]));
+}

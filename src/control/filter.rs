@@ -6,7 +6,7 @@
 //! | `~u REGEX` | whose path and query (as sent) match |
 //! | `~s CODE`, `~s 4..` | with that status, or in that range (`4..` is 400–499, `20.` 200–209) |
 //! | `~h REGEX` | with a request or response header line (`name: value`) matching |
-//! | `~b REGEX` | whose error message matches (bodies are not journaled yet) |
+//! | `~b REGEX` | whose journaled request body (when a hook buffered it) or error message matches |
 //! | `~e` | that ended in a gateway, script or adapter error |
 //! | `~r ROUTE` | that a hook registered on exactly that pattern ran on |
 //! | `WORD` | whose normalised path contains the word |
@@ -75,7 +75,10 @@ impl Filter {
                 .any(|(k, v)| {
                     r.is_match(&format!("{}: {}", k, String::from_utf8_lossy(v.as_bytes())))
                 }),
-            Filter::Body(r) => c.error.as_ref().is_some_and(|e| r.is_match(&e.message)),
+            Filter::Body(r) => {
+                c.request_body.as_deref().is_some_and(|b| r.is_match(b))
+                    || c.error.as_ref().is_some_and(|e| r.is_match(&e.message))
+            }
             Filter::Error => c.error.is_some(),
             Filter::Route(route) => c.hooks.iter().any(|h| h.route == *route),
             Filter::Word(w) => c.path.contains(w.as_str()),
@@ -275,6 +278,7 @@ mod tests {
                 message: "luastrip: script error at x.lua:4: boom".into(),
             }),
             request_headers: req,
+            request_body: Some(r#"{"Image":"busybox"}"#.into()),
             response_headers: HeaderMap::new(),
         }
     }
@@ -307,6 +311,7 @@ mod tests {
         assert!(m("~h Docker-Client", &create));
         assert!(m("~e", &failed) && !m("~e", &create));
         assert!(m("~b boom", &failed));
+        assert!(m("~b busybox", &create) && !m("~b alpine", &create));
         assert!(m("~r 'POST /containers/create'", &create));
         assert!(m("containers", &create) && !m("containers", &ping));
     }

@@ -122,6 +122,7 @@ fn probe(call: &Call) -> CallRecord {
         hooks: call.hooks.clone(),
         error: None,
         request_headers: call.head.headers.clone(),
+        request_body: None,
         response_headers: HeaderMap::new(),
     }
 }

@@ -14,6 +14,7 @@
 //! | `GET /intercepted` | the held calls |
 //! | `POST /intercepted/{id}/resume` | let it go on, edited by an optional JSON body (method, path, headers, body) |
 //! | `POST /intercepted/{id}/drop` | refuse it: the client gets a 403 Docker error |
+//! | `POST /replay/{id}` | send a journaled call again through the gateway (optional JSON edit) |
 //! | `POST /eval` | run the Lua chunk in the body in a gateway VM (same globals as hooks) → JSON |
 //!
 //! It hangs off the journal and the script engine; it never forwards Docker calls itself.
@@ -50,6 +51,8 @@ pub struct Control {
     pub stats: stats::Stats,
     /// The intercept hook layer (installed in the gateway too).
     pub intercept: Arc<intercept::Intercept>,
+    /// The gateway's listen socket: replays go through it, so they take every phase again.
+    pub listen: std::path::PathBuf,
 }
 
 /// Serve the control socket until `stop` turns true.
@@ -264,6 +267,35 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                 message(StatusCode::NOT_FOUND, &format!("call {id} is not held"))
             }
         }
+        (Method::POST, ["replay", id]) => {
+            let Some(rec) = id.parse::<u64>().ok().and_then(|id| journal.get(id)) else {
+                return message(
+                    StatusCode::NOT_FOUND,
+                    &format!("no call {id} in the journal"),
+                );
+            };
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
+            };
+            let edit: intercept::Edit = if body.iter().all(u8::is_ascii_whitespace) {
+                intercept::Edit::default()
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        return message(
+                            StatusCode::BAD_REQUEST,
+                            &format!("the edit is not JSON: {e}"),
+                        )
+                    }
+                }
+            };
+            match replay(control, &rec, edit).await {
+                Ok(v) => json(StatusCode::OK, &v),
+                Err((status, m)) => message(status, &m),
+            }
+        }
         (Method::POST, ["eval"]) => {
             let Some(engine) = &control.engine else {
                 return message(
@@ -282,6 +314,93 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
         }
         (_, _) => message(StatusCode::NOT_FOUND, &format!("no control call {path}")),
     }
+}
+
+/// Send a journaled call again, through the gateway's own socket.
+async fn replay(
+    control: &Control,
+    rec: &crate::journal::CallRecord,
+    edit: intercept::Edit,
+) -> Result<serde_json::Value, (StatusCode, String)> {
+    if rec.hijack != crate::hijack::Hijack::No {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "call {} was a hijacked session; it cannot be replayed",
+                rec.id
+            ),
+        ));
+    }
+    let had_body = rec
+        .request_headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || rec.request_headers.contains_key(header::TRANSFER_ENCODING);
+    let body = match (edit.body, &rec.request_body) {
+        (Some(b), _) => b,
+        (None, Some(b)) => b.clone(),
+        (None, None) if had_body => {
+            return Err((
+                StatusCode::CONFLICT,
+                format!(
+                    "the body of call {} streamed through and was not journaled; give one: {{\"body\": \"...\"}}",
+                    rec.id
+                ),
+            ))
+        }
+        (None, None) => String::new(),
+    };
+    let method = edit.method.unwrap_or_else(|| rec.method.clone());
+    let path = edit.path.unwrap_or_else(|| rec.raw.clone());
+    let mut builder = Request::builder()
+        .method(method.as_str())
+        .uri(path.as_str());
+    match edit.headers {
+        Some(h) => {
+            for (k, v) in h {
+                builder = builder.header(k, v);
+            }
+        }
+        None => {
+            for (k, v) in &rec.request_headers {
+                if k != header::CONTENT_LENGTH
+                    && k != header::TRANSFER_ENCODING
+                    && k != header::CONNECTION
+                {
+                    builder = builder.header(k, v);
+                }
+            }
+        }
+    }
+    let len = body.len();
+    let mut req = builder
+        .body(crate::call::full(Bytes::from(body)))
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad replay: {e}")))?;
+    req.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    req.headers_mut()
+        .entry(header::HOST)
+        .or_insert(HeaderValue::from_static("docker"));
+    let url = crate::outbound::Url::parse(&format!("unix://{}:{path}", control.listen.display()))
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let res = crate::outbound::send(&url, req)
+        .await
+        .map_err(|e| (StatusCode::BAD_GATEWAY, format!("replay failed: {e}")))?;
+    let status = res.status().as_u16();
+    let bytes = http_body_util::Limited::new(res.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| {
+            (
+                StatusCode::BAD_GATEWAY,
+                format!("reading the replayed answer: {e}"),
+            )
+        })?
+        .to_bytes();
+    let body = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    });
+    Ok(serde_json::json!({ "replayed": rec.id, "status": status, "body": body }))
 }
 
 /// NDJSON of every call record as it is journaled. A watcher that falls behind is told how many

@@ -1033,6 +1033,7 @@ fn apply_req(call: &mut Call, req: &Table, body: Option<Bytes>) -> mlua::Result<
     };
     if let Some(b) = new_body {
         set_length(&mut call.head.headers, b.len());
+        call.buffered_body = Some(b.clone());
         call.body = Some(full(b));
     }
     Ok(())
