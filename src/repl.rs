@@ -30,6 +30,7 @@ intercept [F]    hold calls matching F before the daemon sees them (no F: stop)
 intercepted      the held calls
 resume ID [JSON] let a held call go on, optionally edited ({\"path\": …, \"body\": …})
 drop ID          refuse a held call (the client gets a 403)
+edit ID          edit a held call in $EDITOR (method, path, headers, body), then let it go on
 replay ID [JSON] send a journaled call again, optionally edited ({\"body\": …})
 help             this text
 quit             leave
@@ -313,6 +314,7 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
                     );
                 }
             }),
+        "edit" => edit(control, rest, out).await,
         "replay" => {
             let (id, edit) = rest.split_once(' ').unwrap_or((rest, ""));
             call(control, Method::POST, &format!("/replay/{}", enc(id)), edit)
@@ -421,6 +423,61 @@ async fn send(
             control.display()
         )
     })
+}
+
+/// Open a held call in `$VISUAL` / `$EDITOR` (default vi) as JSON, then resume it as edited.
+async fn edit(control: &Path, id: &str, out: &mut dyn Write) -> Result<(), String> {
+    let v = call(control, Method::GET, "/intercepted", "").await?;
+    let held = v["held"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["id"].to_string() == id)
+        .ok_or_else(|| format!("call {id} is not held"))?;
+    let mut request = serde_json::json!({
+        "method": held["method"],
+        "path": held["raw"],
+        "headers": held["headers"],
+    });
+    if !held["body"].is_null() {
+        request["body"] = held["body"].clone();
+    }
+    let file = std::env::temp_dir().join(format!("luastrip-edit-{}-{id}.json", std::process::id()));
+    std::fs::write(
+        &file,
+        serde_json::to_string_pretty(&request).unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    // The editor is a shell word list ("code --wait"), as git runs it.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&file)
+        .status()
+        .map_err(|e| format!("cannot run {editor}: {e}"))?;
+    let edited = std::fs::read_to_string(&file).map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(&file);
+    if !status.success() {
+        return Err(format!(
+            "{editor} failed ({status}); the call is still held"
+        ));
+    }
+    let edited = edited?;
+    serde_json::from_str::<Value>(&edited)
+        .map_err(|e| format!("the edit is not JSON ({e}); the call is still held"))?;
+    call(
+        control,
+        Method::POST,
+        &format!("/intercepted/{id}/resume"),
+        &edited,
+    )
+    .await?;
+    let _ = writeln!(out, "resumed {id} as edited");
+    Ok(())
 }
 
 /// Print calls as they finish until Ctrl-C.

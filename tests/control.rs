@@ -751,3 +751,38 @@ fn replay_refuses_a_body_it_never_saw() {
     assert!(!ok && text.contains("hijacked session"), "{text}");
     run_ok(gw.docker().args(["rm", &id]));
 }
+
+#[test]
+fn edit_opens_a_held_call_in_the_editor_and_resumes_it_as_edited() {
+    let (gw, _) = gateway_with("-- no hooks\n");
+    let name = format!("editor-{}", std::process::id());
+    repl(&gw, &format!("intercept ~u create.*{name}"));
+    let host = gw.host();
+    let n = name.clone();
+    let run = std::thread::spawn(move || {
+        support::output(
+            support::docker_cli(&host)
+                .args(["run", "--rm", "--name", &n, IMAGE, "echo", "original"]),
+        )
+    });
+    let id = wait_held(&gw);
+    // An "editor" that changes the command in the create body.
+    let editor = support::temp_dir("editor").join("edit.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/original/edited/' \"$1\"\n").unwrap();
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_luastrip"))
+        .args(["repl", "--control"])
+        .arg(format!("unix://{}", ctl_path(&gw).display()))
+        .args(["-c", &format!("edit {id}")])
+        .env("EDITOR", &editor)
+        .env_remove("VISUAL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run.join().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "edited\n");
+}

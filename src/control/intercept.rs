@@ -138,12 +138,28 @@ impl Hooks for Intercept {
                 return Ok(None);
             }
             let (tx, rx) = oneshot::channel();
+            // Holding a call is the operator asking to see it: a JSON body is read (up to
+            // HELD_BODY_CAP) so that it can be shown and edited; other bodies stay streams.
+            let body = hold_body(call).await?;
+            let headers: BTreeMap<String, String> = call
+                .head
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
             let summary = serde_json::json!({
                 "id": call.id,
                 "method": call.head.method.as_str(),
                 "path": call.path.path,
                 "raw": call.head.uri.to_string(),
                 "hijack": call.hijack != Hijack::No,
+                "headers": headers,
+                "body": body,
             });
             self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(
                 call.id,
@@ -165,6 +181,38 @@ impl Hooks for Intercept {
     fn post<'a>(&'a self, _call: &'a mut Call, _res: &'a mut Response<Body>) -> HookFuture<'a, ()> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// Largest body a held call shows for editing.
+const HELD_BODY_CAP: usize = 1 << 20;
+
+/// Read a held call's JSON body so it can be shown; `None` for other bodies (left streaming).
+async fn hold_body(call: &mut Call) -> Result<Option<String>, Error> {
+    let json = call
+        .head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.to_ascii_lowercase().contains("json"));
+    if !json || call.hijack != Hijack::No {
+        return Ok(None);
+    }
+    let Some(body) = call.body.take() else {
+        return Ok(None);
+    };
+    use http_body_util::BodyExt;
+    let bytes = http_body_util::Limited::new(body, HELD_BODY_CAP)
+        .collect()
+        .await
+        .map_err(|e| {
+            Error::client(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("held call body: {e}"),
+            )
+        })?
+        .to_bytes();
+    call.body = Some(full(bytes.clone()));
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 fn apply(call: &mut Call, edit: Edit) -> Result<(), Error> {
