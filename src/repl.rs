@@ -432,7 +432,7 @@ async fn edit(control: &Path, id: &str, out: &mut dyn Write) -> Result<(), Strin
         .as_array()
         .into_iter()
         .flatten()
-        .find(|h| h["id"].to_string() == id)
+        .find(|h| h["id"].as_u64().is_some_and(|n| n.to_string() == id))
         .ok_or_else(|| format!("call {id} is not held"))?;
     let mut request = serde_json::json!({
         "method": held["method"],
