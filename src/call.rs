@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::hijack::{Hijack, PendingTunnel, TunnelSlot};
-use crate::journal::{epoch_ms, CallError, CallRecord, HookRun, Journal};
+use crate::journal::{epoch_ms, CallError, CallRecord, CallStart, HookRun, Journal};
 use crate::route::NormalPath;
 use crate::upstream::Upstream;
 
@@ -57,6 +57,9 @@ pub trait Hooks: Send + Sync + 'static {
     /// only the head may change.
     fn post<'a>(&'a self, call: &'a mut Call, res: &'a mut Response<Body>) -> HookFuture<'a, ()>;
 }
+
+/// A call without an answer after this long is announced to start watchers.
+pub const LONG_CALL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How much of a buffered request body the journal keeps.
 pub const JOURNAL_BODY_CAP: usize = 64 << 10;
@@ -148,6 +151,25 @@ pub async fn handle(
 
     let (mut call, accepted) = accept(id, head, body, started);
     let result = match accepted {
+        Ok(()) if gw.journal.start_watchers() > 0 => {
+            // Someone tails starts: a call still unanswered after LONG_CALL is announced then.
+            let start = CallStart {
+                id,
+                started_ms: epoch_ms(started_at),
+                method: call.head.method.to_string(),
+                raw: call.head.uri.to_string(),
+                path: call.path.path.clone(),
+            };
+            let running = phases(worker, &mut call, tunnels);
+            tokio::pin!(running);
+            tokio::select! {
+                r = &mut running => r,
+                _ = tokio::time::sleep(LONG_CALL) => {
+                    gw.journal.announce_start(start);
+                    running.await
+                }
+            }
+        }
         Ok(()) => phases(worker, &mut call, tunnels).await,
         Err(e) => Err(e),
     };

@@ -77,6 +77,19 @@ fn ser_headers<S: serde::Serializer>(h: &HeaderMap, s: S) -> Result<S::Ok, S::Er
     seq.end()
 }
 
+/// A call that has been running for a while without an answer (announced to `tail` watchers
+/// that asked for starts; its [`CallRecord`] follows when it is answered).
+#[derive(Debug, Clone, Serialize)]
+pub struct CallStart {
+    pub id: u64,
+    pub started_ms: u64,
+    pub method: String,
+    /// Path and query as sent.
+    pub raw: String,
+    /// Normalised path.
+    pub path: String,
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn epoch_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -89,16 +102,20 @@ pub struct Journal {
     ring: Mutex<VecDeque<Arc<CallRecord>>>,
     capacity: usize,
     watchers: broadcast::Sender<Arc<CallRecord>>,
+    /// Long calls as they start; only `tail` subscribes, so calls skip the timer otherwise.
+    starts: broadcast::Sender<Arc<CallStart>>,
 }
 
 impl Journal {
     /// A journal keeping the last `capacity` calls.
     pub fn new(capacity: usize) -> Self {
         let (watchers, _) = broadcast::channel(1024);
+        let (starts, _) = broadcast::channel(256);
         Journal {
             ring: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
             capacity: capacity.max(1),
             watchers,
+            starts,
         }
     }
 
@@ -127,6 +144,21 @@ impl Journal {
     pub fn get(&self, id: u64) -> Option<Arc<CallRecord>> {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         ring.iter().rev().find(|r| r.id == id).cloned()
+    }
+
+    /// Announce a long call that has not been answered yet.
+    pub fn announce_start(&self, start: CallStart) {
+        let _ = self.starts.send(Arc::new(start));
+    }
+
+    /// How many watchers want long calls as they start.
+    pub fn start_watchers(&self) -> usize {
+        self.starts.receiver_count()
+    }
+
+    /// Watch long calls as they start.
+    pub fn subscribe_starts(&self) -> broadcast::Receiver<Arc<CallStart>> {
+        self.starts.subscribe()
     }
 
     /// Watch calls as they are recorded.

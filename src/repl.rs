@@ -510,7 +510,17 @@ async fn tail(control: &Path, path: &str, out: &mut dyn Write) -> Result<(), Str
                         while let Some(i) = pending.iter().position(|b| *b == b'\n') {
                             let line: Vec<u8> = pending.drain(..=i).collect();
                             if let Ok(v) = serde_json::from_slice::<Value>(&line) {
-                                print_calls(&Value::Array(vec![v]), out);
+                                if v["event"] == "start" {
+                                    let _ = writeln!(
+                                        out,
+                                        "{:>6}  {:6}   … started  {}",
+                                        v["id"].as_u64().unwrap_or(0),
+                                        v["method"].as_str().unwrap_or(""),
+                                        v["raw"].as_str().unwrap_or("")
+                                    );
+                                } else {
+                                    print_calls(&Value::Array(vec![v]), out);
+                                }
                                 let _ = out.flush();
                             }
                         }

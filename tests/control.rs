@@ -786,3 +786,61 @@ fn edit_opens_a_held_call_in_the_editor_and_resumes_it_as_edited() {
     let out = run.join().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "edited\n");
 }
+
+#[test]
+fn tail_announces_long_calls_as_they_start() {
+    let (gw, _) = gateway_with("-- no hooks\n");
+    // PID 1 of a container ignores SIGTERM, so `docker stop -t 3` takes three seconds.
+    let id = run_ok(gw.docker().args(["run", "-d", IMAGE, "sleep", "600"]))
+        .trim()
+        .to_string();
+    let mut s = UnixStream::connect(ctl_path(&gw)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "GET /tail?filter=~u%20stop HTTP/1.1\r\nHost: ctl\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let host = gw.host();
+    let i = id.clone();
+    let t0 = Instant::now();
+    let stop = std::thread::spawn(move || {
+        support::output(support::docker_cli(&host).args(["stop", "-t", "3", &i]))
+    });
+    let mut started_at = None;
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no stop records in the tail"
+        );
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
+            continue;
+        };
+        if v["event"] == "start" {
+            assert!(v["raw"].as_str().unwrap().contains("/stop"));
+            started_at = Some(t0.elapsed());
+        } else if v["path"].as_str().is_some_and(|p| p.ends_with("/stop")) {
+            let ended = t0.elapsed();
+            let started = started_at.expect("the start came before the end");
+            assert!(started < ended, "start {started:?} end {ended:?}");
+            assert!(
+                ended >= Duration::from_secs(2),
+                "stop ended after {ended:?}"
+            );
+            break;
+        }
+    }
+    assert!(stop.join().unwrap().status.success());
+    run_ok(gw.docker().args(["rm", &id]));
+}

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `GET /calls?filter=F&limit=N` | the last N (default 100) matching call records, oldest first |
 //! | `GET /calls/{id}` | one call record: heads, status, timings, hooks run, error |
-//! | `GET /tail?filter=F` | NDJSON: every matching call record as the call finishes |
+//! | `GET /tail?filter=F` | NDJSON: every matching call record as the call finishes, and calls still unanswered after a second as they start |
 //! | `GET /routes` | every hook: phase, pattern, `file:line`, hits, errors, p50/p99 time |
 //! | `GET /metrics` | Prometheus text: calls by method/status, errors by source, hooks, streams |
 //! | `POST /reload` | reload scripts and `adapters.yml`; a failure keeps the old routes |
@@ -162,7 +162,7 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                 &format!("no call {id} in the journal"),
             ),
         },
-        (Method::GET, ["tail"]) => tail(journal.subscribe(), filter),
+        (Method::GET, ["tail"]) => tail(journal.subscribe(), journal.subscribe_starts(), filter),
         (Method::GET, ["routes"]) => match &control.engine {
             None => json(StatusCode::OK, &Vec::<()>::new()),
             Some(engine) => match engine.routes() {
@@ -316,6 +316,28 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
     }
 }
 
+/// What the filter sees of a call that has started but not finished.
+fn probe(start: &crate::journal::CallStart) -> crate::journal::CallRecord {
+    crate::journal::CallRecord {
+        id: start.id,
+        started_ms: start.started_ms,
+        method: start.method.clone(),
+        path: start.path.clone(),
+        raw: start.raw.clone(),
+        version: None,
+        status: None,
+        duration_us: 0,
+        upstream_us: None,
+        hijack: crate::hijack::Hijack::No,
+        streaming: false,
+        hooks: Vec::new(),
+        error: None,
+        request_headers: http::HeaderMap::new(),
+        request_body: None,
+        response_headers: http::HeaderMap::new(),
+    }
+}
+
 /// Send a journaled call again, through the gateway's own socket.
 async fn replay(
     control: &Control,
@@ -403,30 +425,47 @@ async fn replay(
     Ok(serde_json::json!({ "replayed": rec.id, "status": status, "body": body }))
 }
 
-/// NDJSON of every call record as it is journaled. A watcher that falls behind is told how many
-/// records it missed instead of slowing the gateway.
+/// NDJSON of every call record as it is journaled, and of long calls as they start (lines with
+/// `"event": "start"`). A watcher that falls behind is told how many records it missed instead
+/// of slowing the gateway.
 fn tail(
     rx: broadcast::Receiver<Arc<crate::journal::CallRecord>>,
+    starts: broadcast::Receiver<Arc<crate::journal::CallStart>>,
     filter: Option<filter::Filter>,
 ) -> Response<ControlBody> {
     let filter = Arc::new(filter);
-    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+    let stream = futures_util::stream::unfold((rx, starts), move |(mut rx, mut starts)| {
         let filter = filter.clone();
         async move {
-            let line = loop {
-                match rx.recv().await {
-                    Ok(rec) if (*filter).as_ref().is_some_and(|f| !f.matches(&rec)) => continue,
-                    Ok(rec) => break serde_json::to_vec(&*rec).unwrap_or_default(),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        break serde_json::to_vec(&serde_json::json!({ "missed": n }))
-                            .unwrap_or_default()
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+            let keep = |rec: &crate::journal::CallRecord| {
+                (*filter).as_ref().is_none_or(|f| f.matches(rec))
+            };
+            let mut line = loop {
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(rec) if !keep(&rec) => continue,
+                        Ok(rec) => break serde_json::to_vec(&*rec).unwrap_or_default(),
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            break serde_json::to_vec(&serde_json::json!({ "missed": n })).unwrap_or_default()
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                    s = starts.recv() => match s {
+                        Ok(start) if !keep(&probe(&start)) => continue,
+                        Ok(start) => {
+                            let mut v = serde_json::to_value(&*start).unwrap_or_default();
+                            v["event"] = serde_json::json!("start");
+                            break serde_json::to_vec(&v).unwrap_or_default();
+                        }
+                        Err(_) => continue,
+                    },
                 }
             };
-            let mut line = line;
             line.push(b'\n');
-            Some((Ok::<_, Infallible>(Frame::data(Bytes::from(line))), rx))
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+                (rx, starts),
+            ))
         }
     });
     let mut res = Response::new(StreamBody::new(stream).boxed());
