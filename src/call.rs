@@ -64,6 +64,11 @@ pub const LONG_CALL: std::time::Duration = std::time::Duration::from_secs(1);
 /// How much of a buffered request body the journal keeps.
 pub const JOURNAL_BODY_CAP: usize = 64 << 10;
 
+/// A body as the journal keeps it: text, at most [`JOURNAL_BODY_CAP`] bytes.
+fn journal_body(b: &Bytes) -> String {
+    String::from_utf8_lossy(&b[..b.len().min(JOURNAL_BODY_CAP)]).into_owned()
+}
+
 /// Shared state of a running gateway.
 pub struct Gateway {
     pub upstream: Upstream,
@@ -71,6 +76,10 @@ pub struct Gateway {
     /// Hook layers in order (the control socket's intercept, then route scripts); empty is pure
     /// pass-through, with no per-call hook overhead.
     pub hooks: Vec<Arc<dyn Hooks>>,
+    /// Client connections open now (kept by the connection driver, for metrics).
+    pub open_connections: AtomicU64,
+    /// Hijack tunnels open now (attach, exec, sessions).
+    pub open_tunnels: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -81,6 +90,8 @@ impl Gateway {
             upstream,
             journal: Journal::new(1024),
             hooks: Vec::new(),
+            open_connections: AtomicU64::new(0),
+            open_tunnels: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
         }
     }
@@ -126,6 +137,8 @@ pub struct Call {
     /// The request body as forwarded, when a hook buffered it anyway (never buffered for the
     /// journal alone); journaled up to [`JOURNAL_BODY_CAP`] for `show` and replay.
     pub buffered_body: Option<Bytes>,
+    /// The response body, when a post hook buffered it (non-streaming responses only).
+    pub buffered_response: Option<Bytes>,
     started: Instant,
     upstream_us: Option<u64>,
 }
@@ -235,6 +248,7 @@ fn accept(
         hooks: Vec::new(),
         hook_state: None,
         buffered_body: None,
+        buffered_response: None,
         started,
         upstream_us: None,
     };
@@ -346,10 +360,9 @@ fn journal(
             message: e.to_string(),
         }),
         request_headers: call.head.headers,
-        request_body: call
-            .buffered_body
-            .map(|b| String::from_utf8_lossy(&b[..b.len().min(JOURNAL_BODY_CAP)]).into_owned()),
+        request_body: call.buffered_body.map(|b| journal_body(&b)),
         response_headers: res.headers().clone(),
+        response_body: call.buffered_response.map(|b| journal_body(&b)),
     });
 }
 

@@ -66,6 +66,8 @@ pub struct CallRecord {
     pub request_body: Option<String>,
     #[serde(serialize_with = "ser_headers")]
     pub response_headers: HeaderMap,
+    /// The response body, when a post hook had buffered it (capped).
+    pub response_body: Option<String>,
 }
 
 fn ser_headers<S: serde::Serializer>(h: &HeaderMap, s: S) -> Result<S::Ok, S::Error> {
@@ -189,6 +191,7 @@ mod tests {
             request_headers: HeaderMap::new(),
             request_body: None,
             response_headers: HeaderMap::new(),
+            response_body: None,
         }
     }
 

@@ -24,7 +24,8 @@ const HELP: &str = "\
 calls [FILTER]   recent calls (filter: ~m METHOD ~u REGEX ~s 4.. ~h REGEX ~e ~r ROUTE, ! & | ( ))
 show ID          one call in full: heads, status, timings, hooks, error
 tail [FILTER]    calls as they finish, until Ctrl-C
-routes           every hook with its file:line
+routes           every hook with its file:line, hits, errors and p50/p99 time
+stats            the gateway's metrics (calls by status, errors by source, open sessions …)
 reload           reload scripts and adapters.yml
 intercept [F]    hold calls matching F before the daemon sees them (no F: stop)
 intercepted      the held calls
@@ -282,13 +283,21 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
             for r in v.as_array().into_iter().flatten() {
                 let _ = writeln!(
                     out,
-                    "{:8} {:40} {}",
+                    "{:8} {:40} {}{}",
                     r["phase"].as_str().unwrap_or(""),
                     r["pattern"].as_str().unwrap_or(""),
-                    r["location"].as_str().unwrap_or("")
+                    r["location"].as_str().unwrap_or(""),
+                    match r["hits"].as_u64() {
+                        Some(h) if h > 0 => format!(
+                            "  hits {h} errors {} p50 {}us p99 {}us",
+                            r["errors"], r["p50_us"], r["p99_us"]
+                        ),
+                        _ => String::new(),
+                    }
                 );
             }
         }),
+        "stats" => stats(control, out).await,
         "reload" => call(control, Method::POST, "/reload", "").await.map(|v| {
             let _ = writeln!(out, "reloaded: {} routes", v["routes"]);
         }),
@@ -377,6 +386,24 @@ fn print_calls(v: &Value, out: &mut dyn Write) {
                 .unwrap_or_default()
         );
     }
+}
+
+/// The metrics, without Prometheus' comment lines.
+async fn stats(control: &Path, out: &mut dyn Write) -> Result<(), String> {
+    let res = send(control, Method::GET, "/metrics", "").await?;
+    let bytes = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    for line in String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+    {
+        let _ = writeln!(out, "{line}");
+    }
+    Ok(())
 }
 
 /// One control call; the JSON answer, or the error message it carried.

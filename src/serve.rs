@@ -295,8 +295,26 @@ async fn worker(
     Ok(())
 }
 
+/// Counts something open for as long as the guard lives.
+struct Gauge<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn up(g: &'a std::sync::atomic::AtomicU64) -> Gauge<'a> {
+        g.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// One client connection: HTTP/1 calls until it closes, then possibly a hijack tunnel.
 async fn connection(stream: UnixStream, worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+    let gateway = worker.gateway.clone();
+    let _open = Gauge::up(&gateway.open_connections);
     let tunnels = TunnelSlot::default();
     let service = {
         let tunnels = tunnels.clone();
@@ -328,6 +346,7 @@ async fn connection(stream: UnixStream, worker: Arc<Worker>, mut stop: watch::Re
     match (done, pending) {
         (Ok(()), Some(pending)) => {
             let call_id = pending.call_id;
+            let _tunnel = Gauge::up(&gateway.open_tunnels);
             let parts = conn.into_parts();
             match hijack::tunnel(parts.io.into_inner(), parts.read_buf, pending).await {
                 Ok(s) => debug!(

@@ -309,6 +309,19 @@ fn metrics_and_route_numbers_follow_the_traffic() {
     );
     assert!(text.contains("luastrip_hijacks_total 1"), "{text}");
     assert!(
+        text.contains("# TYPE luastrip_open_connections gauge"),
+        "{text}"
+    );
+    assert!(text.contains("luastrip_open_tunnels 0"), "{text}");
+    let (ok, stats) = repl(&gw, "stats");
+    assert!(
+        ok && stats.contains("luastrip_calls_total{method=\"POST\",status=\"201\"} 1"),
+        "{stats}"
+    );
+    assert!(!stats.contains("# HELP"));
+    let (ok, routes) = repl(&gw, "routes");
+    assert!(ok && routes.contains("hits 1 errors 0"), "{routes}");
+    assert!(
         text.contains("luastrip_hook_errors_total{phase=\"pre\",route=\"GET /luastrip/boom\""),
         "{text}"
     );
@@ -843,4 +856,26 @@ fn tail_announces_long_calls_as_they_start() {
     }
     assert!(stop.join().unwrap().status.success());
     run_ok(gw.docker().args(["rm", &id]));
+}
+
+#[test]
+fn bodies_a_post_hook_read_are_journaled() {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scripts/version-tag.lua");
+    let gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", script.to_str().unwrap()],
+    );
+    run_ok(gw.docker().args(["version"]));
+    let (_, calls) = ctl(
+        &gw,
+        "GET",
+        "/calls?filter=~u%20version%20%26%20~b%20luastrip",
+    );
+    let calls = calls.as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0]["response_body"]
+        .as_str()
+        .unwrap()
+        .contains("\"Name\":\"luastrip\""));
 }

@@ -6,7 +6,7 @@
 //! | `~u REGEX` | whose path and query (as sent) match |
 //! | `~s CODE`, `~s 4..` | with that status, or in that range (`4..` is 400–499, `20.` 200–209) |
 //! | `~h REGEX` | with a request or response header line (`name: value`) matching |
-//! | `~b REGEX` | whose journaled request body (when a hook buffered it) or error message matches |
+//! | `~b REGEX` | whose journaled request or response body (when a hook buffered it) or error message matches |
 //! | `~e` | that ended in a gateway, script or adapter error |
 //! | `~r ROUTE` | that a hook registered on exactly that pattern ran on |
 //! | `WORD` | whose normalised path contains the word |
@@ -77,6 +77,7 @@ impl Filter {
                 }),
             Filter::Body(r) => {
                 c.request_body.as_deref().is_some_and(|b| r.is_match(b))
+                    || c.response_body.as_deref().is_some_and(|b| r.is_match(b))
                     || c.error.as_ref().is_some_and(|e| r.is_match(&e.message))
             }
             Filter::Error => c.error.is_some(),
@@ -280,6 +281,7 @@ mod tests {
             request_headers: req,
             request_body: Some(r#"{"Image":"busybox"}"#.into()),
             response_headers: HeaderMap::new(),
+            response_body: None,
         }
     }
 

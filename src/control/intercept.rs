@@ -124,6 +124,7 @@ fn probe(call: &Call) -> CallRecord {
         request_headers: call.head.headers.clone(),
         request_body: None,
         response_headers: HeaderMap::new(),
+        response_body: None,
     }
 }
 

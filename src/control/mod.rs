@@ -184,7 +184,28 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
             },
         },
         (Method::GET, ["metrics"]) => {
-            let mut res = Response::new(Full::new(Bytes::from(control.stats.prometheus())).boxed());
+            use std::fmt::Write as _;
+            let mut text = control.stats.prometheus();
+            let g = &control.gateway;
+            for (name, help, v) in [
+                (
+                    "luastrip_open_connections",
+                    "Client connections open now.",
+                    &g.open_connections,
+                ),
+                (
+                    "luastrip_open_tunnels",
+                    "Hijacked sessions (attach, exec) open now.",
+                    &g.open_tunnels,
+                ),
+            ] {
+                let _ = writeln!(
+                    text,
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                    v.load(std::sync::atomic::Ordering::Relaxed)
+                );
+            }
+            let mut res = Response::new(Full::new(Bytes::from(text)).boxed());
             res.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -335,6 +356,7 @@ fn probe(start: &crate::journal::CallStart) -> crate::journal::CallRecord {
         request_headers: http::HeaderMap::new(),
         request_body: None,
         response_headers: http::HeaderMap::new(),
+        response_body: None,
     }
 }
 

@@ -687,7 +687,8 @@ impl Hooks for Engine {
                     return Err(e);
                 }
             }
-            apply_res(res, &res_t, body, streaming).map_err(le)
+            call.buffered_response = apply_res(res, &res_t, body, streaming).map_err(le)?;
+            Ok(())
         })
     }
 }
@@ -1040,12 +1041,13 @@ fn apply_req(call: &mut Call, req: &Table, body: Option<Bytes>) -> mlua::Result<
 }
 
 /// Apply post hooks' edits of `res`: only what differs. Streaming responses keep their body.
+/// Returns the body the client gets, when it is not a stream.
 fn apply_res(
     res: &mut Response<Body>,
     t: &Table,
     body: Option<Bytes>,
     streaming: bool,
-) -> mlua::Result<()> {
+) -> mlua::Result<Option<Bytes>> {
     let status: u16 = t.raw_get("status")?;
     if status != res.status().as_u16() {
         *res.status_mut() = StatusCode::from_u16(status).map_err(|_| {
@@ -1059,17 +1061,21 @@ fn apply_res(
     }
     if !streaming {
         let now: Option<mlua::String> = t.raw_get("body")?;
-        if body_changed(&now, body.as_ref()) {
+        let sent = if body_changed(&now, body.as_ref()) {
             let b = now
                 .map(|b| Bytes::copy_from_slice(&b.as_bytes()))
                 .unwrap_or_default();
             set_length(res.headers_mut(), b.len());
-            *res.body_mut() = full(b);
-        } else if let Some(b) = body {
-            *res.body_mut() = full(b);
+            Some(b)
+        } else {
+            body
+        };
+        if let Some(b) = &sent {
+            *res.body_mut() = full(b.clone());
         }
+        return Ok(sent);
     }
-    Ok(())
+    Ok(None)
 }
 
 fn header_map(pairs: &[(String, String)]) -> mlua::Result<HeaderMap> {
