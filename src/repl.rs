@@ -272,13 +272,7 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
         .map(|v| print_calls(&v, out)),
         "show" => call(control, Method::GET, &format!("/calls/{}", enc(rest)), "")
             .await
-            .map(|v| {
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&v).unwrap_or_default()
-                );
-            }),
+            .map(|v| print_json(&v, out)),
         "routes" => call(control, Method::GET, "/routes", "").await.map(|v| {
             for r in v.as_array().into_iter().flatten() {
                 let _ = writeln!(
@@ -328,13 +322,7 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
             let (id, edit) = rest.split_once(' ').unwrap_or((rest, ""));
             call(control, Method::POST, &format!("/replay/{}", enc(id)), edit)
                 .await
-                .map(|v| {
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string_pretty(&v).unwrap_or_default()
-                    );
-                })
+                .map(|v| print_json(&v, out))
         }
         "resume" | "drop" => {
             let (id, edit) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -366,6 +354,14 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
             false
         }
     }
+}
+
+fn print_json(v: &Value, out: &mut dyn Write) {
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    );
 }
 
 fn print_calls(v: &Value, out: &mut dyn Write) {

@@ -252,26 +252,10 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
             };
             let done = match *action {
                 "drop" => control.intercept.drop_call(id),
-                "resume" => {
-                    let body = match req.into_body().collect().await {
-                        Ok(b) => b.to_bytes(),
-                        Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
-                    };
-                    let edit = if body.iter().all(u8::is_ascii_whitespace) {
-                        intercept::Edit::default()
-                    } else {
-                        match serde_json::from_slice(&body) {
-                            Ok(e) => e,
-                            Err(e) => {
-                                return message(
-                                    StatusCode::BAD_REQUEST,
-                                    &format!("the edit is not JSON: {e}"),
-                                )
-                            }
-                        }
-                    };
-                    control.intercept.resume(id, edit)
-                }
+                "resume" => match read_edit(req).await {
+                    Ok(edit) => control.intercept.resume(id, edit),
+                    Err(res) => return res,
+                },
                 other => {
                     return message(
                         StatusCode::NOT_FOUND,
@@ -295,22 +279,9 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                     &format!("no call {id} in the journal"),
                 );
             };
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
-            };
-            let edit: intercept::Edit = if body.iter().all(u8::is_ascii_whitespace) {
-                intercept::Edit::default()
-            } else {
-                match serde_json::from_slice(&body) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        return message(
-                            StatusCode::BAD_REQUEST,
-                            &format!("the edit is not JSON: {e}"),
-                        )
-                    }
-                }
+            let edit = match read_edit(req).await {
+                Ok(edit) => edit,
+                Err(res) => return res,
             };
             match replay(control, &rec, edit).await {
                 Ok(v) => json(StatusCode::OK, &v),
@@ -335,6 +306,25 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
         }
         (_, _) => message(StatusCode::NOT_FOUND, &format!("no control call {path}")),
     }
+}
+
+/// An optional JSON edit (method, path, headers, body) from a request body; empty is no edit.
+async fn read_edit(req: Request<Incoming>) -> Result<intercept::Edit, Response<ControlBody>> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| message(StatusCode::BAD_REQUEST, &e.to_string()))?
+        .to_bytes();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(intercept::Edit::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        message(
+            StatusCode::BAD_REQUEST,
+            &format!("the edit is not JSON: {e}"),
+        )
+    })
 }
 
 /// What the filter sees of a call that has started but not finished.
