@@ -339,11 +339,7 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
         }
         _ => call(control, Method::POST, "/eval", line).await.map(|v| {
             if !v["result"].is_null() || line.trim_start().starts_with('=') {
-                let _ = writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&v["result"]).unwrap_or_default()
-                );
+                print_json(&v["result"], out);
             }
         }),
     };
