@@ -382,13 +382,7 @@ fn print_calls(v: &Value, out: &mut dyn Write) {
 
 /// The metrics, without Prometheus' comment lines.
 async fn stats(control: &Path, out: &mut dyn Write) -> Result<(), String> {
-    let res = send(control, Method::GET, "/metrics", "").await?;
-    let bytes = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let bytes = read_body(send(control, Method::GET, "/metrics", "").await?).await?;
     for line in String::from_utf8_lossy(&bytes)
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -398,26 +392,36 @@ async fn stats(control: &Path, out: &mut dyn Write) -> Result<(), String> {
     Ok(())
 }
 
-/// One control call; the JSON answer, or the error message it carried.
-async fn call(control: &Path, method: Method, path: &str, body: &str) -> Result<Value, String> {
-    let res = send(control, method, path, body).await?;
-    let status = res.status();
-    let bytes = res
+/// The whole body of a control answer.
+async fn read_body(res: http::Response<hyper::body::Incoming>) -> Result<Bytes, String> {
+    Ok(res
         .into_body()
         .collect()
         .await
         .map_err(|e| e.to_string())?
-        .to_bytes();
+        .to_bytes())
+}
+
+/// One control call; the JSON answer, or the error message it carried.
+async fn call(control: &Path, method: Method, path: &str, body: &str) -> Result<Value, String> {
+    let res = send(control, method, path, body).await?;
+    let status = res.status();
+    let bytes = read_body(res).await?;
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if status.is_success() {
         Ok(v)
     } else {
-        Err(v["caret"]
-            .as_str()
-            .or(v["message"].as_str())
-            .map(str::to_string)
-            .unwrap_or_else(|| status.to_string()))
+        Err(refusal(&v, status))
     }
+}
+
+/// What a refused control call says: the filter caret, else the message, else the status.
+fn refusal(v: &Value, status: http::StatusCode) -> String {
+    v["caret"]
+        .as_str()
+        .or(v["message"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| status.to_string())
 }
 
 async fn send(
@@ -502,20 +506,10 @@ async fn edit(control: &Path, id: &str, out: &mut dyn Write) -> Result<(), Strin
 /// Print calls as they finish until Ctrl-C.
 async fn tail(control: &Path, path: &str, out: &mut dyn Write) -> Result<(), String> {
     let res = send(control, Method::GET, path, "").await?;
-    if !res.status().is_success() {
-        let v: Value = serde_json::from_slice(
-            &res.into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes(),
-        )
-        .unwrap_or(Value::Null);
-        return Err(v["caret"]
-            .as_str()
-            .or(v["message"].as_str())
-            .unwrap_or("tail failed")
-            .to_string());
+    let status = res.status();
+    if !status.is_success() {
+        let v = serde_json::from_slice(&read_body(res).await?).unwrap_or(Value::Null);
+        return Err(refusal(&v, status));
     }
     let mut body = res.into_body();
     let mut pending = Vec::new();

@@ -372,14 +372,10 @@ fn intercept_holds_a_docker_run_until_resumed_and_drop_refuses_it() {
     let name = format!("held-{}", std::process::id());
     let (ok, text) = repl(&gw, &format!("intercept ~m POST & ~u create.*{name}"));
     assert!(ok && text.contains("intercepting"), "{text}");
-    let host = gw.host();
-    let n = name.clone();
-    let run = std::thread::spawn(move || {
-        support::output(
-            support::docker_cli(&host)
-                .args(["run", "--rm", "--name", &n, IMAGE, "echo", "released"]),
-        )
-    });
+    let run = docker_in_background(
+        &gw,
+        &["run", "--rm", "--name", &name, IMAGE, "echo", "released"],
+    );
     // The create is held: it shows up in intercepted, and the container does not exist yet.
     let id = wait_held(&gw);
     std::thread::sleep(Duration::from_millis(300));
@@ -390,13 +386,7 @@ fn intercept_holds_a_docker_run_until_resumed_and_drop_refuses_it() {
     let out = run.join().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "released\n");
     // Drop: the CLI prints luastrip's error.
-    let host = gw.host();
-    let n = name.clone();
-    let run = std::thread::spawn(move || {
-        support::output(
-            support::docker_cli(&host).args(["run", "--rm", "--name", &n, IMAGE, "true"]),
-        )
-    });
+    let run = docker_in_background(&gw, &["run", "--rm", "--name", &name, IMAGE, "true"]);
     let id = wait_held(&gw);
     let (ok, _) = repl(&gw, &format!("drop {id}"));
     assert!(ok);
@@ -418,11 +408,7 @@ fn a_held_call_resumes_with_an_edited_request() {
     let (gw, _) = gateway_with("-- no hooks\n");
     let name = format!("edited-{}", std::process::id());
     repl(&gw, &format!("intercept ~u create.*{name}"));
-    let host = gw.host();
-    let n = name.clone();
-    let create = std::thread::spawn(move || {
-        support::output(support::docker_cli(&host).args(["create", "--name", &n, IMAGE, "true"]))
-    });
+    let create = docker_in_background(&gw, &["create", "--name", &name, IMAGE, "true"]);
     let id = wait_held(&gw);
     let body =
         format!(r#"{{"Image":"{IMAGE}","Cmd":["true"],"Labels":{{"edited":"at-the-repl"}}}}"#);
@@ -770,14 +756,10 @@ fn edit_opens_a_held_call_in_the_editor_and_resumes_it_as_edited() {
     let (gw, _) = gateway_with("-- no hooks\n");
     let name = format!("editor-{}", std::process::id());
     repl(&gw, &format!("intercept ~u create.*{name}"));
-    let host = gw.host();
-    let n = name.clone();
-    let run = std::thread::spawn(move || {
-        support::output(
-            support::docker_cli(&host)
-                .args(["run", "--rm", "--name", &n, IMAGE, "echo", "original"]),
-        )
-    });
+    let run = docker_in_background(
+        &gw,
+        &["run", "--rm", "--name", &name, IMAGE, "echo", "original"],
+    );
     let id = wait_held(&gw);
     // An "editor" that changes the command in the create body.
     let editor = support::temp_dir("editor").join("edit.sh");
@@ -823,12 +805,8 @@ fn tail_announces_long_calls_as_they_start() {
             break;
         }
     }
-    let host = gw.host();
-    let i = id.clone();
     let t0 = Instant::now();
-    let stop = std::thread::spawn(move || {
-        support::output(support::docker_cli(&host).args(["stop", "-t", "3", &i]))
-    });
+    let stop = docker_in_background(&gw, &["stop", "-t", "3", &id]);
     let mut started_at = None;
     loop {
         assert!(
@@ -878,4 +856,14 @@ fn bodies_a_post_hook_read_are_journaled() {
         .as_str()
         .unwrap()
         .contains("\"Name\":\"luastrip\""));
+}
+
+/// Run a docker CLI command through `gw` on another thread (it may be held by intercept).
+fn docker_in_background(
+    gw: &Gateway,
+    args: &[&str],
+) -> std::thread::JoinHandle<std::process::Output> {
+    let host = gw.host();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    std::thread::spawn(move || support::output(support::docker_cli(&host).args(&args)))
 }
