@@ -20,24 +20,16 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
-use hyper::body::{Body as _, Incoming};
+use http_body_util::Either;
+use hyper::body::Incoming;
 use tracing::{info, warn};
 
+use crate::body::{full, Body};
 use crate::error::Error;
-use crate::hijack::{Hijack, PendingTunnel, TunnelSlot};
+use crate::hijack::{self, Hijack, PendingTunnel, TunnelSlot};
 use crate::journal::{epoch_ms, CallError, CallRecord, CallStart, HookRun, Journal};
-use crate::route::NormalPath;
+use crate::route::{kind, query, NormalPath};
 use crate::upstream::Upstream;
-
-/// A request or response body: the peer's stream, passed through untouched, or bytes luastrip
-/// produced (an error, a rewritten JSON body, a Lua endpoint's answer).
-pub type Body = Either<Incoming, Full<Bytes>>;
-
-/// A body made of bytes.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Either::Right(Full::new(bytes.into()))
-}
 
 /// The future a hook returns.
 pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
@@ -57,6 +49,10 @@ pub trait Hooks: Send + Sync + 'static {
     /// only the head may change.
     fn post<'a>(&'a self, call: &'a mut Call, res: &'a mut Response<Body>) -> HookFuture<'a, ()>;
 }
+
+/// How many times hooks may send a call to another route before it is refused as a loop (nginx
+/// stops internal redirects at 10 too).
+pub const MAX_REROUTES: usize = 10;
 
 /// A call without an answer after this long is announced to start watchers.
 pub const LONG_CALL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -80,6 +76,8 @@ pub struct Gateway {
     pub open_connections: AtomicU64,
     /// Hijack tunnels open now (attach, exec, sessions).
     pub open_tunnels: AtomicU64,
+    /// How long a client may take to send a request head; `None`: no limit.
+    pub header_timeout: Option<std::time::Duration>,
     next_id: AtomicU64,
 }
 
@@ -88,10 +86,11 @@ impl Gateway {
     pub fn new(upstream: Upstream) -> Self {
         Gateway {
             upstream,
-            journal: Journal::new(1024),
+            journal: Journal::new(1024, crate::journal::DEFAULT_BYTE_CAP),
             hooks: Vec::new(),
             open_connections: AtomicU64::new(0),
             open_tunnels: AtomicU64::new(0),
+            header_timeout: None,
             next_id: AtomicU64::new(1),
         }
     }
@@ -109,20 +108,29 @@ pub struct Worker {
     pub gateway: Arc<Gateway>,
     /// This thread's pool of daemon connections.
     pub upstream: Upstream,
+    /// Which worker this is (0-based); hook layers keep per-worker state by it (a Lua VM each).
+    pub index: usize,
 }
 
 impl Worker {
     /// Must be created on the thread that will use it.
-    pub fn new(gateway: Arc<Gateway>) -> Self {
+    pub fn new(gateway: Arc<Gateway>, index: usize) -> Self {
         let upstream = gateway.upstream.fork();
-        Worker { gateway, upstream }
+        Worker {
+            gateway,
+            upstream,
+            index,
+        }
     }
 }
 
 /// One call as it moves through the phases. Hooks read and edit it.
 pub struct Call {
     pub id: u64,
-    /// The request head; `method` is upper-cased, `uri` is what the client sent.
+    /// The worker serving the call ([`Worker::index`]).
+    pub worker: usize,
+    /// The request head; `method` is upper-cased, `uri` is what the client sent (its query is
+    /// what is forwarded).
     pub head: http::request::Parts,
     /// The normalised path that routes match and that is forwarded.
     pub path: NormalPath,
@@ -131,9 +139,9 @@ pub struct Call {
     pub hijack: Hijack,
     /// Hooks that ran, for the journal.
     pub hooks: Vec<HookRun>,
-    /// State a [`Hooks`] implementation carries from its pre to its post phase (the Lua `req`
-    /// table, so that `req.ctx` reaches post hooks).
-    pub hook_state: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Per-layer state carried from a layer's pre phase to its post phase, one typed value per
+    /// layer (the Lua engine keeps its `req` table here, so that `req.ctx` reaches post hooks).
+    pub state: http::Extensions,
     /// The request body as forwarded, when a hook buffered it anyway (never buffered for the
     /// journal alone); journaled up to [`JOURNAL_BODY_CAP`] for `show` and replay.
     pub buffered_body: Option<Bytes>,
@@ -147,6 +155,38 @@ impl Call {
     /// The raw query string, if any.
     pub fn query(&self) -> Option<&str> {
         self.head.uri.query()
+    }
+
+    /// What the request body is, by route ([`kind::request_body`]).
+    pub fn request_body_kind(&self) -> kind::RequestBody {
+        kind::request_body(&self.head.method, self.path.as_str())
+    }
+
+    /// Whether `res` streams on after its head: an upgrade, one of Docker's stream content types,
+    /// or a streaming route ([`kind::response_streams`]). Every layer asks this, never the
+    /// framing.
+    pub fn response_is_stream(&self, res: &Response<Body>) -> bool {
+        res.status() == StatusCode::SWITCHING_PROTOCOLS
+            || hijack::is_stream_content_type(res.headers())
+            || kind::response_streams(
+                &self.head.method,
+                self.path.as_str(),
+                self.query().unwrap_or(""),
+            )
+    }
+
+    /// Replace the query string that is forwarded.
+    pub fn set_query(&mut self, query: &str) -> Result<(), Error> {
+        let path = self.head.uri.path();
+        let pq = if query.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{query}")
+        };
+        self.head.uri = pq.parse().map_err(|e| {
+            Error::client(StatusCode::BAD_REQUEST, format!("bad query {query:?}: {e}"))
+        })?;
+        Ok(())
     }
 }
 
@@ -162,7 +202,17 @@ pub async fn handle(
     let id = gw.next_id.fetch_add(1, Ordering::Relaxed);
     let (head, body) = req.into_parts();
 
-    let (mut call, accepted) = accept(id, head, body, started);
+    let (call, accepted) = accept(id, worker.index, head, body, started);
+    // The journal phase runs even when hyper drops this future because the client went away.
+    let mut record = Journaling {
+        gw,
+        started_at,
+        call: Some(call),
+    };
+    let call = record
+        .call
+        .as_mut()
+        .expect("the call is journaled only at the end");
     let result = match accepted {
         Ok(()) if gw.journal.start_watchers() > 0 => {
             // Someone tails starts: a call still unanswered after LONG_CALL is announced then.
@@ -171,9 +221,9 @@ pub async fn handle(
                 started_ms: epoch_ms(started_at),
                 method: call.head.method.to_string(),
                 raw: call.head.uri.to_string(),
-                path: call.path.path.clone(),
+                path: call.path.to_string(),
             };
-            let running = phases(worker, &mut call, tunnels);
+            let running = phases(worker, call, tunnels);
             tokio::pin!(running);
             tokio::select! {
                 r = &mut running => r,
@@ -183,14 +233,14 @@ pub async fn handle(
                 }
             }
         }
-        Ok(()) => phases(worker, &mut call, tunnels).await,
+        Ok(()) => phases(worker, call, tunnels).await,
         Err(e) => Err(e),
     };
     let (res, err) = match result {
         Ok(res) => (res, None),
         Err(err) => (err.to_response(), Some(err)),
     };
-    journal(gw, call, started_at, &res, err);
+    record.finish(&res, err);
     res
 }
 
@@ -201,10 +251,8 @@ async fn phases(
     tunnels: &TunnelSlot,
 ) -> Result<Response<Body>, Error> {
     let gw = &*worker.gateway;
-    for hooks in gw.hooks.iter().filter(|h| h.active()) {
-        if let Some(answer) = hooks.pre(call).await? {
-            return Ok(answer);
-        }
+    if let Some(answer) = pre(gw, call).await? {
+        return Ok(answer);
     }
     let mut res = upstream(&worker.upstream, call).await?;
     for hooks in gw.hooks.iter().filter(|h| h.active()) {
@@ -213,10 +261,43 @@ async fn phases(
     Ok(reply(call, res, tunnels))
 }
 
-/// accept: number the call, normalise its path, classify hijacks. A call whose path cannot be
-/// normalised is still returned (with its raw path), so that it is journaled like any other.
+/// match+pre: every active layer's pre hooks, in order. A hook that sends the call to another
+/// route (method or path) has the new route's hooks run too: the whole chain runs again on the
+/// new route, as nginx's internal redirects do, at most [`MAX_REROUTES`] times. The hijack class
+/// is then taken from the request as it will be sent.
+async fn pre(gw: &Gateway, call: &mut Call) -> Result<Option<Response<Body>>, Error> {
+    let mut seen = vec![format!("{} {}", call.head.method, call.path)];
+    loop {
+        let route = (call.head.method.clone(), call.path.clone());
+        for hooks in gw.hooks.iter().filter(|h| h.active()) {
+            if let Some(answer) = hooks.pre(call).await? {
+                return Ok(Some(answer));
+            }
+        }
+        if (&call.head.method, &call.path) == (&route.0, &route.1) {
+            break;
+        }
+        seen.push(format!("{} {}", call.head.method, call.path));
+        if seen.len() > MAX_REROUTES {
+            return Err(Error::Script {
+                location: "route rewrites".into(),
+                reason: format!(
+                    "hooks rewrote the call {MAX_REROUTES} times without settling (a loop?): {}",
+                    seen.join(" → ")
+                ),
+            });
+        }
+    }
+    call.hijack = Hijack::classify(&call.head.method, call.path.as_str(), &call.head.headers);
+    Ok(None)
+}
+
+/// accept: number the call, normalise its path and check its query, classify hijacks. A call
+/// that cannot be served as sent is still returned (with the root path and its raw target), so
+/// that it is journaled like any other.
 fn accept(
     id: u64,
+    worker: usize,
     mut head: http::request::Parts,
     body: Incoming,
     started: Instant,
@@ -228,25 +309,28 @@ fn accept(
             Err(_) => unreachable!("an upper-cased valid method is valid"),
         }
     }
-    let (path, accepted) = match NormalPath::parse(head.uri.path()) {
+    let bad = |e: &dyn std::fmt::Display| Error::client(StatusCode::BAD_REQUEST, e.to_string());
+    // An absolute-form target (http://host/path) is routed by its path, as Go's server does; an
+    // authority-form one (host:port) or `*` has no path and is refused, as Go refuses it.
+    let (path, mut accepted) = match NormalPath::parse(head.uri.path()) {
         Ok(p) => (p, Ok(())),
-        Err(e) => (
-            NormalPath {
-                version: None,
-                path: head.uri.path().to_string(),
-            },
-            Err(Error::client(StatusCode::BAD_REQUEST, e.to_string())),
-        ),
+        Err(e) => (NormalPath::root(), Err(bad(&e))),
     };
-    let hijack = Hijack::classify(&head.method, &path.path, &head.headers);
+    if let (Ok(()), Some(q)) = (&accepted, head.uri.query()) {
+        if let Err(e) = query::validate(q) {
+            accepted = Err(bad(&e));
+        }
+    }
+    let hijack = Hijack::classify(&head.method, path.as_str(), &head.headers);
     let call = Call {
         id,
+        worker,
         head,
         path,
         body: Some(Either::Left(body)),
         hijack,
         hooks: Vec::new(),
-        hook_state: None,
+        state: http::Extensions::new(),
         buffered_body: None,
         buffered_response: None,
         started,
@@ -306,22 +390,52 @@ fn reply(call: &Call, mut res: Response<Body>, tunnels: &TunnelSlot) -> Response
     res
 }
 
-/// journal: always last. One record and one log line per call.
+/// The journal phase, as a guard: [`Journaling::finish`] records the answered call; a call whose
+/// future is dropped first (the client went away) is recorded when the guard drops, with no
+/// status and the hooks that had run.
+struct Journaling<'a> {
+    gw: &'a Gateway,
+    started_at: SystemTime,
+    call: Option<Call>,
+}
+
+impl Journaling<'_> {
+    /// journal: always last. One record and one log line per call.
+    fn finish(mut self, res: &Response<Body>, err: Option<Error>) {
+        if let Some(call) = self.call.take() {
+            let streaming = call.response_is_stream(res);
+            journal(self.gw, call, self.started_at, Some(res), streaming, err);
+        }
+    }
+}
+
+impl Drop for Journaling<'_> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            let err = Error::client(
+                StatusCode::BAD_REQUEST,
+                "the client went away before the answer; the call was cancelled",
+            );
+            journal(self.gw, call, self.started_at, None, false, Some(err));
+        }
+    }
+}
+
 fn journal(
     gw: &Gateway,
     call: Call,
     started_at: SystemTime,
-    res: &Response<Body>,
+    res: Option<&Response<Body>>,
+    streaming: bool,
     err: Option<Error>,
 ) {
     let duration_us = call.started.elapsed().as_micros() as u64;
-    let status = res.status().as_u16();
-    let streaming = !res.body().is_end_stream() && res.body().size_hint().exact().is_none();
+    let status = res.map(|r| r.status().as_u16());
     match &err {
         None => info!(
             call = call.id,
             method = %call.head.method,
-            path = %call.path.path,
+            path = %call.path,
             status,
             duration_us,
             "call"
@@ -329,7 +443,7 @@ fn journal(
         Some(e) => warn!(
             call = call.id,
             method = %call.head.method,
-            path = %call.path.path,
+            path = %call.path,
             status,
             duration_us,
             source = ?e.source_kind(),
@@ -337,19 +451,21 @@ fn journal(
             "call failed"
         ),
     }
+    let cancelled = res.is_none();
     gw.journal.record(CallRecord {
         id: call.id,
         started_ms: epoch_ms(started_at),
         method: call.head.method.to_string(),
-        path: call.path.path,
+        path: call.path.to_string(),
         raw: call
             .head
             .uri
             .path_and_query()
             .map(|pq| pq.to_string())
-            .unwrap_or_default(),
-        version: call.path.version,
-        status: Some(status),
+            .unwrap_or_else(|| call.head.uri.to_string()),
+        version: call.path.version().map(str::to_string),
+        status,
+        cancelled,
         duration_us,
         upstream_us: call.upstream_us,
         hijack: call.hijack,
@@ -361,7 +477,7 @@ fn journal(
         }),
         request_headers: call.head.headers,
         request_body: call.buffered_body.map(|b| journal_body(&b)),
-        response_headers: res.headers().clone(),
+        response_headers: res.map(|r| r.headers().clone()).unwrap_or_default(),
         response_body: call.buffered_response.map(|b| journal_body(&b)),
     });
 }

@@ -6,12 +6,10 @@
 //! adapter or helper — is an [`Error`] that records where it came from ([`Source`]), and
 //! [`Error::to_response`] is the single place where it becomes that Docker JSON reply.
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
 use serde::Serialize;
 
-use crate::call::Body;
+use crate::body::{full, Body};
 
 /// Who caused an error. Kept in the journal so a user can tell "my script broke" from "the
 /// daemon is down" at a glance.
@@ -33,7 +31,7 @@ pub enum Source {
 }
 
 /// Everything that can go wrong while serving a call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request cannot be served as sent (bad path, body too large …).
     #[error("luastrip: {message}")]
@@ -106,7 +104,7 @@ pub fn json_message(status: StatusCode, message: &str) -> Response<Body> {
     }
     let mut body = serde_json::to_vec(&Message { message }).unwrap_or_default();
     body.push(b'\n');
-    let mut res = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    let mut res = Response::new(full(body));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,

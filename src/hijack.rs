@@ -46,7 +46,7 @@ impl Hijack {
         if headers.contains_key(header::UPGRADE) {
             return Hijack::Upgrade;
         }
-        if method == Method::POST && is_hijack_route(path) {
+        if crate::route::kind::is_hijack_route(method, path) {
             return Hijack::Legacy;
         }
         Hijack::No
@@ -59,16 +59,6 @@ impl Hijack {
             headers.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
         }
     }
-}
-
-/// `POST /containers/{id}/attach` and `POST /exec/{id}/start`: the routes the daemon hijacks.
-fn is_hijack_route(path: &str) -> bool {
-    let mut segs = path[1..].split('/');
-    matches!(
-        (segs.next(), segs.next(), segs.next(), segs.next()),
-        (Some("containers"), Some(_), Some("attach"), None)
-            | (Some("exec"), Some(_), Some("start"), None)
-    )
 }
 
 /// `true` for Docker's stream content types (raw and, from API 1.42, multiplexed).

@@ -50,6 +50,8 @@ pub struct CallRecord {
     pub version: Option<String>,
     /// Status sent to the client; `None` if the client went away before a reply.
     pub status: Option<u16>,
+    /// The client went away before the answer: hyper dropped the call mid-way.
+    pub cancelled: bool,
     /// Accept to reply head.
     pub duration_us: u64,
     /// Time the daemon took to send its response head, when it was asked.
@@ -99,23 +101,86 @@ pub fn epoch_ms(t: SystemTime) -> u64 {
         .as_millis() as u64
 }
 
+/// What the ring may hold in bodies and headers together, by default: enough for the last
+/// thousand ordinary calls, while 1024 calls with two 64 KiB bodies each would be 128 MiB.
+pub const DEFAULT_BYTE_CAP: usize = 16 << 20;
+
+impl CallRecord {
+    /// A record of a call that has no answer yet (what filters see of a held or running call).
+    pub fn unfinished(id: u64, method: &str, path: &str, raw: &str) -> CallRecord {
+        CallRecord {
+            id,
+            started_ms: 0,
+            method: method.to_string(),
+            path: path.to_string(),
+            raw: raw.to_string(),
+            version: None,
+            status: None,
+            cancelled: false,
+            duration_us: 0,
+            upstream_us: None,
+            hijack: Hijack::No,
+            streaming: false,
+            hooks: Vec::new(),
+            error: None,
+            request_headers: HeaderMap::new(),
+            request_body: None,
+            response_headers: HeaderMap::new(),
+            response_body: None,
+        }
+    }
+
+    /// Roughly what the record holds in memory: bodies, headers, paths.
+    pub fn weight(&self) -> usize {
+        let heads = |h: &HeaderMap| {
+            h.iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 16)
+                .sum::<usize>()
+        };
+        256 + self.path.len()
+            + self.raw.len()
+            + self.request_body.as_ref().map_or(0, String::len)
+            + self.response_body.as_ref().map_or(0, String::len)
+            + heads(&self.request_headers)
+            + heads(&self.response_headers)
+            + self
+                .hooks
+                .iter()
+                .map(|h| 64 + h.route.len() + h.location.len())
+                .sum::<usize>()
+    }
+}
+
 /// Ring buffer of recent calls plus a broadcast to watchers.
 pub struct Journal {
-    ring: Mutex<VecDeque<Arc<CallRecord>>>,
+    ring: Mutex<Ring>,
     capacity: usize,
+    /// Most bytes ([`CallRecord::weight`]) the ring keeps; older records go first.
+    byte_cap: usize,
     watchers: broadcast::Sender<Arc<CallRecord>>,
     /// Long calls as they start; only `tail` subscribes, so calls skip the timer otherwise.
     starts: broadcast::Sender<Arc<CallStart>>,
 }
 
+#[derive(Default)]
+struct Ring {
+    records: VecDeque<Arc<CallRecord>>,
+    /// Sum of the records' weights.
+    bytes: usize,
+}
+
 impl Journal {
-    /// A journal keeping the last `capacity` calls.
-    pub fn new(capacity: usize) -> Self {
+    /// A journal keeping the last `capacity` calls, and at most `byte_cap` bytes of them.
+    pub fn new(capacity: usize, byte_cap: usize) -> Self {
         let (watchers, _) = broadcast::channel(1024);
         let (starts, _) = broadcast::channel(256);
         Journal {
-            ring: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            ring: Mutex::new(Ring {
+                records: VecDeque::with_capacity(capacity.min(4096)),
+                bytes: 0,
+            }),
             capacity: capacity.max(1),
+            byte_cap,
             watchers,
             starts,
         }
@@ -126,10 +191,16 @@ impl Journal {
         let rec = Arc::new(rec);
         {
             let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-            if ring.len() == self.capacity {
-                ring.pop_front();
+            ring.bytes += rec.weight();
+            ring.records.push_back(rec.clone());
+            // The newest record always stays, even alone over the cap.
+            while ring.records.len() > 1
+                && (ring.records.len() > self.capacity || ring.bytes > self.byte_cap)
+            {
+                if let Some(old) = ring.records.pop_front() {
+                    ring.bytes -= old.weight();
+                }
             }
-            ring.push_back(rec.clone());
         }
         // No watcher is not an error.
         let _ = self.watchers.send(rec);
@@ -138,14 +209,14 @@ impl Journal {
     /// The most recent calls, oldest first, at most `limit`.
     pub fn recent(&self, limit: usize) -> Vec<Arc<CallRecord>> {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let skip = ring.len().saturating_sub(limit);
-        ring.iter().skip(skip).cloned().collect()
+        let skip = ring.records.len().saturating_sub(limit);
+        ring.records.iter().skip(skip).cloned().collect()
     }
 
     /// One call by id, if still in the ring.
     pub fn get(&self, id: u64) -> Option<Arc<CallRecord>> {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.iter().rev().find(|r| r.id == id).cloned()
+        ring.records.iter().rev().find(|r| r.id == id).cloned()
     }
 
     /// Announce a long call that has not been answered yet.
@@ -182,6 +253,7 @@ mod tests {
             raw: "/_ping".into(),
             version: None,
             status: Some(200),
+            cancelled: false,
             duration_us: 1,
             upstream_us: None,
             hijack: Hijack::No,
@@ -197,7 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn ring_keeps_the_last_calls_and_broadcasts() {
-        let j = Journal::new(3);
+        let j = Journal::new(3, DEFAULT_BYTE_CAP);
         let mut rx = j.subscribe();
         for id in 1..=5 {
             j.record(rec(id));
@@ -213,5 +285,29 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().id, 1);
         let json = serde_json::to_value(&*j.get(5).unwrap()).unwrap();
         assert_eq!(json["hijack"], "no");
+    }
+
+    #[test]
+    fn the_ring_holds_at_most_its_byte_cap() {
+        let j = Journal::new(1024, 1 << 20);
+        for id in 1..=100 {
+            let mut r = rec(id);
+            r.request_body = Some("x".repeat(64 << 10));
+            r.response_body = Some("y".repeat(64 << 10));
+            j.record(r);
+        }
+        let kept = j.recent(1024);
+        let bytes: usize = kept.iter().map(|r| r.weight()).sum();
+        assert!(bytes <= 1 << 20, "{bytes} bytes kept");
+        assert!(kept.len() >= 7, "only {} kept", kept.len());
+        assert_eq!(kept.last().unwrap().id, 100);
+        // One record over the cap on its own is still kept, alone.
+        let mut big = rec(101);
+        big.request_body = Some("z".repeat(2 << 20));
+        j.record(big);
+        assert_eq!(
+            j.recent(10).iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![101]
+        );
     }
 }

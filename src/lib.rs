@@ -23,6 +23,7 @@
 //! The core (`call`, `upstream`, `hijack`, `route`) imports none of the extensions; they hang off
 //! its phases. The phase chart is in `docs/phases.md`.
 
+pub mod body;
 pub mod call;
 pub mod control;
 pub mod error;

@@ -4,13 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use std::sync::Arc;
 
-use luastrip::call::Gateway;
-use luastrip::lua::store::Store;
 use luastrip::lua::{Engine, Limits, Services};
-use luastrip::serve::{self, ListenOptions};
-use luastrip::upstream::{Upstream, UpstreamAddr};
+use luastrip::serve::{self, Config};
+use luastrip::upstream::UpstreamAddr;
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +81,10 @@ struct ServeArgs {
     /// Persist the scripts' `store` in this JSON file.
     #[arg(long, env = "LUASTRIP_STATE")]
     state: Option<PathBuf>,
+    /// Seconds a client may take to send a request head (slow clients are disconnected);
+    /// 0 turns the limit off. Streams and tunnels are not timed once their head is read.
+    #[arg(long, env = "LUASTRIP_HEADER_TIMEOUT_S", default_value_t = 30)]
+    header_timeout_s: u64,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -155,8 +156,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { path } => {
-            let engine = Engine::load(Some(&path), Limits::default(), Services::default());
-            match engine.and_then(|engine| engine.routes()) {
+            match Engine::load(Some(&path), 1, Services::default()).map(|e| e.routes()) {
                 Ok(routes) => {
                     println!("{}: ok, {} routes", path.display(), routes.len());
                     for (phase, pattern, location) in routes {
@@ -190,15 +190,23 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
     let upstream = UpstreamAddr::parse(&upstream).map_err(|e| format!("--upstream: {e}"))?;
-    let store = match &args.state {
-        Some(path) => Store::open(path)?,
-        None => Store::memory(),
+    let config = Config {
+        socket_mode: args.socket_mode,
+        socket_group: args.socket_group,
+        threads: args.threads,
+        scripts: args.scripts,
+        powerstrip_config: args.powerstrip_config,
+        control: args
+            .control
+            .map(|c| PathBuf::from(c.strip_prefix("unix://").unwrap_or(&c))),
+        state: args.state,
+        limits: args.limits.limits(),
+        header_timeout: (args.header_timeout_s > 0)
+            .then(|| std::time::Duration::from_secs(args.header_timeout_s)),
+        repl: args.repl,
+        ..Config::new(listen, upstream)
     };
-    let threads = match args.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    // This runtime is worker 0; serve starts the others (see the serve module's docs).
+    // This runtime is worker 0; serve::run starts the others.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -206,110 +214,10 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
     runtime.block_on(async {
         // Handlers first: once the socket exists, SIGTERM must mean a clean shutdown.
         let shutdown = shutdown_signal().map_err(|e| format!("cannot handle signals: {e}"))?;
-        // Scripts and adapters load before the socket appears: a broken script never leaves a
-        // socket behind, and the first client already gets the hooks.
-        let mut gateway = Gateway::new(Upstream::new(upstream.clone()));
-        let mut engine_for_control = None;
-        let mut watchers = Vec::new();
-        if args.scripts.is_some() || args.powerstrip_config.is_some() {
-            let services = Services {
-                upstream: Some(upstream),
-                store: Arc::new(store),
-                adapters_file: args.powerstrip_config.clone(),
-            };
-            let engine = Engine::load(args.scripts.as_deref(), args.limits.limits(), services);
-            let engine = Arc::new(engine.map_err(|e| e.to_string())?);
-            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
-            tokio::spawn(reload_on_sighup(engine.clone(), hup));
-            // Kept alive until serve returns.
-            for path in args.scripts.iter().chain(args.powerstrip_config.iter()) {
-                let w = luastrip::lua::reload::watch(engine.clone(), path)
-                    .map_err(|e| format!("cannot watch {}: {e}", path.display()))?;
-                watchers.push(w);
-            }
-            engine_for_control = Some(engine.clone());
-            gateway = gateway.with_hooks(engine);
-        }
-        // Intercept runs after the scripts: a held call shows what would be sent.
-        let intercept = Arc::new(luastrip::control::intercept::Intercept::default());
-        let gateway = Arc::new(gateway.with_hooks(intercept.clone()));
-        // One shutdown for the gateway and its control socket (and `--repl`'s quit).
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stop_tx = Arc::new(stop_tx);
-        let on_signal = stop_tx.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = on_signal.send(true);
-        });
-        let control_path = args
-            .control
-            .as_deref()
-            .map(|c| c.strip_prefix("unix://").unwrap_or(c).to_string())
-            .unwrap_or_else(|| {
-                PathBuf::from(&listen)
-                    .with_extension("ctl")
-                    .display()
-                    .to_string()
-            });
-        let control_listener = serve::bind(&ListenOptions {
-            path: PathBuf::from(&control_path),
-            mode: 0o600,
-            group: None,
-        })
-        .map_err(|e| format!("--control: {e}"))?;
-        let control = Arc::new(luastrip::control::Control {
-            stats: luastrip::control::stats::Stats::follow(&gateway.journal),
-            gateway: gateway.clone(),
-            engine: engine_for_control,
-            intercept,
-            listen: PathBuf::from(&listen),
-        });
-        let control_task = tokio::spawn(luastrip::control::serve(
-            control_listener,
-            control,
-            stop_rx.clone(),
-        ));
-        // Last: the listen socket appears once everything behind it is ready.
-        let listener = serve::bind(&ListenOptions {
-            path: PathBuf::from(&listen),
-            mode: args.socket_mode,
-            group: args.socket_group,
-        })
-        .map_err(|e| e.to_string())?;
-        let mut stopped = stop_rx;
-        let gateway_shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if args.repl {
-            // The REPL blocks on the terminal: its own thread, talking to our control socket.
-            let ctl = PathBuf::from(&control_path);
-            let on_quit = stop_tx.clone();
-            std::thread::spawn(move || {
-                let stdout = std::io::stdout();
-                if let Err(e) = luastrip::repl::run(&ctl, None, &mut stdout.lock()) {
-                    tracing::error!(error = %e, "the REPL failed");
-                }
-                let _ = on_quit.send(true);
-            });
-        }
-        let served = serve::run_gateway(listener, gateway, threads, gateway_shutdown).await;
-        let _ = control_task.await;
-        drop(watchers);
-        served.map_err(|e| e.to_string())
+        serve::run(config, shutdown)
+            .await
+            .map_err(|e| e.to_string())
     })
-}
-
-/// Reload the scripts on every SIGHUP; a failing reload keeps the old routes.
-async fn reload_on_sighup(engine: Arc<Engine>, mut hup: tokio::signal::unix::Signal) {
-    while hup.recv().await.is_some() {
-        match engine.reload() {
-            Ok(n) => tracing::info!(routes = n, "scripts reloaded"),
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed; the previous scripts keep serving")
-            }
-        }
-    }
 }
 
 /// Installs SIGINT and SIGTERM handlers now; the future resolves on either signal.

@@ -1,15 +1,143 @@
-//! Requests luastrip makes to HTTP services other than the daemon: `http.request` in scripts and
-//! Powerstrip adapters.
+//! Requests luastrip makes to HTTP services other than the daemon: `http.request` in scripts,
+//! Powerstrip adapters, the control socket's replays and the REPL.
 //!
 //! URLs are `http://host:port/path?query` or, for a service on a Unix socket,
-//! `unix:///path/to.sock:/path?query` (the socket path ends at the first `:`). Each request opens
-//! its own HTTP/1.1 connection; callers bound the whole exchange with a timeout.
+//! `unix:///path/to.sock:/path?query` (the socket path ends at the first `:`). An [`Outbound`]
+//! keeps idle connections per service (hyper-util's pooled client: one pool for TCP, one for Unix
+//! sockets), opens new ones within [`CONNECT_TIMEOUT`], and bounds each whole exchange with the
+//! caller's timeout.
 
-use http::{Request, Response};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::UnixStream;
 
-use crate::call::Body;
+use crate::body::Body;
+
+/// How long opening a connection to a service may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pooled HTTP/1.1 client for services (cheap to clone; clones share the pools). Make one per
+/// thread that uses it, so that its connections are driven where they are used.
+#[derive(Clone)]
+pub struct Outbound {
+    tcp: Client<HttpConnector, Body>,
+    unix: Client<UnixConnector, Body>,
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Outbound::new()
+    }
+}
+
+impl Outbound {
+    /// A client with empty pools.
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        let builder = || {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(8)
+                .set_host(false);
+            b
+        };
+        Outbound {
+            tcp: builder().build(http),
+            unix: builder().build(UnixConnector),
+        }
+    }
+
+    /// Send `req` (its URI is replaced by `url`'s target) and wait for the response head, all
+    /// within `timeout`. The caller reads the body (and bounds that too).
+    pub async fn send(
+        &self,
+        url: &Url,
+        mut req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, String> {
+        let abs = match &url.target {
+            Target::Tcp { addr } => format!("http://{addr}{}", url.path),
+            Target::Unix { socket } => format!("http://{}{}", hex(socket), url.path),
+        };
+        *req.uri_mut() = abs.parse().map_err(|e| format!("bad URL: {e}"))?;
+        let sent = match &url.target {
+            Target::Tcp { .. } => self.tcp.request(req),
+            Target::Unix { .. } => self.unix.request(req),
+        };
+        match tokio::time::timeout(timeout, sent).await {
+            Err(_) => Err(format!("no reply within {timeout:?}")),
+            Ok(Ok(res)) => Ok(res),
+            Ok(Err(e)) => Err(describe(&e)),
+        }
+    }
+}
+
+/// The innermost cause of a client error ("Connection refused (os error 111)"), with what failed.
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error as _;
+    let mut reason = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        reason = s.to_string();
+        src = s.source();
+    }
+    if e.is_connect() {
+        format!("cannot connect: {reason}")
+    } else {
+        reason
+    }
+}
+
+/// A socket path as a URI host: hex, so that any path makes a valid authority (and a pool key).
+fn hex(path: &str) -> String {
+    path.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(host: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..host.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(host.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// Connects to the Unix socket named (in hex) by the URI's host.
+#[derive(Clone)]
+struct UnixConnector;
+
+impl tower_service::Service<Uri> for UnixConnector {
+    type Response = TokioIo<UnixStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let path = uri.host().and_then(unhex);
+        Box::pin(async move {
+            let path = path.ok_or_else(|| io::Error::other("no socket path in the URI"))?;
+            let connect = UnixStream::connect(path);
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                Ok(s) => Ok(TokioIo::new(s?)),
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            }
+        })
+    }
+}
 
 /// Where a URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,37 +201,6 @@ impl Url {
     }
 }
 
-/// Connect to `url`'s service and send `req` on a fresh HTTP/1.1 connection.
-pub async fn send(url: &Url, req: Request<Body>) -> Result<Response<Incoming>, String> {
-    match &url.target {
-        Target::Tcp { addr } => {
-            let s = tokio::net::TcpStream::connect(addr.as_str())
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
-            exchange(TokioIo::new(s), req).await
-        }
-        Target::Unix { socket } => {
-            let s = tokio::net::UnixStream::connect(socket.as_str())
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
-            exchange(TokioIo::new(s), req).await
-        }
-    }
-}
-
-async fn exchange<I>(io: I, req: Request<Body>) -> Result<Response<Incoming>, String>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender.send_request(req).await.map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +237,9 @@ mod tests {
         assert_eq!(Url::parse("unix:///run/a.sock").unwrap().path, "/");
         assert!(Url::parse("https://example.com/").is_err());
         assert!(Url::parse("unix://rel.sock:/x").is_err());
+        assert_eq!(
+            unhex(&hex("/run/a b.sock")).as_deref(),
+            Some("/run/a b.sock")
+        );
     }
 }

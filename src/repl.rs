@@ -17,8 +17,8 @@ use http::{header, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
-use crate::call::full;
-use crate::outbound::{self, Url};
+use crate::body::full;
+use crate::outbound::{Outbound, Url};
 
 const HELP: &str = "\
 calls [FILTER]   recent calls (filter: ~m METHOD ~u REGEX ~s 4.. ~h REGEX ~e ~r ROUTE, ! & | ( ))
@@ -440,12 +440,17 @@ async fn send(
         .insert(header::HOST, HeaderValue::from_static("ctl"));
     req.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    outbound::send(&url, req).await.map_err(|e| {
-        format!(
-            "cannot reach the gateway's control socket {}: {e} (is luastrip serve running?)",
-            control.display()
-        )
-    })
+    // A fresh connection per command: a gateway that went away and came back just works.
+    let head_within = std::time::Duration::from_secs(60);
+    Outbound::new()
+        .send(&url, req, head_within)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach the gateway's control socket {}: {e} (is luastrip serve running?)",
+                control.display()
+            )
+        })
 }
 
 /// Open a held call in `$VISUAL` / `$EDITOR` (default vi) as JSON, then resume it as edited.

@@ -1,5 +1,10 @@
-//! The listening side: the Unix socket clients connect to, one task per client connection, and a
-//! clean shutdown.
+//! The one assembly point and the listening side.
+//!
+//! [`run`] turns a [`Config`] into a running gateway: it loads the scripts and adapters, builds
+//! the [`Gateway`] with its hook layers, starts the background services (reload on `SIGHUP` and
+//! on file changes, the control socket, `--repl`) in one tracked set with one shutdown, binds the
+//! sockets (the listen socket last, so that it appears only when everything behind it is ready)
+//! and serves until the shutdown future resolves. `main.rs` and the tests call it.
 //!
 //! [`bind`] makes the socket appear only when it is ready: it binds under a temporary name, sets
 //! mode and group, then renames it into place, so a client never sees a socket with the wrong
@@ -27,7 +32,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
@@ -35,8 +40,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::call::{self, Gateway, Worker};
+use crate::control::{self, intercept::Intercept, Control};
 use crate::hijack::{self, TunnelSlot};
-use crate::upstream::Upstream;
+use crate::lua::{store::Store, Engine, Limits, Services};
+use crate::upstream::{Upstream, UpstreamAddr};
 
 /// How long in-flight calls (and open streams) may run on after shutdown is asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -166,20 +173,282 @@ fn lookup_group(group: &str) -> Result<u32, BindError> {
     }
 }
 
-/// Serve a pass-through gateway to `upstream` until `shutdown` resolves, on one worker per core.
-pub async fn run(
-    listener: Listener,
-    upstream: Upstream,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    run_gateway(
-        listener,
-        Arc::new(Gateway::new(upstream)),
-        threads,
-        shutdown,
-    )
-    .await
+/// Everything `luastrip serve` is told (each field is a flag with a `LUASTRIP_*` twin).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The socket clients connect to.
+    pub listen: PathBuf,
+    /// The daemon.
+    pub upstream: UpstreamAddr,
+    /// Permission bits of the listen socket.
+    pub socket_mode: u32,
+    /// Group owning the listen socket (name or gid).
+    pub socket_group: Option<String>,
+    /// Worker threads; 0 means one per core.
+    pub threads: usize,
+    /// Route scripts: a file or a directory.
+    pub scripts: Option<PathBuf>,
+    /// Powerstrip's `adapters.yml`.
+    pub powerstrip_config: Option<PathBuf>,
+    /// The control socket; `None`: the listen path with a `.ctl` extension.
+    pub control: Option<PathBuf>,
+    /// Where the scripts' `store` persists.
+    pub state: Option<PathBuf>,
+    /// Script limits.
+    pub limits: Limits,
+    /// How long a client may take to send a request head (`None`: forever).
+    pub header_timeout: Option<Duration>,
+    /// Run the REPL on this terminal too; quitting it stops the gateway.
+    pub repl: bool,
+}
+
+impl Config {
+    /// A pass-through gateway from `listen` to `upstream`, everything else at its default.
+    pub fn new(listen: impl Into<PathBuf>, upstream: UpstreamAddr) -> Config {
+        Config {
+            listen: listen.into(),
+            upstream,
+            socket_mode: 0o660,
+            socket_group: None,
+            threads: 0,
+            scripts: None,
+            powerstrip_config: None,
+            control: None,
+            state: None,
+            limits: Limits::default(),
+            header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
+            repl: false,
+        }
+    }
+
+    /// The control socket path.
+    pub fn control_path(&self) -> PathBuf {
+        self.control
+            .clone()
+            .unwrap_or_else(|| self.listen.with_extension("ctl"))
+    }
+
+    fn workers(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// A client that has not sent its whole request head after this long is disconnected.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Background services (reloaders, the control socket, later the helpers' followers and
+/// listeners): one tracked set, told to stop together and awaited at shutdown.
+pub struct Background {
+    tasks: TaskTracker,
+    stop: watch::Sender<bool>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Background {
+            tasks: TaskTracker::new(),
+            stop: watch::channel(false).0,
+        }
+    }
+}
+
+impl Background {
+    /// Start a service on the current runtime. `make` gets the stop signal (it turns true at
+    /// shutdown) and returns the service's future.
+    pub fn spawn<F>(&self, name: &'static str, make: impl FnOnce(watch::Receiver<bool>) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let fut = make(self.stop.subscribe());
+        self.tasks.spawn(async move {
+            fut.await;
+            debug!(service = name, "background service ended");
+        });
+    }
+
+    /// Tell every service to stop and wait for them (at most [`SHUTDOWN_GRACE`]).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("background services still running after the grace period");
+        }
+    }
+}
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "--upstream {upstream} is this gateway's own listen socket: it would forward every call \
+         to itself (is DOCKER_HOST pointing at luastrip? pass --upstream unix:///var/run/docker.sock)"
+    )]
+    ForwardsToItself { upstream: String },
+    #[error("{0}")]
+    Bind(#[from] BindError),
+    #[error("--control: {0}")]
+    Control(BindError),
+    #[error("{0}")]
+    Scripts(#[from] crate::Error),
+    #[error("--state: {0}")]
+    State(String),
+    #[error("cannot watch {path}: {reason}")]
+    Watch { path: String, reason: String },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Assemble and serve the gateway described by `config` until `shutdown` resolves (or the
+/// `--repl` quits). Must be called on a current-thread runtime, which becomes worker 0.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    refuse_self_forwarding(&config.upstream, &config.listen)?;
+    let workers = config.workers();
+    let background = Background::default();
+    // Scripts and adapters load before the socket appears: a broken script never leaves a
+    // socket behind, and the first client already gets the hooks.
+    let mut gateway = Gateway::new(Upstream::new(config.upstream.clone()));
+    gateway.header_timeout = config.header_timeout;
+    let mut engine = None;
+    let mut watchers = Vec::new();
+    if config.scripts.is_some() || config.powerstrip_config.is_some() {
+        let store = match &config.state {
+            Some(path) => Store::open(path).map_err(StartError::State)?,
+            None => Store::memory(),
+        };
+        let services = Services {
+            upstream: Some(config.upstream.clone()),
+            store: Arc::new(store),
+            adapters_file: config.powerstrip_config.clone(),
+            limits: config.limits.clone(),
+        };
+        let loaded = Arc::new(Engine::load(config.scripts.as_deref(), workers, services)?);
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let on_hup = loaded.clone();
+        background.spawn("reload on SIGHUP", move |stop| {
+            crate::lua::reload::on_sighup(on_hup, hup, stop)
+        });
+        for path in config.scripts.iter().chain(config.powerstrip_config.iter()) {
+            let w =
+                crate::lua::reload::watch(loaded.clone(), path).map_err(|e| StartError::Watch {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            watchers.push(w);
+        }
+        gateway = gateway.with_hooks(loaded.clone());
+        engine = Some(loaded);
+    }
+    // Intercept runs after the scripts: a held call shows what would be sent.
+    let intercept = Arc::new(Intercept::default());
+    let gateway = Arc::new(gateway.with_hooks(intercept.clone()));
+
+    let control_path = config.control_path();
+    let control_listener = bind(&ListenOptions {
+        path: control_path.clone(),
+        mode: 0o600,
+        group: None,
+    })
+    .map_err(StartError::Control)?;
+    let control = Arc::new(Control {
+        stats: control::stats::Stats::follow(&gateway.journal),
+        gateway: gateway.clone(),
+        engine,
+        intercept,
+        listen: config.listen.clone(),
+    });
+    background.spawn("control socket", move |stop| async move {
+        if let Err(e) = control::serve(control_listener, control, stop).await {
+            warn!(error = %e, "the control socket failed");
+        }
+    });
+    // Last: the listen socket appears once everything behind it is ready.
+    let listener = bind(&ListenOptions {
+        path: config.listen.clone(),
+        mode: config.socket_mode,
+        group: config.socket_group.clone(),
+    })?;
+    refuse_self_forwarding(&config.upstream, listener.path())?;
+    warn_unless_daemon_answers(&gateway.upstream).await;
+
+    let (quit_tx, mut quit_rx) = watch::channel(false);
+    if config.repl {
+        // The REPL blocks on the terminal: its own thread, talking to our control socket.
+        std::thread::spawn(move || {
+            let stdout = std::io::stdout();
+            if let Err(e) = crate::repl::run(&control_path, None, &mut stdout.lock()) {
+                tracing::error!(error = %e, "the REPL failed");
+            }
+            let _ = quit_tx.send(true);
+        });
+    }
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = quit_rx.wait_for(|q| *q) => {}
+        }
+    };
+    let served = run_gateway(listener, gateway, workers, stop).await;
+    background.shutdown().await;
+    drop(watchers);
+    served.map_err(StartError::Io)
+}
+
+/// Refuse an upstream that is the listen socket itself: the same path, or (once bound) the same
+/// socket file under another name.
+fn refuse_self_forwarding(upstream: &UpstreamAddr, listen: &Path) -> Result<(), StartError> {
+    let canonical = |p: &Path| -> PathBuf {
+        match (p.parent(), p.file_name()) {
+            (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+                .map(|d| d.join(name))
+                .unwrap_or_else(|_| p.to_path_buf()),
+            _ => p.to_path_buf(),
+        }
+    };
+    let same_path = canonical(&upstream.path) == canonical(listen);
+    let same_file = match (std::fs::metadata(&upstream.path), std::fs::metadata(listen)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    };
+    if same_path || same_file {
+        return Err(StartError::ForwardsToItself {
+            upstream: upstream.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A gateway in front of nothing serves only errors: say so at start-up (it still starts, so
+/// that it can be up before the daemon).
+async fn warn_unless_daemon_answers(upstream: &Upstream) {
+    let ping = http::Request::builder()
+        .uri("/_ping")
+        .header(http::header::HOST, "docker")
+        .body(crate::body::full(bytes::Bytes::new()));
+    let Ok(ping) = ping else { return };
+    let answer = tokio::time::timeout(Duration::from_secs(3), upstream.send(ping)).await;
+    match answer {
+        Ok(Ok(res)) if res.status().is_success() => {}
+        Ok(Ok(res)) => warn!(
+            upstream = %upstream.addr(),
+            status = res.status().as_u16(),
+            "the Docker daemon answered /_ping with an error; calls will fail until it is healthy"
+        ),
+        Ok(Err(e)) => warn!(
+            upstream = %upstream.addr(),
+            error = %e,
+            "the Docker daemon does not answer /_ping; calls will get 502 until it does"
+        ),
+        Err(_) => warn!(
+            upstream = %upstream.addr(),
+            "the Docker daemon did not answer /_ping within 3 s"
+        ),
+    }
 }
 
 /// Serve `gateway` (pass-through or with hooks) on `threads` workers until `shutdown` resolves.
@@ -210,14 +479,14 @@ pub async fn run_gateway(
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                rt.block_on(worker(rx, gateway, stop))
+                rt.block_on(worker(n, rx, gateway, stop))
             })?;
         others.push(thread);
     }
-    // This runtime is a worker too.
+    // This runtime is worker 0.
     let (tx, rx) = mpsc::unbounded_channel();
-    workers.push(tx);
-    let mine = tokio::spawn(worker(rx, gateway, stop_rx));
+    workers.insert(0, tx);
+    let mine = tokio::spawn(worker(0, rx, gateway, stop_rx));
 
     // One acceptor deals connections round-robin: a shared accept would let one worker win
     // most of them and leave the other core idle.
@@ -262,11 +531,12 @@ pub async fn run_gateway(
 /// One worker: serve the connections dealt to it on this thread until told to stop, then give
 /// calls in flight up to [`SHUTDOWN_GRACE`].
 async fn worker(
+    index: usize,
     mut incoming: mpsc::UnboundedReceiver<std::os::unix::net::UnixStream>,
     gateway: Arc<Gateway>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let worker = Arc::new(Worker::new(gateway));
+    let worker = Arc::new(Worker::new(gateway, index));
     let tracker = TaskTracker::new();
     loop {
         tokio::select! {
@@ -327,11 +597,16 @@ async fn connection(stream: UnixStream, worker: Arc<Worker>, mut stop: watch::Re
             })
         })
     };
-    let mut conn = http1::Builder::new()
-        // The daemon (Go) writes every header name in canonical Title-Case; so do we, which
-        // reproduces its heads exactly without hyper's costly per-message case maps.
-        .title_case_headers(true)
-        .serve_connection(TokioIo::new(stream), service);
+    let mut builder = http1::Builder::new();
+    // The daemon (Go) writes every header name in canonical Title-Case; so do we, which
+    // reproduces its heads exactly without hyper's costly per-message case maps.
+    builder.title_case_headers(true);
+    // A slow client (slowloris) may not hold a connection by dribbling its request head. Only
+    // heads are timed: a streaming answer or a tunnel runs as long as it needs.
+    if let Some(t) = gateway.header_timeout {
+        builder.timer(TokioTimer::new()).header_read_timeout(t);
+    }
+    let mut conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut draining = false;
     let done = loop {
         tokio::select! {

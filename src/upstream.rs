@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::UnixStream;
 
-use crate::call::Body;
+use crate::body::Body;
 use crate::error::Error;
 
 /// Where the daemon listens, as given on the command line.

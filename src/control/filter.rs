@@ -263,6 +263,7 @@ mod tests {
             raw: raw.into(),
             version: None,
             status: Some(status),
+            cancelled: false,
             duration_us: 1,
             upstream_us: None,
             hijack: Hijack::No,

@@ -13,10 +13,12 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use super::filter::Filter;
-use crate::call::{full, Body, Call, HookFuture, Hooks};
+use crate::body::{full, Body};
+use crate::call::{Call, HookFuture, Hooks};
 use crate::error::Error;
 use crate::hijack::Hijack;
 use crate::journal::CallRecord;
+use crate::route::kind::RequestBody;
 use crate::route::NormalPath;
 
 /// An edited request for `resume`: every field optional.
@@ -107,25 +109,17 @@ impl Intercept {
 
 /// What the filter sees of a call that has not been answered yet.
 fn probe(call: &Call) -> CallRecord {
-    CallRecord {
-        id: call.id,
-        started_ms: 0,
-        method: call.head.method.to_string(),
-        path: call.path.path.clone(),
-        raw: call.head.uri.to_string(),
-        version: call.path.version.clone(),
-        status: None,
-        duration_us: 0,
-        upstream_us: None,
-        hijack: call.hijack,
-        streaming: false,
-        hooks: call.hooks.clone(),
-        error: None,
-        request_headers: call.head.headers.clone(),
-        request_body: None,
-        response_headers: HeaderMap::new(),
-        response_body: None,
-    }
+    let mut rec = CallRecord::unfinished(
+        call.id,
+        call.head.method.as_str(),
+        call.path.as_str(),
+        &call.head.uri.to_string(),
+    );
+    rec.version = call.path.version().map(str::to_string);
+    rec.hijack = call.hijack;
+    rec.hooks = call.hooks.clone();
+    rec.request_headers = call.head.headers.clone();
+    rec
 }
 
 impl Hooks for Intercept {
@@ -156,7 +150,7 @@ impl Hooks for Intercept {
             let summary = serde_json::json!({
                 "id": call.id,
                 "method": call.head.method.as_str(),
-                "path": call.path.path,
+                "path": call.path.as_str(),
                 "raw": call.head.uri.to_string(),
                 "hijack": call.hijack != Hijack::No,
                 "headers": headers,
@@ -169,6 +163,11 @@ impl Hooks for Intercept {
                     decide: tx,
                 },
             );
+            // A call whose client goes away while held leaves the list with it.
+            let _listed = Unlist {
+                held: &self.held,
+                id: call.id,
+            };
             match rx.await {
                 Ok(Decision::Resume(edit)) => apply(call, edit).map(|()| None),
                 Ok(Decision::Drop) | Err(_) => Err(Error::client(
@@ -184,17 +183,27 @@ impl Hooks for Intercept {
     }
 }
 
+/// Removes a held call from the list when its wait ends, however it ends.
+struct Unlist<'a> {
+    held: &'a Mutex<BTreeMap<u64, Held>>,
+    id: u64,
+}
+
+impl Drop for Unlist<'_> {
+    fn drop(&mut self) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// Largest body a held call shows for editing.
 const HELD_BODY_CAP: usize = 1 << 20;
 
-/// Read a held call's JSON body so it can be shown; `None` for other bodies (left streaming).
+/// Read a held call's JSON body so it can be shown; `None` for stream bodies (left streaming).
 async fn hold_body(call: &mut Call) -> Result<Option<String>, Error> {
-    let json = call
-        .head
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|ct| ct.to_ascii_lowercase().contains("json"));
+    let json = call.request_body_kind() == RequestBody::Json;
     if !json || call.hijack != Hijack::No {
         return Ok(None);
     }

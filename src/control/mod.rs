@@ -165,23 +165,21 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
         (Method::GET, ["tail"]) => tail(journal.subscribe(), journal.subscribe_starts(), filter),
         (Method::GET, ["routes"]) => match &control.engine {
             None => json(StatusCode::OK, &Vec::<()>::new()),
-            Some(engine) => match engine.routes() {
-                Ok(routes) => {
-                    let list: Vec<_> = routes
-                        .into_iter()
-                        .map(|(phase, pattern, location)| {
-                            let st = control.stats.route(phase, &pattern, &location);
-                            serde_json::json!({
-                                "phase": phase, "pattern": pattern, "location": location,
-                                "hits": st.hits, "errors": st.errors,
-                                "p50_us": st.quantile(0.5), "p99_us": st.quantile(0.99),
-                            })
+            Some(engine) => {
+                let list: Vec<_> = engine
+                    .routes()
+                    .into_iter()
+                    .map(|(phase, pattern, location)| {
+                        let st = control.stats.route(phase, &pattern, &location);
+                        serde_json::json!({
+                            "phase": phase, "pattern": pattern, "location": location,
+                            "hits": st.hits, "errors": st.errors,
+                            "p50_us": st.quantile(0.5), "p99_us": st.quantile(0.99),
                         })
-                        .collect();
-                    json(StatusCode::OK, &list)
-                }
-                Err(e) => message(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-            },
+                    })
+                    .collect();
+                json(StatusCode::OK, &list)
+            }
         },
         (Method::GET, ["metrics"]) => {
             use std::fmt::Write as _;
@@ -214,7 +212,7 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
         }
         (Method::POST, ["reload"]) => match &control.engine {
             None => message(StatusCode::CONFLICT, "no scripts or adapters are loaded"),
-            Some(engine) => match engine.reload() {
+            Some(engine) => match engine.reload().await {
                 Ok(n) => json(
                     StatusCode::OK,
                     &serde_json::json!({ "reloaded": true, "routes": n }),
@@ -329,25 +327,10 @@ async fn read_edit(req: Request<Incoming>) -> Result<intercept::Edit, Response<C
 
 /// What the filter sees of a call that has started but not finished.
 fn probe(start: &crate::journal::CallStart) -> crate::journal::CallRecord {
-    crate::journal::CallRecord {
-        id: start.id,
-        started_ms: start.started_ms,
-        method: start.method.clone(),
-        path: start.path.clone(),
-        raw: start.raw.clone(),
-        version: None,
-        status: None,
-        duration_us: 0,
-        upstream_us: None,
-        hijack: crate::hijack::Hijack::No,
-        streaming: false,
-        hooks: Vec::new(),
-        error: None,
-        request_headers: http::HeaderMap::new(),
-        request_body: None,
-        response_headers: http::HeaderMap::new(),
-        response_body: None,
-    }
+    let mut rec =
+        crate::journal::CallRecord::unfinished(start.id, &start.method, &start.path, &start.raw);
+    rec.started_ms = start.started_ms;
+    rec
 }
 
 /// Send a journaled call again, through the gateway's own socket.
@@ -408,7 +391,7 @@ async fn replay(
     }
     let len = body.len();
     let mut req = builder
-        .body(crate::call::full(Bytes::from(body)))
+        .body(crate::body::full(Bytes::from(body)))
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad replay: {e}")))?;
     req.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -417,7 +400,8 @@ async fn replay(
         .or_insert(HeaderValue::from_static("docker"));
     let url = crate::outbound::Url::parse(&format!("unix://{}:{path}", control.listen.display()))
         .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
-    let res = crate::outbound::send(&url, req)
+    let res = crate::outbound::Outbound::new()
+        .send(&url, req, std::time::Duration::from_secs(60))
         .await
         .map_err(|e| (StatusCode::BAD_GATEWAY, format!("replay failed: {e}")))?;
     let status = res.status().as_u16();

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, Function, HookTriggers, IntoLuaMulti, Lua, ThreadStatus, VmState};
 
-/// What a budget overrun raises inside Lua; recognised by the engine's error mapping.
-pub const EXCEEDED: &str = "luastrip: hook time budget exceeded";
+use super::errors::raise;
+use crate::error::Error;
 
 /// The deadline of one running coroutine.
 struct Budget {
@@ -40,7 +40,10 @@ fn start(lua: &Lua, func: &Function, limit: Duration) -> mlua::Result<(mlua::Thr
                 let src = debug.source();
                 let file = src.short_src.as_deref().unwrap_or("?");
                 let line = debug.current_line().unwrap_or(0);
-                Err(mlua::Error::runtime(format!("{EXCEEDED} at {file}:{line}")))
+                Err(raise(Error::Script {
+                    location: format!("{file}:{line}"),
+                    reason: format!("hook exceeded its time budget of {} ms", limit.as_millis()),
+                }))
             } else {
                 Ok(VmState::Continue)
             }
@@ -56,10 +59,24 @@ fn start(lua: &Lua, func: &Function, limit: Duration) -> mlua::Result<(mlua::Thr
     Ok((thread, key))
 }
 
-fn finish(lua: &Lua, key: usize) {
-    if let Some(mut all) = lua.app_data_mut::<Budgets>() {
-        all.0.remove(&key);
+/// Unregisters a coroutine's budget when its run ends, however it ends (a call whose client went
+/// away drops the run mid-way).
+struct Registered<'a> {
+    lua: &'a Lua,
+    key: usize,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(mut all) = self.lua.app_data_mut::<Budgets>() {
+            all.0.remove(&self.key);
+        }
     }
+}
+
+/// How many coroutines have a budget registered now (0 when no hook runs).
+pub fn registered(lua: &Lua) -> usize {
+    lua.app_data_ref::<Budgets>().map_or(0, |all| all.0.len())
 }
 
 /// Run `func(args)` as a coroutine under `limit`; it may await async API functions.
@@ -70,20 +87,17 @@ pub async fn call_async<R: FromLuaMulti>(
     args: impl IntoLuaMulti,
 ) -> mlua::Result<R> {
     let (thread, key) = start(lua, func, limit)?;
-    let result = match thread.into_async::<R>(args) {
-        Ok(fut) => fut.await,
-        Err(e) => Err(e),
-    };
-    finish(lua, key);
-    result
+    let _registered = Registered { lua, key };
+    thread.into_async::<R>(args)?.await
 }
 
 /// Run `func()` to completion without awaiting (script loading): async API calls are refused.
 pub fn call_sync(lua: &Lua, func: &Function, limit: Duration) -> mlua::Result<()> {
     let (thread, key) = start(lua, func, limit)?;
+    let registered = Registered { lua, key };
     let result = thread.resume::<()>(());
     let suspended = thread.status() == ThreadStatus::Resumable;
-    finish(lua, key);
+    drop(registered);
     result?;
     if suspended {
         return Err(mlua::Error::runtime(

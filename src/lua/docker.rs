@@ -11,11 +11,14 @@
 
 use mlua::{Lua, Result, Table, Value};
 
-use super::exchange;
+use super::{exchange, Services};
 use crate::upstream::Upstream;
 
-/// Install `docker` as a global. Without an upstream (`luastrip check`) calls fail clearly.
-pub fn register(lua: &Lua, upstream: Option<Upstream>, body_limit: usize) -> Result<()> {
+/// Install `docker` as a global, with this VM's own pool of daemon connections. Without an
+/// upstream (`luastrip check`) calls fail clearly.
+pub fn register(lua: &Lua, services: &Services) -> Result<()> {
+    let upstream = services.upstream.clone().map(Upstream::new);
+    let body_limit = services.limits.body;
     let t = lua.create_table()?;
     let up = upstream.clone();
     t.set(
@@ -76,7 +79,7 @@ async fn request(
             target.push_str(&s.to_str()?);
         }
         Value::Table(q) => {
-            let q = super::encode_query(&q)?;
+            let q = super::message::encode_query(&q)?;
             if !q.is_empty() {
                 target.push('?');
                 target.push_str(&q);
@@ -91,7 +94,7 @@ async fn request(
     }
     let req = exchange::build(lua, &opts, &target, "docker").map_err(err)?;
     let what = format!("docker.request {target}");
-    exchange::finish(lua, &opts, 30.0, limit, &what, async move {
+    exchange::finish(lua, &opts, 30.0, limit, &what, |_| async move {
         upstream.send(req).await.map_err(|e| e.to_string())
     })
     .await

@@ -11,8 +11,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use mlua::{Lua, Table, Value};
 
-use super::{add_json_methods, budget, headers_table, json};
-use crate::call::{full, Body};
+use super::message::{headers_table, set_object_meta};
+use super::{budget, json};
+use crate::body::{full, Body};
 
 /// Build the request for `target` (`/path?query`) from `opts`. A table `body` is sent as JSON.
 pub fn build(lua: &Lua, opts: &Table, target: &str, host: &str) -> Result<Request<Body>, String> {
@@ -68,17 +69,18 @@ pub fn build(lua: &Lua, opts: &Table, target: &str, host: &str) -> Result<Reques
     Ok(req)
 }
 
-/// Await `send`, read the whole body (up to `limit`), all within `opts.timeout` seconds
-/// (`default_s` if unset), and return the result table. Errors are prefixed with `what`.
-pub async fn finish<F>(
+/// Await `send(timeout)`, read the whole body (up to `limit`), all within `opts.timeout`
+/// seconds (`default_s` if unset), and return the result table. Errors are prefixed with `what`.
+pub async fn finish<S, F>(
     lua: &Lua,
     opts: &Table,
     default_s: f64,
     limit: usize,
     what: &str,
-    send: F,
+    send: S,
 ) -> mlua::Result<Table>
 where
+    S: FnOnce(Duration) -> F,
     F: Future<Output = Result<Response<Incoming>, String>>,
 {
     let err = |m: String| mlua::Error::runtime(format!("{what}: {m}"));
@@ -88,7 +90,7 @@ where
             .max(0.001),
     );
     let exchange = async {
-        let (parts, body) = send.await?.into_parts();
+        let (parts, body) = send(timeout).await?.into_parts();
         let bytes = Limited::new(body, limit)
             .collect()
             .await
@@ -104,6 +106,6 @@ where
     out.set("status", parts.status.as_u16())?;
     out.set("headers", headers_table(lua, &parts.headers)?)?;
     out.set("body", lua.create_string(&bytes)?)?;
-    add_json_methods(lua, &out)?;
+    set_object_meta(lua, &out)?;
     Ok(out)
 }

@@ -39,7 +39,7 @@ pub fn encode(lua: &Lua, value: Value) -> Result<Vec<u8>> {
 }
 
 /// Install `json` as a global.
-pub fn register(lua: &Lua) -> Result<()> {
+pub fn register(lua: &Lua, _: &super::Services) -> Result<()> {
     let json = lua.create_table()?;
     json.set(
         "decode",
@@ -88,7 +88,7 @@ mod tests {
     #[test]
     fn the_docker_cli_create_body_survives() {
         let lua = Lua::new();
-        register(&lua).unwrap();
+        register(&lua, &crate::lua::Services::default()).unwrap();
         let body = include_str!("../../tests/fixtures/create-body.json");
         let want: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(round_trip(&lua, body), want);
@@ -101,7 +101,7 @@ mod tests {
     #[test]
     fn edge_values() {
         let lua = Lua::new();
-        register(&lua).unwrap();
+        register(&lua, &crate::lua::Services::default()).unwrap();
         let text = r#"{"big":9007199254740993,"neg":-9223372036854775808,"f":1.5,"e":[],"o":{},"n":null,"nested":[[],{}],"s":"\u00e9\n"}"#;
         assert_eq!(
             round_trip(&lua, text),
@@ -112,7 +112,7 @@ mod tests {
     #[test]
     fn lua_side_helpers() {
         let lua = Lua::new();
-        register(&lua).unwrap();
+        register(&lua, &crate::lua::Services::default()).unwrap();
         let out: String = lua
             .load(
                 r#"

@@ -4,7 +4,7 @@
 use mlua::{Lua, Result, Table, Value};
 
 /// Install `log` as a global: `log.debug|info|warn|error(msg, fields?)`.
-pub fn register(lua: &Lua) -> Result<()> {
+pub fn register(lua: &Lua, _: &super::Services) -> Result<()> {
     let log = lua.create_table()?;
     for level in ["debug", "info", "warn", "error"] {
         log.set(
@@ -15,7 +15,7 @@ pub fn register(lua: &Lua) -> Result<()> {
                         .into_owned(),
                     None => String::new(),
                 };
-                let script = super::current_location(lua).unwrap_or_default();
+                let script = super::errors::current_location(lua).unwrap_or_default();
                 match level {
                     "debug" => tracing::debug!(target: "luastrip::script", script, fields, "{msg}"),
                     "info" => tracing::info!(target: "luastrip::script", script, fields, "{msg}"),

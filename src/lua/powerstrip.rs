@@ -16,15 +16,17 @@ use std::time::Duration;
 
 use mlua::{Lua, Result, Table, Value};
 
-use super::budget;
+use super::errors::raise;
+use super::{budget, message, Services};
+use crate::error::Error;
+use crate::outbound::Outbound;
 use crate::powerstrip::{Adapter, ClientRequest, ServerResponse};
-use crate::route::NormalPath;
+use crate::route::{query, NormalPath};
 
-/// How an adapter failure starts, so the engine reports it as the adapter's error.
-pub const FAILED_MARK: &str = "powerstrip adapter ";
-
-/// Install `powerstrip` as a global.
-pub fn register(lua: &Lua, body_limit: usize) -> Result<()> {
+/// Install `powerstrip` as a global; this VM's adapters share one connection pool.
+pub fn register(lua: &Lua, services: &Services) -> Result<()> {
+    let body_limit = services.limits.body;
+    let client = Outbound::new();
     let t = lua.create_table()?;
     t.set(
         "adapter",
@@ -35,6 +37,7 @@ pub fn register(lua: &Lua, body_limit: usize) -> Result<()> {
             };
             let adapter = Adapter::new(
                 &url,
+                client.clone(),
                 Duration::from_secs_f64(timeout.max(0.001)),
                 body_limit,
             )
@@ -43,18 +46,20 @@ pub fn register(lua: &Lua, body_limit: usize) -> Result<()> {
             lua.create_async_function(move |lua, (req, res): (Table, Option<Table>)| {
                 let adapter = adapter.clone();
                 async move {
-                    let failed = |e: String| {
-                        mlua::Error::runtime(format!(
-                            "powerstrip adapter {} failed: {e}",
-                            adapter.url
-                        ))
+                    // The adapter's own failure, typed: the call fails closed as an adapter error.
+                    let failed = |reason: String| {
+                        raise(Error::Adapter {
+                            adapter: adapter.url.clone(),
+                            reason,
+                        })
                     };
-                    let client = client_request(&req)?;
                     match res {
                         None => {
-                            if !body_is_json(&req)? {
+                            // Stream bodies (build contexts, tar uploads) skip pre-hooks.
+                            if message::read_body(&lua, &req).await?.is_none() {
                                 return Ok(());
                             }
+                            let client = client_request(&req)?;
                             let modified = budget::pause(&lua, adapter.pre(&client))
                                 .await
                                 .map_err(failed)?;
@@ -64,6 +69,7 @@ pub fn register(lua: &Lua, body_limit: usize) -> Result<()> {
                             if res.get::<bool>("streaming")? {
                                 return Ok(());
                             }
+                            let client = client_request(&req)?;
                             let server = server_response(&res)?;
                             let modified = budget::pause(&lua, adapter.post(&client, &server))
                                 .await
@@ -81,18 +87,6 @@ pub fn register(lua: &Lua, body_limit: usize) -> Result<()> {
     lua.globals().set("powerstrip", t)
 }
 
-/// Pre-hooks see JSON bodies only (and calls without a body).
-fn body_is_json(req: &Table) -> Result<bool> {
-    if req.get::<Option<mlua::String>>("body")?.is_some() {
-        return Ok(true);
-    }
-    let headers: Table = req.get("headers")?;
-    Ok(match headers.get::<Option<String>>("content-type")? {
-        None => true,
-        Some(ct) => ct.to_ascii_lowercase().contains("json"),
-    })
-}
-
 /// `req` as Powerstrip's ClientRequest: the path with the client's version prefix and query.
 fn client_request(req: &Table) -> Result<ClientRequest> {
     let method: String = req.get("method")?;
@@ -102,7 +96,7 @@ fn client_request(req: &Table) -> Result<ClientRequest> {
         Some(v) => format!("/v{v}{path}"),
         None => path,
     };
-    let query = super::encode_query(&req.get::<Table>("query")?)?;
+    let query = message::encode_query(&req.get::<Table>("query")?)?;
     if !query.is_empty() {
         request.push('?');
         request.push_str(&query);
@@ -136,12 +130,15 @@ fn server_response(res: &Table) -> Result<ServerResponse> {
 fn apply_request(lua: &Lua, req: &Table, m: &ClientRequest) -> Result<()> {
     req.set("method", m.method.to_ascii_uppercase())?;
     let (path, query) = m.request.split_once('?').unwrap_or((&m.request, ""));
+    query::validate(query).map_err(mlua::Error::runtime)?;
     let np = NormalPath::parse(path).map_err(mlua::Error::runtime)?;
-    req.set("path", np.path)?;
-    req.set("version", np.version)?;
+    req.set("path", np.as_str())?;
+    req.set("version", np.version())?;
     let q = lua.create_table()?;
-    for (k, v) in super::query_pairs(query) {
-        q.set(k, v)?;
+    for (k, v) in query::pairs(query) {
+        if q.raw_get::<Value>(k.as_str())?.is_nil() {
+            q.set(k, v)?;
+        }
     }
     req.set("query", q)?;
     match &m.body {

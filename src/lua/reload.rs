@@ -1,5 +1,5 @@
-//! Hot reload: scripts reload when their files change, and on `SIGHUP` (wired in `main`) or the
-//! REPL's `reload` (both call [`Engine::reload`]).
+//! Hot reload: scripts reload when their files change ([`watch`]), on `SIGHUP` ([`on_sighup`])
+//! and on the REPL's `reload`; all of them call [`Engine::reload`], which serialises them.
 //!
 //! Editors save in bursts (write, rename, chmod), so changes are debounced: the reload happens
 //! once the scripts have been quiet for [`QUIET`]. A reload that fails keeps the old routes
@@ -54,11 +54,33 @@ pub fn watch(engine: Arc<Engine>, root: &Path) -> notify::Result<notify::Recomme
         while rx.recv().await.is_some() {
             // Debounce: wait until nothing changed for QUIET.
             while let Ok(Some(())) = tokio::time::timeout(QUIET, rx.recv()).await {}
-            match engine.reload() {
+            match engine.reload().await {
                 Ok(n) => info!(routes = n, "scripts changed on disk; reloaded"),
                 Err(e) => error!(error = %e, "reload failed; the previous scripts keep serving"),
             }
         }
     });
     Ok(watcher)
+}
+
+/// Reload on every `SIGHUP` until `stop` turns true; a failing reload keeps the old routes.
+pub async fn on_sighup(
+    engine: Arc<Engine>,
+    mut hup: tokio::signal::unix::Signal,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = stop.changed() => {}
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                match engine.reload().await {
+                    Ok(n) => info!(routes = n, "scripts reloaded on SIGHUP"),
+                    Err(e) => error!(error = %e, "reload failed; the previous scripts keep serving"),
+                }
+            }
+        }
+    }
 }

@@ -64,14 +64,14 @@ pub struct Hook {
 pub struct Registry(pub Vec<Hook>);
 
 /// Install `route` as a global.
-pub fn register(lua: &Lua) -> Result<()> {
+pub fn register(lua: &Lua, _: &super::Services) -> Result<()> {
     let route = lua.create_table()?;
     for phase in [Phase::Pre, Phase::Post, Phase::Endpoint] {
         route.set(
             phase.as_str(),
             lua.create_function(move |lua, (pattern, func): (String, Function)| {
                 let pattern = Pattern::parse(&pattern).map_err(mlua::Error::runtime)?;
-                let location = super::current_location(lua).unwrap_or_default();
+                let location = super::errors::current_location(lua).unwrap_or_default();
                 let mut reg = lua.app_data_mut::<Registry>().ok_or_else(|| {
                     mlua::Error::runtime("routes can only be added while scripts load")
                 })?;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use mlua::{Lua, LuaSerdeExt, Result, Value};
 use serde_json::Value as Json;
@@ -101,7 +101,8 @@ fn to_lua(lua: &Lua, v: &Json) -> Result<Value> {
 }
 
 /// Install `store` as a global backed by `store`.
-pub fn register(lua: &Lua, store: Arc<Store>) -> Result<()> {
+pub fn register(lua: &Lua, services: &super::Services) -> Result<()> {
+    let store = services.store.clone();
     let t = lua.create_table()?;
     let s = store.clone();
     t.set(
@@ -181,6 +182,7 @@ pub fn register(lua: &Lua, store: Arc<Store>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn shared_between_vms_and_persisted() {
@@ -190,8 +192,12 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let store = Arc::new(Store::open(&path).unwrap());
         let (a, b) = (Lua::new(), Lua::new());
-        register(&a, store.clone()).unwrap();
-        register(&b, store.clone()).unwrap();
+        let services = crate::lua::Services {
+            store: store.clone(),
+            ..Default::default()
+        };
+        register(&a, &services).unwrap();
+        register(&b, &services).unwrap();
         a.load("store.incr('calls'); store.set('cfg', {list = {1, 2}, empty = {}, n = 1})")
             .exec()
             .unwrap();

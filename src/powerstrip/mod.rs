@@ -20,8 +20,8 @@ use http::{header, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Limited};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::call::full;
-use crate::outbound::{self, Url};
+use crate::body::full;
+use crate::outbound::{Outbound, Url};
 
 /// The client's request as adapters see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,11 +69,12 @@ struct PostReply {
 }
 
 /// One adapter endpoint.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Adapter {
     /// As configured, for messages.
     pub url: String,
     parsed: Url,
+    client: Outbound,
     /// Bounds connect, send and the whole answer.
     pub timeout: Duration,
     /// Largest answer accepted.
@@ -82,10 +83,16 @@ pub struct Adapter {
 
 impl Adapter {
     /// An adapter at `url` (`http://` or `unix://`).
-    pub fn new(url: &str, timeout: Duration, body_limit: usize) -> Result<Adapter, String> {
+    pub fn new(
+        url: &str,
+        client: Outbound,
+        timeout: Duration,
+        body_limit: usize,
+    ) -> Result<Adapter, String> {
         Ok(Adapter {
             url: url.to_string(),
             parsed: Url::parse(url)?,
+            client,
             timeout,
             body_limit,
         })
@@ -145,7 +152,7 @@ impl Adapter {
         );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let exchange = async {
-            let res = outbound::send(&self.parsed, req).await?;
+            let res = self.client.send(&self.parsed, req, self.timeout).await?;
             let status = res.status();
             let bytes = Limited::new(res.into_body(), self.body_limit)
                 .collect()

@@ -27,27 +27,63 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'}');
 
 /// A request path split into the Docker API version and the normalised route path.
+///
+/// The fields are private so that the invariant holds for every value: the path starts with `/`
+/// and never ends with one (except the root itself), is decoded, has no empty, `.` or `..`
+/// segments and no NUL byte. The only ways to get one are [`NormalPath::parse`] and
+/// [`NormalPath::root`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NormalPath {
     /// `"1.41"` for `/v1.41/...`, `None` for unversioned calls.
-    pub version: Option<String>,
-    /// Decoded, cleaned, no version prefix; always starts with `/`, never ends with one
-    /// (except the root itself).
-    pub path: String,
+    version: Option<String>,
+    path: String,
 }
 
 /// Why a path cannot be normalised.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    #[error("the request path {0:?} does not start with '/'")]
+    #[error(
+        "the request target {0:?} is not a path: send an origin-form target such as /v1.41/info"
+    )]
     NotAbsolute(String),
     #[error("the request path {0:?} is not valid UTF-8 once percent-decoded")]
     NotUtf8(String),
     #[error("the request path {0:?} contains a NUL byte")]
     Nul(String),
+    #[error("{0:?} is not an API version such as 1.41")]
+    BadVersion(String),
 }
 
 impl NormalPath {
+    /// `/`, unversioned.
+    pub fn root() -> Self {
+        NormalPath {
+            version: None,
+            path: "/".to_string(),
+        }
+    }
+
+    /// The API version of a `/v1.41/...` path.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+
+    /// The normalised route path (no version prefix): what routes match on.
+    pub fn as_str(&self) -> &str {
+        &self.path
+    }
+
+    /// The same path with this API version (`None`: unversioned).
+    pub fn with_version(mut self, version: Option<String>) -> Result<Self, PathError> {
+        if let Some(v) = &version {
+            if !is_version_number(v) {
+                return Err(PathError::BadVersion(v.clone()));
+            }
+        }
+        self.version = version;
+        Ok(self)
+    }
+
     /// Normalise a raw request path (without the query string).
     pub fn parse(raw: &str) -> Result<Self, PathError> {
         if !raw.starts_with('/') {
@@ -108,20 +144,21 @@ impl NormalPath {
         }
         out
     }
+}
 
-    /// The normalised path split into segments (no leading empty segment).
-    pub fn segments(&self) -> impl Iterator<Item = &str> {
-        self.path[1..].split('/').filter(|s| !s.is_empty())
+impl std::fmt::Display for NormalPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.path)
     }
 }
 
 /// Docker's router accepts `/v{version:[0-9.]+}` as the prefix.
 pub(crate) fn is_version(seg: &str) -> bool {
-    let rest = match seg.strip_prefix('v') {
-        Some(r) => r,
-        None => return false,
-    };
-    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    seg.strip_prefix('v').is_some_and(is_version_number)
+}
+
+fn is_version_number(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 #[cfg(test)]
