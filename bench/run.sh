@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # luastrip benchmark: every contender measured side by side in ONE run, on this machine.
 #
-#   bash bench/run.sh            # needs root (starts a private dockerd), oha, nginx, haproxy
+#   bash bench/run.sh            # as root: installs oha, nginx, haproxy if missing; starts a private dockerd
 #
 # Contenders, all over Unix sockets, against the same static upstream (nginx `return 200`):
 #   direct    – oha straight to the static upstream
@@ -16,21 +16,34 @@
 # idle client connections. Rounds are interleaved (A B C D, A B C D, …) so that drift on a noisy
 # machine hits every contender alike; the median round is reported, with ratios to luastrip.
 #
-# Environment: DURATION (s per round, default 5), ROUNDS (default 3), CONC (connections, default 50).
+# Like with like: luastrip, nginx and HAProxy all get THREADS threads (luastrip --threads, nginx
+# worker_processes, HAProxy nbthread).
+#
+# Environment: DURATION (s per round, default 5), ROUNDS (default 3), CONC (connections, default
+# 50), THREADS (threads of every proxy, default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 CONC=${CONC:-50}
+THREADS=${THREADS:-1}
 
 die() { echo "bench: $*" >&2; exit 1; }
-[ "$(id -u)" -eq 0 ] || die "run as root (it starts a private dockerd)"
-command -v oha >/dev/null || die "oha is missing: cargo install oha --locked"
-command -v nginx >/dev/null || die "nginx is missing: apt-get install -y nginx-light"
-command -v haproxy >/dev/null || die "haproxy is missing: apt-get install -y haproxy"
-command -v dockerd >/dev/null || die "dockerd is missing: apt-get install -y docker.io"
-[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || die "nginx Lua is missing: apt-get install -y libnginx-mod-http-lua lua-cjson"
-[ -f /usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so ] || die "cjson is missing: apt-get install -y lua-cjson"
+[ "$(id -u)" -eq 0 ] || die "run as root (it installs packages and starts a private dockerd)"
+# What a fresh Debian machine lacks: Debian's packages with apt, oha with cargo.
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v dockerd >/dev/null || need+=(docker.io)
+[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua)
+[ -f /usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so ] || need+=(lua-cjson)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "bench: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v oha >/dev/null || cargo install oha --locked --quiet || die "cannot install oha"
+export PATH="$HOME/.cargo/bin:$PATH"
 BODY=$PWD/tests/fixtures/create-body.json
 
 cargo build --release --quiet
@@ -70,7 +83,7 @@ nginx -c "$D/nginx-static.conf" -g 'daemon on;'
 wait_sock "$D/static.sock"
 
 # --- contenders ---------------------------------------------------------------------------
-LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip.sock" --upstream "unix://$D/static.sock" \
+LUASTRIP_LOG=warn "$BIN" serve --threads "$THREADS" --listen "unix://$D/luastrip.sock" --upstream "unix://$D/static.sock" \
     2> "$D/luastrip.err" & PIDS+=($!)
 LUASTRIP_PID=$!
 wait_sock "$D/luastrip.sock"
@@ -86,9 +99,9 @@ route.pre("POST /containers/create", function(req)
   req:set_json(spec)
 end)
 LUA
-LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip-hook.sock" --upstream "unix://$D/static.sock" \
+LUASTRIP_LOG=warn "$BIN" serve --threads "$THREADS" --listen "unix://$D/luastrip-hook.sock" --upstream "unix://$D/static.sock" \
     --scripts "$D/trivial.lua" 2> "$D/luastrip-hook.err" & PIDS+=($!)
-LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip-json.sock" --upstream "unix://$D/static.sock" \
+LUASTRIP_LOG=warn "$BIN" serve --threads "$THREADS" --listen "unix://$D/luastrip-json.sock" --upstream "unix://$D/static.sock" \
     --scripts "$D/json-edit.lua" 2> "$D/luastrip-json.err" & PIDS+=($!)
 wait_sock "$D/luastrip-hook.sock"
 wait_sock "$D/luastrip-json.sock"
@@ -96,7 +109,7 @@ wait_sock "$D/luastrip-json.sock"
 cat > "$D/nginx-lua.conf" <<NGX
 load_module /usr/lib/nginx/modules/ndk_http_module.so;
 load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_processes 1;
+worker_processes $THREADS;
 user root;
 pid $D/nginx-lua.pid;
 error_log $D/nginx-lua.err warn;
@@ -133,7 +146,7 @@ nginx -c "$D/nginx-lua.conf" -g 'daemon on;'
 wait_sock "$D/nginx-lua.sock"
 
 cat > "$D/nginx-proxy.conf" <<NGX
-worker_processes 1;
+worker_processes $THREADS;
 user root;
 pid $D/nginx-proxy.pid;
 error_log $D/nginx-proxy.err warn;
@@ -158,7 +171,7 @@ wait_sock "$D/nginx-proxy.sock"
 
 cat > "$D/haproxy.cfg" <<HAP
 global
-    nbthread 1
+    nbthread $THREADS
     maxconn 4096
 defaults
     mode http
@@ -183,7 +196,7 @@ dockerd --host "unix://$D/dockerd/docker.sock" --data-root "$D/dockerd/data" --e
 for _ in $(seq 300); do
     curl -sf --unix-socket "$D/dockerd/docker.sock" http://d/_ping >/dev/null 2>&1 && break; sleep 0.1
 done
-LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip-docker.sock" --upstream "unix://$D/dockerd/docker.sock" \
+LUASTRIP_LOG=warn "$BIN" serve --threads "$THREADS" --listen "unix://$D/luastrip-docker.sock" --upstream "unix://$D/dockerd/docker.sock" \
     2> "$D/luastrip-docker.err" & PIDS+=($!)
 wait_sock "$D/luastrip-docker.sock"
 
@@ -223,7 +236,7 @@ done
 
 # RSS of a fresh pass-through gateway with 1000 idle keep-alive connections, each of which made
 # one request (one after another), then after a burst of 1000 concurrent requests on them.
-LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/luastrip-rss.sock" --upstream "unix://$D/static.sock" \
+LUASTRIP_LOG=warn "$BIN" serve --threads "$THREADS" --listen "unix://$D/luastrip-rss.sock" --upstream "unix://$D/static.sock" \
     2> "$D/luastrip-rss.err" & PIDS+=($!)
 RSS_PID=$!
 wait_sock "$D/luastrip-rss.sock"
@@ -252,7 +265,7 @@ print(idle, rss_mb())
 PY
 )
 
-python3 - "$D/results" "$RSS" "$DURATION" "$ROUNDS" "$CONC" <<'PY'
+python3 - "$D/results" "$RSS" "$DURATION" "$ROUNDS" "$CONC" "$THREADS" <<'PY'
 import sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -262,7 +275,8 @@ for line in open(sys.argv[1]):
 def med(name):
     runs = sorted(rows[name])
     return runs[len(runs) // 2]
-print(f"{rounds} interleaved rounds of {dur}s, {conc} connections, oha over Unix sockets; median round shown\n")
+print(f"{rounds} interleaved rounds of {dur}s, {conc} connections, oha over Unix sockets; median round shown")
+print(f"threads: {sys.argv[6]} for every proxy (luastrip --threads, nginx worker_processes, HAProxy nbthread)\n")
 print("| contender | req/s | p50 ms | p99 ms | non-2xx |")
 print("|---|---:|---:|---:|---:|")
 for name in ["direct", "luastrip", "nginx", "haproxy", "luastrip-hook", "docker-direct", "docker-luastrip",

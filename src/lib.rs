@@ -4,24 +4,36 @@
 //!
 //! # Layout
 //!
-//! * [`serve`] — the listen socket (ready-only appearance, stale-socket handling, permissions),
-//!   one task per client connection, clean shutdown. Entry point: [`serve::run`].
+//! The core — what every call goes through:
+//!
+//! * [`serve`] — the one assembly point: [`serve::run`] turns a [`serve::Config`] into a running
+//!   gateway (scripts, hook layers, background services, sockets) and serves until shutdown;
+//!   also the listen socket (ready-only appearance, stale sockets, permissions), the workers and
+//!   the connection driver.
 //! * [`call`] — the life of one call as named phases: accept → match+pre → upstream → post →
 //!   reply → journal. The one place that forwards; extensions plug in via [`call::Hooks`].
-//! * [`control`] — the control socket (HTTP/JSON): recent calls, live tail, routes, reload.
+//! * [`route`] — path normalisation, queries read as dockerd reads them, the route-kind table
+//!   (which bodies and answers are streams), and `"METHOD /path"` patterns.
 //! * [`upstream`] — pooled HTTP/1 connections to the daemon's Unix socket.
 //! * [`hijack`] — `101 UPGRADED` and old-style `200` raw-stream tunnels with half-close.
-//! * [`outbound`] — HTTP requests luastrip makes to other services (`http.request`, adapters).
-//! * [`powerstrip`] — the Powerstrip protocol v1 client for external adapters.
-//! * [`repl`] — `luastrip repl`, the rustyline front end of the control socket.
-//! * [`route`] — path normalisation, `"METHOD /path"` patterns and the route table.
-//! * [`journal`] — call records in a ring buffer, broadcast to watchers.
-//! * [`lua`] — the route-script engine: per-thread VMs, limits, reload; one file per Lua
-//!   namespace (`route`, `json`, `log`). It implements [`call::Hooks`].
+//! * [`body`] — the body type every layer passes around.
+//! * [`journal`] — call records (cancelled ones too) in a byte-capped ring, broadcast to watchers.
 //! * [`error`] — the one error type, recording its source, and its Docker JSON form.
 //!
-//! The core (`call`, `upstream`, `hijack`, `route`) imports none of the extensions; they hang off
-//! its phases. The phase chart is in `docs/phases.md`.
+//! The extensions — they hang off the core's phases:
+//!
+//! * [`lua`] — the route-script engine: per-worker VMs, generations and reload, limits, the
+//!   `req`/`res` tables, one module per Lua namespace (`route`, `json`, `log`, `store`, `docker`,
+//!   `http`, `powerstrip`) wired in one list. It implements [`call::Hooks`].
+//! * [`powerstrip`] — the Powerstrip protocol v1 client and `adapters.yml`.
+//! * [`outbound`] — pooled HTTP to services other than the daemon (`http.request`, adapters,
+//!   replays, the REPL).
+//! * [`control`] — the control socket (HTTP/JSON): calls, tail, filters, routes, reload, eval,
+//!   intercept (a hook layer), replay, metrics.
+//! * [`repl`] — `luastrip repl`, the rustyline front end of the control socket.
+//!
+//! The core imports none of the extensions, except that [`serve::run`] assembles them; arrows
+//! point inward. The phase chart is in `docs/phases.md`, the design in `docs/architecture.md`.
 
 pub mod body;
 pub mod call;

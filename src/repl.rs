@@ -76,6 +76,16 @@ impl Helper {
     }
 }
 
+/// Where the word being completed starts: after the last character that cannot be part of a Lua
+/// name path (`store.get`), a byte index on a character boundary whatever the input holds.
+fn word_start(before: &str) -> usize {
+    before
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !(c.is_alphanumeric() || *c == '_' || *c == '.'))
+        .map_or(0, |(i, c)| i + c.len_utf8())
+}
+
 impl rustyline::completion::Completer for Helper {
     type Candidate = String;
 
@@ -85,10 +95,8 @@ impl rustyline::completion::Completer for Helper {
         pos: usize,
         _ctx: &rustyline::Context<'_>,
     ) -> rustyline::Result<(usize, Vec<String>)> {
-        let before = &line[..pos];
-        let start = before
-            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
-            .map_or(0, |i| i + 1);
+        let before = line.get(..pos).unwrap_or(line);
+        let start = word_start(before);
         let word = &before[start..];
         if before.starts_with("show ")
             || before.starts_with("resume ")
@@ -548,5 +556,22 @@ async fn tail(control: &Path, path: &str, out: &mut dyn Write) -> Result<(), Str
                 None => return Err("the gateway closed the stream".into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::word_start;
+
+    #[test]
+    fn completion_finds_words_after_non_ascii_input() {
+        assert_eq!(word_start("store.ge"), 0);
+        assert_eq!(word_start("= store.ge"), 2);
+        // Multi-byte characters before the word: a byte index on a boundary, no panic.
+        assert_eq!(word_start("x = \"€\" .. store.ge"), "x = \"€\" .. ".len());
+        assert_eq!(word_start("→st"), "→".len());
+        assert_eq!(word_start("ünï"), 0);
+        assert_eq!(word_start("€"), "€".len());
+        assert_eq!(word_start(""), 0);
     }
 }

@@ -17,20 +17,7 @@ fn ctl_path(gw: &Gateway) -> PathBuf {
 
 /// One control call; (status line, JSON body).
 fn ctl(gw: &Gateway, method: &str, path: &str) -> (String, Value) {
-    let mut s = UnixStream::connect(ctl_path(gw)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: ctl\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (
-        head.lines().next().unwrap().to_string(),
-        serde_json::from_str(body.trim()).unwrap_or(Value::Null),
-    )
+    gw.control(method, path, "")
 }
 
 fn gateway_with(script: &str) -> (Gateway, PathBuf) {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{output, run_ok, Daemon, Gateway, IMAGE};
+use support::{json_body, output, run_ok, Daemon, Gateway, IMAGE};
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,20 +31,8 @@ fn with_scripts(path: &Path) -> Gateway {
     )
 }
 
-/// Send raw bytes as one request on a fresh connection; return the response text.
 fn raw(gw: &Gateway, request: &[u8]) -> String {
-    let mut s = UnixStream::connect(&gw.socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    // The gateway may answer (413, a denial) and close before reading all of a large body.
-    let _ = s.write_all(request);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn json_body(resp: &str) -> serde_json::Value {
-    let body = &resp[resp.find("\r\n\r\n").expect("a head") + 4..];
-    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {resp}"))
+    support::raw(&gw.socket, request)
 }
 
 /// Container ids (all, running or not) that are privileged.

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The one test command: installs what a fresh Debian machine lacks (as root, with apt), then runs
 # every check CI runs: formatting, clippy, unit tests and the integration tests against a real,
-# private dockerd. Usage: sudo bash tools/test.sh
+# private dockerd. Usage, as root: bash tools/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "tools/test.sh: the integration tests start a private dockerd and need root: sudo bash tools/test.sh" >&2
+    echo "tools/test.sh: the integration tests start a private dockerd and need root: run it as root" >&2
     exit 1
 fi
 
@@ -17,8 +17,10 @@ for pair in docker.io:dockerd docker.io:docker busybox-static:busybox bsdutils:s
     pkg=${pair%%:*} cmd=${pair##*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
-# Debian's python3 (the tests run it as another uid, which cannot reach a per-user install).
+# Debian's python3 (the tests run it as another uid, which cannot reach a per-user install), and
+# docker-py for it.
 [ -x /usr/bin/python3 ] || need+=(python3)
+/usr/bin/python3 -c 'import docker' >/dev/null 2>&1 || need+=(python3-docker)
 # A dynamically linked busybox cannot run inside an empty image.
 if ! dpkg -s busybox-static >/dev/null 2>&1; then need+=(busybox-static); fi
 if [ ${#need[@]} -gt 0 ]; then

@@ -90,7 +90,7 @@ impl Stats {
     fn add(&self, rec: &CallRecord) {
         let mut i = self.lock();
         *i.calls
-            .entry((rec.method.clone(), rec.status.unwrap_or(0)))
+            .entry((method_label(&rec.method), rec.status.unwrap_or(0)))
             .or_default() += 1;
         if let Some(e) = &rec.error {
             let source = serde_json::to_value(e.source)
@@ -186,9 +186,26 @@ impl Stats {
     }
 }
 
+/// A metrics label for a method: the methods Docker's API uses, and `OTHER` for anything a
+/// client makes up, so that labels stay bounded whatever clients send.
+fn method_label(method: &str) -> String {
+    const KNOWN: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+    match KNOWN.iter().find(|m| **m == method) {
+        Some(m) => m.to_string(),
+        None => "OTHER".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        assert_eq!(method_label("POST"), "POST");
+        assert_eq!(method_label("FOOBAR"), "OTHER");
+        assert_eq!(method_label("X1"), "OTHER");
+    }
 
     #[test]
     fn quantiles_over_recent_samples() {

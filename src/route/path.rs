@@ -245,4 +245,31 @@ mod tests {
         assert_eq!(NormalPath::parse("/").unwrap().to_wire(), "/");
         assert_eq!(NormalPath::parse("/v1.41/").unwrap().to_wire(), "/v1.41");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2000, failure_persistence: None, ..Default::default()
+        })]
+
+        /// Whatever the client sends: no panic; a parsed path keeps its invariant, its wire form
+        /// is a valid request target that parses back to the same path (what hooks saw is what
+        /// is forwarded), and patterns match it without panicking.
+        #[test]
+        fn any_target_normalises_without_panic(raw in "(/|%2[fF]|%2[eE]|\\.|v1\\.41|[a-z]|%[0-9a-fA-F]{2}|%|\\PC){0,40}") {
+            if let Ok(p) = NormalPath::parse(&raw) {
+                proptest::prop_assert!(p.as_str().starts_with('/'));
+                proptest::prop_assert!(p.as_str() == "/" || !p.as_str().ends_with('/'));
+                proptest::prop_assert!(!p.as_str().contains("//"));
+                let wire = p.to_wire();
+                proptest::prop_assert!(wire.parse::<http::Uri>().is_ok(), "{}", wire);
+                let again = NormalPath::parse(&wire).unwrap();
+                proptest::prop_assert_eq!(&again, &p);
+                for pat in ["* /**", "POST /containers/{id}/start", "GET /images/*/json", "* /"] {
+                    let _ = crate::route::Pattern::parse(pat).unwrap().matches("GET", p.as_str());
+                }
+                let _ = crate::route::kind::response_streams(&http::Method::POST, p.as_str(), "");
+                let _ = crate::hijack::Hijack::classify(&http::Method::POST, p.as_str(), &http::HeaderMap::new());
+            }
+        }
+    }
 }

@@ -7,16 +7,21 @@
 ---@field method string         upper-case HTTP method; writable in pre hooks
 ---@field path string           normalised path without the version prefix; writable in pre hooks
 ---@field version string|nil    Docker API version from the path ("1.41"), or nil
----@field query table<string,string>  decoded query parameters; writable in pre hooks
+---@field query table<string,string>  decoded query parameters, the first of repeated keys (what dockerd uses); writable in pre hooks
 ---@field headers table<string,string> lower-case header names; writable in pre hooks
 ---@field params table<string,string>  values captured by {name} segments of the pattern
----@field body string|nil       the JSON request body (buffered only for JSON bodies)
+---@field body string|nil       the request body, read from the client on first access (nil on routes whose body is a tar stream)
 ---@field ctx table             shared by this call's pre and post hooks
 local Request = {}
 
----Decode `body` as JSON (nil when there is no body).
+---Decode `body` as JSON (nil when there is no body); reads the body on first use.
 ---@return any
 function Request:json() end
+
+---Every value of a repeated query parameter, in order (`?t=a&t=b` gives {"a", "b"}).
+---@param name string
+---@return string[]
+function Request:query_all(name) end
 
 ---Replace `body` with `value` encoded as JSON.
 ---@param value any

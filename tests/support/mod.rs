@@ -39,7 +39,7 @@ pub fn require_tool(tool: &str, package: &str) {
 pub fn require_root() {
     assert!(
         nix_is_root(),
-        "these tests start a private dockerd and must run as root: sudo bash .ci/run"
+        "these tests start a private dockerd and must run as root: bash tools/test.sh, as root"
     );
 }
 
@@ -366,6 +366,28 @@ impl Gateway {
         docker_cli(&self.host())
     }
 
+    /// The gateway's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.socket.with_extension("ctl")
+    }
+
+    /// One call to the control socket: (status line, JSON body).
+    pub fn control(&self, method: &str, path: &str, body: &str) -> (String, serde_json::Value) {
+        let out = raw(
+            &self.control_socket(),
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: ctl\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -489,6 +511,24 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
     out
+}
+
+/// Send raw bytes as one request on a fresh connection and read until the peer closes (or 20 s
+/// pass); the response as text. The peer may answer (413, a denial) and close before reading all
+/// of a large body.
+pub fn raw(socket: &Path, request: &[u8]) -> String {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The JSON body of a response read by [`raw`].
+pub fn json_body(resp: &str) -> serde_json::Value {
+    let body = &resp[resp.find("\r\n\r\n").expect("a head") + 4..];
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {resp}"))
 }
 
 /// Send raw bytes to a Unix socket and read until the peer closes (or 10 s pass).
