@@ -262,6 +262,7 @@ pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result
 async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
     let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
     let rest = rest.trim();
+    // A path segment (a call id as typed).
     let enc = |s: &str| {
         percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
     };
@@ -273,7 +274,10 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
         "calls" => call(
             control,
             Method::GET,
-            &format!("/calls?limit=50&filter={}", enc(rest)),
+            &format!(
+                "/calls?{}",
+                crate::route::query::encode([("limit", "50"), ("filter", rest)])
+            ),
             "",
         )
         .await
@@ -303,7 +307,10 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
         "reload" => call(control, Method::POST, "/reload", "").await.map(|v| {
             let _ = writeln!(out, "reloaded: {} routes", v["routes"]);
         }),
-        "tail" => tail(control, &format!("/tail?filter={}", enc(rest)), out).await,
+        "tail" => {
+            let q = crate::route::query::encode([("filter", rest)]);
+            tail(control, &format!("/tail?{q}"), out).await
+        }
         "intercept" => call(control, Method::POST, "/intercept", rest)
             .await
             .map(|v| {

@@ -207,11 +207,10 @@ fn eval_and_repl_commands_see_the_live_gateway() {
         "route.pre(\"* /_ping\", function(req) store.incr(\"pings\") end)\nroute.post(\"POST /containers/create\", function(req, res) end)\n",
     );
     for _ in 0..3 {
-        support::raw_request(
+        support::raw(
             &gw.socket,
-            "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
+            "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
+        );
     }
     // eval sees what hooks stored, with the same globals.
     let mut s = UnixStream::connect(ctl_path(&gw)).unwrap();
@@ -260,11 +259,10 @@ fn metrics_and_route_numbers_follow_the_traffic() {
         "route.pre(\"POST /containers/create\", function(req) end)\nroute.pre(\"GET /luastrip/boom\", function(req) error('boom') end)\n",
     );
     run_ok(gw.docker().args(["run", "--rm", IMAGE, "true"]));
-    support::raw_request(
+    support::raw(
         &gw.socket,
-        "GET /luastrip/boom HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+        "GET /luastrip/boom HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
+    );
     let t = Instant::now();
     let routes = loop {
         let (_, routes) = ctl(&gw, "GET", "/routes");
@@ -520,11 +518,10 @@ impl Drop for Tmux {
 fn the_repl_on_a_terminal_completes_continues_lua_and_stops_tail_on_ctrl_c() {
     let (gw, _) =
         gateway_with("route.pre(\"* /_ping\", function(req) store.incr(\"pings\") end)\n");
-    support::raw_request(
+    support::raw(
         &gw.socket,
-        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
+    );
     let tmux = Tmux::start(&gw);
     // Tab completes commands and Lua names from the live VM.
     tmux.keys(&["sho", "Tab"]);
@@ -543,11 +540,10 @@ fn the_repl_on_a_terminal_completes_continues_lua_and_stops_tail_on_ctrl_c() {
     // tail runs until Ctrl-C, which returns to the prompt.
     tmux.keys(&["tail", "Enter"]);
     std::thread::sleep(Duration::from_millis(300));
-    support::raw_request(
+    support::raw(
         &gw.socket,
-        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
+    );
     tmux.wait_for("GET    200");
     tmux.keys(&["C-c"]);
     tmux.keys(&["routes", "Enter"]);
@@ -640,12 +636,11 @@ fn serve_with_repl_shares_the_terminal_and_quit_stops_the_gateway() {
         Daemon::shared().host(),
         script.display()
     ));
-    let resp = support::raw_request(
+    let resp = support::raw(
         &sock,
-        "GET /luastrip/hello HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    assert!(String::from_utf8_lossy(&resp).contains("\"hello\":\"world\""));
+        "GET /luastrip/hello HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
+    );
+    assert!(resp.contains("\"hello\":\"world\""));
     tmux.keys(&["calls", "Enter"]);
     tmux.wait_for("/luastrip/hello");
     tmux.keys(&["quit", "Enter"]);

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{json_body, output, raw, run_ok, Daemon, Gateway, IMAGE};
+use support::{http_request as request, json_body, output, raw, run_ok, Daemon, Gateway, IMAGE};
 
 /// A gateway in front of the shared daemon running `script`, with extra flags.
 fn with_script(script: &str, extra: &[&str]) -> Gateway {
@@ -22,16 +22,6 @@ fn with_script(script: &str, extra: &[&str]) -> Gateway {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Gateway::start_with(&Daemon::shared().socket, &args)
-}
-
-fn request(method: &str, target: &str, headers: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "{method} {target} HTTP/1.1\r\nHost: docker\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    r.extend_from_slice(body);
-    r
 }
 
 fn status(resp: &str) -> &str {

@@ -408,43 +408,26 @@ fn rm_force_a_running_container() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("No such"));
 }
 
-/// Read an HTTP response head (up to the blank line) byte by byte, leaving the rest unread.
-fn read_head(s: &mut UnixStream) -> String {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut b).expect("read head");
-        assert!(
-            n == 1,
-            "connection closed inside the head: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(b[0]);
-    }
-    String::from_utf8(head).unwrap()
-}
-
 fn connect(gw: &Gateway) -> UnixStream {
-    let s = UnixStream::connect(&gw.socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s
+    support::connect(&gw.socket)
 }
 
 /// POST a JSON body through the gateway on a fresh connection; expect 201 and return the "Id".
 fn api_post_id(gw: &Gateway, path: &str, body: &str) -> String {
-    let mut s = connect(gw);
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    let resp = support::raw(
+        &gw.socket,
+        &support::http_request(
+            "POST",
+            path,
+            "Content-Type: application/json\r\n",
+            body.as_bytes(),
+        ),
+    );
     assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
-    let v: serde_json::Value =
-        serde_json::from_str(resp[resp.find('{').unwrap()..].trim()).unwrap();
-    v["Id"].as_str().unwrap().to_string()
+    support::json_body(&resp)["Id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Create a container through the API; return its id.
@@ -483,7 +466,7 @@ fn old_client_attach_without_upgrade_header_gets_a_raw_stream() {
         "POST /v1.41/containers/{id}/attach?stream=1&stdin=1&stdout=1&stderr=1 HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
-    let head = read_head(&mut s);
+    let head = support::read_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -525,7 +508,7 @@ fn upgrade_hijack_passes_the_daemon_101_head_through() {
         "POST /v1.41/containers/{id}/attach?stream=1&stdin=1&stdout=1 HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
-    let head = read_head(&mut s);
+    let head = support::read_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 101 UPGRADED\r\n"), "{head}");
     assert!(head.contains("Upgrade: tcp"), "{head}");
     assert!(head.contains("Connection: Upgrade"), "{head}");
@@ -557,7 +540,7 @@ fn bytes_sent_right_after_the_upgrade_head_are_forwarded() {
         start.len()
     )
     .unwrap();
-    let head = read_head(&mut s);
+    let head = support::read_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
@@ -579,7 +562,7 @@ fn wait_sends_its_head_before_the_container_exits() {
         c.id
     )
     .unwrap();
-    let head = read_head(&mut s);
+    let head = support::read_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let running = run_ok(
         gw.docker()
@@ -637,12 +620,7 @@ fn path_spellings_reach_the_same_endpoint_and_keep_the_version() {
 
 /// One request without a body on its own connection; the whole response as text.
 fn request(gw: &Gateway, method: &str, path: &str) -> String {
-    let resp = support::raw_request(
-        &gw.socket,
-        &format!("{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"),
-    )
-    .unwrap();
-    String::from_utf8_lossy(&resp).into_owned()
+    support::raw(&gw.socket, &support::http_request(method, path, "", b""))
 }
 
 #[test]

@@ -3,57 +3,17 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::{json_answer, Answer};
 use support::{run_ok, Daemon, Gateway, IMAGE};
-
-/// Read one HTTP request (head + Content-Length body) from `s`.
-fn read_request(s: &mut impl Read) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = s.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let len = head
-                .lines()
-                .find_map(|l| {
-                    let l = l.to_ascii_lowercase();
-                    l.strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = s.read(&mut chunk).ok()?;
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some((head, buf[end + 4..end + 4 + len].to_vec()));
-        }
-    }
-}
-
-fn respond(s: &mut impl Write, status: &str, ctype: &str, body: &[u8]) {
-    let _ = write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = s.write_all(body);
-}
 
 /// A Powerstrip adapter server on loopback. The path picks the behaviour:
 /// `/add/N` adds N to `Number` in the body (pre or post), `/label` adds a label to a create body,
@@ -68,76 +28,53 @@ impl Adapters {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        std::thread::spawn(move || {
-            for stream in l.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let seen = s2.clone();
-                std::thread::spawn(move || {
-                    let Some((head, body)) = read_request(&mut s) else {
-                        return;
+        let kept = seen.clone();
+        support::serve_http(l, move |req| {
+            let path = req.target.clone();
+            let hook: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            kept.lock()
+                .unwrap()
+                .push(json!({"path": path, "hook": hook}));
+            let text = |status: &str, body: &str| -> Answer {
+                (status.into(), "text/plain".into(), body.as_bytes().to_vec())
+            };
+            match path.as_str() {
+                "/status500" => text("500 Internal Server Error", "adapter broke"),
+                "/notjson" => text("200 OK", "hello"),
+                "/nokeys" => json_answer(&json!({"PowerstripProtocolVersion": 1})),
+                "/v2" => json_answer(
+                    &json!({"PowerstripProtocolVersion": 2, "ModifiedClientRequest": hook["ClientRequest"]}),
+                ),
+                "/slow" => {
+                    std::thread::sleep(Duration::from_secs(5));
+                    json_answer(&json!({}))
+                }
+                p => {
+                    let add: i64 = p
+                        .strip_prefix("/add/")
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    let edit = |text: &str| -> String {
+                        let mut v: Value = serde_json::from_str(text).unwrap_or(json!({}));
+                        if p == "/label" {
+                            v["Labels"]["powerstrip"] = json!("was-here");
+                        } else {
+                            v["Number"] = json!(v["Number"].as_i64().unwrap_or(0) + add);
+                        }
+                        v.to_string()
                     };
-                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
-                    let hook: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    seen.lock()
-                        .unwrap()
-                        .push(json!({"path": path, "hook": hook}));
-                    let reply = |v: Value| v.to_string().into_bytes();
-                    match path.as_str() {
-                        "/status500" => respond(
-                            &mut s,
-                            "500 Internal Server Error",
-                            "text/plain",
-                            b"adapter broke",
-                        ),
-                        "/notjson" => respond(&mut s, "200 OK", "text/plain", b"hello"),
-                        "/nokeys" => respond(
-                            &mut s,
-                            "200 OK",
-                            "application/json",
-                            &reply(json!({"PowerstripProtocolVersion": 1})),
-                        ),
-                        "/v2" => respond(
-                            &mut s,
-                            "200 OK",
-                            "application/json",
-                            &reply(
-                                json!({"PowerstripProtocolVersion": 2, "ModifiedClientRequest": hook["ClientRequest"]}),
-                            ),
-                        ),
-                        "/slow" => {
-                            std::thread::sleep(Duration::from_secs(5));
-                            respond(&mut s, "200 OK", "application/json", b"{}");
+                    json_answer(&if hook["Type"] == "pre-hook" {
+                        let mut cr = hook["ClientRequest"].clone();
+                        if let Some(b) = cr["Body"].as_str() {
+                            cr["Body"] = json!(edit(b));
                         }
-                        p => {
-                            let add: i64 = p
-                                .strip_prefix("/add/")
-                                .and_then(|n| n.parse().ok())
-                                .unwrap_or(0);
-                            let edit = |text: &str| -> String {
-                                let mut v: Value = serde_json::from_str(text).unwrap_or(json!({}));
-                                if p == "/label" {
-                                    v["Labels"]["powerstrip"] = json!("was-here");
-                                } else {
-                                    v["Number"] = json!(v["Number"].as_i64().unwrap_or(0) + add);
-                                }
-                                v.to_string()
-                            };
-                            let out = if hook["Type"] == "pre-hook" {
-                                let mut cr = hook["ClientRequest"].clone();
-                                if let Some(b) = cr["Body"].as_str() {
-                                    cr["Body"] = json!(edit(b));
-                                }
-                                json!({"PowerstripProtocolVersion": 1, "ModifiedClientRequest": cr})
-                            } else {
-                                let mut sr = hook["ServerResponse"].clone();
-                                sr["Body"] = json!(edit(sr["Body"].as_str().unwrap_or("{}")));
-                                json!({"PowerstripProtocolVersion": 1, "ModifiedServerResponse": sr})
-                            };
-                            respond(&mut s, "200 OK", "application/json", &reply(out));
-                        }
-                    }
-                });
+                        json!({"PowerstripProtocolVersion": 1, "ModifiedClientRequest": cr})
+                    } else {
+                        let mut sr = hook["ServerResponse"].clone();
+                        sr["Body"] = json!(edit(sr["Body"].as_str().unwrap_or("{}")));
+                        json!({"PowerstripProtocolVersion": 1, "ModifiedServerResponse": sr})
+                    })
+                }
             }
         });
         Adapters { port, seen }
@@ -168,32 +105,18 @@ struct EchoUpstream {
 impl EchoUpstream {
     fn start() -> EchoUpstream {
         let socket = support::temp_dir("echo-upstream").join("echo.sock");
-        let l = UnixListener::bind(&socket).unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let h = hits.clone();
-        std::thread::spawn(move || {
-            for stream in l.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let h = h.clone();
-                std::thread::spawn(move || {
-                    while let Some((head, body)) = read_request(&mut s) {
-                        if !head.contains(" /_ping ") {
-                            h.fetch_add(1, Ordering::SeqCst);
-                        }
-                        let body = if body.is_empty() {
-                            b"{}".to_vec()
-                        } else {
-                            body
-                        };
-                        let _ = write!(
-                            s,
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = s.write_all(&body);
-                    }
-                });
+        support::serve_http(UnixListener::bind(&socket).unwrap(), move |req| {
+            if req.target != "/_ping" {
+                h.fetch_add(1, Ordering::SeqCst);
             }
+            let body = if req.body.is_empty() {
+                b"{}".to_vec()
+            } else {
+                req.body.clone()
+            };
+            ("200 OK".into(), "application/json".into(), body)
         });
         EchoUpstream { socket, hits }
     }
@@ -208,16 +131,15 @@ fn gateway(upstream: &std::path::Path, script: &str) -> Gateway {
 
 fn post_json(gw: &Gateway, path: &str, body: &str) -> (String, Value, Duration) {
     let t = Instant::now();
-    let mut s = UnixStream::connect(&gw.socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let out = support::raw(
+        &gw.socket,
+        &support::http_request(
+            "POST",
+            path,
+            "Content-Type: application/json\r\n",
+            body.as_bytes(),
+        ),
+    );
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
     // The Content-Length must match what we got.
     let len = head
@@ -301,12 +223,11 @@ fn a_failing_adapter_fails_the_call_closed_quickly_and_names_itself() {
         assert!(msg.contains(why), "{path}: want {why:?} in {msg}");
         assert!(took < Duration::from_secs(3), "{path}: took {took:?}");
         // The gateway keeps serving calls the adapter does not hook.
-        let resp = support::raw_request(
+        let resp = support::raw(
             &gw.socket,
-            "GET /probe HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
-        assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 200"));
+            "GET /probe HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
+        );
+        assert!(resp.starts_with("HTTP/1.1 200"));
     }
     // Nothing reached the upstream on a failed pre-hook: only the six GET probes did.
     assert_eq!(up.hits.load(Ordering::SeqCst), 6);

@@ -194,7 +194,7 @@ fn post_hook_rewrites_a_json_response() {
 }
 
 #[test]
-fn the_drop_in_suite_passes_with_null_hooks_on_everything() {
+fn with_hooks_on_every_call_run_exit_codes_exact_json_and_streams_still_work() {
     let (gw, _) = with_script(
         "null.lua",
         r#"
@@ -577,88 +577,25 @@ fn editing_a_script_reloads_it_and_a_broken_edit_keeps_the_old_routes() {
     }
 }
 
-/// A one-thread HTTP server answering every request with a JSON echo of its method, path and
-/// body. Serves `n` requests, then stops.
-fn echo_server<L>(listener: L, n: usize)
-where
-    L: Send + 'static + IncomingStream,
-{
-    std::thread::spawn(move || {
-        for _ in 0..n {
-            let Some(mut s) = listener.next_stream() else {
-                return;
-            };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            // Read the head, then Content-Length bytes of body.
-            let body = loop {
-                let k = s.read(&mut chunk).unwrap_or(0);
-                if k == 0 {
-                    return;
-                }
-                buf.extend_from_slice(&chunk[..k]);
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len = head
-                        .lines()
-                        .find_map(|l| {
-                            l.strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    while buf.len() < end + 4 + len {
-                        let k = s.read(&mut chunk).unwrap_or(0);
-                        if k == 0 {
-                            break;
-                        }
-                        buf.extend_from_slice(&chunk[..k]);
-                    }
-                    break buf[end + 4..].to_vec();
-                }
-            };
-            let head = String::from_utf8_lossy(&buf).to_string();
-            let first = head.lines().next().unwrap_or("").to_string();
-            let mut parts = first.split(' ');
-            let v = serde_json::json!({
-                "method": parts.next(),
-                "path": parts.next(),
-                "body": String::from_utf8_lossy(&body),
-            });
-            let out = v.to_string();
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{out}",
-                out.len()
-            );
-        }
+/// A server answering every request with a JSON echo of its method, path and body.
+fn echo_server<L: support::Accept>(listener: L) {
+    support::serve_http(listener, |req| {
+        support::json_answer(&serde_json::json!({
+            "method": req.method,
+            "path": req.target,
+            "body": String::from_utf8_lossy(&req.body),
+        }))
     });
-}
-
-trait IncomingStream {
-    type S: Read + Write;
-    fn next_stream(&self) -> Option<Self::S>;
-}
-impl IncomingStream for std::net::TcpListener {
-    type S = std::net::TcpStream;
-    fn next_stream(&self) -> Option<Self::S> {
-        self.accept().ok().map(|(s, _)| s)
-    }
-}
-impl IncomingStream for std::os::unix::net::UnixListener {
-    type S = UnixStream;
-    fn next_stream(&self) -> Option<Self::S> {
-        self.accept().ok().map(|(s, _)| s)
-    }
 }
 
 #[test]
 fn http_request_reaches_local_services_over_tcp_and_unix_sockets() {
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = tcp.local_addr().unwrap().port();
-    echo_server(tcp, 1);
+    echo_server(tcp);
     let sock = support::temp_dir("echo").join("echo.sock");
     let unix = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    echo_server(unix, 1);
+    echo_server(unix);
     let (gw, _) = with_script(
         "http.lua",
         &format!(

@@ -67,7 +67,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     let mut first = serve(&path).stderr(Stdio::null()).spawn().unwrap();
     // It answers once it took over the path.
     let t = std::time::Instant::now();
-    while support::raw_request(&path, "GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n").is_err() {
+    while support::try_raw(&path, "GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n".as_bytes()).is_err() {
         assert!(
             t.elapsed().as_secs() < 20,
             "the stale socket was not replaced"
@@ -83,12 +83,11 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
         "{err}"
     );
     // …and the first one still serves.
-    let resp = support::raw_request(
+    let resp = support::raw(
         &path,
-        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 502"));
+        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
+    );
+    assert!(resp.starts_with("HTTP/1.1 502"));
     let _ = first.kill();
     let _ = first.wait();
 }
@@ -164,12 +163,11 @@ fn env_twins_configure_serve() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
         0o600
     );
-    let resp = support::raw_request(
+    let resp = support::raw(
         &path,
-        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let text = String::from_utf8_lossy(&resp);
+        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
+    );
+    let text = &resp;
     assert!(text.contains(&nowhere_marker()), "{text}");
     let _ = child.kill();
     let _ = child.wait();
@@ -197,12 +195,11 @@ fn upstream_defaults_to_docker_host() {
         "no socket at {}",
         path.display()
     );
-    let resp = support::raw_request(
+    let resp = support::raw(
         &path,
-        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let text = String::from_utf8_lossy(&resp);
+        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
+    );
+    let text = &resp;
     assert!(
         text.contains(&format!(
             "cannot reach the Docker daemon at unix://{}",

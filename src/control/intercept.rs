@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::hijack::Hijack;
 use crate::journal::CallRecord;
 use crate::route::kind::RequestBody;
-use crate::route::NormalPath;
+use crate::route::{query, NormalPath};
 
 /// An edited request for `resume`: every field optional.
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +234,7 @@ fn apply(call: &mut Call, edit: Edit) -> Result<(), Error> {
     if let Some(p) = edit.path {
         let uri: http::Uri = p.parse().map_err(|e| bad(format!("path {p:?}: {e}")))?;
         call.path = NormalPath::parse(uri.path()).map_err(|e| bad(e.to_string()))?;
+        query::validate(uri.query().unwrap_or("")).map_err(|e| bad(e.to_string()))?;
         call.head.uri = uri;
     }
     if let Some(h) = edit.headers {

@@ -107,16 +107,7 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
     let query = req.uri().query().unwrap_or("").to_string();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let journal = &control.gateway.journal;
-    let param = |name: &str| -> Option<String> {
-        query.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == name).then(|| {
-                percent_encoding::percent_decode_str(&v.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-        })
-    };
+    let param = |name: &str| crate::route::query::first(&query, name).map(|v| v.into_owned());
     let filter = match param("filter").filter(|f| !f.trim().is_empty()) {
         None => None,
         Some(text) => match filter::Filter::parse(&text) {

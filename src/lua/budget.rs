@@ -120,3 +120,27 @@ pub async fn pause<F: Future>(lua: &Lua, fut: F) -> F::Output {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_hook_dropped_mid_wait_leaves_no_budget_behind() {
+        let lua = Lua::new();
+        let wait = lua
+            .create_async_function(|_, ()| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(())
+            })
+            .unwrap();
+        lua.globals().set("wait", wait).unwrap();
+        let hook: Function = lua.load("return function() wait() end").eval().unwrap();
+        let run = call_async::<()>(&lua, &hook, Duration::from_secs(1), ());
+        // The client goes away: the hook's future is dropped while it waits.
+        assert!(tokio::time::timeout(Duration::from_millis(20), run)
+            .await
+            .is_err());
+        assert_eq!(registered(&lua), 0);
+    }
+}

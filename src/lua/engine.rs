@@ -114,11 +114,6 @@ impl Engine {
         Ok(routes)
     }
 
-    /// Which generation of the scripts is serving (1 at start, one more per reload).
-    pub fn generation_number(&self) -> u64 {
-        self.generation().number
-    }
-
     fn generation(&self) -> Arc<Generation> {
         self.current
             .read()

@@ -3,7 +3,7 @@
 //!
 //! In the pre phase the call's `req` table is built (its body moves in, read only if a hook asks),
 //! the matching `route.pre` / `route.endpoint` hooks run, and the edits are applied back to the
-//! call. The table and the VM stay with the call ([`CallState`], in [`Call::state`]) for the post
+//! call. The table and the VM stay with the call (`CallState`, in [`Call::state`]) for the post
 //! phase, so that `req.ctx` reaches post hooks. When a hook sends the call to another route, the
 //! core runs the pre phase again on the new route; `req.ctx` carries over.
 

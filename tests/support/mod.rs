@@ -176,11 +176,9 @@ impl Daemon {
     pub fn wait_ready(&self, limit: Duration) {
         let t = Instant::now();
         while t.elapsed() < limit {
-            if let Ok(r) = raw_request(&self.socket, "GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
-            {
-                if r.starts_with(b"HTTP/1.1 200") {
-                    return;
-                }
+            let ping = try_raw(&self.socket, b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n");
+            if ping.is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+                return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -513,16 +511,87 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
     out
 }
 
-/// Send raw bytes as one request on a fresh connection and read until the peer closes (or 20 s
-/// pass); the response as text. The peer may answer (413, a denial) and close before reading all
-/// of a large body.
-pub fn raw(socket: &Path, request: &[u8]) -> String {
-    let mut s = UnixStream::connect(socket).unwrap();
+// ---- one raw-HTTP client ----------------------------------------------------------------------
+
+/// A request as bytes: `Host`, `Content-Length` and `Connection: close` added; `headers` are extra
+/// `Name: value\r\n` lines.
+pub fn http_request(method: &str, target: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "{method} {target} HTTP/1.1\r\nHost: docker\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// A connection to `socket` with a 20 s read timeout, for reading a stream or a tunnel by hand.
+pub fn connect(socket: &Path) -> UnixStream {
+    let s = UnixStream::connect(socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Read a response head (up to the blank line) byte by byte, leaving the rest unread.
+pub fn read_head(s: &mut impl Read) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut b).expect("read head");
+        assert!(
+            n == 1,
+            "connection closed inside the head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// Read one response: its head, then a `Content-Length` body, or a chunked body up to its last
+/// chunk, or everything until the peer closes (or the read times out) — always the latter for a
+/// hijacked connection (`101`, or Docker's raw / multiplexed stream types).
+fn read_response(s: &mut impl Read) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let chunked =
+                header_value(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+            match header_value(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
+                Some(len) if buf.len() >= end + 4 + len => return buf,
+                None if chunked && buf.ends_with(b"0\r\n\r\n") => return buf,
+                _ => {}
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return buf,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}
+
+/// Send raw bytes as one request on a fresh connection and read the response (see
+/// [`read_response`]) as text. The peer may answer (413, a denial) and close before reading all
+/// of a large body.
+pub fn try_raw(socket: &Path, request: &[u8]) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
     let _ = s.write_all(request);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(String::from_utf8_lossy(&read_response(&mut s)).into_owned())
+}
+
+/// [`try_raw`], for a socket that must answer.
+pub fn raw(socket: &Path, request: &[u8]) -> String {
+    try_raw(socket, request).unwrap_or_else(|e| panic!("{}: {e}", socket.display()))
 }
 
 /// The JSON body of a response read by [`raw`].
@@ -531,28 +600,110 @@ pub fn json_body(resp: &str) -> serde_json::Value {
     serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {resp}"))
 }
 
-/// Send raw bytes to a Unix socket and read until the peer closes (or 10 s pass).
-pub fn raw_request(socket: &Path, request: &str) -> std::io::Result<Vec<u8>> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(request.as_bytes())?;
+// ---- one test server ---------------------------------------------------------------------------
+
+/// A request a test server received.
+pub struct Served {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// What a test server answers: status line text (`200 OK`), Content-Type and body.
+pub type Answer = (String, String, Vec<u8>);
+
+/// A JSON answer with status `200 OK`.
+pub fn json_answer(v: &serde_json::Value) -> Answer {
+    (
+        "200 OK".into(),
+        "application/json".into(),
+        v.to_string().into_bytes(),
+    )
+}
+
+/// Read one request (head and `Content-Length` body) from `s`; `None` at end of stream.
+pub fn read_request(s: &mut impl Read) -> Option<Served> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                // One response to a request without a body is enough for a ping.
-                if request.starts_with("GET /_ping") && buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len = header_value(&head.to_ascii_lowercase(), "content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).ok()?;
+                if n == 0 {
                     break;
                 }
+                buf.extend_from_slice(&chunk[..n]);
             }
-            Err(e) if buf.is_empty() => return Err(e),
-            Err(_) => break,
+            let mut first = head.lines().next().unwrap_or("").split(' ');
+            return Some(Served {
+                method: first.next().unwrap_or("").to_string(),
+                target: first.next().unwrap_or("").to_string(),
+                body: buf[end + 4..(end + 4 + len).min(buf.len())].to_vec(),
+                head,
+            });
         }
     }
-    Ok(buf)
+}
+
+/// A listener a test server accepts on: loopback TCP or a Unix socket.
+pub trait Accept: Send + 'static {
+    type Stream: Read + Write + Send + 'static;
+    fn next(&self) -> Option<Self::Stream>;
+}
+
+impl Accept for std::net::TcpListener {
+    type Stream = std::net::TcpStream;
+    fn next(&self) -> Option<Self::Stream> {
+        self.accept().ok().map(|(s, _)| s)
+    }
+}
+
+impl Accept for std::os::unix::net::UnixListener {
+    type Stream = UnixStream;
+    fn next(&self) -> Option<Self::Stream> {
+        self.accept().ok().map(|(s, _)| s)
+    }
+}
+
+/// A small HTTP/1.1 server for tests (adapters, stand-in upstreams, services scripts call): a
+/// thread per connection, keep-alive, every request answered by `handler`. It runs until the
+/// test process ends.
+pub fn serve_http<L: Accept>(
+    listener: L,
+    handler: impl Fn(&Served) -> Answer + Send + Sync + 'static,
+) {
+    let handler = std::sync::Arc::new(handler);
+    std::thread::spawn(move || {
+        while let Some(mut s) = listener.next() {
+            let handler = handler.clone();
+            std::thread::spawn(move || {
+                while let Some(req) = read_request(&mut s) {
+                    let (status, ctype, body) = handler(&req);
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let sent = s
+                        .write_all(head.as_bytes())
+                        .and_then(|()| s.write_all(&body));
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
 }
 
 /// Random bytes (from /dev/urandom).
