@@ -69,7 +69,9 @@ impl Outbound {
     ) -> Result<Response<Incoming>, String> {
         let abs = match &url.target {
             Target::Tcp { addr } => format!("http://{addr}{}", url.path),
-            Target::Unix { socket } => format!("http://{}{}", hex(socket), url.path),
+            Target::Unix { socket } => {
+                format!("{}{}", unix_authority(socket.as_ref()), url.path)
+            }
         };
         *req.uri_mut() = abs.parse().map_err(|e| format!("bad URL: {e}"))?;
         let sent = match &url.target {
@@ -105,6 +107,12 @@ fn hex(path: &str) -> String {
     path.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// `http://<path in hex>`: the scheme and authority of a URI that [`UnixConnector`] connects to
+/// `path` for.
+pub fn unix_authority(path: &std::path::Path) -> String {
+    format!("http://{}", hex(&path.to_string_lossy()))
+}
+
 fn unhex(host: &str) -> Option<String> {
     let bytes: Option<Vec<u8>> = (0..host.len())
         .step_by(2)
@@ -113,9 +121,9 @@ fn unhex(host: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
-/// Connects to the Unix socket named (in hex) by the URI's host.
+/// Connects to the Unix socket named (in hex) by the URI's host ([`unix_authority`]).
 #[derive(Clone)]
-struct UnixConnector;
+pub struct UnixConnector;
 
 impl tower_service::Service<Uri> for UnixConnector {
     type Response = TokioIo<UnixStream>;

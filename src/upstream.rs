@@ -6,22 +6,18 @@
 //! the pool. This module only adds the Unix-socket connector and maps connection failures to
 //! [`Error::DaemonUnreachable`].
 
-use std::future::Future;
-use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::UnixStream;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
 use crate::error::Error;
+use crate::outbound::{unix_authority, UnixConnector};
 
 /// Where the daemon listens, as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,40 +52,19 @@ impl std::fmt::Display for UpstreamAddr {
     }
 }
 
-/// Connects to the daemon socket, whatever the request URI says.
-#[derive(Clone)]
-struct UnixConnector {
-    path: Arc<PathBuf>,
-}
-
-impl tower_service::Service<Uri> for UnixConnector {
-    type Response = TokioIo<UnixStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let path = self.path.clone();
-        Box::pin(async move { Ok(TokioIo::new(UnixStream::connect(&*path).await?)) })
-    }
-}
-
 /// A pooled client for the daemon socket. Cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<UnixConnector, Body>,
     addr: Arc<UpstreamAddr>,
+    /// `http://<socket path in hex>`: the URI authority the connector reads the path from.
+    authority: Arc<str>,
 }
 
 impl Upstream {
     /// A client for the daemon at `addr`. Connections are opened lazily.
     pub fn new(addr: UpstreamAddr) -> Self {
-        let connector = UnixConnector {
-            path: Arc::new(addr.path.clone()),
-        };
+        let connector = UnixConnector;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             // Idle pooled connections only; an open stream is never timed out.
@@ -102,6 +77,7 @@ impl Upstream {
             .build(connector);
         Upstream {
             client,
+            authority: unix_authority(&addr.path).into(),
             addr: Arc::new(addr),
         }
     }
@@ -119,14 +95,15 @@ impl Upstream {
 
     /// Send one request to the daemon. `req`'s URI must be origin-form (`/v1.41/...?...`).
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, Error> {
-        // The pooled client wants an absolute URI; the authority is never sent nor used.
+        // The pooled client wants an absolute URI; its authority names the socket and is never
+        // sent (the client's Host header goes through).
         let pq = req
             .uri()
             .path_and_query()
             .map(|pq| pq.as_str())
             .unwrap_or("/");
-        let mut abs = String::with_capacity(pq.len() + 13);
-        abs.push_str("http://docker");
+        let mut abs = String::with_capacity(pq.len() + self.authority.len());
+        abs.push_str(&self.authority);
         abs.push_str(pq);
         *req.uri_mut() = abs
             .parse()

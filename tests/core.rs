@@ -280,12 +280,22 @@ fn a_rewritten_call_gets_the_new_routes_hooks_and_hijack_class() {
     );
     let id = id.trim();
     run_ok(d.docker().args(["wait", id]));
+    // The log copier may lag the exit: attach replays logs only once they are written.
+    let t = Instant::now();
+    while !run_ok(d.docker().args(["logs", id])).contains("hello-from-attach") {
+        assert!(t.elapsed() < Duration::from_secs(10), "no log line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let resp = raw(
         &gw.socket,
         format!("POST /v1.41/luastrip/attach/{id}?logs=1&stream=0&stdout=1 HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n").as_bytes(),
     );
     assert_eq!(status(&resp), "200", "{resp}");
-    assert!(resp.contains("hello-from-attach"), "{resp}");
+    assert!(
+        resp.contains("hello-from-attach"),
+        "{resp}\n{}",
+        gw.log_text()
+    );
     run_ok(d.docker().args(["rm", id]));
 }
 
@@ -410,10 +420,18 @@ fn slow_request_heads_are_cut_off_but_streams_run_on() {
     run_ok(gw.docker().args(["run", "--rm", IMAGE, "sleep", "2"]));
     // Made-up methods are counted under one metrics label.
     raw(&gw.socket, &request("FOOBAR", "/_ping", "", b""));
-    let metrics = raw(
-        &gw.control_socket(),
-        b"GET /metrics HTTP/1.1\r\nHost: ctl\r\nConnection: close\r\n\r\n",
-    );
+    // Metrics follow the journal in their own task: wait for the call to be counted.
+    let t = Instant::now();
+    let metrics = loop {
+        let m = raw(
+            &gw.control_socket(),
+            b"GET /metrics HTTP/1.1\r\nHost: ctl\r\nConnection: close\r\n\r\n",
+        );
+        if m.contains("method=\"OTHER\"") || t.elapsed() > Duration::from_secs(10) {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(metrics.contains("method=\"OTHER\""), "{metrics}");
     assert!(!metrics.contains("FOOBAR"), "{metrics}");
 }

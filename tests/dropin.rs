@@ -414,15 +414,7 @@ fn connect(gw: &Gateway) -> UnixStream {
 
 /// POST a JSON body through the gateway on a fresh connection; expect 201 and return the "Id".
 fn api_post_id(gw: &Gateway, path: &str, body: &str) -> String {
-    let resp = support::raw(
-        &gw.socket,
-        &support::http_request(
-            "POST",
-            path,
-            "Content-Type: application/json\r\n",
-            body.as_bytes(),
-        ),
-    );
+    let resp = support::post_json(&gw.socket, path, body);
     assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
     support::json_body(&resp)["Id"]
         .as_str()

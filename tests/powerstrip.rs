@@ -131,15 +131,7 @@ fn gateway(upstream: &std::path::Path, script: &str) -> Gateway {
 
 fn post_json(gw: &Gateway, path: &str, body: &str) -> (String, Value, Duration) {
     let t = Instant::now();
-    let out = support::raw(
-        &gw.socket,
-        &support::http_request(
-            "POST",
-            path,
-            "Content-Type: application/json\r\n",
-            body.as_bytes(),
-        ),
-    );
+    let out = support::post_json(&gw.socket, path, body);
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
     // The Content-Length must match what we got.
     let len = head

@@ -559,7 +559,12 @@ fn read_response(s: &mut impl Read) -> Vec<u8> {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             let chunked =
                 header_value(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+            // A hijacked connection (101, or Docker's raw stream) is read until the peer closes.
+            let tunnel = head.starts_with("http/1.1 101")
+                || header_value(&head, "content-type")
+                    .is_some_and(|v| v.starts_with("application/vnd.docker"));
             match header_value(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
+                _ if tunnel => {}
                 Some(len) if buf.len() >= end + 4 + len => return buf,
                 None if chunked && buf.ends_with(b"0\r\n\r\n") => return buf,
                 _ => {}
@@ -587,6 +592,19 @@ pub fn try_raw(socket: &Path, request: &[u8]) -> std::io::Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     let _ = s.write_all(request);
     Ok(String::from_utf8_lossy(&read_response(&mut s)).into_owned())
+}
+
+/// POST `body` as JSON on a fresh connection; the response as text.
+pub fn post_json(socket: &Path, path: &str, body: &str) -> String {
+    raw(
+        socket,
+        &http_request(
+            "POST",
+            path,
+            "Content-Type: application/json\r\n",
+            body.as_bytes(),
+        ),
+    )
 }
 
 /// [`try_raw`], for a socket that must answer.
