@@ -269,6 +269,11 @@ impl Background {
         });
     }
 
+    /// The stop signal services get (it turns true at shutdown).
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
     /// Tell every service to stop and wait for them (at most [`SHUTDOWN_GRACE`]).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -315,7 +320,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut gateway = Gateway::new(Upstream::new(config.upstream.clone()));
     gateway.header_timeout = config.header_timeout;
     let mut engine = None;
-    let mut watchers = Vec::new();
     if config.scripts.is_some() || config.powerstrip_config.is_some() {
         let store = match &config.state {
             Some(path) => Store::open(path).map_err(StartError::State)?,
@@ -334,12 +338,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             crate::lua::reload::on_sighup(on_hup, hup, stop)
         });
         for path in config.scripts.iter().chain(config.powerstrip_config.iter()) {
-            let w =
-                crate::lua::reload::watch(loaded.clone(), path).map_err(|e| StartError::Watch {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-            watchers.push(w);
+            let watching = crate::lua::reload::watch(loaded.clone(), path, background.stopping())
+                .map_err(|e| StartError::Watch {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            background.spawn("reload on file change", move |_| watching);
         }
         gateway = gateway.with_hooks(loaded.clone());
         engine = Some(loaded);
@@ -374,7 +378,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         group: config.socket_group.clone(),
     })?;
     refuse_self_forwarding(&config.upstream, listener.path())?;
-    warn_unless_daemon_answers(&gateway.upstream).await;
+    let upstream = gateway.upstream.clone();
+    background.spawn("daemon check", move |_| async move {
+        warn_unless_daemon_answers(&upstream).await
+    });
 
     let (quit_tx, mut quit_rx) = watch::channel(false);
     if config.repl {
@@ -395,7 +402,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let served = run_gateway(listener, gateway, workers, stop).await;
     background.shutdown().await;
-    drop(watchers);
     served.map_err(StartError::Io)
 }
 

@@ -17,9 +17,14 @@ use super::Engine;
 /// How long the scripts must be quiet before a reload.
 pub const QUIET: Duration = Duration::from_millis(250);
 
-/// Watch `root` (a script file or a directory of scripts) and reload `engine` on changes.
-/// Returns the watcher; dropping it stops watching. Must be called inside a Tokio runtime.
-pub fn watch(engine: Arc<Engine>, root: &Path) -> notify::Result<notify::RecommendedWatcher> {
+/// Watch `root` (a script file or a directory of scripts) and reload `engine` on changes, until
+/// `stop` turns true. Fails at once if the directory cannot be watched; otherwise returns the
+/// service to run (a background service of `serve::run`).
+pub fn watch(
+    engine: Arc<Engine>,
+    root: &Path,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> notify::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     // A single file is usually replaced by a rename on save: watch its directory.
     let (dir, only, mode): (PathBuf, Option<PathBuf>, RecursiveMode) = if root.is_dir() {
         // Recursive: modules `require`d from subdirectories reload the scripts too.
@@ -50,19 +55,29 @@ pub fn watch(engine: Arc<Engine>, root: &Path) -> notify::Result<notify::Recomme
         }
     })?;
     watcher.watch(&dir, mode)?;
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Debounce: wait until nothing changed for QUIET.
-            while let Ok(Some(())) = tokio::time::timeout(QUIET, rx.recv()).await {}
-            match engine.reload().await {
-                Ok(n) => info!(routes = n, "scripts changed on disk; reloaded"),
-                Err(e) => error!(error = %e, "reload failed; the previous scripts keep serving"),
+    Ok(async move {
+        // The watcher lives as long as the service.
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                got = rx.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    // Debounce: wait until nothing changed for QUIET.
+                    while let Ok(Some(())) = tokio::time::timeout(QUIET, rx.recv()).await {}
+                    match engine.reload().await {
+                        Ok(n) => info!(routes = n, "scripts changed on disk; reloaded"),
+                        Err(e) => {
+                            error!(error = %e, "reload failed; the previous scripts keep serving")
+                        }
+                    }
+                }
             }
         }
-    });
-    Ok(watcher)
+    })
 }
-
 /// Reload on every `SIGHUP` until `stop` turns true; a failing reload keeps the old routes.
 pub async fn on_sighup(
     engine: Arc<Engine>,

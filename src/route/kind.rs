@@ -107,8 +107,45 @@ pub fn is_hijack_route(method: &Method, path: &str) -> bool {
         )
 }
 
-fn segments(path: &str) -> Vec<&str> {
-    path.split('/').filter(|s| !s.is_empty()).collect()
+/// The path's segments without allocating: all of them up to 8; for a longer path the first 4
+/// and the last 4, which keeps every pattern of the tables above meaning what it says (fixed
+/// patterns are at most 4 long, and `..` patterns look only at the ends).
+fn segments(path: &str) -> Segments<'_> {
+    let mut s = Segments {
+        all: [""; 8],
+        len: 0,
+    };
+    let mut tail = [""; 4];
+    let mut total = 0;
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        if total < 8 {
+            s.all[total] = seg;
+        }
+        tail[total % 4] = seg;
+        total += 1;
+    }
+    if total > 8 {
+        for i in 0..4 {
+            s.all[4 + i] = tail[(total + i) % 4];
+        }
+    }
+    s.len = total.min(8);
+    s
+}
+
+struct Segments<'a> {
+    all: [&'a str; 8],
+    len: usize,
+}
+
+impl<'a> Segments<'a> {
+    fn as_slice(&self) -> &[&'a str] {
+        &self.all[..self.len]
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +199,18 @@ mod tests {
         assert!(response_streams(&g, "/images/get", ""));
         assert!(response_streams(&p, "/plugins/team/p:1/upgrade", ""));
         assert!(!response_streams(&p, "/images/push", ""));
+        // Long names keep their ends.
+        assert!(response_streams(
+            &p,
+            "/images/a/b/c/d/e/f/g/h/i/j:1/push",
+            ""
+        ));
+        assert!(!response_streams(
+            &p,
+            "/images/a/b/c/d/e/f/g/h/i/j:1/tag",
+            ""
+        ));
+        assert!(!response_streams(&g, "/containers/a/b/c/d/e/f/g/logs", ""));
         for json in [
             "/containers/abc/json",
             "/containers/json",
