@@ -206,18 +206,22 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         repl: args.repl,
         ..Config::new(listen, upstream)
     };
-    // This runtime is worker 0; serve::run starts the others.
+    // This runtime accepts connections and runs the background services; serve::run starts the
+    // workers on threads of their own.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         // Handlers first: once the socket exists, SIGTERM must mean a clean shutdown.
         let shutdown = shutdown_signal().map_err(|e| format!("cannot handle signals: {e}"))?;
         serve::run(config, shutdown)
             .await
             .map_err(|e| e.to_string())
-    })
+    });
+    // serve::run has waited its grace period; a worker stuck in a script does not hold the exit.
+    runtime.shutdown_background();
+    served
 }
 
 /// Installs SIGINT and SIGTERM handlers now; the future resolves on either signal.

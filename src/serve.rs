@@ -6,9 +6,9 @@
 //! sockets (the listen socket last, so that it appears only when everything behind it is ready)
 //! and serves until the shutdown future resolves. `main.rs` and the tests call it.
 //!
-//! [`bind`] makes the socket appear only when it is ready: it binds under a temporary name, sets
-//! mode and group, then renames it into place, so a client never sees a socket with the wrong
-//! permissions or one nobody accepts on. A socket file left by a crashed run is replaced; one that
+//! [`bind`] makes the socket appear only when it is ready: it binds inside a private (0700)
+//! directory, sets mode and group, then renames it into place, so no client — no other uid above
+//! all — ever reaches a socket with the wrong permissions or one nobody accepts on. A socket file left by a crashed run is replaced; one that
 //! a live process answers on is refused. [`run`] accepts connections until the shutdown future
 //! resolves, then removes the socket, lets in-flight calls finish (up to [`SHUTDOWN_GRACE`]) and
 //! returns.
@@ -16,10 +16,11 @@
 //! # Threads
 //!
 //! luastrip runs thread-per-core: `threads` workers, each a single-threaded Tokio runtime with its
-//! own upstream pool ([`Worker`]) and Lua VM. One acceptor deals client connections to the workers
-//! round-robin; from then on a call, its daemon connection and its tunnel all live on that
-//! worker's thread, so the hot path has no cross-thread hand-off (only each new connection
-//! crosses once). Measured (see `bench/RESULTS.md`): on a 2-core machine a
+//! own upstream pool ([`Worker`]) and Lua VM, on a thread of its own. One acceptor, on the
+//! calling thread with the control socket and the other background services (never on a worker
+//! that runs Lua), deals client connections to the workers round-robin; from then on a call, its
+//! daemon connection and its tunnel all live on that worker's thread, so the hot path has no
+//! cross-thread hand-off (only each new connection crosses once). Measured (see `bench/RESULTS.md`): on a 2-core machine a
 //! work-stealing runtime spent 44 % of its samples in the kernel's wake-up and context-switch
 //! paths and served 35k pass-through calls/s; thread-per-core serves about 50k.
 
@@ -132,35 +133,47 @@ pub fn bind(opts: &ListenOptions) -> Result<Listener, BindError> {
         None => None,
         Some(g) => Some(lookup_group(g)?),
     };
-    let tmp = temp_name(path);
-    let _ = std::fs::remove_file(&tmp);
-    let inner = std::os::unix::net::UnixListener::bind(&tmp).map_err(io_err)?;
-    let ready = (|| {
+    // Bound inside a private (0700) directory beside the final path: no other uid can connect
+    // while the socket still has the default mode; it is renamed into place once its mode and
+    // group are right (the same filesystem, so the rename is atomic).
+    let private = private_dir(path).map_err(io_err)?;
+    let tmp = private.join("socket");
+    let made = (|| {
+        let inner = std::os::unix::net::UnixListener::bind(&tmp)?;
         inner.set_nonblocking(true)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(opts.mode))?;
         if let Some(gid) = gid {
             std::os::unix::fs::chown(&tmp, None, Some(gid))?;
         }
         std::fs::rename(&tmp, path)?;
-        std::fs::metadata(path).map(|m| m.ino())
+        let ino = std::fs::metadata(path).map(|m| m.ino())?;
+        Ok((inner, ino))
     })();
-    match ready {
-        Ok(ino) => Ok(Listener {
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_dir(&private);
+    match made {
+        Ok((inner, ino)) => Ok(Listener {
             inner,
             path: path.clone(),
             ino,
         }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(io_err(e))
-        }
+        Err(e) => Err(io_err(e)),
     }
 }
 
-fn temp_name(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{}~", std::process::id()));
-    PathBuf::from(name)
+/// A fresh directory beside `path`, mode 0700 from its creation.
+fn private_dir(path: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let dir = parent.join(format!(".{name}.{}.bind", std::process::id()));
+    let _ = std::fs::remove_file(dir.join("socket"));
+    let _ = std::fs::remove_dir(&dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
 }
 
 fn lookup_group(group: &str) -> Result<u32, BindError> {
@@ -310,7 +323,8 @@ pub enum StartError {
 }
 
 /// Assemble and serve the gateway described by `config` until `shutdown` resolves (or the
-/// `--repl` quits). Must be called on a current-thread runtime, which becomes worker 0.
+/// `--repl` quits). Meant for a current-thread runtime: it accepts connections and runs the
+/// background services, while the workers get threads of their own.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     refuse_self_forwarding(&config.upstream, &config.listen)?;
     let workers = config.workers();
@@ -458,7 +472,10 @@ async fn warn_unless_daemon_answers(upstream: &Upstream) {
 }
 
 /// Serve `gateway` (pass-through or with hooks) on `threads` workers until `shutdown` resolves.
-/// The calling runtime is one of the workers; the others get a thread and a runtime each.
+/// Each worker gets a thread and a runtime of its own; the calling runtime only accepts
+/// connections (and runs the background services, such as the control socket), so that no
+/// script, however stuck, can stop the gateway from accepting, answering its control socket or
+/// shutting down.
 pub async fn run_gateway(
     listener: Listener,
     gateway: Arc<Gateway>,
@@ -473,8 +490,8 @@ pub async fn run_gateway(
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
-    let mut others = Vec::new();
-    for n in 1..threads.max(1) {
+    let mut threads_running = Vec::new();
+    for n in 0..threads.max(1) {
         let (tx, rx) = mpsc::unbounded_channel();
         workers.push(tx);
         let gateway = gateway.clone();
@@ -487,12 +504,9 @@ pub async fn run_gateway(
                     .build()?;
                 rt.block_on(worker(n, rx, gateway, stop))
             })?;
-        others.push(thread);
+        threads_running.push(thread);
     }
-    // This runtime is worker 0.
-    let (tx, rx) = mpsc::unbounded_channel();
-    workers.insert(0, tx);
-    let mine = tokio::spawn(worker(0, rx, gateway, stop_rx));
+    drop(gateway);
 
     // One acceptor deals connections round-robin: a shared accept would let one worker win
     // most of them and leave the other core idle.
@@ -521,17 +535,25 @@ pub async fn run_gateway(
     drop(listener);
     drop(workers);
     let _ = stop_tx.send(true);
-    let mut result = mine.await.unwrap_or_else(|e| Err(io::Error::other(e)));
-    for t in others {
-        let joined = tokio::task::spawn_blocking(move || t.join())
-            .await
-            .map_err(io::Error::other)
-            .and_then(|r| r.unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked"))));
-        if result.is_ok() {
-            result = joined;
+    // Workers finish their calls within SHUTDOWN_GRACE. One that does not answer by then is
+    // stuck (a script in a loop that never yields, say): the gateway exits without it.
+    let joined = tokio::task::spawn_blocking(move || {
+        threads_running
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked")))
+            })
+            .collect::<io::Result<Vec<()>>>()
+    });
+    match tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), joined).await {
+        Ok(Ok(r)) => r.map(|_| ()),
+        Ok(Err(e)) => Err(io::Error::other(e)),
+        Err(_) => {
+            warn!("a worker did not stop within the grace period; exiting without it");
+            Ok(())
         }
     }
-    result
 }
 
 /// One worker: serve the connections dealt to it on this thread until told to stop, then give
@@ -644,5 +666,38 @@ async fn connection(stream: UnixStream, worker: Arc<Worker>, mut stop: watch::Re
             let _ = io.shutdown().await;
         }
         (Err(e), _) => debug!(error = %e, "client connection ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_are_bound_in_a_private_directory_and_renamed_into_place() {
+        let dir = std::env::temp_dir().join(format!("luastrip-bind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let private = private_dir(&path).unwrap();
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{private:?}");
+        std::fs::remove_dir(&private).unwrap();
+        let l = bind(&ListenOptions {
+            path: path.clone(),
+            mode: 0o600,
+            group: None,
+        })
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Nothing is left beside it.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("s.sock")]);
+        drop(l);
+        assert!(!path.exists());
+        std::fs::remove_dir(&dir).unwrap();
     }
 }
