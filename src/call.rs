@@ -175,6 +175,16 @@ impl Call {
             )
     }
 
+    /// Check a JSON body of this call the way dockerd will read it ([`crate::route::json`]): what
+    /// Go's decoder would read differently from a hook is a 400 naming the key.
+    pub fn check_json_body(&self, body: &[u8]) -> Result<(), Error> {
+        Ok(crate::route::json::check(
+            self.head.method.as_str(),
+            self.path.as_str(),
+            body,
+        )?)
+    }
+
     /// Replace the query string that is forwarded.
     pub fn set_query(&mut self, query: &str) -> Result<(), Error> {
         let path = self.head.uri.path();

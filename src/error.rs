@@ -96,6 +96,13 @@ impl Error {
     }
 }
 
+/// A body dockerd would read differently from the hooks is the client's mistake: a 400.
+impl From<crate::route::json::JsonError> for Error {
+    fn from(e: crate::route::json::JsonError) -> Self {
+        Error::client(StatusCode::BAD_REQUEST, e.to_string())
+    }
+}
+
 /// A Docker-style JSON error reply. The daemon ends its JSON bodies with a newline; so do we.
 pub fn json_message(status: StatusCode, message: &str) -> Response<Body> {
     #[derive(Serialize)]

@@ -221,6 +221,7 @@ async fn hold_body(call: &mut Call) -> Result<Option<String>, Error> {
             )
         })?
         .to_bytes();
+    call.check_json_body(&bytes)?;
     call.body = Some(full(bytes.clone()));
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }

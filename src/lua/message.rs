@@ -27,9 +27,14 @@ use crate::route::kind::RequestBody;
 use crate::route::{query, NormalPath};
 
 /// A request body not read yet, shared between the `req` table (which may read it) and the
-/// engine (which gives it back to the call if nobody did).
+/// engine (which gives it back to the call if nobody did). When read, it is checked the way
+/// dockerd will read it ([`crate::route::json`]) before any hook sees it.
 #[derive(Clone)]
-pub struct PendingBody(Arc<tokio::sync::Mutex<BodyState>>);
+pub struct PendingBody {
+    state: Arc<tokio::sync::Mutex<BodyState>>,
+    /// The call's method and path, for the check.
+    route: Arc<(String, String)>,
+}
 
 enum BodyState {
     /// Still the client's stream.
@@ -41,16 +46,24 @@ enum BodyState {
 }
 
 impl PendingBody {
-    fn new(body: Body) -> Self {
-        PendingBody(Arc::new(tokio::sync::Mutex::new(BodyState::Unread(body))))
+    fn new(body: Body, call: &Call) -> Self {
+        PendingBody {
+            state: Arc::new(tokio::sync::Mutex::new(BodyState::Unread(body))),
+            route: Arc::new((
+                call.head.method.as_str().to_string(),
+                call.path.as_str().to_string(),
+            )),
+        }
     }
 
     /// The body's bytes, reading it now if nobody has (at most `cap` bytes).
     async fn read(&self, cap: usize) -> Result<Option<Bytes>, Error> {
-        let mut state = self.0.lock().await;
+        let mut state = self.state.lock().await;
         match std::mem::replace(&mut *state, BodyState::Gone) {
             BodyState::Unread(body) => {
                 let bytes = read_capped(body, cap).await?;
+                let (method, path) = &*self.route;
+                crate::route::json::check(method, path, &bytes)?;
                 *state = BodyState::Read(bytes.clone());
                 Ok(Some(bytes))
             }
@@ -64,7 +77,7 @@ impl PendingBody {
 
     /// Take what the hooks left: the unread stream, or the bytes they read.
     fn take(&self) -> Option<Result<Body, Bytes>> {
-        let mut state = self.0.try_lock().ok()?;
+        let mut state = self.state.try_lock().ok()?;
         match std::mem::replace(&mut *state, BodyState::Gone) {
             BodyState::Unread(body) => Some(Ok(body)),
             BodyState::Read(b) => Some(Err(b)),
@@ -120,7 +133,7 @@ pub fn new_req(lua: &Lua, call: &mut Call, cap: usize) -> mlua::Result<Table> {
     req.raw_set("path", call.path.as_str())?;
     req.raw_set("version", call.path.version())?;
     let body = match call.request_body_kind() {
-        RequestBody::Json => call.body.take().map(PendingBody::new),
+        RequestBody::Json => call.body.take().map(|b| PendingBody::new(b, call)),
         RequestBody::Stream => None,
     };
     let lazy = Lazy {
