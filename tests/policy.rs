@@ -1,0 +1,323 @@
+//! The example policy against an attacker, through the real binary in front of a real dockerd:
+//! every way to host power that was found to slip past it is tried again, through the docker CLI
+//! or the raw API, and each result is confirmed on the daemon directly (no container, volume or
+//! plugin was made; nothing started).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{http_request, json_body, output, raw, run_ok, Daemon, Gateway, IMAGE};
+
+fn guarded() -> Gateway {
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scripts/deny-privileged.lua");
+    Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", policy.to_str().unwrap()],
+    )
+}
+
+fn status(resp: &str) -> &str {
+    resp.get(9..12).unwrap_or("")
+}
+
+/// Whether the daemon itself knows an object (`docker inspect --type T NAME`).
+fn daemon_has(kind: &str, name: &str) -> bool {
+    output(
+        Daemon::shared()
+            .docker()
+            .args(["inspect", "--type", kind, name]),
+    )
+    .status
+    .success()
+}
+
+fn unique(what: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("luastrip-attack-{what}-{}-{n}", std::process::id())
+}
+
+#[test]
+fn create_bodies_dockerd_would_read_differently_are_refused_before_it() {
+    let gw = guarded();
+    let bodies = [
+        format!(r#"{{"Image":"{IMAGE}","hostconfig":{{"privileged":true}}}}"#),
+        format!(r#"{{"Image":"{IMAGE}","HostConfig":{{"privileged":true}}}}"#),
+        format!(r#"{{"Image":"{IMAGE}","HostConfig":{{"binds":["/:/host"]}}}}"#),
+        format!(
+            r#"{{"Image":"{IMAGE}","HostConfig":{{"mounts":[{{"Type":"bind","Source":"/","Target":"/host"}}]}}}}"#
+        ),
+        format!(
+            r#"{{"Image":"{IMAGE}","HostConfig":{{"Mounts":[{{"type":"bind","Source":"/","Target":"/host"}}]}}}}"#
+        ),
+        format!(
+            r#"{{"Image":"{IMAGE}","HostConfig":{{"Privileged":true}},"HostConfig":{{"Memory":0}}}}"#
+        ),
+        format!(r#"{{"Image":"{IMAGE}","Privileged":true}}"#),
+        format!(r#"{{"Image":"{IMAGE}","Binds":["/:/host"]}}"#),
+        format!(r#"{{"Image":"{IMAGE}","HostConfig":{{"Privil\u0065ged":true}}}}"#),
+        format!(
+            "{{\"Image\":\"{IMAGE}\",\"HostConfig\":{{\"\u{017F}ecurityOpt\":[\"seccomp=unconfined\"]}}}}"
+        ),
+        format!(r#"{{"Image":"{IMAGE}"}} {{"HostConfig":{{"Privileged":true}}}}"#),
+    ];
+    for (version, body) in ["/v1.41", "/v1.23", ""]
+        .iter()
+        .flat_map(|v| bodies.iter().map(move |b| (v, b)))
+    {
+        let name = unique("create");
+        let resp = raw(
+            &gw.socket,
+            &http_request(
+                "POST",
+                &format!("{version}/containers/create?name={name}"),
+                "Content-Type: application/json\r\n",
+                body.as_bytes(),
+            ),
+        );
+        assert!(
+            status(&resp) == "400" || status(&resp) == "403",
+            "{version} {body}: {resp}"
+        );
+        assert!(json_body(&resp)["message"].is_string(), "{resp}");
+        assert!(!daemon_has("container", &name), "{body} created {name}");
+    }
+}
+
+#[test]
+fn every_way_to_host_power_through_the_cli_is_refused() {
+    let gw = guarded();
+    let attempts: &[&[&str]] = &[
+        &["--privileged"],
+        &["--cap-add", "ALL"],
+        &["--cap-add", "sys_admin"],
+        &["--cap-add", "CAP_SYS_MODULE"],
+        &["--security-opt", "seccomp=unconfined"],
+        &["--security-opt", "apparmor=unconfined"],
+        &["--security-opt", "label=disable"],
+        &["--device", "/dev/null"],
+        &["--device-cgroup-rule", "c 1:3 rwm"],
+        &["--pid", "host"],
+        &["--ipc", "host"],
+        &["--uts", "host"],
+        &["--userns", "host"],
+        &["--network", "host"],
+        &["--cgroupns", "host"],
+        &["-v", "/:/host"],
+        &["-v", "/etc:/etc"],
+        &["--mount", "type=bind,src=/,dst=/host"],
+        &[
+            "--mount",
+            "type=volume,dst=/host,volume-driver=local,volume-opt=type=none,volume-opt=o=bind,volume-opt=device=/",
+        ],
+    ];
+    for flags in attempts {
+        let name = unique("cli");
+        let out = output(
+            gw.docker()
+                .args(["create", "--name", &name])
+                .args(*flags)
+                .args([IMAGE, "true"]),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} was created");
+        assert!(err.contains("luastrip policy: "), "{flags:?}: {err}");
+        assert!(!daemon_has("container", &name), "{flags:?} created {name}");
+    }
+    // The local volume that binds the host's root, made first and mounted later.
+    let vol = unique("vol");
+    let out = output(gw.docker().args([
+        "volume",
+        "create",
+        "-o",
+        "type=none",
+        "-o",
+        "o=bind",
+        "-o",
+        "device=/",
+        &vol,
+    ]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("binds a host path"));
+    assert!(!daemon_has("volume", &vol));
+    let out = output(
+        gw.docker()
+            .args(["volume", "create", "-o", "device=/dev/vda", &vol]),
+    );
+    assert!(!out.status.success());
+    assert!(!daemon_has("volume", &vol));
+    // What stays allowed: plain containers, named volumes, harmless capabilities.
+    let ok = unique("ok");
+    run_ok(gw.docker().args([
+        "create",
+        "--name",
+        &ok,
+        "-v",
+        "luastrip-policy-vol:/data",
+        "--cap-add",
+        "NET_BIND_SERVICE",
+        "--security-opt",
+        "no-new-privileges",
+        IMAGE,
+        "true",
+    ]));
+    run_ok(Daemon::shared().docker().args(["rm", &ok]));
+    let _ = output(
+        Daemon::shared()
+            .docker()
+            .args(["volume", "rm", "luastrip-policy-vol"]),
+    );
+}
+
+#[test]
+fn privileges_asked_for_later_are_refused_too() {
+    let gw = guarded();
+    let d = Daemon::shared();
+    let name = unique("later");
+    let id = run_ok(
+        gw.docker()
+            .args(["create", "--name", &name, IMAGE, "sleep", "30"]),
+    )
+    .trim()
+    .to_string();
+    // API < 1.24 reads a HostConfig from the start body.
+    for body in [
+        r#"{"Privileged":true}"#,
+        r#"{"Binds":["/:/host"]}"#,
+        r#"{"CapAdd":["ALL"]}"#,
+    ] {
+        let resp = raw(
+            &gw.socket,
+            &http_request(
+                "POST",
+                &format!("/v1.23/containers/{id}/start"),
+                "Content-Type: application/json\r\n",
+                body.as_bytes(),
+            ),
+        );
+        assert_eq!(status(&resp), "403", "{body}: {resp}");
+    }
+    let state = run_ok(d.docker().args([
+        "inspect",
+        "-f",
+        "{{.State.Running}} {{.HostConfig.Privileged}} {{.HostConfig.Binds}}",
+        &id,
+    ]));
+    assert_eq!(state.trim(), "false false []");
+    // Devices through docker update.
+    let resp = raw(
+        &gw.socket,
+        &http_request(
+            "POST",
+            &format!("/v1.41/containers/{id}/update"),
+            "Content-Type: application/json\r\n",
+            br#"{"Devices":[{"PathOnHost":"/dev/null","PathInContainer":"/dev/x","CgroupPermissions":"rwm"}]}"#,
+        ),
+    );
+    assert_eq!(status(&resp), "403", "{resp}");
+    // Privileged exec in a running container.
+    run_ok(gw.docker().args(["start", &id]));
+    let out = output(gw.docker().args(["exec", "--privileged", &id, "true"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("privileged exec is not allowed"));
+    run_ok(d.docker().args(["rm", "-f", &id]));
+}
+
+#[test]
+fn plugins_and_host_power_services_are_refused() {
+    let gw = guarded();
+    let plugin = unique("plugin");
+    for (method, target) in [
+        ("POST", format!("/v1.41/plugins/create?name={plugin}")),
+        ("POST", "/v1.41/plugins/pull?remote=vieux/sshfs".to_string()),
+        (
+            "POST",
+            "/v1.41/plugins/reg.example:5000/team/p:1/enable".to_string(),
+        ),
+        ("POST", "/v1.41/plugins/team/p/set".to_string()),
+        ("POST", "/v1.41/plugins/p/upgrade?remote=x".to_string()),
+    ] {
+        let resp = raw(&gw.socket, &http_request(method, &target, "", b""));
+        assert_eq!(status(&resp), "403", "{target}: {resp}");
+    }
+    assert!(!daemon_has("plugin", &plugin));
+    let service = format!(
+        r#"{{"Name":"x","TaskTemplate":{{"ContainerSpec":{{"Image":"{IMAGE}","Mounts":[{{"Type":"bind","Source":"/","Target":"/host"}}]}}}}}}"#
+    );
+    let cap = format!(
+        r#"{{"Name":"x","TaskTemplate":{{"ContainerSpec":{{"Image":"{IMAGE}","CapabilityAdd":["CAP_SYS_ADMIN"]}}}}}}"#
+    );
+    for body in [service, cap] {
+        let resp = raw(
+            &gw.socket,
+            &http_request(
+                "POST",
+                "/v1.41/services/create",
+                "Content-Type: application/json\r\n",
+                body.as_bytes(),
+            ),
+        );
+        assert_eq!(status(&resp), "403", "{body}: {resp}");
+    }
+}
+
+#[test]
+fn image_names_with_registries_and_slashes_reach_image_routes() {
+    let dir = support::temp_dir("names");
+    let script = dir.join("s.lua");
+    std::fs::write(
+        &script,
+        r#"
+        route.pre("DELETE /images/{name}", function(req)
+          return { status = 403, json = { message = "no removing " .. req.params.name } }
+        end)
+        "#,
+    )
+    .unwrap();
+    let gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", script.to_str().unwrap()],
+    );
+    let d = Daemon::shared();
+    let tag = format!("reg.example:5000/team/bb:{}", std::process::id());
+    run_ok(d.docker().args(["tag", IMAGE, &tag]));
+    let out = output(gw.docker().args(["rmi", &tag]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{tag} was removed");
+    assert!(err.contains(&format!("no removing {tag}")), "{err}");
+    assert!(daemon_has("image", &tag));
+    run_ok(d.docker().args(["rmi", &tag]));
+}
+
+#[test]
+fn check_refuses_patterns_that_can_never_match() {
+    let dir = support::temp_dir("never");
+    for (src, why) in [
+        (
+            "route.pre(\"POST /containers/:id/start\", function() end)\n",
+            "write {id}",
+        ),
+        (
+            "route.pre(\"GET /containers/json?all=1\", function() end)\n",
+            "query",
+        ),
+        (
+            "route.pre(\"FETCH /containers/json\", function() end)\n",
+            "not an HTTP method",
+        ),
+    ] {
+        let path: PathBuf = dir.join("p.lua");
+        std::fs::write(&path, src).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_luastrip"))
+            .arg("check")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{src}");
+        assert!(err.contains("p.lua:1"), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+}
