@@ -78,6 +78,11 @@ pub struct Gateway {
     pub open_tunnels: AtomicU64,
     /// How long a client may take to send a request head; `None`: no limit.
     pub header_timeout: Option<std::time::Duration>,
+    /// A worker that has not run its event loop for this long is stuck (a script past its
+    /// budget, or worse): it gets no new connections until it recovers.
+    pub stuck_after: std::time::Duration,
+    /// Workers stuck now (kept by the acceptor, for metrics).
+    pub stuck_workers: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -91,6 +96,8 @@ impl Gateway {
             open_connections: AtomicU64::new(0),
             open_tunnels: AtomicU64::new(0),
             header_timeout: None,
+            stuck_after: std::time::Duration::from_secs(2),
+            stuck_workers: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
         }
     }

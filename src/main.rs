@@ -81,10 +81,18 @@ struct ServeArgs {
     /// Persist the scripts' `store` in this JSON file.
     #[arg(long, env = "LUASTRIP_STATE")]
     state: Option<PathBuf>,
+    /// Most the scripts' `store` may hold, in MiB (keys plus their JSON).
+    #[arg(long, env = "LUASTRIP_STORE_LIMIT_MB", default_value_t = 64)]
+    store_limit_mb: usize,
     /// Seconds a client may take to send a request head (slow clients are disconnected);
     /// 0 turns the limit off. Streams and tunnels are not timed once their head is read.
     #[arg(long, env = "LUASTRIP_HEADER_TIMEOUT_S", default_value_t = 30)]
     header_timeout_s: u64,
+    /// Milliseconds after which a worker whose event loop has not run counts as stuck: it gets
+    /// no new connections, and shows in the log and in /metrics. Default: twice the hook budget
+    /// plus a second.
+    #[arg(long, env = "LUASTRIP_STUCK_AFTER_MS")]
+    stuck_after_ms: Option<u64>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -200,9 +208,11 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             .control
             .map(|c| PathBuf::from(c.strip_prefix("unix://").unwrap_or(&c))),
         state: args.state,
+        store_limit: args.store_limit_mb << 20,
         limits: args.limits.limits(),
         header_timeout: (args.header_timeout_s > 0)
             .then(|| std::time::Duration::from_secs(args.header_timeout_s)),
+        stuck_after: args.stuck_after_ms.map(std::time::Duration::from_millis),
         repl: args.repl,
         ..Config::new(listen, upstream)
     };

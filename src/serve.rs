@@ -207,10 +207,15 @@ pub struct Config {
     pub control: Option<PathBuf>,
     /// Where the scripts' `store` persists.
     pub state: Option<PathBuf>,
+    /// Most bytes the `store` may hold.
+    pub store_limit: usize,
     /// Script limits.
     pub limits: Limits,
     /// How long a client may take to send a request head (`None`: forever).
     pub header_timeout: Option<Duration>,
+    /// A worker whose event loop has not run for this long is stuck; `None`: twice the hook
+    /// budget plus a second.
+    pub stuck_after: Option<Duration>,
     /// Run the REPL on this terminal too; quitting it stops the gateway.
     pub repl: bool,
 }
@@ -228,8 +233,10 @@ impl Config {
             powerstrip_config: None,
             control: None,
             state: None,
+            store_limit: crate::lua::store::DEFAULT_CAP,
             limits: Limits::default(),
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
+            stuck_after: None,
             repl: false,
         }
     }
@@ -333,11 +340,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // socket behind, and the first client already gets the hooks.
     let mut gateway = Gateway::new(Upstream::new(config.upstream.clone()));
     gateway.header_timeout = config.header_timeout;
+    gateway.stuck_after = config
+        .stuck_after
+        .unwrap_or(config.limits.hook_time * 2 + Duration::from_secs(1));
     let mut engine = None;
     if config.scripts.is_some() || config.powerstrip_config.is_some() {
         let store = match &config.state {
-            Some(path) => Store::open(path).map_err(StartError::State)?,
-            None => Store::memory(),
+            Some(path) => Store::open(path, config.store_limit).map_err(StartError::State)?,
+            None => Store::memory(config.store_limit),
         };
         let services = Services {
             upstream: Some(config.upstream.clone()),
@@ -491,35 +501,45 @@ pub async fn run_gateway(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
     let mut threads_running = Vec::new();
+    let health = Arc::new(Health::new(threads.max(1)));
     for n in 0..threads.max(1) {
         let (tx, rx) = mpsc::unbounded_channel();
         workers.push(tx);
         let gateway = gateway.clone();
         let stop = stop_rx.clone();
+        let health = health.clone();
         let thread = std::thread::Builder::new()
             .name(format!("luastrip-worker-{n}"))
             .spawn(move || -> io::Result<()> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                rt.block_on(worker(n, rx, gateway, stop))
+                rt.block_on(worker(n, rx, gateway, stop, health))
             })?;
         threads_running.push(thread);
     }
-    drop(gateway);
 
     // One acceptor deals connections round-robin: a shared accept would let one worker win
     // most of them and leave the other core idle.
     let accept = UnixListener::from_std(listener.inner.try_clone()?)?;
     let mut next = 0;
+    let mut checkup = tokio::time::interval(Duration::from_millis(250));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = checkup.tick() => health.checkup(&gateway),
             accepted = accept.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
                 Ok(stream) => {
-                    let _ = workers[next].send(stream);
-                    next = (next + 1) % workers.len();
+                    // The next worker that is not stuck; with all of them stuck, a clear 503.
+                    let n = workers.len();
+                    match (0..n).map(|i| (next + i) % n).find(|&w| !health.stuck(w, &gateway)) {
+                        Some(w) => {
+                            let _ = workers[w].send(stream);
+                            next = (w + 1) % n;
+                        }
+                        None => refuse_busy(stream),
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -563,9 +583,18 @@ async fn worker(
     mut incoming: mpsc::UnboundedReceiver<std::os::unix::net::UnixStream>,
     gateway: Arc<Gateway>,
     mut stop: watch::Receiver<bool>,
+    health: Arc<Health>,
 ) -> io::Result<()> {
     let worker = Arc::new(Worker::new(gateway, index));
     let tracker = TaskTracker::new();
+    // The heartbeat: it only runs while this thread's event loop does.
+    let beat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            health.beat(index);
+        }
+    });
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -580,6 +609,7 @@ async fn worker(
             }
         }
     }
+    beat.abort();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -591,6 +621,79 @@ async fn worker(
         );
     }
     Ok(())
+}
+
+/// The workers' heartbeats, read by the acceptor: a worker whose event loop has not run for
+/// [`Gateway::stuck_after`] is stuck (a script running past its budget in a way the budget cannot
+/// stop), gets no new connections, and shows in the log and in `luastrip_workers_stuck`.
+struct Health {
+    started: std::time::Instant,
+    /// Milliseconds since `started` of each worker's last beat.
+    beats: Vec<std::sync::atomic::AtomicU64>,
+    /// What the last checkup found, to log changes once.
+    was_stuck: Vec<std::sync::atomic::AtomicBool>,
+}
+
+impl Health {
+    fn new(workers: usize) -> Health {
+        Health {
+            started: std::time::Instant::now(),
+            beats: (0..workers).map(|_| Default::default()).collect(),
+            was_stuck: (0..workers).map(|_| Default::default()).collect(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn beat(&self, worker: usize) {
+        self.beats[worker].store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn stuck(&self, worker: usize, gateway: &Gateway) -> bool {
+        let last = self.beats[worker].load(std::sync::atomic::Ordering::Relaxed);
+        self.now_ms().saturating_sub(last) > gateway.stuck_after.as_millis() as u64
+    }
+
+    /// Log workers that became stuck or recovered, and count them for metrics.
+    fn checkup(&self, gateway: &Gateway) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut stuck = 0;
+        for w in 0..self.beats.len() {
+            let now = self.stuck(w, gateway);
+            stuck += u64::from(now);
+            if self.was_stuck[w].swap(now, Relaxed) != now {
+                if now {
+                    warn!(
+                        worker = w,
+                        stuck_after_ms = gateway.stuck_after.as_millis() as u64,
+                        "a worker is stuck (a script running past its budget?); it gets no new connections"
+                    );
+                } else {
+                    info!(worker = w, "a stuck worker runs again");
+                }
+            }
+        }
+        gateway.stuck_workers.store(stuck, Relaxed);
+    }
+}
+
+/// Every worker is stuck: answer a new connection's first call with a Docker JSON 503 and close.
+fn refuse_busy(stream: std::os::unix::net::UnixStream) {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut stream = stream;
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut head = [0u8; 1024];
+        let _ = stream.read(&mut head);
+        let body = r#"{"message":"luastrip: every worker is stuck running a script past its budget; try again later"}"#;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
+            body.len() + 1
+        );
+    });
 }
 
 /// Counts something open for as long as the guard lives.

@@ -1,40 +1,60 @@
-//! Script limits and the gateway's own reliability (issue "security and reliability"): what a
-//! stuck or hostile script cannot take from the gateway, through the real binary.
+//! Script limits and the gateway's own reliability: what a stuck or hostile script cannot take
+//! from the gateway, through the real binary.
 
 mod support;
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use support::{http_request, Daemon, Gateway};
+use support::{http_request, json_body, raw, Daemon, Gateway};
 
-#[test]
-fn a_worker_stuck_in_c_code_leaves_the_control_socket_and_sigterm_working() {
-    let path = support::temp_dir("stuck").join("s.lua");
-    // Lua's pattern matcher backtracks in C, where no instruction budget can stop it.
+/// A gateway whose only script spins in `GET /luastrip/spin` for as long as its budget allows.
+fn spinning(extra: &[&str]) -> Gateway {
+    let path = support::temp_dir("spin").join("s.lua");
     std::fs::write(
         &path,
         r#"
-        route.endpoint("GET /luastrip/stuck", function(req)
-          local s = string.rep("a", 40)
-          return { status = 200, json = { found = s:find(string.rep("a-", 40) .. "b") } }
-        end)
+        route.endpoint("GET /luastrip/spin", function(req) while true do end end)
+        route.endpoint("GET /luastrip/ok", function(req) return { status = 200, json = { ok = true } } end)
         "#,
     )
     .unwrap();
-    let mut gw = Gateway::start_with(
-        &Daemon::shared().socket,
-        &["--scripts", path.to_str().unwrap(), "--threads", "1"],
+    let mut args = vec!["--scripts", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Gateway::start_with(&Daemon::shared().socket, &args)
+}
+
+fn metric(gw: &Gateway, name: &str) -> Option<f64> {
+    let text = raw(
+        &gw.control_socket(),
+        b"GET /metrics HTTP/1.1\r\nHost: ctl\r\nConnection: close\r\n\r\n",
     );
-    let mut stuck = support::connect(&gw.socket);
-    std::io::Write::write_all(&mut stuck, &http_request("GET", "/luastrip/stuck", "", b""))
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_busy_worker_leaves_the_control_socket_and_sigterm_working() {
+    let mut gw = spinning(&["--threads", "1", "--hook-timeout-ms", "600000"]);
+    let mut busy = support::connect(&gw.socket);
+    busy.write_all(&http_request("GET", "/luastrip/spin", "", b""))
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     // The control socket still answers: it does not run on the worker.
     let (status, calls) = gw.control("GET", "/calls", "");
     assert!(status.contains("200"), "{status}");
     assert!(calls.is_array());
-    // The listen socket still accepts (the call waits for the stuck worker, but is not refused).
-    assert!(std::os::unix::net::UnixStream::connect(&gw.socket).is_ok());
     // SIGTERM ends the process within its grace period (5 s), whatever the script is doing.
     let t = Instant::now();
     let code = gw.terminate();
@@ -48,4 +68,145 @@ fn a_worker_stuck_in_c_code_leaves_the_control_socket_and_sigterm_working() {
     assert!(gw
         .log_text()
         .contains("did not stop within the grace period"));
+}
+
+#[test]
+fn a_stuck_worker_is_reported_and_gets_no_new_connections() {
+    // A budget of 3 s, and workers counted as stuck after 300 ms without running their loop.
+    let gw = spinning(&[
+        "--threads",
+        "2",
+        "--hook-timeout-ms",
+        "3000",
+        "--stuck-after-ms",
+        "300",
+    ]);
+    let mut busy = support::connect(&gw.socket);
+    busy.write_all(&http_request("GET", "/luastrip/spin", "", b""))
+        .unwrap();
+    wait_until(
+        "the stuck worker shows in /metrics",
+        Duration::from_secs(5),
+        || metric(&gw, "luastrip_workers_stuck") == Some(1.0),
+    );
+    assert!(gw.log_text().contains("a worker is stuck"));
+    // New calls all go to the worker that runs.
+    for i in 0..6 {
+        let resp = raw(&gw.socket, &http_request("GET", "/luastrip/ok", "", b""));
+        assert!(resp.starts_with("HTTP/1.1 200"), "call {i}: {resp}");
+    }
+    // The spinning hook ends at its budget: the worker is back.
+    let done = support::read_head(&mut busy);
+    assert!(done.starts_with("HTTP/1.1 500"), "{done}");
+    wait_until("the worker recovers", Duration::from_secs(5), || {
+        metric(&gw, "luastrip_workers_stuck") == Some(0.0)
+    });
+    assert!(gw.log_text().contains("a stuck worker runs again"));
+}
+
+#[test]
+fn with_every_worker_stuck_new_calls_get_a_clear_503() {
+    let gw = spinning(&[
+        "--threads",
+        "1",
+        "--hook-timeout-ms",
+        "3000",
+        "--stuck-after-ms",
+        "300",
+    ]);
+    let mut busy = support::connect(&gw.socket);
+    busy.write_all(&http_request("GET", "/luastrip/spin", "", b""))
+        .unwrap();
+    wait_until("the worker is stuck", Duration::from_secs(5), || {
+        metric(&gw, "luastrip_workers_stuck") == Some(1.0)
+    });
+    let resp = raw(&gw.socket, &http_request("GET", "/luastrip/ok", "", b""));
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(json_body(&resp)["message"]
+        .as_str()
+        .unwrap()
+        .contains("every worker is stuck"));
+}
+
+#[test]
+fn no_script_escapes_its_limits_and_the_gateway_keeps_serving() {
+    let dir = support::temp_dir("escapes");
+    std::fs::write(
+        dir.join("a.lua"),
+        r#"
+        route.endpoint("GET /luastrip/pcall", function()
+          while true do pcall(function() while true do end end) end
+        end)
+        route.endpoint("GET /luastrip/xpcall", function()
+          while true do xpcall(function() while true do end end, function(e) return e end) end
+        end)
+        route.endpoint("GET /luastrip/wrap", function()
+          coroutine.wrap(function() while true do end end)()
+        end)
+        route.endpoint("GET /luastrip/resume", function()
+          while true do coroutine.resume(coroutine.create(function() while true do end end)) end
+        end)
+        route.endpoint("GET /luastrip/find", function()
+          return { json = { at = string.rep("a", 40):find(string.rep("a-", 40) .. "b") } }
+        end)
+        route.endpoint("GET /luastrip/gsub", function()
+          return { json = { s = (string.rep("a", 40)):gsub(string.rep("a-", 40) .. "b", "") } }
+        end)
+        route.endpoint("GET /luastrip/memory", function()
+          while true do
+            pcall(function() local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 1e6) .. i end end)
+          end
+        end)
+        -- One script cannot weaken another's policy by changing what they share.
+        route.endpoint("GET /luastrip/tamper", function()
+          string.sub = function() return "" end
+        end)
+        route.endpoint("GET /luastrip/tamper-raw", function()
+          rawset(string, "sub", function() return "" end)
+        end)
+        "#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b.lua"),
+        r#"
+        route.endpoint("GET /luastrip/policy", function()
+          return { json = { sub = ("privileged"):sub(1, 4) } }
+        end)
+        "#,
+    )
+    .unwrap();
+    let gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", dir.to_str().unwrap(), "--vm-memory-mb", "32"],
+    );
+    for (path, why) in [
+        ("/luastrip/pcall", "time budget"),
+        ("/luastrip/xpcall", "time budget"),
+        ("/luastrip/wrap", "time budget"),
+        ("/luastrip/resume", "time budget"),
+        ("/luastrip/find", "time budget"),
+        ("/luastrip/gsub", "time budget"),
+        ("/luastrip/memory", "memory cap"),
+        ("/luastrip/tamper", "read-only"),
+        ("/luastrip/tamper-raw", "read-only"),
+    ] {
+        let t = Instant::now();
+        let resp = raw(&gw.socket, &http_request("GET", path, "", b""));
+        assert!(resp.starts_with("HTTP/1.1 500"), "{path}: {resp}");
+        let msg = json_body(&resp)["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(why), "{path}: {msg}");
+        assert!(msg.contains("a.lua:"), "{path}: {msg}");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{path} took {:?}",
+            t.elapsed()
+        );
+    }
+    let resp = raw(
+        &gw.socket,
+        &http_request("GET", "/luastrip/policy", "", b""),
+    );
+    assert_eq!(json_body(&resp)["sub"], "priv", "{resp}");
+    support::run_ok(gw.docker().arg("version"));
 }

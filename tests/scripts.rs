@@ -825,6 +825,6 @@ fn require_finds_bundled_modules_and_modules_beside_the_scripts() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("module names are letters"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("module names are parts"));
     std::fs::remove_file(&bad).unwrap();
 }

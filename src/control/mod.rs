@@ -187,6 +187,11 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                     "Hijacked sessions (attach, exec) open now.",
                     &g.open_tunnels,
                 ),
+                (
+                    "luastrip_workers_stuck",
+                    "Workers whose event loop has not run for longer than a hook may (they get no new connections).",
+                    &g.stuck_workers,
+                ),
             ] {
                 let _ = writeln!(
                     text,

@@ -22,7 +22,7 @@ use mlua::{Function, Lua, LuaOptions, LuaSerdeExt, StdLib, Table};
 
 use super::errors::{eval_error, script_error};
 use super::route::{self, Hook, Phase, Registry};
-use super::{budget, message, sandbox, Limits, Scripts, Services, NAMESPACES};
+use super::{budget, message, patterns, sandbox, Limits, Scripts, Services, NAMESPACES};
 use crate::call::Call;
 use crate::error::Error;
 
@@ -217,10 +217,14 @@ fn build_vm(scripts: &Scripts, services: &Services) -> Result<Vm, Error> {
     )
     .map_err(lua_err)?;
     sandbox::sandbox(&lua, scripts.dir()).map_err(lua_err)?;
+    budget::install(&lua).map_err(lua_err)?;
+    patterns::install(&lua).map_err(lua_err)?;
     for (_name, register) in NAMESPACES {
         register(&lua, services).map_err(lua_err)?;
     }
     message::install_object_meta(&lua).map_err(lua_err)?;
+    // Last: what scripts find from here on is read-only.
+    sandbox::protect_builtins(&lua).map_err(lua_err)?;
     lua.set_memory_limit(limits.vm_memory).map_err(lua_err)?;
     lua.set_app_data(Registry::default());
     for (path, src) in &scripts.files {

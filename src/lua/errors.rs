@@ -68,7 +68,7 @@ pub fn script_error(e: &mlua::Error, files: &[String], fallback: &str, limits: &
     }
     let text = e.to_string();
     let location = find_location(&text, files).unwrap_or_else(|| fallback.to_string());
-    let reason = if matches!(root_cause(e), mlua::Error::MemoryError(_)) {
+    let reason = if is_memory_error(e) {
         format!(
             "script exceeded the VM memory cap of {} MiB",
             limits.vm_memory >> 20
@@ -93,6 +93,11 @@ pub fn script_error(e: &mlua::Error, files: &[String], fallback: &str, limits: &
         }
     };
     Error::Script { location, reason }
+}
+
+/// Whether `e` is the VM running out of its memory cap.
+pub fn is_memory_error(e: &mlua::Error) -> bool {
+    matches!(root_cause(e), mlua::Error::MemoryError(_))
 }
 
 fn root_cause(e: &mlua::Error) -> &mlua::Error {

@@ -16,7 +16,8 @@
 //! * [`message`] — the `req` / `res` tables: lazy fields (headers, query, the request body) and
 //!   writing a script's edits back to the call.
 //! * [`errors`] — Lua errors to [`crate::Error`], with `file:line`.
-//! * [`budget`] — the time budget of each hook.
+//! * [`budget`] — the time budget of each hook, which `pcall` and coroutines cannot escape.
+//! * [`patterns`] — `string.find`/`match`/`gmatch`/`gsub` with bounded work.
 //! * One module per Lua namespace, each with the same [`Register`] signature, all wired in
 //!   [`NAMESPACES`]: [`route`], [`json`], [`log`], [`store`], [`docker`], [`http`],
 //!   [`powerstrip`].
@@ -41,6 +42,7 @@ pub mod http;
 pub mod json;
 pub mod log;
 pub mod message;
+pub mod patterns;
 pub mod powerstrip;
 pub mod reload;
 pub mod route;
@@ -98,7 +100,7 @@ impl Default for Services {
     fn default() -> Self {
         Services {
             upstream: None,
-            store: Arc::new(store::Store::memory()),
+            store: Arc::new(store::Store::memory(store::DEFAULT_CAP)),
             adapters_file: None,
             limits: Limits::default(),
         }

@@ -3,7 +3,8 @@
 //! Values are anything JSON can hold. With `--state FILE` the store is loaded at start-up and
 //! written after every change (to a temporary file, then renamed over the old one, so a crash
 //! never leaves half a file). A file that cannot be parsed is a start-up error, never silently
-//! emptied.
+//! emptied. The store holds at most its cap (`--store-limit-mb`, counted as keys plus their JSON);
+//! a `set` or `incr` that would go past it fails, and the store stays as it was.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,24 +14,44 @@ use std::sync::Mutex;
 use mlua::{Lua, LuaSerdeExt, Result, Value};
 use serde_json::Value as Json;
 
+/// The default cap of a store.
+pub const DEFAULT_CAP: usize = 64 << 20;
+
 /// The shared store.
 pub struct Store {
-    map: Mutex<BTreeMap<String, Json>>,
+    map: Mutex<Inner>,
     /// Where it persists, if anywhere.
     path: Option<PathBuf>,
+    /// Most bytes it may hold.
+    cap: usize,
+}
+
+struct Inner {
+    map: BTreeMap<String, Json>,
+    /// Sum of [`entry_size`] over the map.
+    bytes: usize,
+}
+
+/// What an entry counts against the cap: its key and its value as JSON.
+fn entry_size(key: &str, v: &Json) -> usize {
+    key.len() + serde_json::to_vec(v).map_or(0, |b| b.len())
 }
 
 impl Store {
-    /// An in-memory store.
-    pub fn memory() -> Store {
+    /// An in-memory store holding at most `cap` bytes.
+    pub fn memory(cap: usize) -> Store {
         Store {
-            map: Mutex::new(BTreeMap::new()),
+            map: Mutex::new(Inner {
+                map: BTreeMap::new(),
+                bytes: 0,
+            }),
             path: None,
+            cap,
         }
     }
 
-    /// A store persisted at `path`; loads the file if it exists.
-    pub fn open(path: &Path) -> std::result::Result<Store, String> {
+    /// A store persisted at `path`, holding at most `cap` bytes; loads the file if it exists.
+    pub fn open(path: &Path, cap: usize) -> std::result::Result<Store, String> {
         let map = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice::<BTreeMap<String, Json>>(&bytes).map_err(|e| {
                 format!(
@@ -41,31 +62,58 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(format!("--state {}: {e}", path.display())),
         };
+        let bytes = map.iter().map(|(k, v)| entry_size(k, v)).sum();
         Ok(Store {
-            map: Mutex::new(map),
+            map: Mutex::new(Inner { map, bytes }),
             path: Some(path.to_path_buf()),
+            cap,
         })
     }
 
     /// Read a value.
     pub fn get(&self, key: &str) -> Option<Json> {
-        self.lock().get(key).cloned()
+        self.lock().map.get(key).cloned()
     }
 
-    /// Change the map under the lock and persist the result.
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Change one key under the lock: `f` gets its value and returns the new one (`None`
+    /// removes it). A change that would take the store past its cap fails and changes nothing.
+    /// The result is persisted.
     fn update<R>(
         &self,
-        f: impl FnOnce(&mut BTreeMap<String, Json>) -> std::result::Result<R, String>,
+        key: &str,
+        f: impl FnOnce(Option<&Json>) -> std::result::Result<(Option<Json>, R), String>,
     ) -> std::result::Result<R, String> {
-        let mut map = self.lock();
-        let r = f(&mut map)?;
+        let mut inner = self.lock();
+        let old = inner.map.get(key);
+        let old_size = old.map_or(0, |v| entry_size(key, v));
+        let (new, r) = f(old)?;
+        let new_size = new.as_ref().map_or(0, |v| entry_size(key, v));
+        let total = inner.bytes - old_size + new_size;
+        if new_size > old_size && total > self.cap {
+            return Err(format!(
+                "store: setting {key:?} would hold {total} bytes, over the cap of {} MiB \
+                 (--store-limit-mb)",
+                self.cap >> 20
+            ));
+        }
+        match new {
+            Some(v) => inner.map.insert(key.to_string(), v),
+            None => inner.map.remove(key),
+        };
+        inner.bytes = total;
         if let Some(path) = &self.path {
-            persist(path, &map).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            persist(path, &inner.map)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
         Ok(r)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Json>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -121,14 +169,8 @@ pub fn register(lua: &Lua, services: &super::Services) -> Result<()> {
             } else {
                 Some(to_json(lua, v)?)
             };
-            s.update(|m| {
-                match v {
-                    Some(v) => m.insert(key, v),
-                    None => m.remove(&key),
-                };
-                Ok(())
-            })
-            .map_err(mlua::Error::runtime)
+            s.update(&key, |_| Ok((v, ())))
+                .map_err(mlua::Error::runtime)
         })?,
     )?;
     let s = store.clone();
@@ -136,8 +178,8 @@ pub fn register(lua: &Lua, services: &super::Services) -> Result<()> {
         "incr",
         lua.create_function(move |_, (key, n): (String, Option<i64>)| {
             let n = n.unwrap_or(1);
-            s.update(|m| {
-                let cur = match m.get(&key) {
+            s.update(&key, |cur| {
+                let cur = match cur {
                     None => 0,
                     Some(v) => v
                         .as_i64()
@@ -146,8 +188,7 @@ pub fn register(lua: &Lua, services: &super::Services) -> Result<()> {
                 let next = cur
                     .checked_add(n)
                     .ok_or_else(|| format!("store.incr: {key:?} would overflow"))?;
-                m.insert(key.clone(), Json::from(next));
-                Ok(next)
+                Ok((Some(Json::from(next)), next))
             })
             .map_err(mlua::Error::runtime)
         })?,
@@ -156,7 +197,7 @@ pub fn register(lua: &Lua, services: &super::Services) -> Result<()> {
     t.set(
         "del",
         lua.create_function(move |_, key: String| {
-            s.update(|m| Ok(m.remove(&key).is_some()))
+            s.update(&key, |cur| Ok((None, cur.is_some())))
                 .map_err(mlua::Error::runtime)
         })?,
     )?;
@@ -167,6 +208,7 @@ pub fn register(lua: &Lua, services: &super::Services) -> Result<()> {
             let prefix = prefix.unwrap_or_default();
             let keys: Vec<String> = s
                 .lock()
+                .map
                 .keys()
                 .filter(|k| k.starts_with(&prefix))
                 .cloned()
@@ -190,7 +232,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("state.json");
         let _ = std::fs::remove_file(&path);
-        let store = Arc::new(Store::open(&path).unwrap());
+        let store = Arc::new(Store::open(&path, DEFAULT_CAP).unwrap());
         let (a, b) = (Lua::new(), Lua::new());
         let services = crate::lua::Services {
             store: store.clone(),
@@ -205,7 +247,7 @@ mod tests {
         assert_eq!(n, 6);
         let keys: Vec<String> = b.load("return store.keys('c')").eval().unwrap();
         assert_eq!(keys, vec!["calls", "cfg"]);
-        let reopened = Store::open(&path).unwrap();
+        let reopened = Store::open(&path, DEFAULT_CAP).unwrap();
         assert_eq!(reopened.get("calls"), Some(Json::from(6)));
         assert_eq!(
             reopened.get("cfg"),
@@ -214,15 +256,47 @@ mod tests {
         a.load("store.set('cfg', nil); store.del('calls')")
             .exec()
             .unwrap();
-        assert!(Store::open(&path).unwrap().get("cfg").is_none());
+        assert!(Store::open(&path, DEFAULT_CAP)
+            .unwrap()
+            .get("cfg")
+            .is_none());
         let err = a
             .load("store.set('x', 'a'); store.incr('x')")
             .exec()
             .unwrap_err();
         assert!(err.to_string().contains("not an integer"), "{err}");
         std::fs::write(&path, b"{not json").unwrap();
-        let err = Store::open(&path).err().unwrap();
+        let err = Store::open(&path, DEFAULT_CAP).err().unwrap();
         assert!(err.contains("not a luastrip state file"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_store_holds_at_most_its_cap() {
+        let store = Arc::new(Store::memory(1 << 20));
+        let lua = Lua::new();
+        let services = crate::lua::Services {
+            store: store.clone(),
+            ..Default::default()
+        };
+        register(&lua, &services).unwrap();
+        let err = lua
+            .load(
+                r#"
+                local big = string.rep("x", 100 * 1024)
+                for i = 1, 20 do store.set("k" .. i, big) end
+                "#,
+            )
+            .exec()
+            .unwrap_err();
+        assert!(err.to_string().contains("--store-limit-mb"), "{err}");
+        assert!(store.bytes() <= 1 << 20);
+        // Replacing a value with a smaller one, and deleting, still work when full.
+        lua.load(
+            r#"store.set("k1", "small"); store.del("k2"); store.set("k2", string.rep("y", 1000))"#,
+        )
+        .exec()
+        .unwrap();
+        assert!(store.bytes() <= 1 << 20);
     }
 }
