@@ -83,6 +83,10 @@ pub struct Gateway {
     pub stuck_after: std::time::Duration,
     /// Workers stuck now (kept by the acceptor, for metrics).
     pub stuck_workers: AtomicU64,
+    /// Most client connections served at once; more get a 503.
+    pub max_connections: usize,
+    /// How long the daemon may take to answer a call that is not a stream (`None`: forever).
+    pub upstream_timeout: Option<std::time::Duration>,
     next_id: AtomicU64,
 }
 
@@ -98,6 +102,8 @@ impl Gateway {
             header_timeout: None,
             stuck_after: std::time::Duration::from_secs(2),
             stuck_workers: AtomicU64::new(0),
+            max_connections: 4096,
+            upstream_timeout: None,
             next_id: AtomicU64::new(1),
         }
     }
@@ -192,6 +198,15 @@ impl Call {
         )?)
     }
 
+    /// Whether the daemon answers this call only when something happens: a stream, or a stop or
+    /// restart that waits for the container (as long as the client asked).
+    fn waits_on_the_daemon(&self) -> bool {
+        let path = self.path.as_str();
+        kind::response_streams(&self.head.method, path, self.query().unwrap_or(""))
+            || (self.head.method == Method::POST
+                && (path.ends_with("/stop") || path.ends_with("/restart")))
+    }
+
     /// Replace the query string that is forwarded.
     pub fn set_query(&mut self, query: &str) -> Result<(), Error> {
         let path = self.head.uri.path();
@@ -271,7 +286,7 @@ async fn phases(
     if let Some(answer) = pre(gw, call).await? {
         return Ok(answer);
     }
-    let mut res = upstream(&worker.upstream, call).await?;
+    let mut res = upstream(&worker.upstream, call, gw.upstream_timeout).await?;
     for hooks in gw.hooks.iter().filter(|h| h.active()) {
         hooks.post(call, &mut res).await?;
     }
@@ -356,8 +371,15 @@ fn accept(
     (call, accepted)
 }
 
-/// upstream: send the (possibly edited) call to the daemon, return its response head.
-async fn upstream(upstream: &Upstream, call: &mut Call) -> Result<Response<Body>, Error> {
+/// upstream: send the (possibly edited) call to the daemon, return its response head. A call that
+/// is not a stream (nor a stop or restart, which wait as long as the client asked) gets its head
+/// within `timeout`.
+async fn upstream(
+    upstream: &Upstream,
+    call: &mut Call,
+    timeout: Option<std::time::Duration>,
+) -> Result<Response<Body>, Error> {
+    let timeout = timeout.filter(|_| call.hijack == Hijack::No && !call.waits_on_the_daemon());
     let mut pq = call.path.to_wire();
     if let Some(q) = call.head.uri.query() {
         pq.push('?');
@@ -377,7 +399,16 @@ async fn upstream(upstream: &Upstream, call: &mut Call) -> Result<Response<Body>
         call.hijack.prepare_upstream(req.headers_mut());
     }
     let t = Instant::now();
-    let res = upstream.send(req).await?;
+    let res = match timeout {
+        None => upstream.send(req).await?,
+        Some(limit) => tokio::time::timeout(limit, upstream.send(req))
+            .await
+            .map_err(|_| Error::DaemonTimeout {
+                upstream: upstream.addr().to_string(),
+                what: format!("{} {}", call.head.method, call.path),
+                after_s: limit.as_secs(),
+            })??,
+    };
     call.upstream_us = Some(t.elapsed().as_micros() as u64);
     Ok(res.map(Either::Left))
 }

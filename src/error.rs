@@ -39,6 +39,16 @@ pub enum Error {
     /// Connecting to the daemon socket failed; nothing was sent.
     #[error("luastrip: cannot reach the Docker daemon at {upstream}: {reason}")]
     DaemonUnreachable { upstream: String, reason: String },
+    /// The daemon took the request and sent no answer within the upstream timeout.
+    #[error(
+        "luastrip: the Docker daemon at {upstream} did not answer {what} within {after_s} s \
+         (--upstream-timeout-s)"
+    )]
+    DaemonTimeout {
+        upstream: String,
+        what: String,
+        after_s: u64,
+    },
     /// The daemon connection broke after the request was (partly) sent.
     #[error("luastrip: the Docker daemon at {upstream} failed: {reason}")]
     Daemon { upstream: String, reason: String },
@@ -69,7 +79,9 @@ impl Error {
     pub fn source_kind(&self) -> Source {
         match self {
             Error::Client { .. } => Source::Client,
-            Error::DaemonUnreachable { .. } | Error::Daemon { .. } => Source::Daemon,
+            Error::DaemonUnreachable { .. }
+            | Error::Daemon { .. }
+            | Error::DaemonTimeout { .. } => Source::Daemon,
             Error::Script { .. } => Source::Script,
             Error::Adapter { .. } => Source::Adapter,
             Error::Helper { .. } => Source::Helper,
@@ -81,6 +93,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Client { status, .. } => *status,
+            Error::DaemonTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::DaemonUnreachable { .. } | Error::Daemon { .. } | Error::Adapter { .. } => {
                 StatusCode::BAD_GATEWAY
             }

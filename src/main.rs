@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the gateway in front of the Docker daemon.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Watch and steer a running gateway through its control socket.
     Repl {
         /// The control socket of the gateway.
@@ -93,6 +93,13 @@ struct ServeArgs {
     /// plus a second.
     #[arg(long, env = "LUASTRIP_STUCK_AFTER_MS")]
     stuck_after_ms: Option<u64>,
+    /// Most client connections served at once; more get a Docker JSON 503.
+    #[arg(long, env = "LUASTRIP_MAX_CONNECTIONS", default_value_t = serve::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds the daemon may take to answer a call that is not a stream (streams, attach,
+    /// exec, wait, stop and restart are not timed); 0 turns the limit off.
+    #[arg(long, env = "LUASTRIP_UPSTREAM_TIMEOUT_S", default_value_t = 300)]
+    upstream_timeout_s: u64,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -144,7 +151,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(args) => match serve_cmd(args) {
+        Command::Serve(args) => match serve_cmd(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("luastrip: {e}");
@@ -213,6 +220,9 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         header_timeout: (args.header_timeout_s > 0)
             .then(|| std::time::Duration::from_secs(args.header_timeout_s)),
         stuck_after: args.stuck_after_ms.map(std::time::Duration::from_millis),
+        max_connections: args.max_connections,
+        upstream_timeout: (args.upstream_timeout_s > 0)
+            .then(|| std::time::Duration::from_secs(args.upstream_timeout_s)),
         repl: args.repl,
         ..Config::new(listen, upstream)
     };

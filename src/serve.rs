@@ -216,6 +216,10 @@ pub struct Config {
     /// A worker whose event loop has not run for this long is stuck; `None`: twice the hook
     /// budget plus a second.
     pub stuck_after: Option<Duration>,
+    /// Most client connections served at once.
+    pub max_connections: usize,
+    /// How long the daemon may take to answer a call that is not a stream (`None`: forever).
+    pub upstream_timeout: Option<Duration>,
     /// Run the REPL on this terminal too; quitting it stops the gateway.
     pub repl: bool,
 }
@@ -237,6 +241,8 @@ impl Config {
             limits: Limits::default(),
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
             stuck_after: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            upstream_timeout: Some(DEFAULT_UPSTREAM_TIMEOUT),
             repl: false,
         }
     }
@@ -255,6 +261,12 @@ impl Config {
         }
     }
 }
+
+/// Client connections served at once, by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// How long the daemon may take to answer a call that is not a stream, by default.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A client that has not sent its whole request head after this long is disconnected.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -340,6 +352,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // socket behind, and the first client already gets the hooks.
     let mut gateway = Gateway::new(Upstream::new(config.upstream.clone()));
     gateway.header_timeout = config.header_timeout;
+    gateway.max_connections = config.max_connections;
+    gateway.upstream_timeout = config.upstream_timeout;
+    raise_fd_limit();
     gateway.stuck_after = config
         .stuck_after
         .unwrap_or(config.limits.hook_time * 2 + Duration::from_secs(1));
@@ -427,6 +442,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let served = run_gateway(listener, gateway, workers, stop).await;
     background.shutdown().await;
     served.map_err(StartError::Io)
+}
+
+/// Raise the soft limit on open files to the hard one (as Go programs do): each client connection
+/// holds two descriptors, one toward the daemon.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+    }
 }
 
 /// Refuse an upstream that is the listen socket itself: the same path, or (once bound) the same
@@ -524,27 +552,44 @@ pub async fn run_gateway(
     let accept = UnixListener::from_std(listener.inner.try_clone()?)?;
     let mut next = 0;
     let mut checkup = tokio::time::interval(Duration::from_millis(250));
+    let mut failing = AcceptFailures::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = checkup.tick() => health.checkup(&gateway),
-            accepted = accept.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
-                Ok(stream) => {
+            accepted = accept.accept() => match accepted {
+                Ok((stream, _)) => {
+                    failing.recovered();
+                    let open = gateway.open_connections.load(std::sync::atomic::Ordering::Relaxed);
+                    if open >= gateway.max_connections as u64 {
+                        tokio::spawn(refuse(stream, format!(
+                            "luastrip: {open} connections are open, the most it serves at once \
+                             (--max-connections); try again later"
+                        )));
+                        continue;
+                    }
                     // The next worker that is not stuck; with all of them stuck, a clear 503.
                     let n = workers.len();
-                    match (0..n).map(|i| (next + i) % n).find(|&w| !health.stuck(w, &gateway)) {
-                        Some(w) => {
+                    let pick = (0..n).map(|i| (next + i) % n).find(|&w| !health.stuck(w, &gateway));
+                    match (pick, stream.into_std()) {
+                        (Some(w), Ok(stream)) => {
                             let _ = workers[w].send(stream);
                             next = (w + 1) % n;
                         }
-                        None => refuse_busy(stream),
+                        (None, Ok(stream)) => match UnixStream::from_std(stream) {
+                            Ok(stream) => {
+                                tokio::spawn(refuse(stream, "luastrip: every worker is stuck \
+                                    running a script past its budget; try again later".into()));
+                            }
+                            Err(e) => warn!(error = %e, "cannot answer a connection"),
+                        },
+                        (_, Err(e)) => warn!(error = %e, "cannot hand a connection over"),
                     }
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: back off, log once a second.
+                    tokio::time::sleep(failing.failed(&e)).await;
                 }
             }
         }
@@ -679,21 +724,51 @@ impl Health {
     }
 }
 
-/// Every worker is stuck: answer a new connection's first call with a Docker JSON 503 and close.
-fn refuse_busy(stream: std::os::unix::net::UnixStream) {
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let mut stream = stream;
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut head = [0u8; 1024];
-        let _ = stream.read(&mut head);
-        let body = r#"{"message":"luastrip: every worker is stuck running a script past its budget; try again later"}"#;
-        let _ = write!(
-            stream,
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
-            body.len() + 1
-        );
-    });
+/// Answer a connection the gateway cannot serve now with a Docker JSON 503 and close it (its
+/// request head is read first, within a second, so that the client sees the answer).
+async fn refuse(mut stream: UnixStream, message: String) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut head)).await;
+    let body = serde_json::json!({ "message": message }).to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
+        body.len() + 1
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Accept failures (out of file descriptors, say): the wait before the next try doubles up to a
+/// second, and the log gets one line a second at most, with the count.
+#[derive(Default)]
+struct AcceptFailures {
+    backoff: Duration,
+    since_log: u32,
+    last_log: Option<std::time::Instant>,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, e: &io::Error) -> Duration {
+        self.since_log += 1;
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            warn!(error = %e, failures = self.since_log, "accept failed; backing off");
+            self.since_log = 0;
+            self.last_log = Some(std::time::Instant::now());
+        }
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.backoff
+    }
+
+    fn recovered(&mut self) {
+        if !self.backoff.is_zero() {
+            info!("accepting connections again");
+        }
+        self.backoff = Duration::ZERO;
+    }
 }
 
 /// Counts something open for as long as the guard lives.
