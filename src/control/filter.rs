@@ -46,7 +46,11 @@ pub struct FilterError {
 impl FilterError {
     /// The filter text with a caret under the bad position.
     pub fn caret(&self, text: &str) -> String {
-        format!("{text}\n{}^ {}", " ".repeat(self.position), self.reason)
+        // The position is a byte offset; the caret goes under that character.
+        let column = text
+            .get(..self.position)
+            .map_or(self.position, |before| before.chars().count());
+        format!("{text}\n{}^ {}", " ".repeat(column), self.reason)
     }
 }
 
@@ -104,8 +108,13 @@ impl Parser<'_> {
     }
 
     fn skip_ws(&mut self) {
-        while self.text[self.pos..].starts_with(char::is_whitespace) {
-            self.pos += 1;
+        // By characters: Unicode white space (U+2029, say) is more than one byte.
+        while let Some(c) = self.text[self.pos..]
+            .chars()
+            .next()
+            .filter(|c| c.is_whitespace())
+        {
+            self.pos += c.len_utf8();
         }
     }
 
@@ -354,5 +363,43 @@ mod tests {
         }
         let e = Filter::parse("~s 2x0").unwrap_err();
         assert_eq!(e.caret("~s 2x0").lines().nth(1).unwrap().find('^'), Some(3));
+    }
+
+    #[test]
+    fn unicode_white_space_is_skipped_whole() {
+        // Found by the property test below: U+2029 is white space of three bytes.
+        assert!(Filter::parse("\u{2029}~m GET").is_ok());
+        assert!(Filter::parse("~u ~u]^\u{2029}").is_ok());
+        let e = Filter::parse("\u{2029}~x").unwrap_err();
+        assert_eq!(
+            e.caret("\u{2029}~x").lines().nth(1).unwrap().find('^'),
+            Some(1)
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2000, failure_persistence: None, ..Default::default()
+        })]
+
+        /// Any text: a filter or an error whose caret points inside the text; never a panic.
+        #[test]
+        fn any_filter_text_parses_or_points_at_its_mistake(
+            text in r"([~!&|() ]|~[musbhre]|[a-zA-Z0-9./*?{}\[\]-]|\PC){0,24}"
+        ) {
+            let c = call("POST", "/v1.41/containers/create?name=x", "/containers/create", 201);
+            match Filter::parse(&text) {
+                Ok(f) => {
+                    let _ = f.matches(&c);
+                }
+                Err(e) => {
+                    proptest::prop_assert!(e.position <= text.len(), "{:?}", e);
+                    proptest::prop_assert!(text.is_char_boundary(e.position), "{:?}", e);
+                    let caret = e.caret(&text);
+                    let column = caret.lines().nth(1).unwrap_or("").find('^').unwrap_or(0);
+                    proptest::prop_assert_eq!(column, text[..e.position].chars().count());
+                }
+            }
+        }
     }
 }

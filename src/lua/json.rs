@@ -136,4 +136,39 @@ mod tests {
         let err = lua.load("json.encode({f = print})").exec().unwrap_err();
         assert!(err.to_string().contains("json.encode"), "{err}");
     }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            (-1e15f64..1e15).prop_map(|f| serde_json::json!(f)),
+            r"\PC{0,8}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map("[A-Za-z_]{1,6}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 1000, failure_persistence: None, ..Default::default()
+        })]
+
+        /// JSON → Lua → JSON is exact: empty arrays stay arrays, empty objects objects, nulls
+        /// nulls, 64-bit integers exact.
+        #[test]
+        fn json_survives_a_round_trip_through_lua(v in any_json()) {
+            let lua = Lua::new();
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let back = encode(&lua, decode(&lua, &bytes).unwrap()).unwrap();
+            let again: serde_json::Value = serde_json::from_slice(&back).unwrap();
+            proptest::prop_assert_eq!(again, v);
+        }
+    }
 }

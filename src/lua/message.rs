@@ -209,7 +209,7 @@ pub fn install_object_meta(lua: &Lua) -> mlua::Result<()> {
         lua.create_async_function(|lua, this: Table| async move {
             match read_body(&lua, &this).await? {
                 // No body or an empty one decodes to nil, so `req:json() or {}` works.
-                Some(b) if !b.as_bytes().iter().all(u8::is_ascii_whitespace) => {
+                Some(b) if !crate::route::json::is_blank(&b.as_bytes()) => {
                     json::decode(&lua, &b.as_bytes())
                 }
                 _ => Ok(Value::Nil),

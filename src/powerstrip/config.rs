@@ -393,4 +393,33 @@ adapters:
             assert!(e.contains(want), "{text:?}: want {want:?}, got {e:?}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2000, failure_persistence: None, ..Default::default()
+        })]
+
+        /// Any YAML-ish text: a config or an error naming the file; never a panic. Globs of a
+        /// config match any path without panicking.
+        #[test]
+        fn any_adapters_file_loads_or_names_its_mistake(
+            text in r#"((endpoints|adapters|pre|post|"[A-Z* /]{0,12}"|[a-z]{1,6}|http://[a-z:0-9/]{0,10}|- |: |\n|  |#|&a|\*a|\[|\]|\{|\}|,)){0,30}"#
+        ) {
+            match parse(&text, "adapters.yml") {
+                Ok(config) => {
+                    for e in &config.endpoints {
+                        let _ = e.glob.matches("POST", "/containers/create");
+                    }
+                }
+                Err(e) => proptest::prop_assert!(e.contains("adapters.yml"), "{}", e),
+            }
+        }
+
+        #[test]
+        fn any_glob_matches_without_panic(glob in r"[*? /a-zA-Z0-9.{}\[\]-]{0,16}", path in "(/[a-z*?.]{0,4}){0,5}") {
+            if let Ok(g) = Glob::parse(&glob) {
+                let _ = g.matches("GET", &path);
+            }
+        }
+    }
 }
