@@ -12,8 +12,8 @@
 //!   the connection driver.
 //! * [`call`] — the life of one call as named phases: accept → match+pre → upstream → post →
 //!   reply → journal. The one place that forwards; extensions plug in via [`call::Hooks`].
-//! * [`route`] — path normalisation, queries read as dockerd reads them, the route-kind table
-//!   (which bodies and answers are streams), and `"METHOD /path"` patterns.
+//! * [`route`] — path normalisation, queries and JSON bodies checked as dockerd reads them, the
+//!   route-kind table (which bodies and answers are streams), and `"METHOD /path"` patterns.
 //! * [`upstream`] — pooled HTTP/1 connections to the daemon's Unix socket.
 //! * [`hijack`] — `101 UPGRADED` and old-style `200` raw-stream tunnels with half-close.
 //! * [`body`] — the body type every layer passes around.
@@ -22,9 +22,10 @@
 //!
 //! The extensions — they hang off the core's phases:
 //!
-//! * [`lua`] — the route-script engine: per-worker VMs, generations and reload, limits, the
-//!   `req`/`res` tables, one module per Lua namespace (`route`, `json`, `log`, `store`, `docker`,
-//!   `http`, `powerstrip`) wired in one list. It implements [`call::Hooks`].
+//! * [`lua`] — the route-script engine: per-worker VMs, generations and reload, limits that
+//!   scripts cannot escape (budget, memory, bounded patterns, read-only built-ins), the `req`/`res`
+//!   tables, one module per Lua namespace (`route`, `json`, `log`, `store`, `docker`, `http`,
+//!   `powerstrip`) wired in one list. It implements [`call::Hooks`].
 //! * [`powerstrip`] — the Powerstrip protocol v1 client and `adapters.yml`.
 //! * [`outbound`] — pooled HTTP to services other than the daemon (`http.request`, adapters,
 //!   replays, the REPL).

@@ -4,7 +4,7 @@
 //! never fires: `("a"):rep(40):find(("a-"):rep(40) .. "b")` backtracks for hours and pins a worker.
 //! These are the same functions, with Lua 5.4's semantics (classes, sets, `%b`, `%f`, captures,
 //! position captures, back references, anchors, `gsub` with string, table or function
-//! replacements), written in Rust with a step counter: every [`CHECK_EVERY`] steps the hook's
+//! replacements), written in Rust with a step counter: every `CHECK_EVERY` steps the hook's
 //! budget is checked, so a pattern overruns its budget by a few milliseconds at most. The
 //! differential test below runs them side by side with Lua's own.
 
