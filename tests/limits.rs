@@ -6,7 +6,7 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use support::{http_request, json_body, raw, Daemon, Gateway};
+use support::{http_request, json_body, raw, wait_until, Daemon, Gateway};
 
 /// A gateway whose only script spins in `GET /luastrip/spin` for as long as its budget allows.
 fn spinning(extra: &[&str]) -> Gateway {
@@ -26,22 +26,26 @@ fn spinning(extra: &[&str]) -> Gateway {
     Gateway::start_with(&Daemon::shared().socket, &args)
 }
 
-fn metric(gw: &Gateway, name: &str) -> Option<f64> {
-    let text = raw(
-        &gw.control_socket(),
-        b"GET /metrics HTTP/1.1\r\nHost: ctl\r\nConnection: close\r\n\r\n",
+/// A spinning gateway with `threads` workers and a 3 s budget whose workers count as stuck after
+/// 300 ms, with one client spinning in it, once the acceptor has seen the worker stuck.
+fn one_worker_stuck(threads: &str) -> (Gateway, std::os::unix::net::UnixStream) {
+    let gw = spinning(&[
+        "--threads",
+        threads,
+        "--hook-timeout-ms",
+        "3000",
+        "--stuck-after-ms",
+        "300",
+    ]);
+    let mut busy = support::connect(&gw.socket);
+    busy.write_all(&http_request("GET", "/luastrip/spin", "", b""))
+        .unwrap();
+    wait_until(
+        "the stuck worker shows in /metrics",
+        Duration::from_secs(5),
+        || gw.metric("luastrip_workers_stuck") == Some(1.0),
     );
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    (gw, busy)
 }
 
 #[test]
@@ -72,23 +76,7 @@ fn a_busy_worker_leaves_the_control_socket_and_sigterm_working() {
 
 #[test]
 fn a_stuck_worker_is_reported_and_gets_no_new_connections() {
-    // A budget of 3 s, and workers counted as stuck after 300 ms without running their loop.
-    let gw = spinning(&[
-        "--threads",
-        "2",
-        "--hook-timeout-ms",
-        "3000",
-        "--stuck-after-ms",
-        "300",
-    ]);
-    let mut busy = support::connect(&gw.socket);
-    busy.write_all(&http_request("GET", "/luastrip/spin", "", b""))
-        .unwrap();
-    wait_until(
-        "the stuck worker shows in /metrics",
-        Duration::from_secs(5),
-        || metric(&gw, "luastrip_workers_stuck") == Some(1.0),
-    );
+    let (gw, mut busy) = one_worker_stuck("2");
     assert!(gw.log_text().contains("a worker is stuck"));
     // New calls all go to the worker that runs.
     for i in 0..6 {
@@ -99,27 +87,14 @@ fn a_stuck_worker_is_reported_and_gets_no_new_connections() {
     let done = support::read_head(&mut busy);
     assert!(done.starts_with("HTTP/1.1 500"), "{done}");
     wait_until("the worker recovers", Duration::from_secs(5), || {
-        metric(&gw, "luastrip_workers_stuck") == Some(0.0)
+        gw.metric("luastrip_workers_stuck") == Some(0.0)
     });
     assert!(gw.log_text().contains("a stuck worker runs again"));
 }
 
 #[test]
 fn with_every_worker_stuck_new_calls_get_a_clear_503() {
-    let gw = spinning(&[
-        "--threads",
-        "1",
-        "--hook-timeout-ms",
-        "3000",
-        "--stuck-after-ms",
-        "300",
-    ]);
-    let mut busy = support::connect(&gw.socket);
-    busy.write_all(&http_request("GET", "/luastrip/spin", "", b""))
-        .unwrap();
-    wait_until("the worker is stuck", Duration::from_secs(5), || {
-        metric(&gw, "luastrip_workers_stuck") == Some(1.0)
-    });
+    let (gw, _busy) = one_worker_stuck("1");
     let resp = raw(&gw.socket, &http_request("GET", "/luastrip/ok", "", b""));
     assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
     assert!(json_body(&resp)["message"]

@@ -42,16 +42,6 @@ fn status(resp: &str) -> &str {
     resp.get(9..12).unwrap_or("")
 }
 
-fn metric(gw: &Gateway, name: &str) -> Option<f64> {
-    raw(
-        &gw.control_socket(),
-        b"GET /metrics HTTP/1.1\r\nHost: ctl\r\nConnection: close\r\n\r\n",
-    )
-    .lines()
-    .find_map(|l| l.strip_prefix(&format!("{name} ")))
-    .and_then(|v| v.trim().parse().ok())
-}
-
 /// Open a stream (events, logs -f) and read its head; the connection stays open.
 fn open_stream(socket: &Path, target: &str) -> UnixStream {
     let mut s = support::connect(socket);
@@ -165,7 +155,7 @@ fn a_thousand_connections_with_streams_and_drops_leave_nothing_behind() {
     let t2 = Instant::now();
     let after = loop {
         let now = usage(pid);
-        let idle = metric(&gw, "luastrip_open_connections") == Some(0.0);
+        let idle = gw.metric("luastrip_open_connections") == Some(0.0);
         if idle && now.0 <= before.0 + 64 || t2.elapsed() > Duration::from_secs(15) {
             break now;
         }
@@ -176,8 +166,8 @@ fn a_thousand_connections_with_streams_and_drops_leave_nothing_behind() {
          fds {} -> peak {} -> {}; threads {} -> {} -> {}; RSS {} kB -> {} kB -> {} kB",
         before.0, peak.0, after.0, before.1, peak.1, after.1, before.2, peak.2, after.2
     );
-    assert_eq!(metric(&gw, "luastrip_open_connections"), Some(0.0));
-    assert_eq!(metric(&gw, "luastrip_open_tunnels"), Some(0.0));
+    assert_eq!(gw.metric("luastrip_open_connections"), Some(0.0));
+    assert_eq!(gw.metric("luastrip_open_tunnels"), Some(0.0));
     assert!(after.0 <= before.0 + 64, "fds {} -> {}", before.0, after.0);
     assert_eq!(after.1, before.1, "threads");
     assert!(
@@ -305,7 +295,7 @@ fn more_connections_than_the_cap_get_a_clear_503() {
     let gw = Gateway::start_with(&Daemon::shared().socket, &["--max-connections", "4"]);
     let idle: Vec<UnixStream> = (0..4).map(|_| support::connect(&gw.socket)).collect();
     let t = Instant::now();
-    while metric(&gw, "luastrip_open_connections") != Some(4.0) {
+    while gw.metric("luastrip_open_connections") != Some(4.0) {
         assert!(t.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(20));
     }

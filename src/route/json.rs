@@ -65,6 +65,7 @@ pub fn check(method: &str, path: &str, body: &[u8]) -> Result<(), JsonError> {
         s: text.as_bytes(),
         i: 0,
         depth: 0,
+        swarm: is_swarm_route(path),
     };
     p.ws();
     let create = method == "POST" && path == "/containers/create";
@@ -100,6 +101,8 @@ struct Parser<'a> {
     s: &'a [u8],
     i: usize,
     depth: usize,
+    /// The body is a swarm spec (see [`SWARM_SPELLINGS`]).
+    swarm: bool,
 }
 
 impl Parser<'_> {
@@ -193,7 +196,7 @@ impl Parser<'_> {
                     return Err(JsonError::Repeated { at: here(), key });
                 }
                 if ctx == Context::Struct {
-                    if let Some(field) = folded.as_deref().and_then(field_for) {
+                    if let Some(field) = folded.as_deref().and_then(|f| field_for(f, self.swarm)) {
                         if field != key {
                             return Err(JsonError::Folded {
                                 at: here(),
@@ -334,11 +337,27 @@ fn fold(key: &str) -> Option<String> {
 }
 
 /// The Docker field name `folded` (see [`fold`]) stands for, if any.
-fn field_for(folded: &str) -> Option<&'static str> {
-    FIELDS
-        .iter()
-        .copied()
-        .find(|f| f.len() == folded.len() && f.eq_ignore_ascii_case(folded))
+fn field_for(folded: &str, swarm: bool) -> Option<&'static str> {
+    let spelled = |f: &&&str| f.len() == folded.len() && f.eq_ignore_ascii_case(folded);
+    if swarm {
+        // Swarm's structs spell a few fields their own way (`NanoCPUs`, not `NanoCpus`).
+        if let Some(f) = SWARM_SPELLINGS.iter().find(spelled) {
+            return Some(f);
+        }
+    }
+    FIELDS.iter().chain(HOST_CONFIG).find(spelled).copied()
+}
+
+/// Fields swarm's structs (services, tasks) spell differently from the container's.
+const SWARM_SPELLINGS: &[&str] = &["NanoCPUs", "TTY", "HealthCheck"];
+
+/// Whether `path` takes swarm's structs (services, swarm, nodes, secrets, configs).
+fn is_swarm_route(path: &str) -> bool {
+    let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("");
+    matches!(
+        first,
+        "services" | "swarm" | "nodes" | "secrets" | "configs" | "tasks"
+    )
 }
 
 /// Whether the object under `key` (at `parent`) is a free-form map: its keys are the user's
@@ -439,10 +458,10 @@ const HOST_CONFIG: &[&str] = &[
     "Init",
 ];
 
-/// Every field name of the request bodies dockerd decodes into structs: containers (Config,
-/// HostConfig, NetworkingConfig, mounts, devices, health checks), exec, update, volumes,
-/// networks, plugins, swarm services, secrets and configs. A key that folds to one of these
-/// must be spelled exactly as it.
+/// Every other field name of the request bodies dockerd decodes into structs: containers
+/// (Config, NetworkingConfig, mounts, devices, health checks), exec, update, volumes, networks,
+/// plugins, swarm services, secrets and configs. A key that folds to one of these (or to one of
+/// [`HOST_CONFIG`]) must be spelled exactly as it.
 const FIELDS: &[&str] = &[
     // container.Config
     "Hostname",
@@ -479,78 +498,7 @@ const FIELDS: &[&str] = &[
     "StartPeriod",
     "StartInterval",
     "Retries",
-    // HostConfig and Resources: see HOST_CONFIG (repeated here for the struct check)
-    "Binds",
-    "ContainerIDFile",
-    "LogConfig",
-    "NetworkMode",
-    "PortBindings",
-    "RestartPolicy",
-    "AutoRemove",
-    "VolumeDriver",
-    "VolumesFrom",
-    "ConsoleSize",
-    "Annotations",
-    "CapAdd",
-    "CapDrop",
-    "CgroupnsMode",
-    "Dns",
-    "DnsOptions",
-    "DnsSearch",
-    "ExtraHosts",
-    "GroupAdd",
-    "IpcMode",
-    "Cgroup",
-    "Links",
-    "OomScoreAdj",
-    "PidMode",
-    "Privileged",
-    "PublishAllPorts",
-    "ReadonlyRootfs",
-    "SecurityOpt",
-    "StorageOpt",
-    "Tmpfs",
-    "UTSMode",
-    "UsernsMode",
-    "ShmSize",
-    "Sysctls",
-    "Runtime",
-    "Isolation",
-    "CpuShares",
-    "Memory",
-    "NanoCpus",
-    "CgroupParent",
-    "BlkioWeight",
-    "BlkioWeightDevice",
-    "BlkioDeviceReadBps",
-    "BlkioDeviceWriteBps",
-    "BlkioDeviceReadIOps",
-    "BlkioDeviceWriteIOps",
-    "CpuPeriod",
-    "CpuQuota",
-    "CpuRealtimePeriod",
-    "CpuRealtimeRuntime",
-    "CpusetCpus",
-    "CpusetMems",
-    "Devices",
-    "DeviceCgroupRules",
-    "DeviceRequests",
-    "KernelMemory",
-    "KernelMemoryTCP",
-    "MemoryReservation",
-    "MemorySwap",
-    "MemorySwappiness",
-    "OomKillDisable",
-    "PidsLimit",
-    "Ulimits",
-    "CpuCount",
-    "CpuPercent",
-    "IOMaximumIOps",
-    "IOMaximumBandwidth",
-    "Mounts",
-    "MaskedPaths",
-    "ReadonlyPaths",
-    "Init",
+    // HostConfig and Resources: HOST_CONFIG, searched too
     "Cpuset",
     // RestartPolicy, LogConfig, devices, ulimits, throttles
     "Name",
@@ -648,9 +596,7 @@ const FIELDS: &[&str] = &[
     "Seccomp",
     "AppArmor",
     "NoNewPrivileges",
-    "TTY",
     "StopGracePeriod",
-    "HealthCheck",
     "Hosts",
     "DNSConfig",
     "Nameservers",
@@ -662,7 +608,6 @@ const FIELDS: &[&str] = &[
     "Resources",
     "Limits",
     "Reservations",
-    "NanoCPUs",
     "MemoryBytes",
     "Pids",
     "GenericResources",
@@ -823,6 +768,33 @@ mod tests {
         );
         // Keys that are no Docker field pass: dockerd ignores them.
         assert_eq!(create(r#"{"Image":"bb","luastrip-extra":1}"#), Ok(()));
+    }
+
+    #[test]
+    fn swarm_specs_keep_their_own_spellings() {
+        let service = br#"{"Name":"s","TaskTemplate":{"ContainerSpec":{"Image":"bb","TTY":true,"HealthCheck":{"Test":["NONE"]}},"Resources":{"Limits":{"NanoCPUs":1000}}}}"#;
+        assert_eq!(check("POST", "/services/create", service), Ok(()));
+        // ... and a container's body its own: swarm's spelling there is a folded key.
+        let e = create(r#"{"Image":"bb","TTY":true}"#).unwrap_err();
+        assert!(matches!(e, JsonError::Folded { field: "Tty", .. }), "{e}");
+        let e = create(r#"{"HostConfig":{"NanoCPUs":1}}"#).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                JsonError::Folded {
+                    field: "NanoCpus",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = check(
+            "POST",
+            "/services/create",
+            br#"{"TaskTemplate":{"ContainerSpec":{"Tty":true}}}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(e, JsonError::Folded { field: "TTY", .. }), "{e}");
     }
 
     #[test]

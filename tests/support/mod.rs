@@ -386,6 +386,17 @@ impl Gateway {
         )
     }
 
+    /// One value of the control socket's `/metrics` (a gauge or counter without labels).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        raw(
+            &self.control_socket(),
+            b"GET /metrics HTTP/1.1\r\nHost: ctl\r\nConnection: close\r\n\r\n",
+        )
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -722,6 +733,15 @@ pub fn serve_http<L: Accept>(
             });
         }
     });
+}
+
+/// Poll `cond` every 50 ms; fail naming `what` if it is not true within `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Random bytes (from /dev/urandom).
