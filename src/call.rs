@@ -349,8 +349,17 @@ fn accept(
         Err(e) => (NormalPath::root(), Err(bad(&e))),
     };
     if let (Ok(()), Some(q)) = (&accepted, head.uri.query()) {
-        if let Err(e) = query::validate(q) {
-            accepted = Err(bad(&e));
+        let checked = query::validate(q).map_err(|e| bad(&e)).and_then(|()| {
+            // Build options carry JSON in the query: checked as bodies are.
+            if head.method != Method::POST || path.as_str() != "/build" {
+                return Ok(());
+            }
+            let pairs = query::pairs(q);
+            crate::route::json::check_query(head.method.as_str(), path.as_str(), &pairs)
+                .map_err(|e| bad(&e))
+        });
+        if let Err(e) = checked {
+            accepted = Err(e);
         }
     }
     let hijack = Hijack::classify(&head.method, path.as_str(), &head.headers);

@@ -183,6 +183,17 @@ fn repeated_query_keys_show_hooks_the_value_dockerd_uses() {
     let v = json_body(&get("/luastrip/query?x=1&y=2&x=a+b"));
     assert_eq!(v["first"], "1");
     assert_eq!(v["all"], serde_json::json!(["1", "a b"]));
+    // JSON in build options is read as dockerd reads it too.
+    let q = support::query(&[("buildargs", r#"{"A":"1","A":"2"}"#)]);
+    let resp = raw(
+        &gw.socket,
+        &request("POST", &format!("/v1.41/build?{q}"), "", b""),
+    );
+    assert_eq!(status(&resp), "400", "{resp}");
+    assert!(json_body(&resp)["message"]
+        .as_str()
+        .unwrap()
+        .contains("appears twice"));
     // What Go's parser would drop or read differently is refused before any hook.
     for bad in [
         "/v1.41/containers/json?all=0;all=1",

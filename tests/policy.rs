@@ -321,3 +321,75 @@ fn check_refuses_patterns_that_can_never_match() {
         assert!(err.contains(why), "{err}");
     }
 }
+
+#[test]
+fn compose_projects_run_through_the_guard_and_hooks_that_read_every_body() {
+    support::require_tool("docker-compose", "docker-compose");
+    let dir = support::temp_dir("compose");
+    let scripts = dir.join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scripts/deny-privileged.lua"),
+        scripts.join("a-policy.lua"),
+    )
+    .unwrap();
+    // Every JSON body is read (and so checked) on every call.
+    std::fs::write(
+        scripts.join("b-read.lua"),
+        "route.pre(\"* /**\", function(req) local _ = req.body end)\n",
+    )
+    .unwrap();
+    let gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", scripts.to_str().unwrap()],
+    );
+    let project = unique("proj").replace('-', "");
+    let compose = |file: &Path, args: &[&str]| {
+        output(
+            Command::new("docker-compose")
+                .env("DOCKER_HOST", gw.host())
+                .arg("-f")
+                .arg(file)
+                .args(["-p", &project])
+                .args(args),
+        )
+    };
+    let ok = dir.join("ok.yml");
+    std::fs::write(
+        &ok,
+        format!(
+            "version: \"3\"\nservices:\n  hello:\n    image: {IMAGE}\n    command: [\"echo\", \"hello-compose\"]\n    network_mode: none\n    labels:\n      purpose: test\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let up = compose(&ok, &["up", "--no-color"]);
+    let text =
+        String::from_utf8_lossy(&up.stdout).to_string() + &String::from_utf8_lossy(&up.stderr);
+    assert!(
+        up.status.success() && text.contains("hello-compose"),
+        "{text}"
+    );
+    let down = compose(&ok, &["down", "-v"]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let bad = dir.join("bad.yml");
+    std::fs::write(
+        &bad,
+        format!(
+            "version: \"3\"\nservices:\n  root:\n    image: {IMAGE}\n    command: [\"true\"]\n    network_mode: none\n    privileged: true\n"
+        ),
+    )
+    .unwrap();
+    let up = compose(&bad, &["up", "--no-color"]);
+    let text =
+        String::from_utf8_lossy(&up.stdout).to_string() + &String::from_utf8_lossy(&up.stderr);
+    assert!(!up.status.success(), "{text}");
+    assert!(
+        text.contains("privileged containers are not allowed"),
+        "{text}"
+    );
+    let _ = compose(&bad, &["down", "-v"]);
+}

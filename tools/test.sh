@@ -13,7 +13,8 @@ fi
 # package:command pairs; a package is installed when its command is missing.
 need=()
 for pair in docker.io:dockerd docker.io:docker busybox-static:busybox bsdutils:script \
-            util-linux:setpriv tmux:tmux iproute2:ip tar:tar coreutils:sha256sum; do
+            util-linux:setpriv tmux:tmux iproute2:ip tar:tar coreutils:sha256sum \
+            docker-compose:docker-compose; do
     pkg=${pair%%:*} cmd=${pair##*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

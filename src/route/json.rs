@@ -56,6 +56,31 @@ pub enum JsonError {
 
 /// Check a JSON API body of `method path` (see the module docs). An empty body passes.
 pub fn check(method: &str, path: &str, body: &[u8]) -> Result<(), JsonError> {
+    let create = method == "POST" && path == "/containers/create";
+    check_value(body, Context::Struct, create, is_swarm_route(path))
+}
+
+/// Check the JSON values `POST /build` carries in its query (`buildargs`, `labels`: maps;
+/// `ulimits`, `cachefrom`: lists), as [`check`] does bodies. Other routes have none.
+pub fn check_query(method: &str, path: &str, pairs: &[(String, String)]) -> Result<(), JsonError> {
+    if method != "POST" || path != "/build" {
+        return Ok(());
+    }
+    for (k, v) in pairs {
+        let ctx = match k.as_str() {
+            "buildargs" | "labels" => Context::Map,
+            "ulimits" | "cachefrom" => Context::Struct,
+            _ => continue,
+        };
+        check_value(v.as_bytes(), ctx, false, false).map_err(|e| match e {
+            JsonError::Syntax(m) => JsonError::Syntax(format!("in the query parameter {k}: {m}")),
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+fn check_value(body: &[u8], ctx: Context, create: bool, swarm: bool) -> Result<(), JsonError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| JsonError::Syntax(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
     if is_blank(body) {
@@ -65,11 +90,10 @@ pub fn check(method: &str, path: &str, body: &[u8]) -> Result<(), JsonError> {
         s: text.as_bytes(),
         i: 0,
         depth: 0,
-        swarm: is_swarm_route(path),
+        swarm,
     };
     p.ws();
-    let create = method == "POST" && path == "/containers/create";
-    p.value(&mut Vec::new(), Context::Struct, create)?;
+    p.value(&mut Vec::new(), ctx, create)?;
     p.ws();
     if p.i != p.s.len() {
         return Err(JsonError::Syntax(format!(
@@ -768,6 +792,36 @@ mod tests {
         );
         // Keys that are no Docker field pass: dockerd ignores them.
         assert_eq!(create(r#"{"Image":"bb","luastrip-extra":1}"#), Ok(()));
+    }
+
+    #[test]
+    fn build_options_in_the_query_are_checked_too() {
+        let q = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert_eq!(
+            check_query(
+                "POST",
+                "/build",
+                &q("buildargs", r#"{"http_proxy":"x","Name":"y"}"#)
+            ),
+            Ok(())
+        );
+        assert!(matches!(
+            check_query("POST", "/build", &q("buildargs", r#"{"A":"1","A":"2"}"#)),
+            Err(JsonError::Repeated { .. })
+        ));
+        assert!(matches!(
+            check_query(
+                "POST",
+                "/build",
+                &q("ulimits", r#"[{"name":"nofile","Soft":1,"Hard":1}]"#)
+            ),
+            Err(JsonError::Folded { field: "Name", .. })
+        ));
+        assert!(check_query("POST", "/build", &q("labels", "{")).is_err());
+        assert_eq!(
+            check_query("GET", "/containers/json", &q("filters", "{")),
+            Ok(())
+        );
     }
 
     #[test]

@@ -536,6 +536,27 @@ pub fn http_request(method: &str, target: &str, headers: &str, body: &[u8]) -> V
     r
 }
 
+/// A query string from pairs (form-encoded as Docker clients send it).
+pub fn query(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let enc = |s: &str| {
+                s.bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                            (b as char).to_string()
+                        }
+                        b => format!("%{b:02X}"),
+                    })
+                    .collect::<String>()
+            };
+            format!("{}={}", enc(k), enc(v))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// A connection to `socket` with a 20 s read timeout, for reading a stream or a tunnel by hand.
 pub fn connect(socket: &Path) -> UnixStream {
     let s = UnixStream::connect(socket).unwrap();
