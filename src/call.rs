@@ -108,6 +108,11 @@ impl Gateway {
         }
     }
 
+    /// How many calls have started so far.
+    pub fn calls_started(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed) - 1
+    }
+
     /// Add a hook layer; layers run in the order they were added.
     pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
         self.hooks.push(hooks);

@@ -421,6 +421,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     background.spawn("daemon check", move |_| async move {
         warn_unless_daemon_answers(&upstream).await
     });
+    let idle = gateway.clone();
+    background.spawn("memory trim", move |stop| {
+        give_back_memory_when_idle(idle, stop)
+    });
 
     let (quit_tx, mut quit_rx) = watch::channel(false);
     if config.repl {
@@ -442,6 +446,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let served = run_gateway(listener, gateway, workers, stop).await;
     background.shutdown().await;
     served.map_err(StartError::Io)
+}
+
+/// After a burst, the allocator keeps the memory it grew to; when no client is connected, hand
+/// what is free back to the system every few seconds (glibc's `malloc_trim`), so that RSS returns
+/// to its resting size instead of staying at the peak.
+async fn give_back_memory_when_idle(gateway: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut trimmed_at = 0;
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = tick.tick() => {
+                let open = gateway.open_connections.load(std::sync::atomic::Ordering::Relaxed);
+                let calls = gateway.calls_started();
+                if open == 0 && calls != trimmed_at {
+                    trimmed_at = calls;
+                    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Raise the soft limit on open files to the hard one (as Go programs do): each client connection

@@ -151,12 +151,13 @@ fn a_thousand_connections_with_streams_and_drops_leave_nothing_behind() {
     assert_eq!(ok, 1000, "short calls that failed: {}", 1000 - ok);
 
     // Everything returns: connections, descriptors (but for idle pooled daemon connections, at
-    // most 32 per worker), threads; memory stays bounded.
+    // most 32 per worker), threads; memory falls back once idle (the gateway trims it).
     let t2 = Instant::now();
     let after = loop {
         let now = usage(pid);
         let idle = gw.metric("luastrip_open_connections") == Some(0.0);
-        if idle && now.0 <= before.0 + 64 || t2.elapsed() > Duration::from_secs(15) {
+        let settled = now.0 <= before.0 + 64 && now.2 <= before.2 + 32 * 1024;
+        if idle && settled || t2.elapsed() > Duration::from_secs(20) {
             break now;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -171,10 +172,41 @@ fn a_thousand_connections_with_streams_and_drops_leave_nothing_behind() {
     assert!(after.0 <= before.0 + 64, "fds {} -> {}", before.0, after.0);
     assert_eq!(after.1, before.1, "threads");
     assert!(
-        after.2 <= before.2 + 64 * 1024,
+        after.2 <= before.2 + 32 * 1024,
         "RSS {} -> {} kB",
         before.2,
         after.2
+    );
+    // What stays is the allocator's fragmentation after 1000 connections, not a leak: a second
+    // round of 1000 adds nothing to it.
+    let mut again: Vec<UnixStream> = (0..1000)
+        .map(|i| {
+            let mut s = support::connect(&gw.socket);
+            s.write_all(&http_request("GET", targets[i % 3], "", b""))
+                .unwrap();
+            s
+        })
+        .collect();
+    for s in again.iter_mut() {
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    drop(again);
+    let t3 = Instant::now();
+    let second = loop {
+        let now = usage(pid);
+        if now.2 <= after.2 + 8 * 1024 || t3.elapsed() > Duration::from_secs(15) {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("a second round of 1000: RSS {} kB after it", second.2);
+    assert!(
+        second.2 <= after.2 + 8 * 1024,
+        "RSS {} -> {} kB",
+        after.2,
+        second.2
     );
 }
 
