@@ -11,26 +11,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{http_request as request, json_body, output, raw, run_ok, Daemon, Gateway, IMAGE};
-
-/// A gateway in front of the shared daemon running `script`, with extra flags.
-fn with_script(script: &str, extra: &[&str]) -> Gateway {
-    let path = support::temp_dir("core").join("s.lua");
-    std::fs::write(&path, script).unwrap();
-    let mut args = vec!["--scripts", path.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Gateway::start_with(&Daemon::shared().socket, &args)
-}
-
-fn status(resp: &str) -> &str {
-    resp.get(9..12).unwrap_or("")
-}
+use support::{
+    http_request as request, json_body, output, raw, run_ok, status, Daemon, Gateway, IMAGE,
+};
 
 #[test]
 fn a_post_hook_edits_docker_inspect_output_however_the_daemon_frames_it() {
-    let gw = with_script(
+    let gw = Gateway::with_script(
         r#"
         route.post("GET /containers/{id}/json", function(req, res)
           assert(not res.streaming, "inspect was treated as a stream")
@@ -78,7 +65,7 @@ fn docker_py_put_archive_and_load_image_work_through_a_catch_all_hook() {
             .is_ok_and(|s| s.success()),
         "docker-py is missing: apt-get install -y python3-docker"
     );
-    let gw = with_script(
+    let gw = Gateway::with_script(
         r#"
         route.pre("* /**", function(req) local _ = req.body end)
         route.post("* /**", function(req, res) end)
@@ -162,7 +149,7 @@ fn a_json_body_is_visible_to_hooks_whatever_its_content_type_says() {
 
 #[test]
 fn repeated_query_keys_show_hooks_the_value_dockerd_uses() {
-    let gw = with_script(
+    let gw = Gateway::with_script(
         r#"
         route.pre("GET /containers/json", function(req)
           if req.query.all == "1" then
@@ -240,7 +227,7 @@ fn request_targets_without_a_path_are_refused_and_journaled() {
 
 #[test]
 fn a_rewritten_call_gets_the_new_routes_hooks_and_hijack_class() {
-    let gw = with_script(
+    let gw = Gateway::with_script(
         r#"
         route.pre("POST /luastrip/create", function(req) req.path = "/containers/create" end)
         route.pre("POST /containers/create", function(req)
@@ -367,7 +354,7 @@ fn a_call_whose_client_leaves_is_journaled_and_no_longer_held() {
 fn a_reload_that_fails_on_any_vm_keeps_the_old_scripts_on_every_worker() {
     // The 5th load fails: with two workers, start-up loads 3 VMs (2 workers + control), so a
     // reload's 1st VM loads and its 2nd fails. No worker may end up with a broken VM.
-    let gw = with_script(
+    let gw = Gateway::with_script(
         r#"
         if store.incr("loads", 1) == 5 then error("the fifth load fails") end
         route.endpoint("GET /luastrip/alive", function() return { status = 200, json = { ok = true } } end)

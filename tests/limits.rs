@@ -10,20 +10,13 @@ use support::{http_request, json_body, raw, wait_until, Daemon, Gateway};
 
 /// A gateway whose only script spins in `GET /luastrip/spin` for as long as its budget allows.
 fn spinning(extra: &[&str]) -> Gateway {
-    let path = support::temp_dir("spin").join("s.lua");
-    std::fs::write(
-        &path,
+    Gateway::with_script(
         r#"
         route.endpoint("GET /luastrip/spin", function(req) while true do end end)
         route.endpoint("GET /luastrip/ok", function(req) return { status = 200, json = { ok = true } } end)
         "#,
+        extra,
     )
-    .unwrap();
-    let mut args = vec!["--scripts", path.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Gateway::start_with(&Daemon::shared().socket, &args)
 }
 
 /// A spinning gateway with `threads` workers and a 3 s budget whose workers count as stuck after

@@ -8,7 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{http_request, json_body, output, raw, run_ok, Daemon, Gateway, IMAGE};
+use support::{http_request, json_body, output, raw, run_ok, status, Daemon, Gateway, IMAGE};
 
 fn guarded() -> Gateway {
     let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scripts/deny-privileged.lua");
@@ -16,10 +16,6 @@ fn guarded() -> Gateway {
         &Daemon::shared().socket,
         &["--scripts", policy.to_str().unwrap()],
     )
-}
-
-fn status(resp: &str) -> &str {
-    resp.get(9..12).unwrap_or("")
 }
 
 /// Whether the daemon itself knows an object (`docker inspect --type T NAME`).
@@ -344,15 +340,19 @@ fn compose_projects_run_through_the_guard_and_hooks_that_read_every_body() {
         &["--scripts", scripts.to_str().unwrap()],
     );
     let project = unique("proj").replace('-', "");
+    // (success, everything it printed)
     let compose = |file: &Path, args: &[&str]| {
-        output(
+        let out = output(
             Command::new("docker-compose")
                 .env("DOCKER_HOST", gw.host())
                 .arg("-f")
                 .arg(file)
                 .args(["-p", &project])
                 .args(args),
-        )
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
     };
     let ok = dir.join("ok.yml");
     std::fs::write(
@@ -362,19 +362,10 @@ fn compose_projects_run_through_the_guard_and_hooks_that_read_every_body() {
         ),
     )
     .unwrap();
-    let up = compose(&ok, &["up", "--no-color"]);
-    let text =
-        String::from_utf8_lossy(&up.stdout).to_string() + &String::from_utf8_lossy(&up.stderr);
-    assert!(
-        up.status.success() && text.contains("hello-compose"),
-        "{text}"
-    );
-    let down = compose(&ok, &["down", "-v"]);
-    assert!(
-        down.status.success(),
-        "{}",
-        String::from_utf8_lossy(&down.stderr)
-    );
+    let (up, text) = compose(&ok, &["up", "--no-color"]);
+    assert!(up && text.contains("hello-compose"), "{text}");
+    let (down, text) = compose(&ok, &["down", "-v"]);
+    assert!(down, "{text}");
     let bad = dir.join("bad.yml");
     std::fs::write(
         &bad,
@@ -383,10 +374,8 @@ fn compose_projects_run_through_the_guard_and_hooks_that_read_every_body() {
         ),
     )
     .unwrap();
-    let up = compose(&bad, &["up", "--no-color"]);
-    let text =
-        String::from_utf8_lossy(&up.stdout).to_string() + &String::from_utf8_lossy(&up.stderr);
-    assert!(!up.status.success(), "{text}");
+    let (up, text) = compose(&bad, &["up", "--no-color"]);
+    assert!(!up, "{text}");
     assert!(
         text.contains("privileged containers are not allowed"),
         "{text}"

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{http_request, json_body, raw, run_ok, try_raw, Daemon, Gateway, IMAGE};
+use support::{http_request, json_body, raw, run_ok, status, try_raw, Daemon, Gateway, IMAGE};
 
 /// Open files, threads and resident memory (kB) of a process, from /proc.
 fn usage(pid: u32) -> (usize, usize, u64) {
@@ -36,10 +36,6 @@ fn raise_own_fd_limit() {
         lim.rlim_cur = lim.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
-}
-
-fn status(resp: &str) -> &str {
-    resp.get(9..12).unwrap_or("")
 }
 
 /// Open a stream (events, logs -f) and read its head; the connection stays open.

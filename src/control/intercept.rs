@@ -210,17 +210,14 @@ async fn hold_body(call: &mut Call) -> Result<Option<String>, Error> {
     let Some(body) = call.body.take() else {
         return Ok(None);
     };
-    use http_body_util::BodyExt;
-    let bytes = http_body_util::Limited::new(body, HELD_BODY_CAP)
-        .collect()
+    let bytes = crate::body::read_to_cap(body, HELD_BODY_CAP)
         .await
         .map_err(|e| {
             Error::client(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("held call body: {e}"),
             )
-        })?
-        .to_bytes();
+        })?;
     call.check_json_body(&bytes)?;
     call.body = Some(full(bytes.clone()));
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))

@@ -12,13 +12,12 @@ use std::time::Instant;
 
 use ::http::{Response, StatusCode};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use mlua::{Table, Value};
 
 use super::engine::{Engine, Vm};
 use super::route::Phase;
 use super::{budget, message};
-use crate::body::{full, Body};
+use crate::body::{full, read_to_cap, Body, ReadError};
 use crate::call::{Call, HookFuture, Hooks};
 use crate::error::Error;
 use crate::journal::HookRun;
@@ -163,9 +162,9 @@ impl Hooks for Engine {
 /// body limit; beyond it the call fails with a 502 naming the limit.
 async fn read_response(call: &Call, res: &mut Response<Body>, cap: usize) -> Result<Bytes, Error> {
     let body = std::mem::replace(res.body_mut(), full(Bytes::new()));
-    match Limited::new(body, cap).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::client(
+    match read_to_cap(body, cap).await {
+        Ok(bytes) => Ok(bytes),
+        Err(ReadError::TooLarge) => Err(Error::client(
             StatusCode::BAD_GATEWAY,
             format!(
                 "the daemon's answer to {} {} is larger than the {} MiB a post hook may read \
@@ -175,7 +174,7 @@ async fn read_response(call: &Call, res: &mut Response<Body>, cap: usize) -> Res
                 cap >> 20
             ),
         )),
-        Err(e) => Err(Error::Daemon {
+        Err(ReadError::Broken(e)) => Err(Error::Daemon {
             upstream: "daemon".into(),
             reason: format!("reading the response body: {e}"),
         }),

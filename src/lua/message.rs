@@ -15,12 +15,11 @@ use std::sync::Arc;
 
 use ::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use mlua::{Function, Lua, Table, Value};
 
 use super::errors::raise;
 use super::json;
-use crate::body::{full, Body};
+use crate::body::{full, read_to_cap, Body, ReadError};
 use crate::call::Call;
 use crate::error::Error;
 use crate::route::kind::RequestBody;
@@ -88,16 +87,16 @@ impl PendingBody {
 
 /// Read a whole body, at most `cap` bytes (413 beyond).
 pub async fn read_capped(body: Body, cap: usize) -> Result<Bytes, Error> {
-    match Limited::new(body, cap).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::client(
+    match read_to_cap(body, cap).await {
+        Ok(bytes) => Ok(bytes),
+        Err(ReadError::TooLarge) => Err(Error::client(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "the request body is larger than the {} MiB a script may read (--body-limit-mb)",
                 cap >> 20
             ),
         )),
-        Err(e) => Err(Error::client(
+        Err(ReadError::Broken(e)) => Err(Error::client(
             StatusCode::BAD_REQUEST,
             format!("cannot read the request body: {e}"),
         )),

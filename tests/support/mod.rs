@@ -336,6 +336,17 @@ impl Gateway {
         g
     }
 
+    /// Start `luastrip serve` in front of the shared daemon with `script` (written to a file of
+    /// its own) and extra arguments.
+    pub fn with_script(script: &str, extra: &[&str]) -> Gateway {
+        let path = temp_dir("script").join("s.lua");
+        std::fs::write(&path, script).unwrap();
+        let path = path.to_str().unwrap().to_string();
+        let mut args = vec!["--scripts", path.as_str()];
+        args.extend_from_slice(extra);
+        Gateway::start_with(&Daemon::shared().socket, &args)
+    }
+
     /// Start `luastrip serve` in front of the shared daemon.
     pub fn start() -> Gateway {
         Gateway::start_with(&Daemon::shared().socket, &[])
@@ -642,6 +653,11 @@ pub fn post_json(socket: &Path, path: &str, body: &str) -> String {
 /// [`try_raw`], for a socket that must answer.
 pub fn raw(socket: &Path, request: &[u8]) -> String {
     try_raw(socket, request).unwrap_or_else(|e| panic!("{}: {e}", socket.display()))
+}
+
+/// The status code of a response read by [`raw`] (`""` when there is none).
+pub fn status(resp: &str) -> &str {
+    resp.get(9..12).unwrap_or("")
 }
 
 /// The JSON body of a response read by [`raw`].
