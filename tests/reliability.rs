@@ -514,7 +514,7 @@ fn faulty_hooks_fail_only_their_own_calls_and_a_reload_storm_never_serves_half_a
          /_ping p99 {quiet:?} quiet, {busy:?} beside them (hook budget 100 ms); \
          reload storm: {answers} calls during 60 rewrites, all whole"
     );
-    // A hook that spins holds its worker for its budget: calls dealt to that worker wait behind
-    // it (and behind the other faulty calls queued there), never longer than a few budgets.
-    assert!(busy < Duration::from_millis(100) * 8, "p99 {busy:?}");
+    // A hook that spins is preempted every millisecond, so the calls dealt to its worker do not
+    // wait for its budget to run out: p99 stays well under one budget (100 ms).
+    assert!(busy < Duration::from_millis(60), "p99 {busy:?}");
 }

@@ -250,8 +250,8 @@ fn failing_hooks_fail_closed_with_file_and_line() {
   elseif spec.Labels and spec.Labels.fault == "loop" then
     while true do end
   elseif spec.Labels and spec.Labels.fault == "memory" then
-    local t = {}
-    for i = 1, 1e9 do t[i] = string.rep("x", 1024 * 1024) .. i end
+    local t, kb = {}, string.rep("x", 1024)
+    for i = 1, 1e9 do t[i] = string.rep(kb, 1024) .. i end
   elseif spec.Labels and spec.Labels.fault == "nil" then
     return spec.nothing.here
   end
@@ -276,7 +276,8 @@ end)
         ("loop", format!("{file}:6")),
         ("error", format!("{file}:4: boom")),
         ("loop", format!("{file}:6")),
-        ("memory", "memory cap of 64 MiB".to_string()),
+        // The VM's cap (64 MiB), or the rule that ends a hook holding over half of it for long.
+        ("memory", "memory cap".to_string()),
         ("nil", format!("{file}:11")),
     ] {
         let out = output(gw.docker().args([

@@ -13,12 +13,24 @@
 //! The budget counts time spent running Lua, not time spent waiting for the daemon: the async
 //! API functions (`docker.*`, `http.*`, reading the body) call [`pause`] around their await, which
 //! moves the deadline by the time waited.
+//!
+//! A worker runs many calls on one thread, so a hook that computes for a long time would make
+//! every other call on its worker wait. The same instruction hook therefore *preempts*: once a
+//! hook has run for [`SLICE`] in one poll, its coroutine yields and its task goes to the back of
+//! the worker's queue, behind whatever arrived meanwhile (the wake is deferred until the
+//! runtime has polled for I/O). Time spent parked is not charged to the hook. Only the hook's own
+//! coroutine is preempted (a coroutine the script made itself would see the yield as its own),
+//! and only while the VM uses at most half its memory cap: a parked hook keeps what it holds,
+//! so that the others always find half the VM free. A hook that holds more than that cannot be
+//! set aside; it runs on for at most [`HOG_GRACE`] and is then ended, so the calls behind it
+//! wait that long at most. Code inside a coroutine the script made is not preempted (it runs
+//! until it yields, or to the budget).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use mlua::{FromLuaMulti, Function, HookTriggers, IntoLuaMulti, Lua, ThreadStatus, Value, VmState};
@@ -26,21 +38,103 @@ use mlua::{FromLuaMulti, Function, HookTriggers, IntoLuaMulti, Lua, ThreadStatus
 use super::errors::raise;
 use crate::error::Error;
 
+/// How long a hook runs before it lets the other calls on its worker have a turn.
+pub const SLICE: Duration = Duration::from_millis(1);
+
+/// How long a hook may run on while it holds more than half its VM's memory cap (when it cannot
+/// be preempted, and so holds up every other call on its worker) before it is ended.
+pub const HOG_GRACE: Duration = Duration::from_millis(10);
+
 /// The budget of one hook run.
 struct Budget {
     deadline: Mutex<Instant>,
     limit: Duration,
     /// Set once the deadline has passed; it never clears.
     spent: AtomicBool,
+    /// The coroutine that may be preempted (its `to_pointer`), if any.
+    thread: Option<usize>,
+    /// When the current poll began; preemption is due [`SLICE`] after it.
+    poll_started: Mutex<Instant>,
+    /// The instruction hook asked the coroutine to yield during this poll.
+    preempted: AtomicBool,
+    /// Time spent holding more than half the VM's memory, when it cannot be preempted.
+    hog: Mutex<Hog>,
+    /// Why the budget is spent, when it is not time.
+    why: Mutex<Option<String>>,
+}
+
+#[derive(Default)]
+struct Hog {
+    /// Since when the hook has held more than half the VM's memory cap.
+    since: Option<Instant>,
+    /// When the VM's garbage was last collected to find out.
+    collected: Option<Instant>,
 }
 
 impl Budget {
-    fn new(limit: Duration) -> Arc<Budget> {
+    fn new(limit: Duration, thread: Option<usize>) -> Arc<Budget> {
+        let now = Instant::now();
         Arc::new(Budget {
-            deadline: Mutex::new(Instant::now() + limit),
+            deadline: Mutex::new(now + limit),
             limit,
             spent: AtomicBool::new(false),
+            thread,
+            poll_started: Mutex::new(now),
+            preempted: AtomicBool::new(false),
+            hog: Mutex::default(),
+            why: Mutex::default(),
         })
+    }
+
+    /// Whether the running coroutine should yield now, to let the worker's other calls run.
+    fn preempt(&self, lua: &Lua) -> bool {
+        let Some(thread) = self.thread else {
+            return false;
+        };
+        if self
+            .poll_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < SLICE
+        {
+            return false;
+        }
+        if lua.current_thread().to_pointer() as usize != thread {
+            return false;
+        }
+        let cap = lua.app_data_ref::<MemoryCap>().map_or(usize::MAX, |c| c.0);
+        let mut hog = self.hog.lock().unwrap_or_else(|e| e.into_inner());
+        if lua.used_memory() > cap / 2 {
+            // Often garbage that no allocation has made Lua collect yet (say, of a hook that
+            // ran out of memory): collect, now and then, to find out.
+            if hog.collected.is_none_or(|t| t.elapsed() >= HOG_GRACE / 4) {
+                let _ = lua.gc_collect();
+                hog.collected = Some(Instant::now());
+            }
+            if lua.used_memory() > cap / 2 {
+                let since = *hog.since.get_or_insert_with(Instant::now);
+                if since.elapsed() > HOG_GRACE {
+                    *self.why.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                        "hook held more than half of its VM's memory cap (--vm-memory-mb {}) \
+                         for over {} ms; a hook that large cannot be set aside to let other \
+                         calls run",
+                        cap >> 20,
+                        HOG_GRACE.as_millis()
+                    ));
+                    self.spent.store(true, Ordering::Relaxed);
+                }
+                return false;
+            }
+        }
+        hog.since = None;
+        self.preempted.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Add `by` to the deadline: time the hook spent waiting, not running.
+    fn extend(&self, by: Duration) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) += by;
     }
 
     fn exceeded(&self) -> bool {
@@ -55,12 +149,15 @@ impl Budget {
     }
 
     fn error(&self, location: String) -> mlua::Error {
+        let why = self.why.lock().unwrap_or_else(|e| e.into_inner()).clone();
         raise(Error::Script {
             location,
-            reason: format!(
-                "hook exceeded its time budget of {} ms",
-                self.limit.as_millis()
-            ),
+            reason: why.unwrap_or_else(|| {
+                format!(
+                    "hook exceeded its time budget of {} ms",
+                    self.limit.as_millis()
+                )
+            }),
         })
     }
 }
@@ -68,6 +165,9 @@ impl Budget {
 /// The budget of the hook running in this VM right now (VM app data).
 #[derive(Default)]
 struct Current(Mutex<Option<Arc<Budget>>>);
+
+/// The VM's memory cap (VM app data), for the preemption rule.
+struct MemoryCap(usize);
 
 fn current(lua: &Lua) -> Option<Arc<Budget>> {
     lua.app_data_ref::<Current>()
@@ -82,9 +182,11 @@ fn set_current(lua: &Lua, budget: Option<Arc<Budget>>) -> Option<Arc<Budget>> {
 }
 
 /// Install the VM-wide budget hook and the catch-proof `pcall`, `xpcall` and `coroutine.resume`.
-/// Call once, while the VM is built, before any script runs.
-pub fn install(lua: &Lua) -> mlua::Result<()> {
+/// Call once, while the VM is built, before any script runs; `memory_cap` is the VM's memory
+/// limit.
+pub fn install(lua: &Lua, memory_cap: usize) -> mlua::Result<()> {
     lua.set_app_data(Current::default());
+    lua.set_app_data(MemoryCap(memory_cap));
     lua.set_global_hook(
         HookTriggers::new().every_nth_instruction(1000),
         |lua, debug| match current(lua) {
@@ -95,6 +197,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
                 let line = debug.current_line().unwrap_or(0);
                 Err(b.error(format!("{file}:{line}")))
             }
+            Some(b) if b.preempt(lua) => Ok(VmState::Yield),
             _ => Ok(VmState::Continue),
         },
     )?;
@@ -144,13 +247,110 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     ))
 }
 
+/// Built-in functions whose one call can take long (their work grows with a string or table the
+/// script made, up to the VM's memory cap) and which run no Lua instructions meanwhile: a loop
+/// around them would overrun its budget by up to a thousand calls between two instruction
+/// checks, and hold up the other calls on its worker as long. [`meter`] makes each of them check
+/// the budget, and take its preemption turn, first. (The pattern functions also check as they
+/// go, see `patterns`.)
+const METERED: &[(&str, &str)] = &[
+    ("", "load"),
+    ("", "tostring"),
+    ("string", "rep"),
+    ("string", "reverse"),
+    ("string", "upper"),
+    ("string", "lower"),
+    ("string", "byte"),
+    ("string", "char"),
+    ("string", "format"),
+    ("string", "pack"),
+    ("string", "find"),
+    ("string", "match"),
+    ("string", "gmatch"),
+    ("string", "gsub"),
+    ("string", "unpack"),
+    ("table", "sort"),
+    ("table", "concat"),
+    ("table", "unpack"),
+    ("table", "move"),
+    ("table", "insert"),
+    ("table", "remove"),
+    ("utf8", "char"),
+    ("utf8", "len"),
+    ("utf8", "codepoint"),
+    ("json", "encode"),
+    ("json", "decode"),
+    ("store", "get"),
+    ("store", "set"),
+];
+
+/// Make every [`METERED`] function check the budget before it runs, and yield there when the
+/// hook's turn is over (where the coroutine can yield). Call after the namespaces are registered
+/// and before the built-ins are made read-only.
+pub fn meter(lua: &Lua) -> mlua::Result<()> {
+    // The original runs under (catch-proof) `pcall` so that an error it raises can be told the
+    // function's name and the script's line, as it would be if the script called it directly.
+    let wrap: Function = lua
+        .load(
+            r#"local turn, f, name, pcall, fix = ...
+            local yield, isyieldable, error = coroutine.yield, coroutine.isyieldable, error
+            local function finish(ok, ...)
+              if ok then return ... end
+              error(fix(name, (...)), 0)
+            end
+            return function(...)
+              if turn() and isyieldable() then yield() end
+              return finish(pcall(f, ...))
+            end"#,
+        )
+        .set_name("=luastrip")
+        .into_function()?;
+    // Raises when the budget is spent; true when the hook should let the others run now.
+    let turn = lua.create_function(|lua, ()| {
+        check(lua)?;
+        Ok(current(lua).is_some_and(|b| b.preempt(lua)))
+    })?;
+    // An error message as Lua would have written it: "script.lua:3: bad argument #1 to 'rep'".
+    let fix = lua.create_function(|lua, (name, e): (String, Value)| {
+        let Value::String(msg) = &e else {
+            return Ok(e);
+        };
+        let mut msg = msg
+            .to_string_lossy()
+            .replacen("to '?'", &format!("to '{name}'"), 1);
+        let positioned = msg.split_once(": ").is_some_and(|(at, _)| {
+            at.rsplit_once(':').is_some_and(|(_, line)| {
+                !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit())
+            })
+        });
+        if !positioned {
+            msg = format!("{}: {msg}", script_location(lua));
+        }
+        Ok(Value::String(lua.create_string(msg)?))
+    })?;
+    let pcall: Function = lua.globals().get("pcall")?;
+    for (lib, name) in METERED {
+        let table: mlua::Table = if lib.is_empty() {
+            lua.globals()
+        } else {
+            match lua.globals().get::<Value>(*lib)? {
+                Value::Table(t) => t,
+                _ => continue,
+            }
+        };
+        if let Value::Function(f) = table.get::<Value>(*name)? {
+            let wrapped = wrap.call::<Function>((&turn, f, *name, &pcall, &fix))?;
+            table.set(*name, wrapped)?;
+        }
+    }
+    Ok(())
+}
+
 /// Fail if the running hook's budget is spent: for work done in Rust on a script's behalf (the
 /// pattern functions), which the instruction hook does not see.
 pub fn check(lua: &Lua) -> mlua::Result<()> {
     match current(lua) {
-        Some(b) if b.exceeded() => {
-            Err(b.error(super::errors::current_location(lua).unwrap_or_else(|| "?".into())))
-        }
+        Some(b) if b.exceeded() => Err(b.error(script_location(lua))),
         _ => Ok(()),
     }
 }
@@ -170,20 +370,80 @@ fn script_location(lua: &Lua) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// Marks `budget` as the VM's current one while the inner future is polled.
+/// Marks `budget` as the VM's current one while the inner future is polled, and turns a
+/// preemption into a deferred wake.
 struct Budgeted<'a, F> {
     lua: &'a Lua,
     budget: Arc<Budget>,
+    relay: Arc<Relay>,
+    /// When the hook was preempted; the time until the next poll is not charged.
+    parked: Option<Instant>,
     fut: Pin<Box<F>>,
+}
+
+/// The waker the hook's coroutine sees. mlua wakes the task at once when a coroutine yields of
+/// its own accord, which would put a preempted hook straight back in front of the calls it
+/// yielded to; the relay notes wakes made during the poll so that [`Budgeted`] can defer them.
+/// No wake is ever dropped.
+struct Relay {
+    real: Mutex<Waker>,
+    in_poll: AtomicBool,
+    woken_in_poll: AtomicBool,
+}
+
+impl Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref()
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.in_poll.load(Ordering::SeqCst) {
+            self.woken_in_poll.store(true, Ordering::SeqCst);
+        } else {
+            self.real
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .wake_by_ref();
+        }
+    }
 }
 
 impl<F: Future> Future for Budgeted<'_, F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let before = set_current(self.lua, Some(self.budget.clone()));
-        let out = self.fut.as_mut().poll(cx);
-        set_current(self.lua, before);
+        let this = &mut *self;
+        if let Some(t) = this.parked.take() {
+            this.budget.extend(t.elapsed());
+        }
+        {
+            let mut real = this.relay.real.lock().unwrap_or_else(|e| e.into_inner());
+            if !real.will_wake(cx.waker()) {
+                *real = cx.waker().clone();
+            }
+        }
+        *this
+            .budget
+            .poll_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        this.budget.preempted.store(false, Ordering::Relaxed);
+        let waker = Waker::from(this.relay.clone());
+        let before = set_current(this.lua, Some(this.budget.clone()));
+        this.relay.in_poll.store(true, Ordering::SeqCst);
+        let out = this.fut.as_mut().poll(&mut Context::from_waker(&waker));
+        this.relay.in_poll.store(false, Ordering::SeqCst);
+        set_current(this.lua, before);
+        if this.relay.woken_in_poll.swap(false, Ordering::SeqCst) && out.is_pending() {
+            if this.budget.preempted.load(Ordering::Relaxed) {
+                // Preempted: come back after the runtime has looked for I/O, behind the calls
+                // that are ready now.
+                this.parked = Some(Instant::now());
+                let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+            } else {
+                cx.waker().wake_by_ref();
+            }
+        }
         out
     }
 }
@@ -196,10 +456,17 @@ pub async fn call_async<R: FromLuaMulti>(
     args: impl IntoLuaMulti,
 ) -> mlua::Result<R> {
     let thread = lua.create_thread(func.clone())?;
+    let budget = Budget::new(limit, Some(thread.to_pointer() as usize));
     let fut = thread.into_async::<R>(args)?;
     Budgeted {
         lua,
-        budget: Budget::new(limit),
+        budget,
+        relay: Arc::new(Relay {
+            real: Mutex::new(Waker::noop().clone()),
+            in_poll: AtomicBool::new(false),
+            woken_in_poll: AtomicBool::new(false),
+        }),
+        parked: None,
         fut: Box::pin(fut),
     }
     .await
@@ -208,7 +475,7 @@ pub async fn call_async<R: FromLuaMulti>(
 /// Run `func()` to completion without awaiting (script loading): async API calls are refused.
 pub fn call_sync(lua: &Lua, func: &Function, limit: Duration) -> mlua::Result<()> {
     let thread = lua.create_thread(func.clone())?;
-    let before = set_current(lua, Some(Budget::new(limit)));
+    let before = set_current(lua, Some(Budget::new(limit, None)));
     let result = thread.resume::<()>(());
     set_current(lua, before);
     let suspended = thread.status() == ThreadStatus::Resumable;
@@ -227,7 +494,7 @@ pub async fn pause<F: Future>(lua: &Lua, fut: F) -> F::Output {
     let t = Instant::now();
     let out = fut.await;
     if let Some(b) = budget {
-        *b.deadline.lock().unwrap_or_else(|e| e.into_inner()) += t.elapsed();
+        b.extend(t.elapsed());
     }
     out
 }
@@ -238,7 +505,7 @@ mod tests {
 
     fn vm() -> Lua {
         let lua = Lua::new();
-        install(&lua).unwrap();
+        install(&lua, usize::MAX).unwrap();
         lua
     }
 
@@ -259,6 +526,180 @@ mod tests {
             .await
             .is_err());
         assert!(current(&lua).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_spinning_hook_lets_the_others_on_its_worker_run() {
+        let lua = vm();
+        let spin: Function = lua
+            .load("return function() while true do end end")
+            .eval()
+            .unwrap();
+        let quick: Function = lua.load("return function() return 42 end").eval().unwrap();
+        let t = Instant::now();
+        let spinner = call_async::<()>(&lua, &spin, Duration::from_millis(300), ());
+        let other = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let n = call_async::<i64>(&lua, &quick, Duration::from_millis(50), ())
+                .await
+                .unwrap();
+            (n, t.elapsed())
+        };
+        let (spun, (n, quick_done)) = tokio::join!(spinner, other);
+        assert_eq!(n, 42);
+        assert!(spun.is_err(), "the spinner ends on its budget");
+        // The quick hook did not wait for the spinner's 300 ms.
+        assert!(quick_done < Duration::from_millis(150), "{quick_done:?}");
+        // Time parked is not charged: the spinner still got its whole budget of running.
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn preemption_is_invisible_to_scripts() {
+        let lua = vm();
+        // Long computations in the hook's own coroutine and in one the script made: the
+        // preemption yields of the first never reach the script; the second is never preempted.
+        let hook: Function = lua
+            .load(
+                r#"return function()
+                  local function work() local x = 0 for j = 1, 300000 do x = x + j end return x end
+                  local a = work()
+                  local co = coroutine.wrap(function()
+                    for i = 1, 3 do work() coroutine.yield(i) end
+                    return "done"
+                  end)
+                  local got = { co(), co(), co(), co() }
+                  assert(got[1] == 1 and got[2] == 2 and got[3] == 3 and got[4] == "done",
+                    table.concat(got, ","))
+                  return a + work()
+                end"#,
+            )
+            .eval()
+            .unwrap();
+        let n = call_async::<i64>(&lua, &hook, Duration::from_secs(20), ())
+            .await
+            .unwrap();
+        assert_eq!(n, 2 * (300000 * 300001 / 2));
+    }
+
+    #[tokio::test]
+    async fn a_hook_holding_half_the_vm_is_never_parked_and_soon_ended() {
+        let lua = Lua::new();
+        install(&lua, 8 << 20).unwrap();
+        lua.set_memory_limit(8 << 20).unwrap();
+        // Holds 5 MB of the 8, then spins: it is never parked, and ends after HOG_GRACE.
+        let hog: Function = lua
+            .load(
+                r#"return function()
+                  local t = {} for i = 1, 5 do t[i] = string.rep("x", 1 << 20) end
+                  while true do end
+                end"#,
+            )
+            .set_name("=hog.lua")
+            .eval()
+            .unwrap();
+        let thread = lua.create_thread(hog).unwrap();
+        let budget = Budget::new(Duration::from_secs(20), Some(thread.to_pointer() as usize));
+        set_current(&lua, Some(budget.clone()));
+        *budget.poll_started.lock().unwrap() = Instant::now() - SLICE * 10;
+        let t = Instant::now();
+        // Resumed plainly: a preemption would show as a yield, not an error.
+        let e = thread.resume::<()>(()).unwrap_err();
+        assert!(
+            matches!(super::super::errors::typed(&e), Some(Error::Script { reason, .. }) if reason.contains("half of its VM's memory")),
+            "{e}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        set_current(&lua, None);
+        // The same hook holding less is parked as usual.
+        let light: Function = lua
+            .load("return function() local s = string.rep('x', 1 << 20) while true do end end")
+            .eval()
+            .unwrap();
+        let thread = lua.create_thread(light).unwrap();
+        let budget = Budget::new(Duration::from_secs(20), Some(thread.to_pointer() as usize));
+        set_current(&lua, Some(budget.clone()));
+        *budget.poll_started.lock().unwrap() = Instant::now() - SLICE * 10;
+        thread.resume::<()>(()).unwrap();
+        assert_eq!(thread.status(), ThreadStatus::Resumable);
+        set_current(&lua, None);
+    }
+
+    #[tokio::test]
+    async fn a_loop_around_long_builtin_calls_overruns_little() {
+        let lua = vm();
+        meter(&lua).unwrap();
+        for (what, code) in [
+            (
+                "table.sort",
+                "local t = {} for i = 1, 100000 do t[i] = i end while true do table.sort(t) end",
+            ),
+            ("string.rep", "while true do local s = string.rep('x', 1 << 23) end"),
+            (
+                "table.concat",
+                "local t = {} for i = 1, 100000 do t[i] = 'ab' end while true do local s = table.concat(t) end",
+            ),
+        ] {
+            let hook: Function = lua
+                .load(format!("return function() {code} end"))
+                .set_name("=t.lua")
+                .eval()
+                .unwrap();
+            let t = Instant::now();
+            let e = call_async::<()>(&lua, &hook, Duration::from_millis(50), ())
+                .await
+                .expect_err(what);
+            assert!(
+                matches!(super::super::errors::typed(&e), Some(Error::Script { location, reason }) if reason.contains("time budget") && location == "t.lua:1"),
+                "{what}: {e}"
+            );
+            assert!(t.elapsed() < Duration::from_millis(400), "{what}: {:?}", t.elapsed());
+        }
+    }
+
+    #[test]
+    fn metered_builtins_report_errors_as_lua_does() {
+        let lua = vm();
+        meter(&lua).unwrap();
+        let check = |code: &str, want: &str| {
+            let got: String = lua
+                .load(format!(
+                    "local ok, e = pcall(function()\n{code}\nend) return tostring(e)"
+                ))
+                .set_name("=t.lua")
+                .eval()
+                .unwrap();
+            assert_eq!(got, want, "{code}");
+        };
+        check(
+            "local s = string.rep()",
+            "t.lua:2: bad argument #1 to 'rep' (string expected, got no value)",
+        );
+        check(
+            "local s = table.concat({{}})",
+            "t.lua:2: invalid value (table) at index 1 in table for 'concat'",
+        );
+        check(
+            "local s = string.gsub('ab', 'a', function() error('boom') end)",
+            "t.lua:2: boom",
+        );
+        check(
+            "error(setmetatable({}, {__tostring = function() return 'obj' end}))",
+            "obj",
+        );
+        let n: i64 = lua
+            .load("return select(2, string.gsub('aXbX', 'X', '')) + #string.rep('ab', 3, ',')")
+            .eval()
+            .unwrap();
+        assert_eq!(n, 2 + 8);
     }
 
     #[tokio::test]

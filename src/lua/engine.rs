@@ -217,12 +217,13 @@ fn build_vm(scripts: &Scripts, services: &Services) -> Result<Vm, Error> {
     )
     .map_err(lua_err)?;
     sandbox::sandbox(&lua, scripts.dir()).map_err(lua_err)?;
-    budget::install(&lua).map_err(lua_err)?;
+    budget::install(&lua, limits.vm_memory).map_err(lua_err)?;
     patterns::install(&lua).map_err(lua_err)?;
     for (_name, register) in NAMESPACES {
         register(&lua, services).map_err(lua_err)?;
     }
     message::install_object_meta(&lua).map_err(lua_err)?;
+    budget::meter(&lua).map_err(lua_err)?;
     // Last: what scripts find from here on is read-only.
     sandbox::protect_builtins(&lua).map_err(lua_err)?;
     lua.set_memory_limit(limits.vm_memory).map_err(lua_err)?;

@@ -677,7 +677,7 @@ mod tests {
         .exec()
         .unwrap();
         install(&lua).unwrap();
-        budget::install(&lua).unwrap();
+        budget::install(&lua, usize::MAX).unwrap();
         lua
     }
 
