@@ -25,19 +25,25 @@
 //! * [`lua`] — the route-script engine: per-worker VMs, generations and reload, limits that
 //!   scripts cannot escape (budget, memory, bounded patterns, read-only built-ins), the `req`/`res`
 //!   tables, one module per Lua namespace (`route`, `json`, `log`, `store`, `docker`, `http`,
-//!   `powerstrip`) wired in one list. It implements [`call::Hooks`].
+//!   `powerstrip`, `zfs`) wired in one list. It implements [`call::Hooks`].
 //! * [`powerstrip`] — the Powerstrip protocol v1 client and `adapters.yml`.
 //! * [`outbound`] — pooled HTTP to services other than the daemon (`http.request`, adapters,
 //!   replays, the REPL).
 //! * [`control`] — the control socket (HTTP/JSON): calls, tail, filters, routes, reload, eval,
 //!   intercept (a hook layer), replay, metrics.
 //! * [`repl`] — `luastrip repl`, the rustyline front end of the control socket.
+//! * [`volumes`] — the volume helper: named volumes behind the `VolumeBackend` trait (ZFS,
+//!   driven by argv), checked names, ownership (a copy owned elsewhere is read-only), and the
+//!   `GET /luastrip/volumes` hook layer. Its state lives outside the Lua VMs; `zfs.*` drives it.
+//! * [`cluster`] — what several hosts must agree on (volume owners), behind one interface with
+//!   create-if-absent and swap-if-revision; the local JSON file is the embedded store.
 //!
 //! The core imports none of the extensions, except that [`serve::run`] assembles them; arrows
 //! point inward. The phase chart is in `docs/phases.md`, the design in `docs/architecture.md`.
 
 pub mod body;
 pub mod call;
+pub mod cluster;
 pub mod control;
 pub mod error;
 pub mod hijack;
@@ -49,5 +55,6 @@ pub mod repl;
 pub mod route;
 pub mod serve;
 pub mod upstream;
+pub mod volumes;
 
 pub use error::Error;

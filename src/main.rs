@@ -102,6 +102,63 @@ struct ServeArgs {
     upstream_timeout_s: u64,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    volumes: VolumeArgs,
+}
+
+#[derive(clap::Args)]
+struct VolumeArgs {
+    /// Turn the volume helper on with this backend (`zfs`): `zfs.*` in scripts and
+    /// GET /luastrip/volumes.
+    #[arg(long, env = "LUASTRIP_VOLUME_BACKEND")]
+    volume_backend: Option<String>,
+    /// The ZFS pool volumes live in (with --volume-backend zfs).
+    #[arg(long, env = "LUASTRIP_ZFS_POOL")]
+    zfs_pool: Option<String>,
+    /// The dataset below the pool that holds the volumes: POOL/ROOT/NAME.
+    #[arg(long, env = "LUASTRIP_ZFS_ROOT", default_value = "luastrip")]
+    zfs_root: String,
+    /// The local cluster store: which gateway owns which volume (JSON, written atomically).
+    #[arg(
+        long,
+        env = "LUASTRIP_CLUSTER_FILE",
+        default_value = "/var/lib/luastrip/cluster.json"
+    )]
+    cluster_file: PathBuf,
+    /// This gateway's name among its peers. Defaults to the machine's host name.
+    #[arg(long, env = "LUASTRIP_HOST_NAME")]
+    host_name: Option<String>,
+}
+
+impl VolumeArgs {
+    fn config(self) -> Result<Option<serve::VolumeConfig>, String> {
+        let Some(backend) = self.volume_backend else {
+            if self.zfs_pool.is_some() {
+                return Err("--zfs-pool needs --volume-backend zfs".into());
+            }
+            return Ok(None);
+        };
+        let host_name = match self.host_name {
+            Some(h) => h,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .map_err(|e| format!("cannot read the host name ({e}); pass --host-name"))?,
+        };
+        if host_name.is_empty()
+            || host_name
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!("--host-name {host_name:?}: a name without spaces"));
+        }
+        Ok(Some(serve::VolumeConfig {
+            backend,
+            zfs_pool: self.zfs_pool,
+            zfs_root: self.zfs_root,
+            cluster_file: self.cluster_file,
+            host_name,
+        }))
+    }
 }
 
 #[derive(clap::Args)]
@@ -224,6 +281,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         upstream_timeout: (args.upstream_timeout_s > 0)
             .then(|| std::time::Duration::from_secs(args.upstream_timeout_s)),
         repl: args.repl,
+        volumes: args.volumes.config()?,
         ..Config::new(listen, upstream)
     };
     // This runtime accepts connections and runs the background services; serve::run starts the

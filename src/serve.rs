@@ -222,6 +222,23 @@ pub struct Config {
     pub upstream_timeout: Option<Duration>,
     /// Run the REPL on this terminal too; quitting it stops the gateway.
     pub repl: bool,
+    /// The volume helper, if configured (`--volume-backend`).
+    pub volumes: Option<VolumeConfig>,
+}
+
+/// How the volume helper is set up.
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    /// `--volume-backend`: `zfs`.
+    pub backend: String,
+    /// `--zfs-pool`.
+    pub zfs_pool: Option<String>,
+    /// `--zfs-root`: volumes are `POOL/ROOT/NAME`.
+    pub zfs_root: String,
+    /// `--cluster-file`: the local cluster store (who owns which volume).
+    pub cluster_file: PathBuf,
+    /// `--host-name`: this gateway's name in the cluster.
+    pub host_name: String,
 }
 
 impl Config {
@@ -244,6 +261,7 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             upstream_timeout: Some(DEFAULT_UPSTREAM_TIMEOUT),
             repl: false,
+            volumes: None,
         }
     }
 
@@ -335,6 +353,8 @@ pub enum StartError {
     Scripts(#[from] crate::Error),
     #[error("--state: {0}")]
     State(String),
+    #[error("{0}")]
+    Volumes(String),
     #[error("cannot watch {path}: {reason}")]
     Watch { path: String, reason: String },
     #[error("{0}")]
@@ -358,6 +378,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     gateway.stuck_after = config
         .stuck_after
         .unwrap_or(config.limits.hook_time * 2 + Duration::from_secs(1));
+    let volumes = match &config.volumes {
+        Some(v) => Some(Arc::new(volume_helper(v, &config.upstream).await?)),
+        None => None,
+    };
     let mut engine = None;
     if config.scripts.is_some() || config.powerstrip_config.is_some() {
         let store = match &config.state {
@@ -369,6 +393,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             store: Arc::new(store),
             adapters_file: config.powerstrip_config.clone(),
             limits: config.limits.clone(),
+            volumes: volumes.clone(),
         };
         let loaded = Arc::new(Engine::load(config.scripts.as_deref(), workers, services)?);
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -386,6 +411,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         gateway = gateway.with_hooks(loaded.clone());
         engine = Some(loaded);
+    }
+    if let Some(v) = &volumes {
+        gateway = gateway.with_hooks(Arc::new(crate::volumes::endpoint::VolumesEndpoint(
+            v.clone(),
+        )));
     }
     // Intercept runs after the scripts: a held call shows what would be sent.
     let intercept = Arc::new(Intercept::default());
@@ -446,6 +476,54 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let served = run_gateway(listener, gateway, workers, stop).await;
     background.shutdown().await;
     served.map_err(StartError::Io)
+}
+
+/// The volume helper for `config`: its backend (checked now: a missing `zfs` command or pool is
+/// a start-up error naming the flag) and the cluster store.
+async fn volume_helper(
+    config: &VolumeConfig,
+    upstream: &UpstreamAddr,
+) -> Result<crate::volumes::Volumes, StartError> {
+    use crate::cluster::local::LocalCluster;
+    let backend: Arc<dyn crate::volumes::VolumeBackend> = match config.backend.as_str() {
+        "zfs" => {
+            let pool = config.zfs_pool.as_deref().ok_or_else(|| {
+                StartError::Volumes("--volume-backend zfs needs --zfs-pool POOL".into())
+            })?;
+            Arc::new(
+                crate::volumes::zfs::Zfs::open(pool, &config.zfs_root)
+                    .await
+                    .map_err(|e| StartError::Volumes(e.to_string()))?,
+            )
+        }
+        other => {
+            return Err(StartError::Volumes(format!(
+                "--volume-backend {other:?}: the backends are: zfs"
+            )))
+        }
+    };
+    if let Some(dir) = config.cluster_file.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StartError::Volumes(format!(
+                "--cluster-file {}: {e}",
+                config.cluster_file.display()
+            ))
+        })?;
+    }
+    let cluster = LocalCluster::open(&config.cluster_file)
+        .map_err(|e| StartError::Volumes(format!("--cluster-file: {e}")))?;
+    info!(
+        backend = backend.kind(),
+        host = %config.host_name,
+        cluster = %config.cluster_file.display(),
+        "volume helper ready"
+    );
+    Ok(crate::volumes::Volumes::new(
+        backend,
+        Arc::new(cluster),
+        config.host_name.clone(),
+        Upstream::new(upstream.clone()),
+    ))
 }
 
 /// After a burst, the allocator keeps the memory it grew to; when no client is connected, hand

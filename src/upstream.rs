@@ -111,6 +111,42 @@ impl Upstream {
         self.client.request(req).await.map_err(|e| self.error(e))
     }
 
+    /// GET `path` from the daemon and parse its JSON answer (up to 64 MiB), for luastrip's own
+    /// questions to the daemon (the helpers'). A non-2xx answer is an error carrying the daemon's
+    /// message.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, Error> {
+        use http_body_util::BodyExt;
+        let req = Request::builder()
+            .uri(path)
+            .header(http::header::HOST, "docker")
+            .body(crate::body::full(bytes::Bytes::new()))
+            .map_err(|e| Error::Internal(format!("cannot build GET {path}: {e}")))?;
+        let res = self.send(req).await?;
+        let status = res.status();
+        let body = http_body_util::Limited::new(res.into_body(), 64 << 20)
+            .collect()
+            .await
+            .map_err(|e| Error::Daemon {
+                upstream: self.addr.to_string(),
+                reason: format!("GET {path}: {e}"),
+            })?
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::Daemon {
+            upstream: self.addr.to_string(),
+            reason: format!("GET {path}: not JSON: {e}"),
+        })?;
+        if !status.is_success() {
+            return Err(Error::Daemon {
+                upstream: self.addr.to_string(),
+                reason: format!(
+                    "GET {path}: {status}: {}",
+                    v["message"].as_str().unwrap_or_default()
+                ),
+            });
+        }
+        Ok(v)
+    }
+
     fn error(&self, e: hyper_util::client::legacy::Error) -> Error {
         use std::error::Error as _;
         let mut reason = String::new();

@@ -30,6 +30,12 @@ pub fn decode(lua: &Lua, bytes: &[u8]) -> Result<Value> {
     lua.to_value_with(&v, to_lua_options())
 }
 
+/// A Rust value as Lua sees JSON (arrays marked, `null` as `json.null`), for namespaces that
+/// hand back records.
+pub fn to_lua<T: serde::Serialize + ?Sized>(lua: &Lua, v: &T) -> Result<Value> {
+    lua.to_value_with(v, to_lua_options())
+}
+
 /// Encode a Lua value as JSON bytes.
 pub fn encode(lua: &Lua, value: Value) -> Result<Vec<u8>> {
     let v: serde_json::Value = lua

@@ -20,12 +20,13 @@
 //! * [`patterns`] — `string.find`/`match`/`gmatch`/`gsub` with bounded work.
 //! * One module per Lua namespace, each with the same [`Register`] signature, all wired in
 //!   [`NAMESPACES`]: [`route`], [`json`], [`log`], [`store`], [`docker`], [`http`],
-//!   [`powerstrip`].
+//!   [`powerstrip`], [`zfs`].
 //!
 //! # Limits
 //!
-//! Each hook runs under a wall-clock budget checked every 1000 Lua instructions, and each VM under
-//! a memory cap. A hook that throws or exceeds a limit fails the call closed: a 500 Docker JSON
+//! Each hook runs under a wall-clock budget checked every 1000 Lua instructions (and before every
+//! built-in whose one call can be long), and each VM under a memory cap; a hook is preempted
+//! after 1 ms so that the other calls on its worker run. A hook that throws or exceeds a limit fails the call closed: a 500 Docker JSON
 //! error naming `file:line` and the reason, and nothing reaches the daemon.
 //!
 //! Errors raised by luastrip's own Lua functions (a failing adapter, a budget overrun, a request
@@ -49,6 +50,7 @@ pub mod route;
 pub mod sandbox;
 pub mod scripts;
 pub mod store;
+pub mod zfs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,6 +96,8 @@ pub struct Services {
     pub adapters_file: Option<PathBuf>,
     /// Budgets and caps.
     pub limits: Limits,
+    /// The volume helper (`zfs.*`), when a `--volume-backend` is configured.
+    pub volumes: Option<Arc<crate::volumes::Volumes>>,
 }
 
 impl Default for Services {
@@ -103,6 +107,7 @@ impl Default for Services {
             store: Arc::new(store::Store::memory(store::DEFAULT_CAP)),
             adapters_file: None,
             limits: Limits::default(),
+            volumes: None,
         }
     }
 }
@@ -119,4 +124,5 @@ pub const NAMESPACES: &[(&str, Register)] = &[
     ("docker", docker::register),
     ("http", http::register),
     ("powerstrip", powerstrip::register),
+    ("zfs", zfs::register),
 ];

@@ -97,10 +97,16 @@ pub fn protect_builtins(lua: &Lua) -> mlua::Result<()> {
 }
 
 /// Lua modules bundled into the binary, `require`-able as `luastrip.*`.
-const BUNDLED: &[(&str, &str)] = &[(
-    "luastrip.policy",
-    include_str!("../../stdlib/luastrip/policy.lua"),
-)];
+const BUNDLED: &[(&str, &str)] = &[
+    (
+        "luastrip.policy",
+        include_str!("../../stdlib/luastrip/policy.lua"),
+    ),
+    (
+        "luastrip.flocker",
+        include_str!("../../stdlib/luastrip/flocker.lua"),
+    ),
+];
 
 /// `require(name)` limited to the bundled `luastrip.*` modules and `name.lua` files under the
 /// scripts directory (`a.b` is `a/b.lua`). Each module runs once per VM; errors name `file:line`.

@@ -167,3 +167,60 @@ powerstrip = {}
 ---@param opts {timeout: number|nil}|nil  timeout in seconds (default 10)
 ---@return fun(req: luastrip.Request, res: luastrip.Response|nil)
 function powerstrip.adapter(url, opts) end
+
+---@class luastrip.Snapshot
+---@field tag string
+---@field guid string   the same snapshot on every host it was sent to
+---@field created integer  Unix seconds
+---@field used integer  bytes
+
+---@class luastrip.Volume
+---@field name string
+---@field dataset string  the backend's name for it (POOL/ROOT/NAME)
+---@field mountpoint string  what a container binds
+---@field created integer  Unix seconds
+---@field new boolean|nil  this call created it
+---@field owner string|nil  the gateway (--host-name) that owns it
+---@field owned boolean  this gateway owns it; only the owner's copy is writable
+---@field read_only boolean
+---@field size integer  bytes used
+---@field snapshots luastrip.Snapshot[]  oldest first
+
+---The volume helper (`luastrip serve --volume-backend zfs --zfs-pool POOL`). Every function waits
+---for `zfs` without being charged to the hook's budget, and raises a clear error when no backend
+---is configured or a name is bad (`/`, `@`, `..`, spaces, empty, longer than 64).
+zfs = {}
+
+---The volume `name`, created (and claimed for this gateway) if missing: the same name gives the
+---same volume. A copy another gateway owns is read-only.
+---@param name string
+---@return luastrip.Volume
+function zfs.volume(name) end
+
+---Every volume on this host.
+---@return luastrip.Volume[]
+function zfs.volumes() end
+
+---Snapshot a volume; `tag` defaults to `luastrip-<unix ms>`.
+---@param name string
+---@param tag string|nil
+---@return luastrip.Snapshot
+function zfs.snapshot(name, tag) end
+
+---@param name string
+---@return luastrip.Snapshot[]  oldest first
+function zfs.snapshots(name) end
+
+---Roll a volume this gateway owns back to a snapshot. Newer snapshots are in the way unless
+---`destroy_newer` (they are destroyed, as `zfs rollback -r`).
+---@param name string
+---@param tag string
+---@param opts {destroy_newer: boolean|nil}|nil
+---@return true
+function zfs.rollback(name, tag, opts) end
+
+---Destroy a volume and its snapshots on this host; refused while a container (running or not)
+---uses it.
+---@param name string
+---@return true
+function zfs.destroy(name) end

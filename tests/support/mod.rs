@@ -822,3 +822,101 @@ fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// A private ZFS pool on a sparse file, from zfs-fuse (started here if it is not running),
+/// mounted under the run directory. Destroyed on drop; pools left by dead runs are destroyed
+/// when the next one is made.
+pub struct Pool {
+    pub name: String,
+    file: PathBuf,
+}
+
+impl Pool {
+    pub fn new(size_mb: u64) -> Pool {
+        require_root();
+        require_tool("zfs", "zfs-fuse");
+        require_tool("zpool", "zfs-fuse");
+        require_tool("zfs-fuse", "zfs-fuse");
+        ensure_zfs_fuse();
+        destroy_dead_pools();
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("lst{}n{n}", std::process::id());
+        let dir = temp_dir("pool");
+        let file = dir.join("pool.img");
+        let f = std::fs::File::create(&file).unwrap();
+        f.set_len(size_mb << 20).unwrap();
+        let mnt = dir.join("mnt");
+        run_ok(Command::new("zpool").args([
+            "create",
+            "-m",
+            mnt.to_str().unwrap(),
+            &name,
+            file.to_str().unwrap(),
+        ]));
+        Pool { name, file }
+    }
+
+    /// `zfs ARGS…`, which must succeed; its stdout.
+    pub fn zfs(&self, args: &[&str]) -> String {
+        run_ok(Command::new("zfs").args(args))
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // A mount released a moment ago (a container just removed) can keep it busy briefly.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            let destroyed = Command::new("zpool")
+                .args(["destroy", "-f", &self.name])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if destroyed {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Start the zfs-fuse daemon unless `zpool list` already answers.
+fn ensure_zfs_fuse() {
+    static STARTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    let answers = || {
+        Command::new("zpool")
+            .args(["list", "-H"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if answers() {
+        return;
+    }
+    let status = Command::new("zfs-fuse")
+        .args(["--no-kstat-mount", "-p", "/run/zfs-fuse.pid"])
+        .status()
+        .expect("start zfs-fuse");
+    assert!(status.success(), "zfs-fuse did not start");
+    wait_until("zfs-fuse answers", Duration::from_secs(20), answers);
+}
+
+/// Pools of test runs whose process is gone.
+fn destroy_dead_pools() {
+    let out = output(Command::new("zpool").args(["list", "-H", "-o", "name"]));
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(rest) = name.strip_prefix("lst") else {
+            continue;
+        };
+        let Some(pid) = rest.split('n').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("zpool").args(["destroy", "-f", name]).status();
+        }
+    }
+}

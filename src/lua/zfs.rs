@@ -1,0 +1,116 @@
+//! The `zfs` namespace: scripts drive the volume helper ([`crate::volumes::Volumes`]), which
+//! lives outside the VMs. Every function is async (the `zfs` commands run while the worker serves
+//! other calls) and the wait is not charged to the hook's budget. Without `--volume-backend`
+//! each function fails with an error that says how to configure one.
+//!
+//! `zfs.volume(name)` → `{ name, dataset, mountpoint, created, new, owner, owned, read_only,
+//! size, snapshots }`, created if missing; `zfs.volumes()`; `zfs.snapshot(name, tag?)`;
+//! `zfs.snapshots(name)`; `zfs.rollback(name, tag, { destroy_newer = false })`;
+//! `zfs.destroy(name)`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use mlua::{Lua, Result, Table, Value};
+
+use super::budget;
+use super::errors::raise;
+use super::json::to_lua;
+use super::Services;
+use crate::volumes::Volumes;
+use crate::Error;
+
+fn not_configured() -> mlua::Error {
+    raise(Error::Helper {
+        helper: "zfs".into(),
+        reason: "no volume backend: start luastrip with --volume-backend zfs --zfs-pool POOL"
+            .into(),
+    })
+}
+
+/// Register `name` as an async function running `f` on the helper, outside the budget.
+fn add<A, F, Fut>(
+    lua: &Lua,
+    t: &Table,
+    name: &str,
+    volumes: &Option<Arc<Volumes>>,
+    f: F,
+) -> Result<()>
+where
+    A: mlua::FromLuaMulti + Send + 'static,
+    F: Fn(Lua, Arc<Volumes>, A) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Result<Value>> + Send + 'static,
+{
+    let volumes = volumes.clone();
+    t.set(
+        name,
+        lua.create_async_function(move |lua, args: A| {
+            let (volumes, f) = (volumes.clone(), f.clone());
+            async move {
+                let v = volumes.ok_or_else(not_configured)?;
+                let waiting = lua.clone();
+                budget::pause(&waiting, f(lua, v, args)).await
+            }
+        })?,
+    )
+}
+
+fn helper<T>(r: std::result::Result<T, Error>) -> Result<T> {
+    r.map_err(raise)
+}
+
+/// Install `zfs` as a global.
+pub fn register(lua: &Lua, services: &Services) -> Result<()> {
+    let t = lua.create_table()?;
+    let v = &services.volumes;
+    add(lua, &t, "volume", v, |lua, vols, name: String| async move {
+        let name = helper(Volumes::name(&name))?;
+        to_lua(&lua, &helper(vols.volume(&name).await)?)
+    })?;
+    add(lua, &t, "volumes", v, |lua, vols, (): ()| async move {
+        to_lua(&lua, &helper(vols.list().await)?)
+    })?;
+    add(
+        lua,
+        &t,
+        "snapshot",
+        v,
+        |lua, vols, (name, tag): (String, Option<String>)| async move {
+            let name = helper(Volumes::name(&name))?;
+            let tag = tag.map(|t| helper(Volumes::tag(&t))).transpose()?;
+            to_lua(&lua, &helper(vols.snapshot(&name, tag).await)?)
+        },
+    )?;
+    add(
+        lua,
+        &t,
+        "snapshots",
+        v,
+        |lua, vols, name: String| async move {
+            let name = helper(Volumes::name(&name))?;
+            to_lua(&lua, &helper(vols.snapshots(&name).await)?)
+        },
+    )?;
+    add(
+        lua,
+        &t,
+        "rollback",
+        v,
+        |_, vols, (name, tag, opts): (String, String, Option<Table>)| async move {
+            let name = helper(Volumes::name(&name))?;
+            let tag = helper(Volumes::tag(&tag))?;
+            let destroy_newer = match &opts {
+                Some(o) => o.get::<Option<bool>>("destroy_newer")?.unwrap_or(false),
+                None => false,
+            };
+            helper(vols.rollback(&name, &tag, destroy_newer).await)?;
+            Ok(Value::Boolean(true))
+        },
+    )?;
+    add(lua, &t, "destroy", v, |_, vols, name: String| async move {
+        let name = helper(Volumes::name(&name))?;
+        helper(vols.destroy(&name).await)?;
+        Ok(Value::Boolean(true))
+    })?;
+    lua.globals().set("zfs", t)
+}

@@ -1,0 +1,409 @@
+//! Portable volumes: the storage half of luastrip. A volume is a named dataset on this host
+//! (behind the [`VolumeBackend`] trait; ZFS is the first backend) that can be snapshotted,
+//! rolled back, and later moved to another host. Which host owns a volume is recorded in the
+//! [`Cluster`] store; a copy this host does not own is read-only (Flocker's rule, so that copies
+//! cannot diverge and break an incremental receive).
+//!
+//! [`Volumes`] is the helper's state. It lives outside the Lua VMs (they are rebuilt per worker
+//! and per reload) and is shared by the `zfs.*` Lua namespace, `GET /luastrip/volumes` and,
+//! later, the volume plugin and the peer listener.
+
+pub mod endpoint;
+pub mod name;
+pub mod zfs;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::io::AsyncRead;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::upstream::Upstream;
+use crate::Error;
+use name::{Tag, VolumeName};
+
+pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// A volume as the backend sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendVolume {
+    pub name: VolumeName,
+    /// The backend's own name for it (for ZFS, the dataset).
+    pub id: String,
+    /// Where it is mounted on this host: what a container binds.
+    pub mountpoint: PathBuf,
+    /// When it was created (Unix seconds).
+    pub created: u64,
+    /// Bytes it uses.
+    pub used: u64,
+    pub read_only: bool,
+}
+
+/// A snapshot of a volume. The `guid` identifies the same snapshot on every host it was sent
+/// to, whatever its tag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    pub tag: String,
+    pub guid: String,
+    pub created: u64,
+    pub used: u64,
+}
+
+/// A replication stream being produced by the backend (`zfs send`); call [`ByteStream::finish`]
+/// after reading it to the end to learn whether it was whole.
+pub struct ByteStream {
+    pub reader: Box<dyn AsyncRead + Send + Unpin>,
+    child: tokio::process::Child,
+    what: String,
+}
+
+impl ByteStream {
+    pub fn new(
+        reader: impl AsyncRead + Send + Unpin + 'static,
+        child: tokio::process::Child,
+        what: String,
+    ) -> Self {
+        ByteStream {
+            reader: Box::new(reader),
+            child,
+            what,
+        }
+    }
+
+    /// Wait for the producer to exit; an error names it and what it said.
+    pub async fn finish(self) -> Result<(), Error> {
+        let out = self
+            .child
+            .wait_with_output()
+            .await
+            .map_err(|e| Error::Helper {
+                helper: "zfs".into(),
+                reason: format!("{}: {e}", self.what),
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Helper {
+                helper: "zfs".into(),
+                reason: format!(
+                    "{}: {}",
+                    self.what,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            })
+        }
+    }
+}
+
+/// Where volumes live. Implementations: [`zfs::Zfs`]. Every operation names a checked volume,
+/// and `create` is idempotent (the same name gives the same volume).
+pub trait VolumeBackend: Send + Sync + 'static {
+    /// The backend's name, as `--volume-backend` takes it.
+    fn kind(&self) -> &'static str;
+    /// The volume, created if missing; `true` if this call created it.
+    fn create<'a>(&'a self, name: &'a VolumeName) -> BackendFuture<'a, (BackendVolume, bool)>;
+    fn get<'a>(&'a self, name: &'a VolumeName) -> BackendFuture<'a, Option<BackendVolume>>;
+    fn list(&self) -> BackendFuture<'_, Vec<BackendVolume>>;
+    fn snapshot<'a>(&'a self, name: &'a VolumeName, tag: &'a Tag) -> BackendFuture<'a, Snapshot>;
+    /// Oldest first.
+    fn snapshots<'a>(&'a self, name: &'a VolumeName) -> BackendFuture<'a, Vec<Snapshot>>;
+    fn rollback<'a>(
+        &'a self,
+        name: &'a VolumeName,
+        tag: &'a Tag,
+        destroy_newer: bool,
+    ) -> BackendFuture<'a, ()>;
+    fn set_read_only<'a>(&'a self, name: &'a VolumeName, on: bool) -> BackendFuture<'a, ()>;
+    /// The changes from `since` (or everything, without it) up to the snapshot `to`.
+    fn send<'a>(
+        &'a self,
+        name: &'a VolumeName,
+        since: Option<&'a Tag>,
+        to: &'a Tag,
+    ) -> BackendFuture<'a, ByteStream>;
+    /// Apply a stream made by `send` on another host.
+    fn receive<'a>(
+        &'a self,
+        name: &'a VolumeName,
+        stream: Box<dyn AsyncRead + Send + Unpin + 'a>,
+    ) -> BackendFuture<'a, ()>;
+    /// The volume and its snapshots.
+    fn destroy<'a>(&'a self, name: &'a VolumeName) -> BackendFuture<'a, ()>;
+}
+
+/// A volume as luastrip shows it (Lua, `GET /luastrip/volumes`).
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// The backend's name for it (for ZFS, the dataset).
+    pub dataset: String,
+    pub mountpoint: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// Whether this call created it (only for `zfs.volume`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub new: bool,
+    /// The gateway that owns it (`--host-name`); `null` if no one has claimed it.
+    pub owner: Option<String>,
+    /// Whether this gateway owns it: only the owner's copy is writable.
+    pub owned: bool,
+    pub read_only: bool,
+    /// Bytes used.
+    pub size: u64,
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// The volume helper: a backend, the cluster store, and this gateway's name.
+pub struct Volumes {
+    backend: Arc<dyn VolumeBackend>,
+    cluster: Arc<dyn Cluster>,
+    host: String,
+    /// The daemon, to tell whether a container uses a volume.
+    upstream: Upstream,
+}
+
+fn helper(reason: impl Into<String>) -> Error {
+    Error::Helper {
+        helper: "zfs".into(),
+        reason: reason.into(),
+    }
+}
+
+fn cluster_error(e: ClusterError) -> Error {
+    helper(e.to_string())
+}
+
+fn owner_key(name: &VolumeName) -> String {
+    format!("volumes/{name}")
+}
+
+impl Volumes {
+    pub fn new(
+        backend: Arc<dyn VolumeBackend>,
+        cluster: Arc<dyn Cluster>,
+        host: String,
+        upstream: Upstream,
+    ) -> Self {
+        Volumes {
+            backend,
+            cluster,
+            host,
+            upstream,
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn backend(&self) -> &dyn VolumeBackend {
+        &*self.backend
+    }
+
+    /// Check a volume name as a Lua or HTTP caller gave it.
+    pub fn name(s: &str) -> Result<VolumeName, Error> {
+        VolumeName::parse(s).map_err(helper)
+    }
+
+    /// Check a snapshot tag.
+    pub fn tag(s: &str) -> Result<Tag, Error> {
+        Tag::parse(s).map_err(helper)
+    }
+
+    /// The owner recorded for `name`, if any.
+    async fn owner(&self, name: &VolumeName) -> Result<Option<String>, Error> {
+        Ok(self
+            .cluster
+            .get(&owner_key(name))
+            .await
+            .map_err(cluster_error)?
+            .and_then(|r| r.value["owner"].as_str().map(str::to_string)))
+    }
+
+    /// Claim `name` for this gateway unless someone owns it already; the owner.
+    async fn claim(&self, name: &VolumeName) -> Result<String, Error> {
+        let key = owner_key(name);
+        match self
+            .cluster
+            .create(&key, json!({ "owner": self.host }))
+            .await
+        {
+            Ok(_) => Ok(self.host.clone()),
+            Err(ClusterError::Conflict {
+                current: Some(r), ..
+            }) => r.value["owner"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| helper(format!("cluster record {key} names no owner"))),
+            Err(e) => Err(cluster_error(e)),
+        }
+    }
+
+    async fn info(
+        &self,
+        v: BackendVolume,
+        new: bool,
+        owner: Option<String>,
+    ) -> Result<VolumeInfo, Error> {
+        let snapshots = self.backend.snapshots(&v.name).await?;
+        Ok(VolumeInfo {
+            owned: owner.as_deref() == Some(self.host.as_str()),
+            name: v.name.to_string(),
+            dataset: v.id,
+            mountpoint: v.mountpoint.display().to_string(),
+            created: v.created,
+            new,
+            owner,
+            read_only: v.read_only,
+            size: v.used,
+            snapshots,
+        })
+    }
+
+    /// The volume `name`, created (and claimed for this gateway) if missing; the same name
+    /// gives the same volume. A copy owned by another gateway is made read-only.
+    pub async fn volume(&self, name: &VolumeName) -> Result<VolumeInfo, Error> {
+        let (mut v, new) = self.backend.create(name).await?;
+        let owner = self.claim(name).await?;
+        let should_be_read_only = owner != self.host;
+        if v.read_only != should_be_read_only {
+            self.backend
+                .set_read_only(name, should_be_read_only)
+                .await?;
+            v.read_only = should_be_read_only;
+        }
+        self.info(v, new, Some(owner)).await
+    }
+
+    /// Every volume on this host.
+    pub async fn list(&self) -> Result<Vec<VolumeInfo>, Error> {
+        let mut out = Vec::new();
+        for v in self.backend.list().await? {
+            let owner = self.owner(&v.name).await?;
+            out.push(self.info(v, false, owner).await?);
+        }
+        Ok(out)
+    }
+
+    async fn existing(&self, name: &VolumeName) -> Result<BackendVolume, Error> {
+        self.backend
+            .get(name)
+            .await?
+            .ok_or_else(|| helper(format!("no volume {name} on this host")))
+    }
+
+    /// Refuse a change to a copy this gateway does not own.
+    async fn must_own(&self, name: &VolumeName, doing: &str) -> Result<(), Error> {
+        match self.owner(name).await? {
+            Some(o) if o != self.host => Err(helper(format!(
+                "cannot {doing} volume {name}: it is owned by {o}, and this host's copy is read-only"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Snapshot `name` as `tag` (default: `luastrip-<unix ms>`).
+    pub async fn snapshot(&self, name: &VolumeName, tag: Option<Tag>) -> Result<Snapshot, Error> {
+        self.existing(name).await?;
+        let tag = match tag {
+            Some(t) => t,
+            None => Tag::parse(&format!(
+                "luastrip-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0)
+            ))
+            .map_err(helper)?,
+        };
+        self.backend.snapshot(name, &tag).await
+    }
+
+    pub async fn snapshots(&self, name: &VolumeName) -> Result<Vec<Snapshot>, Error> {
+        self.existing(name).await?;
+        self.backend.snapshots(name).await
+    }
+
+    /// Roll `name` back to `tag`. Newer snapshots are in the way: refused unless
+    /// `destroy_newer`, which destroys them (as `zfs rollback -r`).
+    pub async fn rollback(
+        &self,
+        name: &VolumeName,
+        tag: &Tag,
+        destroy_newer: bool,
+    ) -> Result<(), Error> {
+        self.existing(name).await?;
+        self.must_own(name, "roll back").await?;
+        let snaps = self.backend.snapshots(name).await?;
+        let Some(at) = snaps.iter().position(|s| s.tag == tag.as_str()) else {
+            return Err(helper(format!("volume {name} has no snapshot {tag}")));
+        };
+        let newer: Vec<&str> = snaps[at + 1..].iter().map(|s| s.tag.as_str()).collect();
+        if !newer.is_empty() && !destroy_newer {
+            return Err(helper(format!(
+                "volume {name}: snapshots newer than {tag} ({}) would be destroyed; \
+                 pass {{ destroy_newer = true }} to roll back anyway",
+                newer.join(", ")
+            )));
+        }
+        self.backend.rollback(name, tag, destroy_newer).await
+    }
+
+    /// Destroy `name` and its snapshots on this host; refused while a container (running or
+    /// not) uses it. If this gateway owned it, the claim goes too.
+    pub async fn destroy(&self, name: &VolumeName) -> Result<(), Error> {
+        let v = self.existing(name).await?;
+        if let Some(user) = self.used_by(&v).await? {
+            return Err(helper(format!(
+                "volume {name} is used by container {user}; remove the container first"
+            )));
+        }
+        self.backend.destroy(name).await?;
+        let key = owner_key(name);
+        if let Some(r) = self.cluster.get(&key).await.map_err(cluster_error)? {
+            if r.value["owner"].as_str() == Some(self.host.as_str()) {
+                self.cluster
+                    .delete(&key, r.revision)
+                    .await
+                    .map_err(cluster_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first container (name or ID) whose mounts include the volume's mountpoint.
+    async fn used_by(&self, v: &BackendVolume) -> Result<Option<String>, Error> {
+        // A pool of its own: this may run on any worker's thread.
+        let containers = self
+            .upstream
+            .fork()
+            .get_json("/containers/json?all=1")
+            .await?;
+        let mountpoint = v.mountpoint.display().to_string();
+        let inside = format!("{mountpoint}/");
+        for c in containers.as_array().into_iter().flatten() {
+            let uses = c["Mounts"].as_array().into_iter().flatten().any(|m| {
+                m["Source"]
+                    .as_str()
+                    .is_some_and(|s| s == mountpoint || s.starts_with(&inside))
+            });
+            if uses {
+                let name = c["Names"][0]
+                    .as_str()
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .or_else(|| {
+                        c["Id"]
+                            .as_str()
+                            .map(|id| id[..id.len().min(12)].to_string())
+                    })
+                    .unwrap_or_default();
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    }
+}

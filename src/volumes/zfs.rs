@@ -1,0 +1,355 @@
+//! The ZFS backend: a volume is the dataset `POOL/ROOT/NAME`, driven through the `zfs` and
+//! `zpool` commands by argv (there is no stable libzfs ABI; Flocker did the same), never
+//! through a shell. Every name reaching an argument was checked ([`super::name`]), and the
+//! dataset names are built here, so a volume name can never address another dataset.
+//!
+//! Works with Debian's zfs-fuse (pool version 23): no resumable send, no `recv -o`, no
+//! bookmarks, which this backend does not use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncRead;
+use tokio::process::Command;
+
+use super::name::{Tag, VolumeName};
+use super::{BackendFuture, BackendVolume, ByteStream, Snapshot, VolumeBackend};
+use crate::Error;
+
+/// The longest a `zfs` command may take (`send`/`recv` are streams and exempt).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Zfs {
+    /// `POOL/ROOT`: every volume is a child of it.
+    root: String,
+}
+
+fn helper(reason: impl Into<String>) -> Error {
+    Error::Helper {
+        helper: "zfs".into(),
+        reason: reason.into(),
+    }
+}
+
+/// A pool name or a `/`-separated root below it, checked as volume names are.
+fn check_dataset_path(flag: &str, s: &str) -> Result<(), Error> {
+    if s.is_empty() {
+        return Err(helper(format!("{flag}: empty")));
+    }
+    for part in s.split('/') {
+        VolumeName::parse(part).map_err(|e| helper(format!("{flag} {s:?}: {e}")))?;
+    }
+    Ok(())
+}
+
+impl Zfs {
+    /// The backend on `pool`, keeping volumes under `pool/root` (created if missing). A missing
+    /// `zfs` command or pool is a clear error naming the flag.
+    pub async fn open(pool: &str, root: &str) -> Result<Zfs, Error> {
+        check_dataset_path("--zfs-pool", pool)?;
+        if pool.contains('/') {
+            return Err(helper(format!(
+                "--zfs-pool {pool:?}: a pool name, without '/' (use --zfs-root for a dataset below it)"
+            )));
+        }
+        check_dataset_path("--zfs-root", root)?;
+        match Command::new("zpool")
+            .args(["list", "-H", "-o", "name", pool])
+            .output()
+            .await
+        {
+            Err(e) => {
+                return Err(helper(format!(
+                    "--volume-backend zfs needs the zpool and zfs commands ({e}); \
+                     on Debian: apt-get install zfs-fuse (or zfsutils-linux)"
+                )))
+            }
+            Ok(out) if !out.status.success() => {
+                return Err(helper(format!(
+                    "--zfs-pool {pool}: no such pool: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )))
+            }
+            Ok(_) => {}
+        }
+        let zfs = Zfs {
+            root: format!("{pool}/{root}"),
+        };
+        zfs.run(&["create", "-p", &zfs.root]).await?;
+        Ok(zfs)
+    }
+
+    fn dataset(&self, name: &VolumeName) -> String {
+        format!("{}/{}", self.root, name)
+    }
+
+    /// Run `zfs ARGS…`; its stdout, or an error naming the command and what it said.
+    async fn run(&self, args: &[&str]) -> Result<String, Error> {
+        let out = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            Command::new("zfs").args(args).kill_on_drop(true).output(),
+        )
+        .await
+        .map_err(|_| {
+            helper(format!(
+                "zfs {} did not finish in {COMMAND_TIMEOUT:?}",
+                args.join(" ")
+            ))
+        })?
+        .map_err(|e| helper(format!("cannot run zfs: {e}")))?;
+        if !out.status.success() {
+            return Err(helper(format!(
+                "zfs {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Properties of `target` and everything below it (snapshots included), by name. zfs-fuse's
+    /// `zfs list` has no `-p`, so `zfs get -H -p` (exact numbers) it is.
+    async fn props(
+        &self,
+        target: &str,
+    ) -> Result<BTreeMap<String, HashMap<String, String>>, Error> {
+        let out = self
+            .run(&[
+                "get",
+                "-H",
+                "-p",
+                "-r",
+                "-o",
+                "name,property,value",
+                "type,mountpoint,creation,used,readonly,guid,createtxg",
+                target,
+            ])
+            .await?;
+        let mut all: BTreeMap<String, HashMap<String, String>> = BTreeMap::new();
+        for line in out.lines() {
+            let mut f = line.splitn(3, '\t');
+            if let (Some(name), Some(prop), Some(value)) = (f.next(), f.next(), f.next()) {
+                all.entry(name.to_string())
+                    .or_default()
+                    .insert(prop.to_string(), value.to_string());
+            }
+        }
+        Ok(all)
+    }
+
+    /// The volumes below the root (or just `dataset`).
+    async fn volumes(&self, dataset: Option<&str>) -> Result<Vec<BackendVolume>, Error> {
+        let all = self.props(dataset.unwrap_or(&self.root)).await?;
+        let prefix = format!("{}/", self.root);
+        Ok(all
+            .iter()
+            .filter(|(_, p)| p.get("type").map(String::as_str) == Some("filesystem"))
+            .filter_map(|(ds, p)| {
+                let name = ds.strip_prefix(&prefix)?;
+                let num = |k: &str| p.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+                Some(BackendVolume {
+                    name: VolumeName::parse(name).ok()?,
+                    id: ds.to_string(),
+                    mountpoint: PathBuf::from(p.get("mountpoint")?),
+                    created: num("creation"),
+                    used: num("used"),
+                    read_only: p.get("readonly").map(String::as_str) == Some("on"),
+                })
+            })
+            .collect())
+    }
+}
+
+impl VolumeBackend for Zfs {
+    fn kind(&self) -> &'static str {
+        "zfs"
+    }
+
+    fn create<'a>(&'a self, name: &'a VolumeName) -> BackendFuture<'a, (BackendVolume, bool)> {
+        Box::pin(async move {
+            if let Some(v) = self.get(name).await? {
+                return Ok((v, false));
+            }
+            let made = self.run(&["create", &self.dataset(name)]).await;
+            // Lost a race with another call creating it: that is the same volume.
+            let v = self.get(name).await?;
+            match (v, made) {
+                (Some(v), _) => Ok((v, true)),
+                (None, Err(e)) => Err(e),
+                (None, Ok(_)) => Err(helper(format!(
+                    "{} vanished after create",
+                    self.dataset(name)
+                ))),
+            }
+        })
+    }
+
+    fn get<'a>(&'a self, name: &'a VolumeName) -> BackendFuture<'a, Option<BackendVolume>> {
+        Box::pin(async move {
+            let dataset = self.dataset(name);
+            match self.volumes(Some(&dataset)).await {
+                Ok(mut v) => Ok(v.pop()),
+                Err(Error::Helper { reason, .. }) if reason.contains("does not exist") => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn list(&self) -> BackendFuture<'_, Vec<BackendVolume>> {
+        Box::pin(async move { self.volumes(None).await })
+    }
+
+    fn snapshot<'a>(&'a self, name: &'a VolumeName, tag: &'a Tag) -> BackendFuture<'a, Snapshot> {
+        Box::pin(async move {
+            let snap = format!("{}@{}", self.dataset(name), tag);
+            self.run(&["snapshot", &snap]).await?;
+            self.snapshots(name)
+                .await?
+                .into_iter()
+                .find(|s| s.tag == tag.as_str())
+                .ok_or_else(|| helper(format!("{snap} vanished after snapshot")))
+        })
+    }
+
+    fn snapshots<'a>(&'a self, name: &'a VolumeName) -> BackendFuture<'a, Vec<Snapshot>> {
+        Box::pin(async move {
+            let dataset = self.dataset(name);
+            let prefix = format!("{dataset}@");
+            let mut snaps: Vec<(u64, Snapshot)> = self
+                .props(&dataset)
+                .await?
+                .into_iter()
+                .filter_map(|(snap, p)| {
+                    let tag = snap.strip_prefix(&prefix)?.to_string();
+                    let num = |k: &str| p.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+                    Some((
+                        num("createtxg"),
+                        Snapshot {
+                            tag,
+                            guid: p.get("guid")?.clone(),
+                            created: num("creation"),
+                            used: num("used"),
+                        },
+                    ))
+                })
+                .collect();
+            // Oldest first: by transaction group, which orders snapshots taken in one second.
+            snaps.sort_by_key(|(txg, _)| *txg);
+            Ok(snaps.into_iter().map(|(_, s)| s).collect())
+        })
+    }
+
+    fn rollback<'a>(
+        &'a self,
+        name: &'a VolumeName,
+        tag: &'a Tag,
+        destroy_newer: bool,
+    ) -> BackendFuture<'a, ()> {
+        Box::pin(async move {
+            let snap = format!("{}@{}", self.dataset(name), tag);
+            let mut args = vec!["rollback"];
+            if destroy_newer {
+                args.push("-r");
+            }
+            args.push(&snap);
+            self.run(&args).await.map(|_| ())
+        })
+    }
+
+    fn set_read_only<'a>(&'a self, name: &'a VolumeName, on: bool) -> BackendFuture<'a, ()> {
+        Box::pin(async move {
+            let prop = if on { "readonly=on" } else { "readonly=off" };
+            self.run(&["set", prop, &self.dataset(name)])
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn send<'a>(
+        &'a self,
+        name: &'a VolumeName,
+        since: Option<&'a Tag>,
+        to: &'a Tag,
+    ) -> BackendFuture<'a, ByteStream> {
+        Box::pin(async move {
+            let dataset = self.dataset(name);
+            let to = format!("{dataset}@{to}");
+            let mut cmd = Command::new("zfs");
+            cmd.arg("send");
+            if let Some(since) = since {
+                cmd.args(["-i", &format!("{dataset}@{since}")]);
+            }
+            let mut child = cmd
+                .arg(&to)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| helper(format!("cannot run zfs send: {e}")))?;
+            let stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| helper("zfs send has no output"))?;
+            Ok(ByteStream::new(stdout, child, format!("zfs send {to}")))
+        })
+    }
+
+    fn receive<'a>(
+        &'a self,
+        name: &'a VolumeName,
+        mut stream: Box<dyn AsyncRead + Send + Unpin + 'a>,
+    ) -> BackendFuture<'a, ()> {
+        Box::pin(async move {
+            let dataset = self.dataset(name);
+            let mut child = Command::new("zfs")
+                .args(["recv", "-F", &dataset])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| helper(format!("cannot run zfs recv: {e}")))?;
+            let mut stdin = child
+                .stdin
+                .take()
+                .ok_or_else(|| helper("zfs recv has no input"))?;
+            let copied = tokio::io::copy(&mut stream, &mut stdin).await;
+            drop(stdin);
+            let out = child
+                .wait_with_output()
+                .await
+                .map_err(|e| helper(format!("zfs recv {dataset}: {e}")))?;
+            copied.map_err(|e| helper(format!("zfs recv {dataset}: the stream broke: {e}")))?;
+            if !out.status.success() {
+                return Err(helper(format!(
+                    "zfs recv {dataset}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn destroy<'a>(&'a self, name: &'a VolumeName) -> BackendFuture<'a, ()> {
+        Box::pin(async move {
+            let dataset = self.dataset(name);
+            // Unmounting fails while anything has the mountpoint open; a container removed a
+            // moment ago can leave it busy for a little while (seen with zfs-fuse).
+            let mut tries = 0;
+            loop {
+                match self.run(&["destroy", "-r", &dataset]).await {
+                    Err(Error::Helper { reason, .. })
+                        if reason.contains("is busy") && tries < 15 =>
+                    {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => return other.map(|_| ()),
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,108 @@
+-- luastrip.flocker: Flocker's volume syntax on plain `docker run`.
+--
+--   require("luastrip.flocker").enable()
+--
+-- then `docker run -v /flocker/db:/data busybox` (or `--mount type=bind,source=/flocker/db,...`)
+-- gets the volume `db` from the volume helper (created on first use, the same volume every
+-- time after) and binds its mountpoint instead. Every other bind, mount and field of the create
+-- body is left exactly as it was.
+--
+-- Needs `luastrip serve --volume-backend zfs --zfs-pool POOL`. A name the helper refuses (`/`,
+-- `@`, `..`, spaces, too long) is a 400 naming it; so is a sub-path (`/flocker/db/x:/data`,
+-- `/flocker/db/../..`), which could climb out of the volume. Sources are read as dockerd cleans
+-- them: `//flocker/db` and `/flocker/./db/` are the volume db. A volume that another gateway owns is refused with its
+-- owner's name (moving it here is the two-phase push, `zfs.push`).
+local flocker = {}
+
+flocker.prefix = "/flocker/"
+
+local function deny(message, status)
+  return { status = status or 400, json = { message = message } }
+end
+
+-- The segments of an absolute path as dockerd reads it (Go's filepath.Clean): empty and "."
+-- segments dropped, ".." taking one back.
+local function segments(path)
+  local parts = {}
+  for seg in path:gmatch("[^/]+") do
+    if seg == ".." then
+      parts[#parts] = nil
+    elseif seg ~= "." then
+      parts[#parts + 1] = seg
+    end
+  end
+  return parts
+end
+
+-- Whether a bind source means a Flocker volume: written under /flocker/ (before or after
+-- cleaning, so "//flocker/db" and "/x/../flocker/db" count as dockerd would read them).
+local function is_flocker(source)
+  if type(source) ~= "string" or source:sub(1, 1) ~= "/" then return false end
+  local first = source:match("^[/.]*/([^/]+)")
+  return first == "flocker" or segments(source)[1] == "flocker"
+end
+
+-- The volume behind a Flocker source, or nil and why not.
+local function volume_for(source)
+  local parts = segments(source)
+  if #parts < 2 or parts[1] ~= "flocker" then
+    return nil, "luastrip.flocker: " .. source .. " names no volume: use /flocker/NAME"
+  end
+  if #parts > 2 then
+    return nil, "luastrip.flocker: " .. source .. ": a Flocker volume is bound whole (/flocker/NAME), not a path inside it"
+  end
+  local ok, v = pcall(zfs.volume, parts[2])
+  if not ok then
+    return nil, "luastrip.flocker: " .. source .. ": " .. tostring(v):match("^[^\n]*")
+  end
+  if not v.owned then
+    return nil, ("luastrip.flocker: volume %s is owned by %s; move it here first (zfs.push on %s)")
+      :format(v.name, tostring(v.owner), tostring(v.owner))
+  end
+  return v
+end
+
+--- Rewrite the `/flocker/NAME` binds and bind mounts of a create body in place.
+--- Returns true if anything changed, or nil and a message naming what was refused.
+function flocker.rewrite(spec)
+  local hc = type(spec) == "table" and spec.HostConfig
+  if type(hc) ~= "table" then return false end
+  local changed = false
+  if type(hc.Binds) == "table" then
+    for i, bind in ipairs(hc.Binds) do
+      if type(bind) == "string" then
+        local source, rest = bind:match("^([^:]*)(:.*)$")
+        source = source or bind
+        if is_flocker(source) then
+          local v, why = volume_for(source)
+          if not v then return nil, why end
+          hc.Binds[i] = v.mountpoint .. (rest or "")
+          changed = true
+        end
+      end
+    end
+  end
+  if type(hc.Mounts) == "table" then
+    for _, m in ipairs(hc.Mounts) do
+      if type(m) == "table" and m.Type == "bind" and is_flocker(m.Source) then
+        local v, why = volume_for(m.Source)
+        if not v then return nil, why end
+        m.Source = v.mountpoint
+        changed = true
+      end
+    end
+  end
+  return changed
+end
+
+--- Install the create hook.
+function flocker.enable()
+  route.pre("POST /containers/create", function(req)
+    local spec = req:json()
+    local changed, why = flocker.rewrite(spec)
+    if changed == nil then return deny(why) end
+    if changed then req:set_json(spec) end
+  end)
+end
+
+return flocker
