@@ -8,8 +8,9 @@
 //!
 //! * [`serve`] — the one assembly point: [`serve::run`] turns a [`serve::Config`] into a running
 //!   gateway (scripts, hook layers, background services, sockets) and serves until shutdown;
-//!   also the listen socket (ready-only appearance, stale sockets, permissions), the workers and
-//!   the connection driver.
+//!   also the workers and the connection driver.
+//! * [`socket`] — Unix sockets that appear only when ready (private directory, mode and group,
+//!   then renamed into place), stale ones replaced, live ones refused.
 //! * [`call`] — the life of one call as named phases: accept → match+pre → upstream → post →
 //!   reply → journal. The one place that forwards; extensions plug in via [`call::Hooks`].
 //! * [`route`] — path normalisation, queries and JSON bodies checked as dockerd reads them, the
@@ -35,6 +36,8 @@
 //! * [`volumes`] — the volume helper: named volumes behind the `VolumeBackend` trait (ZFS,
 //!   driven by argv), checked names, ownership (a copy owned elsewhere is read-only), and the
 //!   `GET /luastrip/volumes` hook layer. Its state lives outside the Lua VMs; `zfs.*` drives it.
+//! * [`plugin`] — Docker's plugin protocol, served for the helpers on
+//!   `/run/docker/plugins/NAME.sock` so that dockerd calls them itself: the volume driver now.
 //! * [`cluster`] — what several hosts must agree on (volume owners), behind one interface with
 //!   create-if-absent and swap-if-revision; the local JSON file is the embedded store.
 //!
@@ -50,10 +53,12 @@ pub mod hijack;
 pub mod journal;
 pub mod lua;
 pub mod outbound;
+pub mod plugin;
 pub mod powerstrip;
 pub mod repl;
 pub mod route;
 pub mod serve;
+pub mod socket;
 pub mod upstream;
 pub mod volumes;
 

@@ -128,6 +128,26 @@ struct VolumeArgs {
     /// This gateway's name among its peers. Defaults to the machine's host name.
     #[arg(long, env = "LUASTRIP_HOST_NAME")]
     host_name: Option<String>,
+    /// Also serve the Docker volume plugin protocol as this driver name (docker volume create
+    /// -d NAME), on PLUGIN_DIR/NAME.sock.
+    #[arg(long, env = "LUASTRIP_VOLUME_PLUGIN")]
+    volume_plugin: Option<String>,
+    /// Where dockerd discovers plugin sockets.
+    #[arg(
+        long,
+        env = "LUASTRIP_PLUGIN_DIR",
+        default_value = "/run/docker/plugins"
+    )]
+    plugin_dir: PathBuf,
+    /// Another gateway volumes move to and from: NAME=http://HOST:PORT (repeat for each).
+    #[arg(long = "peer", env = "LUASTRIP_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Serve the peer API (volume pushes) on HOST:PORT.
+    #[arg(long, env = "LUASTRIP_PEER_LISTEN")]
+    peer_listen: Option<String>,
+    /// A file whose first line is the token peers share (at least 16 characters).
+    #[arg(long, env = "LUASTRIP_PEER_TOKEN_FILE")]
+    peer_token_file: Option<PathBuf>,
 }
 
 impl VolumeArgs {
@@ -135,6 +155,9 @@ impl VolumeArgs {
         let Some(backend) = self.volume_backend else {
             if self.zfs_pool.is_some() {
                 return Err("--zfs-pool needs --volume-backend zfs".into());
+            }
+            if self.volume_plugin.is_some() {
+                return Err("--volume-plugin needs --volume-backend".into());
             }
             return Ok(None);
         };
@@ -157,6 +180,11 @@ impl VolumeArgs {
             zfs_root: self.zfs_root,
             cluster_file: self.cluster_file,
             host_name,
+            plugin: self.volume_plugin,
+            plugin_dir: self.plugin_dir,
+            peers: self.peers,
+            peer_listen: self.peer_listen,
+            peer_token_file: self.peer_token_file,
         }))
     }
 }

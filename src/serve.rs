@@ -6,12 +6,9 @@
 //! sockets (the listen socket last, so that it appears only when everything behind it is ready)
 //! and serves until the shutdown future resolves. `main.rs` and the tests call it.
 //!
-//! [`bind`] makes the socket appear only when it is ready: it binds inside a private (0700)
-//! directory, sets mode and group, then renames it into place, so no client — no other uid above
-//! all — ever reaches a socket with the wrong permissions or one nobody accepts on. A socket file left by a crashed run is replaced; one that
-//! a live process answers on is refused. [`run`] accepts connections until the shutdown future
-//! resolves, then removes the socket, lets in-flight calls finish (up to [`SHUTDOWN_GRACE`]) and
-//! returns.
+//! Sockets are bound by [`crate::socket::bind`], so they appear only when ready. [`run`] accepts
+//! connections until the shutdown future resolves, then removes the socket, lets in-flight calls
+//! finish (up to [`SHUTDOWN_GRACE`]) and returns.
 //!
 //! # Threads
 //!
@@ -26,7 +23,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,148 +41,13 @@ use crate::call::{self, Gateway, Worker};
 use crate::control::{self, intercept::Intercept, Control};
 use crate::hijack::{self, TunnelSlot};
 use crate::lua::{store::Store, Engine, Limits, Services};
+use crate::socket::{bind, BindError, ListenOptions, Listener};
 use crate::upstream::{Upstream, UpstreamAddr};
 
 /// How long in-flight calls (and open streams) may run on after shutdown is asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Where and how to listen.
-#[derive(Debug, Clone)]
-pub struct ListenOptions {
-    pub path: PathBuf,
-    /// Permission bits of the socket file, e.g. `0o660`.
-    pub mode: u32,
-    /// Group name or numeric gid to own the socket (e.g. `docker`); `None` keeps ours.
-    pub group: Option<String>,
-}
-
-/// Why the socket could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum BindError {
-    #[error(
-        "{path} is in use: a running process answers on it (stop it, or choose another --listen)"
-    )]
-    InUse { path: String },
-    #[error("{path} exists and is not a socket; refusing to replace it")]
-    NotASocket { path: String },
-    #[error("no such group {0:?} for --socket-group")]
-    NoGroup(String),
-    #[error("cannot set up {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// A bound, ready listen socket. Dropping it removes the socket file if it is still ours.
-pub struct Listener {
-    /// A std listener, so that every worker runtime can register its own clone.
-    inner: std::os::unix::net::UnixListener,
-    path: PathBuf,
-    /// Inode of our socket file, so we never remove a successor's socket.
-    ino: u64,
-}
-
-impl Listener {
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The bound socket, for a server that accepts on it itself (the control socket).
-    pub fn std_listener(&self) -> &std::os::unix::net::UnixListener {
-        &self.inner
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if std::fs::metadata(&self.path).map(|m| m.ino()).ok() == Some(self.ino) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-/// Bind the listen socket (see the module docs).
-pub fn bind(opts: &ListenOptions) -> Result<Listener, BindError> {
-    let path = &opts.path;
-    let shown = path.display().to_string();
-    let io_err = |source| BindError::Io {
-        path: shown.clone(),
-        source,
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(BindError::NotASocket { path: shown })
-        }
-        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(BindError::InUse { path: shown }),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                info!(path = %shown, "replacing a stale socket left by an earlier run");
-            }
-            Err(e) => return Err(io_err(e)),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(e)),
-    }
-    let gid = match &opts.group {
-        None => None,
-        Some(g) => Some(lookup_group(g)?),
-    };
-    // Bound inside a private (0700) directory beside the final path: no other uid can connect
-    // while the socket still has the default mode; it is renamed into place once its mode and
-    // group are right (the same filesystem, so the rename is atomic).
-    let private = private_dir(path).map_err(io_err)?;
-    let tmp = private.join("socket");
-    let made = (|| {
-        let inner = std::os::unix::net::UnixListener::bind(&tmp)?;
-        inner.set_nonblocking(true)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(opts.mode))?;
-        if let Some(gid) = gid {
-            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
-        }
-        std::fs::rename(&tmp, path)?;
-        let ino = std::fs::metadata(path).map(|m| m.ino())?;
-        Ok((inner, ino))
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    let _ = std::fs::remove_dir(&private);
-    match made {
-        Ok((inner, ino)) => Ok(Listener {
-            inner,
-            path: path.clone(),
-            ino,
-        }),
-        Err(e) => Err(io_err(e)),
-    }
-}
-
-/// A fresh directory beside `path`, mode 0700 from its creation.
-fn private_dir(path: &Path) -> io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let dir = parent.join(format!(".{name}.{}.bind", std::process::id()));
-    let _ = std::fs::remove_file(dir.join("socket"));
-    let _ = std::fs::remove_dir(&dir);
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    Ok(dir)
-}
-
-fn lookup_group(group: &str) -> Result<u32, BindError> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
-    }
-    match nix::unistd::Group::from_name(group) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
-        _ => Err(BindError::NoGroup(group.to_string())),
-    }
-}
-
 /// Everything `luastrip serve` is told (each field is a flag with a `LUASTRIP_*` twin).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -239,6 +101,16 @@ pub struct VolumeConfig {
     pub cluster_file: PathBuf,
     /// `--host-name`: this gateway's name in the cluster.
     pub host_name: String,
+    /// `--volume-plugin`: also serve the Docker volume plugin protocol under this name.
+    pub plugin: Option<String>,
+    /// `--plugin-dir`: where dockerd looks for plugin sockets.
+    pub plugin_dir: PathBuf,
+    /// `--peer NAME=http://HOST:PORT`: other gateways volumes move to and from.
+    pub peers: Vec<String>,
+    /// `--peer-listen HOST:PORT`: serve the peer API here.
+    pub peer_listen: Option<String>,
+    /// `--peer-token-file`: the token peers share.
+    pub peer_token_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -417,6 +289,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             v.clone(),
         )));
     }
+    if let (Some(v), Some(cfg)) = (&volumes, &config.volumes) {
+        if let Some(name) = &cfg.plugin {
+            let driver = Arc::new(crate::plugin::volume::VolumeDriver::new(v.clone()));
+            serve_plugin(&background, name, &cfg.plugin_dir, vec![driver])?;
+        }
+        if let Some(addr) = &cfg.peer_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError::Volumes(format!("--peer-listen {addr}: {e}")))?;
+            info!(listen = %addr, "serving the peer API");
+            let v = v.clone();
+            background.spawn("peer listener", move |stop| {
+                crate::volumes::peers::serve(listener, v, stop)
+            });
+        }
+    }
     // Intercept runs after the scripts: a held call shows what would be sent.
     let intercept = Arc::new(Intercept::default());
     let gateway = Arc::new(gateway.with_hooks(intercept.clone()));
@@ -478,6 +366,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     served.map_err(StartError::Io)
 }
 
+/// Serve `drivers` as the Docker plugin `name` on `dir/name.sock`, in the background. The socket
+/// (owner-only: dockerd runs as root) replaces a stale one and is removed at shutdown.
+fn serve_plugin(
+    background: &Background,
+    name: &str,
+    dir: &Path,
+    drivers: Vec<Arc<dyn crate::plugin::Driver>>,
+) -> Result<(), StartError> {
+    crate::volumes::name::VolumeName::parse(name)
+        .map_err(|e| StartError::Volumes(format!("--volume-plugin: {e}")))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartError::Volumes(format!("--plugin-dir {}: {e}", dir.display())))?;
+    let listener = bind(&ListenOptions {
+        path: dir.join(format!("{name}.sock")),
+        mode: 0o600,
+        group: None,
+    })?;
+    let accept = UnixListener::from_std(listener.std_listener().try_clone()?)?;
+    info!(plugin = name, socket = %listener.path().display(), "serving the Docker plugin protocol");
+    background.spawn("plugin socket", move |stop| async move {
+        crate::plugin::serve(accept, drivers, stop).await;
+        drop(listener);
+    });
+    Ok(())
+}
+
 /// The volume helper for `config`: its backend (checked now: a missing `zfs` command or pool is
 /// a start-up error naming the flag) and the cluster store.
 async fn volume_helper(
@@ -512,18 +426,38 @@ async fn volume_helper(
     }
     let cluster = LocalCluster::open(&config.cluster_file)
         .map_err(|e| StartError::Volumes(format!("--cluster-file: {e}")))?;
+    let peers = match &config.peer_token_file {
+        Some(file) => {
+            let token =
+                crate::volumes::peers::Peers::read_token(file).map_err(StartError::Volumes)?;
+            Some(
+                crate::volumes::peers::Peers::new(&config.peers, token)
+                    .map_err(StartError::Volumes)?,
+            )
+        }
+        None if !config.peers.is_empty() || config.peer_listen.is_some() => {
+            return Err(StartError::Volumes(
+                "--peer and --peer-listen need --peer-token-file (the token peers share)".into(),
+            ))
+        }
+        None => None,
+    };
     info!(
         backend = backend.kind(),
         host = %config.host_name,
         cluster = %config.cluster_file.display(),
         "volume helper ready"
     );
-    Ok(crate::volumes::Volumes::new(
+    let volumes = crate::volumes::Volumes::new(
         backend,
         Arc::new(cluster),
         config.host_name.clone(),
         Upstream::new(upstream.clone()),
-    ))
+    );
+    Ok(match peers {
+        Some(p) => volumes.with_peers(p),
+        None => volumes,
+    })
 }
 
 /// After a burst, the allocator keeps the memory it grew to; when no client is connected, hand
@@ -656,7 +590,7 @@ pub async fn run_gateway(
 
     // One acceptor deals connections round-robin: a shared accept would let one worker win
     // most of them and leave the other core idle.
-    let accept = UnixListener::from_std(listener.inner.try_clone()?)?;
+    let accept = UnixListener::from_std(listener.std_listener().try_clone()?)?;
     let mut next = 0;
     let mut checkup = tokio::time::interval(Duration::from_millis(250));
     let mut failing = AcceptFailures::default();
@@ -951,38 +885,5 @@ async fn connection(stream: UnixStream, worker: Arc<Worker>, mut stop: watch::Re
             let _ = io.shutdown().await;
         }
         (Err(e), _) => debug!(error = %e, "client connection ended with an error"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sockets_are_bound_in_a_private_directory_and_renamed_into_place() {
-        let dir = std::env::temp_dir().join(format!("luastrip-bind-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.sock");
-        let private = private_dir(&path).unwrap();
-        let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700, "{private:?}");
-        std::fs::remove_dir(&private).unwrap();
-        let l = bind(&ListenOptions {
-            path: path.clone(),
-            mode: 0o600,
-            group: None,
-        })
-        .unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        // Nothing is left beside it.
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("s.sock")]);
-        drop(l);
-        assert!(!path.exists());
-        std::fs::remove_dir(&dir).unwrap();
     }
 }

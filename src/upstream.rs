@@ -147,6 +147,33 @@ impl Upstream {
         Ok(v)
     }
 
+    /// POST `path` with no body, for luastrip's own calls to the daemon (a helper stopping a
+    /// container). A 2xx or 304 is success; anything else is an error with the daemon's message.
+    pub async fn post_empty(&self, path: &str) -> Result<http::StatusCode, Error> {
+        let req = Request::builder()
+            .method(http::Method::POST)
+            .uri(path)
+            .header(http::header::HOST, "docker")
+            .body(crate::body::full(bytes::Bytes::new()))
+            .map_err(|e| Error::Internal(format!("cannot build POST {path}: {e}")))?;
+        let res = self.send(req).await?;
+        let status = res.status();
+        let body = crate::body::read_to_cap(res.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        if status.is_success() || status == http::StatusCode::NOT_MODIFIED {
+            return Ok(status);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        Err(Error::Daemon {
+            upstream: self.addr.to_string(),
+            reason: format!(
+                "POST {path}: {status}: {}",
+                v["message"].as_str().unwrap_or_default()
+            ),
+        })
+    }
+
     fn error(&self, e: hyper_util::client::legacy::Error) -> Error {
         use std::error::Error as _;
         let mut reason = String::new();

@@ -331,3 +331,554 @@ fn a_missing_pool_or_backend_is_a_clear_start_up_error() {
         assert!(!sock.exists());
     }
 }
+
+/// The Docker volume plugin: dockerd itself asks luastrip for the volume, so a restart sent to
+/// dockerd directly (never through luastrip) finds it mounted again.
+#[test]
+fn the_volume_plugin_serves_dockerd_itself() {
+    let pool = Pool::new(256);
+    let plugin = format!("lst{}vol", std::process::id());
+    let sock = PathBuf::from(format!("/run/docker/plugins/{plugin}.sock"));
+    // dockerd tries every socket in the plugin directory for 15 s before `docker volume ls`
+    // answers: never leave one behind, even when this test fails.
+    support::remove_dead_plugin_sockets();
+    let _cleanup = support::RemoveOnDrop(sock.clone());
+    // A socket file left by a crashed run is replaced, never a hang.
+    std::fs::create_dir_all("/run/docker/plugins").unwrap();
+    let _ = std::fs::remove_file(&sock);
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let cluster = support::temp_dir("volumes").join("cluster.json");
+    let gw = Gateway::with_script(
+        "require('luastrip.flocker').enable()",
+        &[
+            "--volume-backend",
+            "zfs",
+            "--zfs-pool",
+            &pool.name,
+            "--cluster-file",
+            cluster.to_str().unwrap(),
+            "--host-name",
+            "h1",
+            "--volume-plugin",
+            &plugin,
+        ],
+    );
+    let direct = Daemon::shared();
+    // The protocol itself.
+    let activate = raw(&sock, &http_request("POST", "/Plugin.Activate", "", b"{}"));
+    assert!(json_body(&activate)["Implements"]
+        .as_array()
+        .unwrap()
+        .contains(&"VolumeDriver".into()));
+    let unknown = raw(
+        &sock,
+        &http_request("POST", "/VolumeDriver.Frobnicate", "", b"{}"),
+    );
+    assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+    let bad = raw(
+        &sock,
+        &http_request("POST", "/VolumeDriver.Create", "", br#"{"Name":"../x"}"#),
+    );
+    assert!(
+        json_body(&bad)["Err"]
+            .as_str()
+            .unwrap()
+            .contains("start with"),
+        "{bad}"
+    );
+    let opts = raw(
+        &sock,
+        &http_request(
+            "POST",
+            "/VolumeDriver.Create",
+            "",
+            br#"{"Name":"x","Opts":{"size":"1G"}}"#,
+        ),
+    );
+    assert!(
+        json_body(&opts)["Err"]
+            .as_str()
+            .unwrap()
+            .contains("unknown option \"size\""),
+        "{opts}"
+    );
+
+    run_ok(gw.docker().args(["volume", "create", "-d", &plugin, "pdb"]));
+    let id = run_ok(gw.docker().args([
+        "run",
+        "-d",
+        "-v",
+        "pdb:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo start >> /data/starts; sleep 300",
+    ]))
+    .trim()
+    .to_string();
+    let dataset_dir = PathBuf::from(
+        pool.zfs(&[
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "mountpoint",
+            &format!("{}/luastrip/pdb", pool.name),
+        ])
+        .trim(),
+    );
+    let starts = || std::fs::read_to_string(dataset_dir.join("starts")).unwrap_or_default();
+    support::wait_until(
+        "the first start wrote",
+        std::time::Duration::from_secs(10),
+        || starts().lines().count() == 1,
+    );
+    // Restarted by dockerd directly: dockerd mounts the volume through the plugin again.
+    run_ok(direct.docker().args(["restart", "-t", "0", &id]));
+    support::wait_until(
+        "the restart wrote",
+        std::time::Duration::from_secs(10),
+        || starts().lines().count() == 2,
+    );
+    // The same volume through the Flocker syntax.
+    assert_eq!(
+        run_ok(gw.docker().args([
+            "run",
+            "--rm",
+            "-v",
+            "/flocker/pdb:/data",
+            IMAGE,
+            "cat",
+            "/data/starts"
+        ])),
+        "start\nstart\n"
+    );
+    // --mount with the driver creates one on the fly.
+    let mount = format!("type=volume,source=pdb2,target=/data,volume-driver={plugin}");
+    run_ok(gw.docker().args([
+        "run",
+        "--rm",
+        "--mount",
+        &mount,
+        IMAGE,
+        "sh",
+        "-c",
+        "echo y > /data/y",
+    ]));
+    let ls = run_ok(gw.docker().args([
+        "volume",
+        "ls",
+        "--filter",
+        &format!("driver={plugin}"),
+        "--format",
+        "{{.Name}}",
+    ]));
+    assert!(
+        ls.lines().any(|l| l == "pdb") && ls.lines().any(|l| l == "pdb2"),
+        "{ls}"
+    );
+    let inspected = run_ok(
+        gw.docker()
+            .args(["volume", "inspect", "-f", "{{.Mountpoint}}", "pdb"]),
+    );
+    assert_eq!(inspected.trim(), dataset_dir.display().to_string());
+    // In use: refused, and the data stays.
+    let out = output(gw.docker().args(["volume", "rm", "pdb"]));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("in use"), "{}", stderr(&out));
+    assert!(dataset_dir.join("starts").exists());
+    // Once the container is gone, rm removes the dataset.
+    run_ok(gw.docker().args(["rm", "-f", &id]));
+    run_ok(gw.docker().args(["volume", "rm", "pdb", "pdb2"]));
+    let left = pool.zfs(&["list", "-H", "-o", "name", "-r", &pool.name]);
+    assert!(!left.contains("/pdb"), "{left}");
+    // The plugin socket goes with the gateway.
+    let mut gw = gw;
+    assert_eq!(gw.terminate(), Some(0));
+    assert!(!sock.exists());
+}
+
+/// A free loopback port (bound, then released for the gateway to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two "hosts" on one machine: two pools, two gateways (h1, h2) in front of the shared dockerd,
+/// peers of each other, sharing one cluster store; each with the Flocker module and `script`.
+struct TwoHosts {
+    pools: [Pool; 2],
+    gws: [Gateway; 2],
+    token: PathBuf,
+    ports: [u16; 2],
+}
+
+fn two_hosts(script: &str) -> TwoHosts {
+    let dir = support::temp_dir("two-hosts");
+    let cluster = dir.join("cluster.json");
+    let token = dir.join("token");
+    std::fs::write(&token, "a-token-of-thirty-two-characters\n").unwrap();
+    let pools = [Pool::new(512), Pool::new(512)];
+    let ports = [free_port(), free_port()];
+    let start = |i: usize| {
+        let other = 1 - i;
+        let listen = format!("127.0.0.1:{}", ports[i]);
+        let peer = format!("h{}=http://127.0.0.1:{}", other + 1, ports[other]);
+        let host = format!("h{}", i + 1);
+        Gateway::with_script(
+            &format!("require('luastrip.flocker').enable()\n{script}"),
+            &[
+                "--volume-backend",
+                "zfs",
+                "--zfs-pool",
+                &pools[i].name,
+                "--cluster-file",
+                cluster.to_str().unwrap(),
+                "--host-name",
+                &host,
+                "--peer-listen",
+                &listen,
+                "--peer",
+                &peer,
+                "--peer-token-file",
+                token.to_str().unwrap(),
+            ],
+        )
+    };
+    let gws = [start(0), start(1)];
+    TwoHosts {
+        pools,
+        gws,
+        token,
+        ports,
+    }
+}
+
+impl TwoHosts {
+    fn mountpoint(&self, i: usize, volume: &str) -> PathBuf {
+        let ds = format!("{}/luastrip/{volume}", self.pools[i].name);
+        PathBuf::from(
+            self.pools[i]
+                .zfs(&["get", "-H", "-o", "value", "mountpoint", &ds])
+                .trim(),
+        )
+    }
+
+    fn volume(&self, i: usize, name: &str) -> serde_json::Value {
+        json_body(&raw(
+            &self.gws[i].socket,
+            &http_request("GET", &format!("/luastrip/volumes/{name}"), "", b""),
+        ))
+    }
+}
+
+/// Flocker's "chicken" test: write through one host, remove the container, run on the other
+/// host: the data is there, moved by the hook (two-phase push), and ownership moved with it.
+#[test]
+fn a_volume_follows_its_container_to_another_host() {
+    let hosts = two_hosts("");
+    let [gw1, gw2] = &hosts.gws;
+    run_ok(gw1.docker().args([
+        "run",
+        "--rm",
+        "-v",
+        "/flocker/chicken:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo egg > /data/f",
+    ]));
+    assert_eq!(hosts.volume(0, "chicken")["owner"], "h1");
+    // The second host asks the first to push it over before its container is created.
+    let out = run_ok(gw2.docker().args([
+        "run",
+        "--rm",
+        "-v",
+        "/flocker/chicken:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /data/f; echo chick >> /data/f",
+    ]));
+    assert_eq!(out, "egg\n");
+    let on2 = hosts.volume(1, "chicken");
+    assert_eq!(
+        (on2["owner"].as_str(), on2["owned"].as_bool()),
+        (Some("h2"), Some(true))
+    );
+    let on1 = hosts.volume(0, "chicken");
+    assert_eq!(
+        (on1["owned"].as_bool(), on1["read_only"].as_bool()),
+        (Some(false), Some(true)),
+        "{on1} {}",
+        hosts.gws[0].log_text()
+    );
+    // And back again: what h2 wrote comes along.
+    let back = run_ok(gw1.docker().args([
+        "run",
+        "--rm",
+        "-v",
+        "/flocker/chicken:/data",
+        IMAGE,
+        "cat",
+        "/data/f",
+    ]));
+    assert_eq!(
+        back,
+        "egg\nchick\n",
+        "{}\n{}",
+        gw1.log_text(),
+        gw2.log_text()
+    );
+    assert_eq!(hosts.volume(0, "chicken")["owner"], "h1");
+    // Old push snapshots are pruned: one common snapshot is kept on each side, held (`zfs
+    // hold`) as the next push's base.
+    for i in 0..2 {
+        let v = hosts.volume(i, "chicken");
+        let snaps = v["snapshots"].as_array().unwrap();
+        assert_eq!(snaps.len(), 1, "host {i}: {v}");
+        let snap = format!(
+            "{}/luastrip/chicken@{}",
+            hosts.pools[i].name,
+            snaps[0]["tag"].as_str().unwrap()
+        );
+        let refs = hosts.pools[i].zfs(&["get", "-H", "-o", "value", "userrefs", &snap]);
+        assert_eq!(refs.trim(), "1", "host {i}: {snap}");
+    }
+}
+
+/// A volume in use by a running container is not moved by the hook; the create on the other
+/// host gets a clear error naming the container, and nothing changes hands.
+#[test]
+fn a_volume_in_use_does_not_move_and_a_wrong_token_is_refused() {
+    let hosts = two_hosts("");
+    let [gw1, gw2] = &hosts.gws;
+    let id = run_ok(gw1.docker().args([
+        "run",
+        "-d",
+        "--name",
+        &format!("user-{}", std::process::id()),
+        "-v",
+        "/flocker/busy:/data",
+        IMAGE,
+        "sleep",
+        "300",
+    ]))
+    .trim()
+    .to_string();
+    let out = output(
+        gw2.docker()
+            .args(["create", "-v", "/flocker/busy:/data", IMAGE, "true"]),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("owned by h1") && err.contains(&format!("user-{}", std::process::id())),
+        "{err}"
+    );
+    assert_eq!(hosts.volume(0, "busy")["owner"], "h1");
+    run_ok(gw1.docker().args(["rm", "-f", &id]));
+    // The peer API wants the token: none, or a wrong one, is a 401 (and never logged).
+    let peer = format!("127.0.0.1:{}", hosts.ports[0]);
+    for auth in [
+        "",
+        "Authorization: Bearer wrong-token-of-32-characters-x\r\n",
+    ] {
+        let mut s = std::net::TcpStream::connect(&peer).unwrap();
+        use std::io::{Read, Write};
+        write!(s, "GET /luastrip/peer/v1/volumes/busy/snapshots HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    }
+    let token = std::fs::read_to_string(&hosts.token).unwrap();
+    assert!(
+        !gw1.log_text().contains(token.trim()),
+        "the token was logged"
+    );
+}
+
+/// `zfs.push` with containers writing during step 1: every byte written before the cut-over
+/// arrives (checksums), and both steps' timings are reported.
+#[test]
+fn a_two_phase_push_of_100_mb_while_a_container_writes() {
+    let hosts = two_hosts(
+        r#"route.endpoint("POST /luastrip/push/{name}", function(req)
+             return { json = zfs.push(req.params.name, "h2", { stop = true }) }
+           end)"#,
+    );
+    let [gw1, _] = &hosts.gws;
+    // ~100 MB to start with, then a container that keeps appending while step 1 runs.
+    run_ok(gw1.docker().args([
+        "run",
+        "--rm",
+        "-v",
+        "/flocker/big:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "dd if=/dev/urandom of=/data/base bs=1M count=100 2>/dev/null",
+    ]));
+    let writer = run_ok(gw1.docker().args([
+        "run", "-d", "-v", "/flocker/big:/data", IMAGE, "sh", "-c",
+        "trap 'exit 0' TERM; i=0; while true; do i=$((i+1)); dd if=/dev/urandom of=/data/chunk-$i bs=64k count=4 2>/dev/null; echo $i >> /data/log; sleep 0.05; done",
+    ]))
+    .trim()
+    .to_string();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let resp = raw(
+        &gw1.socket,
+        &http_request("POST", "/luastrip/push/big", "", b""),
+    );
+    let report = json_body(&resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    println!(
+        "two-phase push: step 1 {} bytes in {} ms (copied live), writer stopped in {} ms, \
+         step 2 (cut-over) {} bytes in {} ms",
+        report["step1_bytes"],
+        report["step1_ms"],
+        report["stop_ms"],
+        report["step2_bytes"],
+        report["step2_ms"]
+    );
+    let (step1, step2) = (
+        report["step1_bytes"].as_u64().unwrap(),
+        report["step2_bytes"].as_u64().unwrap(),
+    );
+    assert!(step1 > 100_000_000, "{report}");
+    // Caught up while the writer ran: the cut-over sends only the last writes.
+    assert!(step2 * 10 < step1, "{report}");
+    assert_eq!(report["stopped"].as_array().unwrap().len(), 1, "{report}");
+    // The writer was stopped for the cut-over; everything it wrote is on h2, byte for byte.
+    let state =
+        run_ok(
+            Daemon::shared()
+                .docker()
+                .args(["inspect", "-f", "{{.State.Running}}", &writer]),
+        );
+    assert_eq!(state.trim(), "false");
+    let sums = |i: usize| {
+        run_ok(Command::new("sh").arg("-c").arg(format!(
+            "cd {} && find . -type f | sort | xargs sha256sum",
+            hosts.mountpoint(i, "big").display()
+        )))
+    };
+    let (on1, on2) = (sums(0), sums(1));
+    assert!(on1.lines().count() > 3, "{on1}");
+    assert_eq!(on1, on2);
+    assert_eq!(hosts.volume(1, "big")["owner"], "h2");
+    run_ok(gw1.docker().args(["rm", "-f", &writer]));
+}
+
+/// The peer goes away in the middle of step 1: the push fails with a clear error, the source
+/// keeps ownership and a writable copy, and a later push (peer back) completes from scratch.
+#[test]
+fn a_peer_lost_mid_send_leaves_the_volume_with_its_owner() {
+    let mut hosts = two_hosts(
+        r#"route.endpoint("POST /luastrip/push/{name}", function(req)
+             local ok, e = pcall(zfs.push, req.params.name, "h2")
+             if ok then return { json = e } end
+             return { status = 502, json = { message = tostring(e):match("^[^\n]*") } }
+           end)"#,
+    );
+    run_ok(hosts.gws[0].docker().args([
+        "run",
+        "--rm",
+        "-v",
+        "/flocker/lost:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "dd if=/dev/urandom of=/data/base bs=1M count=100 2>/dev/null",
+    ]));
+    let base = hosts.mountpoint(0, "lost").join("base");
+    let sum = || run_ok(Command::new("sha256sum").arg(&base));
+    let before = sum();
+    let socket = hosts.gws[0].socket.clone();
+    let push = std::thread::spawn(move || {
+        raw(
+            &socket,
+            &http_request("POST", "/luastrip/push/lost", "", b""),
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    hosts.gws[1].child.kill().unwrap();
+    let resp = push.join().unwrap();
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    assert!(
+        json_body(&resp)["message"]
+            .as_str()
+            .unwrap()
+            .contains("peer h2"),
+        "{resp}"
+    );
+    let v = hosts.volume(0, "lost");
+    assert_eq!(
+        (v["owner"].as_str(), v["read_only"].as_bool()),
+        (Some("h1"), Some(false)),
+        "{v}"
+    );
+    assert_eq!(sum(), before, "nothing lost");
+    // Still writable through h1.
+    run_ok(hosts.gws[0].docker().args([
+        "run",
+        "--rm",
+        "-v",
+        "/flocker/lost:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo after > /data/after",
+    ]));
+    // A peer that is down: a clear error at once, nothing changes hands.
+    let resp = raw(
+        &hosts.gws[0].socket,
+        &http_request("POST", "/luastrip/push/lost", "", b""),
+    );
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    assert!(
+        json_body(&resp)["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{resp}"
+    );
+    assert_eq!(hosts.volume(0, "lost")["owner"], "h1");
+}
+
+/// `examples/flocker/two-hosts.sh`, as a reader would run it (with this suite's daemon, image,
+/// binary and free ports).
+#[test]
+fn the_two_host_example_runs() {
+    support::require_tool("curl", "curl");
+    let pid = std::process::id();
+    let run = support::temp_dir("example-flocker");
+    let ports = format!("{} {}", free_port(), free_port());
+    let out = output(
+        Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/flocker/two-hosts.sh"
+            ))
+            .env("BIN", env!("CARGO_BIN_EXE_luastrip"))
+            .env(
+                "UPSTREAM",
+                format!("unix://{}", Daemon::shared().socket.display()),
+            )
+            .env("IMAGE", IMAGE)
+            .env("RUN", &run)
+            .env("PORTS", ports)
+            .env("POOL", format!("lst{pid}n9e")),
+    );
+    let (stdout, err) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success(), "{stdout}\n{err}");
+    assert!(stdout.contains("hello from h1"), "{stdout}\n{err}");
+    assert!(stdout.contains("\"owner\": \"h2\""), "{stdout}");
+    assert!(stdout.contains("push: cut over"), "{stdout}");
+    // It cleaned up after itself.
+    let pools = run_ok(Command::new("zpool").args(["list", "-H", "-o", "name"]));
+    assert!(!pools.contains(&format!("lst{pid}n9e")), "{pools}");
+}

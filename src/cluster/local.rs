@@ -1,6 +1,7 @@
-//! The embedded cluster store: records in memory, saved to one JSON file after every write
-//! (written to a temporary file, synced, then renamed over, so a crash leaves the old file or the
-//! new one, never half of one). Good for one host, or for hosts that share nothing yet.
+//! The embedded cluster store: one JSON file, read and written under an exclusive `flock` for
+//! every operation (written to a temporary file, synced, then renamed over, so a crash leaves the
+//! old file or the new one, never half of one). Gateways on one machine that share the file agree
+//! on every record; hosts that share no file need the distributed store (etcd).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,8 @@ struct SavedRecord {
 
 pub struct LocalCluster {
     path: Option<PathBuf>,
-    state: Mutex<Saved>,
+    /// The store itself without a file; with one, it serialises this process's own callers.
+    memory: Mutex<Saved>,
 }
 
 impl LocalCluster {
@@ -33,51 +35,74 @@ impl LocalCluster {
     pub fn memory() -> Self {
         LocalCluster {
             path: None,
-            state: Mutex::new(Saved::default()),
+            memory: Mutex::new(Saved::default()),
         }
     }
 
-    /// The store saved at `path`, created empty if the file does not exist.
+    /// The store saved at `path` (created empty on the first write). A file that is not a
+    /// cluster file is refused now, not at the first call.
     pub fn open(path: &Path) -> Result<Self, ClusterError> {
-        let saved = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                ClusterError::Store(format!("{} is not a cluster file: {e}", path.display()))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
-            Err(e) => return Err(ClusterError::Store(format!("{}: {e}", path.display()))),
-        };
-        Ok(LocalCluster {
+        let c = LocalCluster {
             path: Some(path.to_path_buf()),
-            state: Mutex::new(saved),
-        })
+            memory: Mutex::new(Saved::default()),
+        };
+        c.read(path)?;
+        Ok(c)
     }
 
-    /// Run `change` on the state; if it succeeds, bump the revision and save. The lock is held
-    /// throughout, so the compare and the write are one step.
+    fn read(&self, path: &Path) -> Result<Saved, ClusterError> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                ClusterError::Store(format!("{} is not a cluster file: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Saved::default()),
+            Err(e) => Err(ClusterError::Store(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Run `f` on the store as it is now. With a file, under an exclusive `flock` of
+    /// `FILE.lock` (so gateways sharing the file see each other's writes and their compares
+    /// and writes never interleave), reading the file first and saving it if `f` changed it.
+    fn with_store<T>(
+        &self,
+        f: impl FnOnce(&mut Saved) -> Result<(T, bool), ClusterError>,
+    ) -> Result<T, ClusterError> {
+        let mut mem = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(path) = &self.path else {
+            return f(&mut mem).map(|(out, _)| out);
+        };
+        let store_err = |e: std::io::Error| ClusterError::Store(format!("{}: {e}", path.display()));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.with_extension("lock"))
+            .map_err(store_err)?;
+        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| store_err(e.into()))?;
+        let mut saved = self.read(path)?;
+        let (out, changed) = f(&mut saved)?;
+        if changed {
+            save(path, &saved).map_err(store_err)?;
+        }
+        Ok(out)
+    }
+
+    /// A write: `change` gets the records and the revision the write will have.
     fn write<T>(
         &self,
         change: impl FnOnce(&mut BTreeMap<String, SavedRecord>, u64) -> Result<T, ClusterError>,
     ) -> Result<T, ClusterError> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let next = state.revision + 1;
-        let mut records = state.records.clone();
-        let out = change(&mut records, next)?;
-        if let Some(path) = &self.path {
-            let saved = Saved {
-                revision: next,
-                records: records.clone(),
-            };
-            save(path, &saved)
-                .map_err(|e| ClusterError::Store(format!("{}: {e}", path.display())))?;
-        }
-        state.revision = next;
-        state.records = records;
-        Ok(out)
+        self.with_store(|saved| {
+            let next = saved.revision + 1;
+            let out = change(&mut saved.records, next)?;
+            saved.revision = next;
+            Ok((out, true))
+        })
     }
 
-    fn current(&self, key: &str) -> Option<Record> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.records.get(key).map(record)
+    fn current(&self, key: &str) -> Result<Option<Record>, ClusterError> {
+        self.with_store(|saved| Ok((saved.records.get(key).map(record), false)))
     }
 }
 
@@ -99,18 +124,20 @@ fn save(path: &Path, saved: &Saved) -> std::io::Result<()> {
 
 impl Cluster for LocalCluster {
     fn get<'a>(&'a self, key: &'a str) -> ClusterFuture<'a, Option<Record>> {
-        Box::pin(async move { Ok(self.current(key)) })
+        Box::pin(async move { self.current(key) })
     }
 
     fn list<'a>(&'a self, prefix: &'a str) -> ClusterFuture<'a, Vec<(String, Record)>> {
         Box::pin(async move {
-            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            Ok(state
-                .records
-                .range(prefix.to_string()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, r)| (k.clone(), record(r)))
-                .collect())
+            self.with_store(|saved| {
+                let found = saved
+                    .records
+                    .range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, r)| (k.clone(), record(r)))
+                    .collect();
+                Ok((found, false))
+            })
         })
     }
 
@@ -222,6 +249,25 @@ mod tests {
         assert_eq!((r.value["owner"].as_str(), r.revision), (Some("a"), rev));
         // Revisions keep counting up after a restart.
         assert!(c.create("volumes/x", json!(1)).await.unwrap() > rev);
+        // Two stores on one file (two gateways on one machine) agree.
+        let other = LocalCluster::open(&path).unwrap();
+        assert!(matches!(
+            other.create("volumes/db", json!({"owner": "b"})).await,
+            Err(ClusterError::Conflict { .. })
+        ));
+        let r = other.get("volumes/db").await.unwrap().unwrap();
+        other
+            .swap("volumes/db", json!({"owner": "b"}), r.revision)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.get("volumes/db").await.unwrap().unwrap().value["owner"],
+            "b"
+        );
+        assert!(c
+            .swap("volumes/db", json!({"owner": "c"}), r.revision)
+            .await
+            .is_err());
         std::fs::write(&path, "{not json").unwrap();
         let e = LocalCluster::open(&path).err().unwrap().to_string();
         assert!(e.contains("is not a cluster file"), "{e}");

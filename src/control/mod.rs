@@ -57,7 +57,7 @@ pub struct Control {
 
 /// Serve the control socket until `stop` turns true.
 pub async fn serve(
-    listener: crate::serve::Listener,
+    listener: crate::socket::Listener,
     control: Arc<Control>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {

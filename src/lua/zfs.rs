@@ -6,7 +6,9 @@
 //! `zfs.volume(name)` → `{ name, dataset, mountpoint, created, new, owner, owned, read_only,
 //! size, snapshots }`, created if missing; `zfs.volumes()`; `zfs.snapshot(name, tag?)`;
 //! `zfs.snapshots(name)`; `zfs.rollback(name, tag, { destroy_newer = false })`;
-//! `zfs.destroy(name)`.
+//! `zfs.destroy(name)`; `zfs.push(name, peer)` → `{ step1_bytes, step1_ms, step2_bytes,
+//! step2_ms, base, snapshot }`; `zfs.pull(name, { timeout = 300 })` (ask the owner to push here;
+//! `nil` when it is already here).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -105,6 +107,44 @@ pub fn register(lua: &Lua, services: &Services) -> Result<()> {
             };
             helper(vols.rollback(&name, &tag, destroy_newer).await)?;
             Ok(Value::Boolean(true))
+        },
+    )?;
+    add(
+        lua,
+        &t,
+        "push",
+        v,
+        |lua, vols, (name, peer, opts): (String, String, Option<Table>)| async move {
+            let name = helper(Volumes::name(&name))?;
+            let mut push = crate::volumes::PushOptions::default();
+            if let Some(o) = &opts {
+                push.stop = o.get::<Option<bool>>("stop")?.unwrap_or(false);
+                if let Some(t) = o.get::<Option<u32>>("stop_timeout")? {
+                    push.stop_timeout = t;
+                }
+            }
+            let opts = push;
+            let report = helper(vols.push(&name, &peer, opts).await)?;
+            to_lua(&lua, &report)
+        },
+    )?;
+    add(
+        lua,
+        &t,
+        "pull",
+        v,
+        |lua, vols, (name, opts): (String, Option<Table>)| async move {
+            let name = helper(Volumes::name(&name))?;
+            let secs = match &opts {
+                Some(o) => o.get::<Option<f64>>("timeout")?.unwrap_or(300.0),
+                None => 300.0,
+            };
+            let timeout = std::time::Duration::try_from_secs_f64(secs.max(0.0))
+                .map_err(|e| mlua::Error::runtime(format!("zfs.pull: timeout: {e}")))?;
+            match helper(vols.pull(&name, timeout).await)? {
+                Some(report) => to_lua(&lua, &report),
+                None => Ok(Value::Nil),
+            }
         },
     )?;
     add(lua, &t, "destroy", v, |_, vols, name: String| async move {

@@ -10,6 +10,8 @@
 
 pub mod endpoint;
 pub mod name;
+pub mod peers;
+pub mod push;
 pub mod zfs;
 
 use std::future::Future;
@@ -53,48 +55,48 @@ pub struct Snapshot {
     pub used: u64,
 }
 
-/// A replication stream being produced by the backend (`zfs send`); call [`ByteStream::finish`]
-/// after reading it to the end to learn whether it was whole.
+/// A replication stream being produced by the backend (`zfs send`): read `reader` to its end,
+/// then [`Producer::finish`] tells whether the stream was whole.
 pub struct ByteStream {
-    pub reader: Box<dyn AsyncRead + Send + Unpin>,
+    pub reader: Box<dyn AsyncRead + Send + Sync + Unpin>,
+    pub producer: Producer,
+}
+
+/// The process that makes a [`ByteStream`].
+pub struct Producer {
     child: tokio::process::Child,
     what: String,
 }
 
 impl ByteStream {
     pub fn new(
-        reader: impl AsyncRead + Send + Unpin + 'static,
+        reader: impl AsyncRead + Send + Sync + Unpin + 'static,
         child: tokio::process::Child,
         what: String,
     ) -> Self {
         ByteStream {
             reader: Box::new(reader),
-            child,
-            what,
+            producer: Producer { child, what },
         }
     }
+}
 
+impl Producer {
     /// Wait for the producer to exit; an error names it and what it said.
     pub async fn finish(self) -> Result<(), Error> {
         let out = self
             .child
             .wait_with_output()
             .await
-            .map_err(|e| Error::Helper {
-                helper: "zfs".into(),
-                reason: format!("{}: {e}", self.what),
-            })?;
+            .map_err(|e| helper(format!("{}: {e}", self.what)))?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(Error::Helper {
-                helper: "zfs".into(),
-                reason: format!(
-                    "{}: {}",
-                    self.what,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            })
+            Err(helper(format!(
+                "{}: {}",
+                self.what,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
         }
     }
 }
@@ -133,6 +135,11 @@ pub trait VolumeBackend: Send + Sync + 'static {
     ) -> BackendFuture<'a, ()>;
     /// The volume and its snapshots.
     fn destroy<'a>(&'a self, name: &'a VolumeName) -> BackendFuture<'a, ()>;
+    /// One snapshot.
+    fn destroy_snapshot<'a>(&'a self, name: &'a VolumeName, tag: &'a Tag) -> BackendFuture<'a, ()>;
+    /// Place (or, with `on` false, release) luastrip's hold on a snapshot: a held snapshot cannot
+    /// be destroyed. Holding twice, or releasing what is not held, is not an error.
+    fn hold<'a>(&'a self, name: &'a VolumeName, tag: &'a Tag, on: bool) -> BackendFuture<'a, ()>;
 }
 
 /// A volume as luastrip shows it (Lua, `GET /luastrip/volumes`).
@@ -164,9 +171,16 @@ pub struct Volumes {
     host: String,
     /// The daemon, to tell whether a container uses a volume.
     upstream: Upstream,
+    /// Other gateways, for moving volumes (`--peer`).
+    peers: Option<Arc<peers::Peers>>,
+    /// Per volume: held (written) while a push cuts over, so that calls that need the volume
+    /// wait (and then see where it went) instead of writing to a copy that is going away.
+    holds: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
-fn helper(reason: impl Into<String>) -> Error {
+pub use push::{PushOptions, PushReport};
+
+pub(crate) fn helper(reason: impl Into<String>) -> Error {
     Error::Helper {
         helper: "zfs".into(),
         reason: reason.into(),
@@ -193,7 +207,29 @@ impl Volumes {
             cluster,
             host,
             upstream,
+            peers: None,
+            holds: Default::default(),
         }
+    }
+
+    /// The same, able to move volumes to and from `peers`.
+    pub fn with_peers(mut self, peers: peers::Peers) -> Self {
+        self.peers = Some(Arc::new(peers));
+        self
+    }
+
+    pub fn peers(&self) -> Option<&peers::Peers> {
+        self.peers.as_deref()
+    }
+
+    /// The cut-over lock of `name`.
+    fn hold(&self, name: &VolumeName) -> Arc<tokio::sync::RwLock<()>> {
+        self.holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     pub fn host(&self) -> &str {
@@ -267,6 +303,9 @@ impl Volumes {
     /// The volume `name`, created (and claimed for this gateway) if missing; the same name
     /// gives the same volume. A copy owned by another gateway is made read-only.
     pub async fn volume(&self, name: &VolumeName) -> Result<VolumeInfo, Error> {
+        // Wait while a push cuts this volume over; then answer as it is afterwards.
+        let hold = self.hold(name);
+        let _cutting = hold.read().await;
         let (mut v, new) = self.backend.create(name).await?;
         let owner = self.claim(name).await?;
         let should_be_read_only = owner != self.host;
@@ -377,22 +416,39 @@ impl Volumes {
 
     /// The first container (name or ID) whose mounts include the volume's mountpoint.
     async fn used_by(&self, v: &BackendVolume) -> Result<Option<String>, Error> {
+        self.container_using(v, true).await
+    }
+
+    /// The first container (running ones only, unless `all`) whose mounts include the volume.
+    async fn container_using(&self, v: &BackendVolume, all: bool) -> Result<Option<String>, Error> {
+        Ok(self.containers_using(v, all).await?.into_iter().next())
+    }
+
+    /// The containers (names, or short IDs; running ones only unless `all`) whose mounts
+    /// include the volume's mountpoint.
+    async fn containers_using(&self, v: &BackendVolume, all: bool) -> Result<Vec<String>, Error> {
+        let path = if all {
+            "/containers/json?all=1"
+        } else {
+            "/containers/json"
+        };
         // A pool of its own: this may run on any worker's thread.
-        let containers = self
-            .upstream
-            .fork()
-            .get_json("/containers/json?all=1")
-            .await?;
+        let containers = self.upstream.fork().get_json(path).await?;
         let mountpoint = v.mountpoint.display().to_string();
         let inside = format!("{mountpoint}/");
-        for c in containers.as_array().into_iter().flatten() {
-            let uses = c["Mounts"].as_array().into_iter().flatten().any(|m| {
-                m["Source"]
-                    .as_str()
-                    .is_some_and(|s| s == mountpoint || s.starts_with(&inside))
-            });
-            if uses {
-                let name = c["Names"][0]
+        Ok(containers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c["Mounts"].as_array().into_iter().flatten().any(|m| {
+                    m["Source"]
+                        .as_str()
+                        .is_some_and(|s| s == mountpoint || s.starts_with(&inside))
+                })
+            })
+            .filter_map(|c| {
+                c["Names"][0]
                     .as_str()
                     .map(|n| n.trim_start_matches('/').to_string())
                     .or_else(|| {
@@ -400,10 +456,14 @@ impl Volumes {
                             .as_str()
                             .map(|id| id[..id.len().min(12)].to_string())
                     })
-                    .unwrap_or_default();
-                return Ok(Some(name));
-            }
-        }
-        Ok(None)
+            })
+            .collect())
+    }
+
+    /// Stop a container (for a push's cut-over), as `docker stop -t` does: `timeout` seconds,
+    /// then killed.
+    async fn stop_container(&self, name: &str, timeout: u32) -> Result<(), Error> {
+        let path = format!("/containers/{name}/stop?t={timeout}");
+        self.upstream.fork().post_empty(&path).await.map(|_| ())
     }
 }

@@ -18,6 +18,9 @@ use super::name::{Tag, VolumeName};
 use super::{BackendFuture, BackendVolume, ByteStream, Snapshot, VolumeBackend};
 use crate::Error;
 
+/// The tag of luastrip's `zfs hold` on a push base.
+const HOLD_TAG: &str = "luastrip-push-base";
+
 /// The longest a `zfs` command may take (`send`/`recv` are streams and exempt).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -123,7 +126,7 @@ impl Zfs {
                 "-r",
                 "-o",
                 "name,property,value",
-                "type,mountpoint,creation,used,readonly,guid,createtxg",
+                "type,mountpoint,creation,used,readonly,guid,createtxg,luastrip:readonly",
                 target,
             ])
             .await?;
@@ -155,7 +158,13 @@ impl Zfs {
                     mountpoint: PathBuf::from(p.get("mountpoint")?),
                     created: num("creation"),
                     used: num("used"),
-                    read_only: p.get("readonly").map(String::as_str) == Some("on"),
+                    // zfs-fuse shows `readonly` as "off" (source "temporary") while it is in
+                    // force, so the backend records what it set in a user property.
+                    read_only: match p.get("luastrip:readonly").map(String::as_str) {
+                        Some("on") => true,
+                        Some("off") => false,
+                        _ => p.get("readonly").map(String::as_str) == Some("on"),
+                    },
                 })
             })
             .collect())
@@ -260,10 +269,14 @@ impl VolumeBackend for Zfs {
 
     fn set_read_only<'a>(&'a self, name: &'a VolumeName, on: bool) -> BackendFuture<'a, ()> {
         Box::pin(async move {
-            let prop = if on { "readonly=on" } else { "readonly=off" };
-            self.run(&["set", prop, &self.dataset(name)])
-                .await
-                .map(|_| ())
+            let dataset = self.dataset(name);
+            let (prop, mark) = if on {
+                ("readonly=on", "luastrip:readonly=on")
+            } else {
+                ("readonly=off", "luastrip:readonly=off")
+            };
+            self.run(&["set", prop, &dataset]).await?;
+            self.run(&["set", mark, &dataset]).await.map(|_| ())
         })
     }
 
@@ -329,13 +342,46 @@ impl VolumeBackend for Zfs {
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
-            Ok(())
+            // Mount it afresh: zfs-fuse leaves the kernel's cache of the old files in place
+            // after an incremental receive, so readers would see the data from before it.
+            self.run(&["unmount", &dataset]).await?;
+            self.run(&["mount", &dataset]).await.map(|_| ())
+        })
+    }
+
+    fn destroy_snapshot<'a>(&'a self, name: &'a VolumeName, tag: &'a Tag) -> BackendFuture<'a, ()> {
+        Box::pin(async move {
+            let snap = format!("{}@{}", self.dataset(name), tag);
+            self.run(&["destroy", &snap]).await.map(|_| ())
+        })
+    }
+
+    fn hold<'a>(&'a self, name: &'a VolumeName, tag: &'a Tag, on: bool) -> BackendFuture<'a, ()> {
+        Box::pin(async move {
+            let snap = format!("{}@{}", self.dataset(name), tag);
+            let verb = if on { "hold" } else { "release" };
+            match self.run(&[verb, HOLD_TAG, &snap]).await {
+                Ok(_) => Ok(()),
+                // Already held / not held: the state asked for is there.
+                Err(Error::Helper { reason, .. })
+                    if reason.contains("tag already exists") || reason.contains("no such tag") =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
         })
     }
 
     fn destroy<'a>(&'a self, name: &'a VolumeName) -> BackendFuture<'a, ()> {
         Box::pin(async move {
             let dataset = self.dataset(name);
+            // A held snapshot (a push base) would keep the destroy from happening.
+            for s in self.snapshots(name).await? {
+                if let Ok(tag) = Tag::parse(&s.tag) {
+                    self.hold(name, &tag, false).await?;
+                }
+            }
             // Unmounting fails while anything has the mountpoint open; a container removed a
             // moment ago can leave it busy for a little while (seen with zfs-fuse).
             let mut tries = 0;

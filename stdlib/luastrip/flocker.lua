@@ -10,11 +10,18 @@
 -- Needs `luastrip serve --volume-backend zfs --zfs-pool POOL`. A name the helper refuses (`/`,
 -- `@`, `..`, spaces, too long) is a 400 naming it; so is a sub-path (`/flocker/db/x:/data`,
 -- `/flocker/db/../..`), which could climb out of the volume. Sources are read as dockerd cleans
--- them: `//flocker/db` and `/flocker/./db/` are the volume db. A volume that another gateway owns is refused with its
--- owner's name (moving it here is the two-phase push, `zfs.push`).
+-- them: `//flocker/db` and `/flocker/./db/` are the volume db.
+--
+-- A volume another gateway owns is moved here first: its owner (a `--peer`) is asked to push it
+-- (Flocker's two-phase push) while the create waits, at most `flocker.pull_timeout` seconds; a
+-- failure is a Docker error naming the owner and the cause, never a hung client. The owner
+-- refuses while a running container there uses the volume.
 local flocker = {}
 
 flocker.prefix = "/flocker/"
+
+-- How long a create waits for another gateway to push a volume here, in seconds.
+flocker.pull_timeout = 120
 
 local function deny(message, status)
   return { status = status or 400, json = { message = message } }
@@ -56,8 +63,16 @@ local function volume_for(source)
     return nil, "luastrip.flocker: " .. source .. ": " .. tostring(v):match("^[^\n]*")
   end
   if not v.owned then
-    return nil, ("luastrip.flocker: volume %s is owned by %s; move it here first (zfs.push on %s)")
-      :format(v.name, tostring(v.owner), tostring(v.owner))
+    -- Ask the owner to push it here (two-phase); the create waits, up to pull_timeout.
+    local pulled, why = pcall(zfs.pull, v.name, { timeout = flocker.pull_timeout })
+    if not pulled then
+      return nil, ("luastrip.flocker: volume %s is owned by %s and could not be moved here: %s")
+        :format(v.name, tostring(v.owner), tostring(why):match("^[^\n]*"))
+    end
+    v = zfs.volume(v.name)
+    if not v.owned then
+      return nil, ("luastrip.flocker: volume %s is still owned by %s"):format(v.name, tostring(v.owner))
+    end
   end
   return v
 end

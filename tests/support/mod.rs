@@ -920,3 +920,32 @@ fn destroy_dead_pools() {
         }
     }
 }
+
+/// Removes a file when dropped (a plugin socket a killed gateway leaves behind).
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Plugin sockets (`/run/docker/plugins/lst<pid>*.sock`) of test runs whose process is gone.
+pub fn remove_dead_plugin_sockets() {
+    let Ok(entries) = std::fs::read_dir("/run/docker/plugins") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("lst")
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

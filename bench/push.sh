@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The two-phase push, measured: 100 MB in a ZFS volume, a container appending to it while step 1
+# copies it live, then the cut-over (step 2). Two gateways, each with its own zfs-fuse pool (two
+# "hosts"), in front of a private dockerd. Three rounds, each a fresh volume; median reported.
+#
+#   bash bench/push.sh          # as root: installs zfs-fuse and busybox-static if missing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+die() { echo "bench/push.sh: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "run as root (it makes ZFS pools and starts a private dockerd)"
+need=()
+command -v zpool >/dev/null || need+=(zfs-fuse)
+command -v dockerd >/dev/null || need+=(docker.io)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+zpool list >/dev/null 2>&1 || { zfs-fuse --no-kstat-mount; sleep 1; }
+cargo build --release --quiet
+BIN=$PWD/target/release/luastrip
+D=$(mktemp -d /tmp/luastrip-push.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$D/dockerd/pid" ] && kill "$(cat "$D/dockerd/pid")" 2>/dev/null || true
+    wait 2>/dev/null || true
+    for i in 1 2; do zpool destroy -f "lspush$i" 2>/dev/null || true; done
+    grep -o " $D[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    rm -rf "$D"
+}
+trap cleanup EXIT
+
+mkdir -p "$D/dockerd"
+dockerd --host "unix://$D/dockerd/docker.sock" --data-root "$D/dockerd/data" --exec-root "$D/dockerd/exec" \
+    --pidfile "$D/dockerd/pid" --bridge=none --iptables=false > "$D/dockerd/log" 2>&1 &
+for _ in $(seq 200); do curl -sf --unix-socket "$D/dockerd/docker.sock" http://d/_ping >/dev/null 2>&1 && break; sleep 0.1; done
+export DOCKER_HOST="unix://$D/dockerd/docker.sock"
+mkdir -p "$D/rootfs/bin"
+cp /bin/busybox "$D/rootfs/bin/busybox"
+for a in sh dd sleep cat echo; do ln -s busybox "$D/rootfs/bin/$a"; done
+tar -C "$D/rootfs" -c . | docker import - luastrip-bench/busybox >/dev/null
+
+head -c 24 /dev/urandom | base64 > "$D/token"
+cat > "$D/push.lua" <<'LUA'
+require("luastrip.flocker").enable()
+route.endpoint("POST /luastrip/push/{name}", function(req)
+  return { json = zfs.push(req.params.name, "h2", { stop = true }) }
+end)
+LUA
+ports=(7201 7202)
+for i in 1 2; do
+    truncate -s 2G "$D/pool$i.img"
+    zpool create -m "$D/mnt$i" "lspush$i" "$D/pool$i.img"
+    other=$((3 - i))
+    LUASTRIP_LOG=warn "$BIN" serve --listen "unix://$D/h$i.sock" --upstream "$DOCKER_HOST" \
+        --scripts "$D/push.lua" --volume-backend zfs --zfs-pool "lspush$i" --host-name "h$i" \
+        --cluster-file "$D/cluster.json" --peer-token-file "$D/token" \
+        --peer-listen "127.0.0.1:${ports[i-1]}" --peer "h$other=http://127.0.0.1:${ports[other-1]}" \
+        2> "$D/h$i.log" & PIDS+=($!)
+done
+for i in 1 2; do for _ in $(seq 100); do [ -S "$D/h$i.sock" ] && break; sleep 0.1; done; done
+
+H1="unix://$D/h1.sock"
+for round in 1 2 3; do
+    v="bench$round"
+    docker -H "$H1" run --rm -v "/flocker/$v:/data" luastrip-bench/busybox \
+        sh -c 'dd if=/dev/urandom of=/data/base bs=1M count=100 2>/dev/null'
+    docker -H "$H1" run -d --name "writer$round" -v "/flocker/$v:/data" luastrip-bench/busybox sh -c \
+        "trap 'exit 0' TERM; i=0; while true; do i=\$((i+1)); dd if=/dev/urandom of=/data/c-\$i bs=64k count=4 2>/dev/null; sleep 0.05; done" >/dev/null
+    sleep 0.5
+    curl -sf --unix-socket "$D/h1.sock" -X POST "http://d/luastrip/push/$v" > "$D/report$round.json"
+    docker -H "$H1" rm -f "writer$round" >/dev/null
+done
+
+python3 - "$D" <<'PY'
+import json, sys, statistics
+d = sys.argv[1]
+rs = [json.load(open(f"{d}/report{i}.json")) for i in (1, 2, 3)]
+print("| round | step 1 bytes | step 1 ms | stop ms | step 2 bytes | step 2 ms | step 2 / step 1 |")
+print("|---:|---:|---:|---:|---:|---:|---:|")
+for i, r in enumerate(rs, 1):
+    print(f"| {i} | {r['step1_bytes']} | {r['step1_ms']} | {r['stop_ms']} | {r['step2_bytes']} | {r['step2_ms']} | {r['step2_ms'] / r['step1_ms']:.3f} |")
+s1 = statistics.median(r["step1_ms"] for r in rs)
+s2 = statistics.median(r["step2_ms"] for r in rs)
+print(f"\n- median step 1 (100 MB copied live): {s1:.0f} ms; median cut-over (step 2): {s2:.0f} ms "
+      f"(goal < 1000 ms); step 2 / step 1: {s2 / s1:.3f}")
+PY

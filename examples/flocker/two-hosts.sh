@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Two luastrip "hosts" on one machine, moving a Flocker volume between them. As root.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# Everything can be overridden (the test suite runs this script with its own daemon and image).
+IMAGE=${IMAGE:-busybox}
+UPSTREAM=${UPSTREAM:-unix:///var/run/docker.sock}
+RUN=${RUN:-/run}
+PORTS=(${PORTS:-7101 7102})
+POOL=${POOL:-flk}
+[ "$(id -u)" = 0 ] || { echo "run as root (zpool, dockerd)" >&2; exit 1; }
+command -v zpool >/dev/null || { echo "install ZFS: apt-get install -y zfs-fuse" >&2; exit 1; }
+zpool list >/dev/null 2>&1 || { zfs-fuse --no-kstat-mount; sleep 1; }
+
+if [ -z "${BIN:-}" ]; then
+    cargo build --release --quiet
+    BIN=$PWD/target/release/luastrip
+fi
+W=$(mktemp -d /tmp/luastrip-flocker.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    for i in 1 2; do zpool destroy -f "$POOL$i" 2>/dev/null || true; done
+    rm -rf "$W"
+}
+trap cleanup EXIT
+
+head -c 24 /dev/urandom | base64 > "$W/token"
+for i in 1 2; do
+    truncate -s 1G "$W/pool$i.img"
+    zpool create -m "$W/mnt$i" "$POOL$i" "$W/pool$i.img"
+done
+for i in 1 2; do
+    other=$((3 - i))
+    "$BIN" serve --listen "unix://$RUN/luastrip-h$i.sock" --upstream "$UPSTREAM" \
+        --scripts examples/scripts/flocker.lua \
+        --volume-backend zfs --zfs-pool "$POOL$i" --host-name "h$i" \
+        --cluster-file "$W/cluster.json" --peer-token-file "$W/token" \
+        --peer-listen "127.0.0.1:${PORTS[i-1]}" --peer "h$other=http://127.0.0.1:${PORTS[other-1]}" \
+        2> "$W/h$i.log" &
+    PIDS+=($!)
+done
+for i in 1 2; do
+    for _ in $(seq 100); do [ -S "$RUN/luastrip-h$i.sock" ] && break; sleep 0.1; done
+done
+
+set -x
+docker -H "unix://$RUN/luastrip-h1.sock" run --rm -v /flocker/db:/data "$IMAGE" sh -c 'echo hello from h1 > /data/f'
+docker -H "unix://$RUN/luastrip-h2.sock" run --rm -v /flocker/db:/data "$IMAGE" cat /data/f
+curl -s --unix-socket "$RUN/luastrip-h2.sock" http://d/luastrip/volumes/db
+set +x
+grep -h "push:" "$W"/h*.log || true

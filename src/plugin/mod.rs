@@ -1,0 +1,136 @@
+//! Docker's plugin protocol, served by luastrip: calls that dockerd makes itself (restart-policy
+//! restarts, restarts at daemon boot, swarm tasks) never pass through a socket proxy, so each
+//! helper also has a plugin face that dockerd calls directly.
+//!
+//! One server per plugin name, on `DIR/NAME.sock` (`/run/docker/plugins` by default, where dockerd
+//! discovers plugins). It answers `Plugin.Activate` with the interfaces of the drivers it holds
+//! and hands every `/Driver.Method` call to the driver that implements it; anything else is a
+//! 404. Bodies are JSON (`application/vnd.docker.plugins.v1.2+json`), read up to 1 MiB.
+//!
+//! Drivers: [`volume::VolumeDriver`] (`VolumeDriver.*`). The overlay helper's network and IPAM
+//! drivers join the same server.
+
+pub mod volume;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// The content type of Docker's plugin protocol.
+pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+
+/// Largest request body a plugin call may send.
+const BODY_CAP: usize = 1 << 20;
+
+pub type DriverFuture<'a> = Pin<Box<dyn Future<Output = Value> + Send + 'a>>;
+
+/// One plugin interface (`VolumeDriver`, `NetworkDriver`, `IpamDriver`).
+pub trait Driver: Send + Sync + 'static {
+    /// The interface name, as `Plugin.Activate` lists it.
+    fn implements(&self) -> &'static str;
+
+    /// Answer `/<implements>.<method>` with `body`; `None` if the method is unknown. Errors are
+    /// the protocol's own (`{"Err": "..."}` with a 200).
+    fn call<'a>(&'a self, method: &'a str, body: Value) -> Option<DriverFuture<'a>>;
+}
+
+/// Serve `drivers` on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: UnixListener,
+    drivers: Vec<Arc<dyn Driver>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let drivers = Arc::new(drivers);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let drivers = drivers.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| {
+                            let drivers = drivers.clone();
+                            async move { Ok::<_, Infallible>(handle(&drivers, req).await) }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "plugin socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+fn reply(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(v.to_string())));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    res
+}
+
+async fn handle(drivers: &[Arc<dyn Driver>], req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().trim_start_matches('/').to_string();
+    if req.method() != Method::POST {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({ "Err": format!("{} /{path}: plugin calls are POST", req.method()) }),
+        );
+    }
+    let body = match Limited::new(req.into_body(), BODY_CAP).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                &json!({ "Err": format!("/{path}: cannot read the body: {e}") }),
+            )
+        }
+    };
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    &json!({ "Err": format!("/{path}: the body is not JSON: {e}") }),
+                )
+            }
+        }
+    };
+    debug!(call = %path, "plugin call");
+    if path == "Plugin.Activate" {
+        let implements: Vec<&str> = drivers.iter().map(|d| d.implements()).collect();
+        return reply(StatusCode::OK, &json!({ "Implements": implements }));
+    }
+    if let Some((interface, method)) = path.split_once('.') {
+        if let Some(d) = drivers.iter().find(|d| d.implements() == interface) {
+            if let Some(answer) = d.call(method, body) {
+                return reply(StatusCode::OK, &answer.await);
+            }
+        }
+    }
+    reply(
+        StatusCode::NOT_FOUND,
+        &json!({ "Err": format!("/{path}: no such plugin method") }),
+    )
+}

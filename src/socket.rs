@@ -1,0 +1,183 @@
+//! Unix sockets that appear only when they are ready: the listen socket, the control socket and
+//! the plugin sockets.
+//!
+//! [`bind`] binds inside a private (0700) directory, sets mode and group, then renames the socket
+//! into place, so no client — no other uid above all — ever reaches a socket with the wrong
+//! permissions or one nobody accepts on. A socket file left by a crashed run is replaced; one
+//! that a live process answers on is refused. Dropping the [`Listener`] removes its socket (not
+//! a successor's).
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tracing::info;
+
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    pub path: PathBuf,
+    /// Permission bits of the socket file, e.g. `0o660`.
+    pub mode: u32,
+    /// Group name or numeric gid to own the socket (e.g. `docker`); `None` keeps ours.
+    pub group: Option<String>,
+}
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "{path} is in use: a running process answers on it (stop it, or choose another --listen)"
+    )]
+    InUse { path: String },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: String },
+    #[error("no such group {0:?} for --socket-group")]
+    NoGroup(String),
+    #[error("cannot set up {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A bound, ready listen socket. Dropping it removes the socket file if it is still ours.
+pub struct Listener {
+    /// A std listener, so that every worker runtime can register its own clone.
+    inner: std::os::unix::net::UnixListener,
+    path: PathBuf,
+    /// Inode of our socket file, so we never remove a successor's socket.
+    ino: u64,
+}
+
+impl Listener {
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The bound socket, for a server that accepts on it itself (the control socket).
+    pub fn std_listener(&self) -> &std::os::unix::net::UnixListener {
+        &self.inner
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if std::fs::metadata(&self.path).map(|m| m.ino()).ok() == Some(self.ino) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Bind the listen socket (see the module docs).
+pub fn bind(opts: &ListenOptions) -> Result<Listener, BindError> {
+    let path = &opts.path;
+    let shown = path.display().to_string();
+    let io_err = |source| BindError::Io {
+        path: shown.clone(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(BindError::NotASocket { path: shown })
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(BindError::InUse { path: shown }),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                info!(path = %shown, "replacing a stale socket left by an earlier run");
+            }
+            Err(e) => return Err(io_err(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(e)),
+    }
+    let gid = match &opts.group {
+        None => None,
+        Some(g) => Some(lookup_group(g)?),
+    };
+    // Bound inside a private (0700) directory beside the final path: no other uid can connect
+    // while the socket still has the default mode; it is renamed into place once its mode and
+    // group are right (the same filesystem, so the rename is atomic).
+    let private = private_dir(path).map_err(io_err)?;
+    let tmp = private.join("socket");
+    let made = (|| {
+        let inner = std::os::unix::net::UnixListener::bind(&tmp)?;
+        inner.set_nonblocking(true)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(opts.mode))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+        }
+        std::fs::rename(&tmp, path)?;
+        let ino = std::fs::metadata(path).map(|m| m.ino())?;
+        Ok((inner, ino))
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_dir(&private);
+    match made {
+        Ok((inner, ino)) => Ok(Listener {
+            inner,
+            path: path.clone(),
+            ino,
+        }),
+        Err(e) => Err(io_err(e)),
+    }
+}
+
+/// A fresh directory beside `path`, mode 0700 from its creation.
+fn private_dir(path: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let dir = parent.join(format!(".{name}.{}.bind", std::process::id()));
+    let _ = std::fs::remove_file(dir.join("socket"));
+    let _ = std::fs::remove_dir(&dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+fn lookup_group(group: &str) -> Result<u32, BindError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(BindError::NoGroup(group.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_are_bound_in_a_private_directory_and_renamed_into_place() {
+        let dir = std::env::temp_dir().join(format!("luastrip-bind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let private = private_dir(&path).unwrap();
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{private:?}");
+        std::fs::remove_dir(&private).unwrap();
+        let l = bind(&ListenOptions {
+            path: path.clone(),
+            mode: 0o600,
+            group: None,
+        })
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Nothing is left beside it.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("s.sock")]);
+        drop(l);
+        assert!(!path.exists());
+        std::fs::remove_dir(&dir).unwrap();
+    }
+}

@@ -1,0 +1,386 @@
+//! Gateways talk to each other to move volumes: a small HTTP API on `--peer-listen`, guarded by a
+//! shared token (`--peer-token-file`, sent as `Authorization: Bearer …`; a missing or wrong
+//! token is a 401, and the token is never logged), and a client for the peers named with
+//! `--peer NAME=http://HOST:PORT`.
+//!
+//! The API (all under `/luastrip/peer/v1/volumes/NAME/`):
+//! * `GET snapshots` — the volume's snapshots here (`[]` if there is no such volume);
+//! * `PUT stream?tag=T&guid=G` — a replication stream (the body) to receive; answered once the
+//!   snapshot `T` is here with guid `G`;
+//! * `POST claim` (`{"from": HOST, "guid": G}`) — take ownership from `HOST`, once this copy has
+//!   the snapshot `G`;
+//! * `POST push?to=PEER` — push the volume (owned here) to `PEER`: how a gateway asks the owner
+//!   for a volume it needs.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::AsyncRead;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::name::{Tag, VolumeName};
+use super::{helper, Snapshot, Volumes};
+use crate::Error;
+
+/// How long a peer may take to answer a call that is not a stream.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+type PeerBody = BoxBody<Bytes, std::io::Error>;
+
+/// The peers this gateway knows, and the token they share.
+pub struct Peers {
+    token: String,
+    /// Name → `host:port`.
+    peers: BTreeMap<String, String>,
+}
+
+impl Peers {
+    /// `peers` are `NAME=http://HOST:PORT`; the token is the first line of `token_file`.
+    pub fn new(peers: &[String], token: String) -> Result<Peers, String> {
+        if token.len() < 16 {
+            return Err("--peer-token-file: the token must be at least 16 characters".into());
+        }
+        let mut map = BTreeMap::new();
+        for p in peers {
+            let (name, url) = p
+                .split_once('=')
+                .ok_or_else(|| format!("--peer {p:?}: use NAME=http://HOST:PORT"))?;
+            VolumeName::parse(name).map_err(|e| format!("--peer {p:?}: {e}"))?;
+            let addr = url
+                .strip_prefix("http://")
+                .map(|a| a.trim_end_matches('/'))
+                .filter(|a| {
+                    a.rsplit_once(':')
+                        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok())
+                })
+                .ok_or_else(|| format!("--peer {p:?}: use NAME=http://HOST:PORT"))?;
+            map.insert(name.to_string(), addr.to_string());
+        }
+        Ok(Peers { token, peers: map })
+    }
+
+    /// Read the token from `path` (its first line).
+    pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--peer-token-file {}: {e}", path.display()))?;
+        Ok(text.lines().next().unwrap_or("").trim().to_string())
+    }
+
+    fn addr(&self, peer: &str) -> Result<&str, Error> {
+        self.peers.get(peer).map(String::as_str).ok_or_else(|| {
+            helper(format!(
+                "no peer {peer:?}: name it with --peer {peer}=http://HOST:PORT (known: {})",
+                self.peers.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    /// One call to `peer`: a fresh connection (pushes are rare and long), the body streamed.
+    async fn call(
+        &self,
+        peer: &str,
+        method: Method,
+        path: &str,
+        body: PeerBody,
+        timeout: Option<Duration>,
+    ) -> Result<Value, Error> {
+        let addr = self.addr(peer)?;
+        let fail = |why: String| helper(format!("peer {peer} ({addr}): {method} {path}: {why}"));
+        let exchange = async {
+            let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+                .await
+                .map_err(|_| fail("cannot connect within 5 s".into()))?
+                .map_err(|e| fail(format!("cannot connect: {e}")))?;
+            let _ = stream.set_nodelay(true);
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(header::HOST, addr)
+                .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+                .body(body)
+                .map_err(|e| fail(e.to_string()))?;
+            let res = send
+                .send_request(req)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let status = res.status();
+            let bytes = crate::body::read_to_cap(res.into_body(), 16 << 20)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if !status.is_success() {
+                let msg = v["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| status.to_string());
+                return Err(fail(msg));
+            }
+            Ok(v)
+        };
+        match timeout {
+            Some(t) => tokio::time::timeout(t, exchange)
+                .await
+                .map_err(|_| fail(format!("no answer within {t:?}")))?,
+            None => exchange.await,
+        }
+    }
+
+    fn empty() -> PeerBody {
+        Full::new(Bytes::new())
+            .map_err(|e: Infallible| match e {})
+            .boxed()
+    }
+
+    /// The snapshots `peer` has of `name`.
+    pub async fn snapshots(&self, peer: &str, name: &VolumeName) -> Result<Vec<Snapshot>, Error> {
+        let path = format!("/luastrip/peer/v1/volumes/{name}/snapshots");
+        let v = self
+            .call(peer, Method::GET, &path, Self::empty(), Some(CALL_TIMEOUT))
+            .await?;
+        serde_json::from_value::<Vec<SnapshotWire>>(v)
+            .map(|s| s.into_iter().map(Into::into).collect())
+            .map_err(|e| helper(format!("peer {peer}: bad snapshot list: {e}")))
+    }
+
+    /// Stream `stream` to `peer` as `name`'s snapshot `tag` (guid `guid`).
+    pub async fn send_stream(
+        &self,
+        peer: &str,
+        name: &VolumeName,
+        tag: &Tag,
+        guid: &str,
+        stream: impl AsyncRead + Send + Sync + 'static,
+    ) -> Result<(), Error> {
+        let frames = tokio_util::io::ReaderStream::new(stream).map_ok(Frame::data);
+        let body = BodyExt::boxed(StreamBody::new(frames));
+        let path = format!("/luastrip/peer/v1/volumes/{name}/stream?tag={tag}&guid={guid}");
+        self.call(peer, Method::PUT, &path, body, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Ask `peer` to take ownership of `name` from `from`, once it has the snapshot `guid`.
+    pub async fn claim(
+        &self,
+        peer: &str,
+        name: &VolumeName,
+        from: &str,
+        guid: &str,
+    ) -> Result<(), Error> {
+        let body = json!({ "from": from, "guid": guid }).to_string();
+        let body = Full::new(Bytes::from(body))
+            .map_err(|e: Infallible| match e {})
+            .boxed();
+        let path = format!("/luastrip/peer/v1/volumes/{name}/claim");
+        self.call(peer, Method::POST, &path, body, Some(CALL_TIMEOUT))
+            .await
+            .map(|_| ())
+    }
+
+    /// Ask `owner` to push `name` here (`to` is this gateway's name); its push report.
+    pub async fn request_push(
+        &self,
+        owner: &str,
+        name: &VolumeName,
+        to: &str,
+        timeout: Duration,
+    ) -> Result<Value, Error> {
+        let path = format!("/luastrip/peer/v1/volumes/{name}/push?to={to}");
+        self.call(owner, Method::POST, &path, Self::empty(), Some(timeout))
+            .await
+    }
+
+    fn authorised(&self, req: &Request<Incoming>) -> bool {
+        let want = format!("Bearer {}", self.token);
+        let got = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        // Constant time in the token's length: no early exit on the first differing byte.
+        got.len() == want.len()
+            && got
+                .iter()
+                .zip(want.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SnapshotWire {
+    tag: String,
+    guid: String,
+    #[serde(default)]
+    created: u64,
+    #[serde(default)]
+    used: u64,
+}
+
+impl From<SnapshotWire> for Snapshot {
+    fn from(s: SnapshotWire) -> Self {
+        Snapshot {
+            tag: s.tag,
+            guid: s.guid,
+            created: s.created,
+            used: s.used,
+        }
+    }
+}
+
+fn reply(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(v.to_string())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+fn error_reply(e: Error) -> Response<Full<Bytes>> {
+    reply(e.status(), &json!({ "message": e.to_string() }))
+}
+
+/// Serve the peer API on `listener` until `stop` turns true.
+pub async fn serve(listener: TcpListener, volumes: Arc<Volumes>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, from)) => {
+                    let _ = stream.set_nodelay(true);
+                    let volumes = volumes.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| {
+                            let volumes = volumes.clone();
+                            async move { Ok::<_, Infallible>(handle(&volumes, req, from).await) }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "peer listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn handle(
+    volumes: &Volumes,
+    req: Request<Incoming>,
+    from: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
+    let Some(peers) = volumes.peers() else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            &json!({ "message": "luastrip: no peer API here" }),
+        );
+    };
+    if !peers.authorised(&req) {
+        warn!(%from, path = req.uri().path(), "peer call refused: missing or wrong token");
+        return reply(
+            StatusCode::UNAUTHORIZED,
+            &json!({ "message": "luastrip: missing or wrong peer token" }),
+        );
+    }
+    let path = req.uri().path().to_string();
+    let Some(rest) = path.strip_prefix("/luastrip/peer/v1/volumes/") else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            &json!({ "message": format!("luastrip: no peer call {path}") }),
+        );
+    };
+    let Some((name, op)) = rest.split_once('/') else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            &json!({ "message": format!("luastrip: no peer call {path}") }),
+        );
+    };
+    let name = match Volumes::name(name) {
+        Ok(n) => n,
+        Err(e) => return error_reply(e),
+    };
+    debug!(%from, volume = %name, op, "peer call");
+    let result = match (req.method().clone(), op) {
+        (Method::GET, "snapshots") => volumes.local_snapshots(&name).await.map(|s| json!(s)),
+        (Method::PUT, "stream") => {
+            let tag = query(&req, "tag").unwrap_or_default();
+            let guid = query(&req, "guid").unwrap_or_default();
+            match Volumes::tag(&tag) {
+                Err(e) => Err(e),
+                Ok(tag) => {
+                    let body = req
+                        .into_body()
+                        .into_data_stream()
+                        .map_err(std::io::Error::other);
+                    let reader = tokio_util::io::StreamReader::new(body);
+                    volumes
+                        .receive(&name, &tag, &guid, Box::new(reader))
+                        .await
+                        .map(|s| json!(s))
+                }
+            }
+        }
+        (Method::POST, "claim") => match crate::body::read_to_cap(req.into_body(), 1 << 20).await {
+            Err(e) => Err(helper(format!("claim: {e}"))),
+            Ok(b) => {
+                let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+                let (Some(from), Some(guid)) = (v["from"].as_str(), v["guid"].as_str()) else {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        &json!({ "message": "luastrip: claim needs {\"from\", \"guid\"}" }),
+                    );
+                };
+                volumes
+                    .take_ownership(&name, from, guid)
+                    .await
+                    .map(|_| json!({ "owner": volumes.host() }))
+            }
+        },
+        (Method::POST, "push") => match query(&req, "to") {
+            None => Err(helper("push needs ?to=PEER")),
+            Some(to) => volumes
+                .push(&name, &to, super::PushOptions::default())
+                .await
+                .map(|r| json!(r)),
+        },
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                &json!({ "message": format!("luastrip: no peer call {} {path}", req.method()) }),
+            )
+        }
+    };
+    match result {
+        Ok(v) => reply(StatusCode::OK, &v),
+        Err(e) => error_reply(e),
+    }
+}
