@@ -12,23 +12,41 @@ use support::{http_request, json_body, output, raw, run_ok, Daemon, Gateway, Poo
 /// A gateway on `pool` with the Flocker module and `extra` script text, as host `host`.
 fn gateway(pool: &Pool, host: &str, script: &str) -> (Gateway, PathBuf) {
     let cluster = support::temp_dir("volumes").join("cluster.json");
-    (gateway_with(pool, host, script, &cluster), cluster)
+    (gateway_with(pool, host, script, &cluster, &[]), cluster)
 }
 
-/// The same, keeping its cluster store in `cluster`.
-fn gateway_with(pool: &Pool, host: &str, script: &str, cluster: &std::path::Path) -> Gateway {
+/// The same, keeping its cluster store in `cluster`, with `extra` flags.
+fn gateway_with(
+    pool: &Pool,
+    host: &str,
+    script: &str,
+    cluster: &std::path::Path,
+    extra: &[&str],
+) -> Gateway {
+    let mut args = vec![
+        "--volume-backend",
+        "zfs",
+        "--zfs-pool",
+        &pool.name,
+        "--cluster-file",
+        cluster.to_str().unwrap(),
+        "--host-name",
+        host,
+    ];
+    args.extend_from_slice(extra);
     Gateway::with_script(
         &format!("require('luastrip.flocker').enable()\n{script}"),
-        &[
-            "--volume-backend",
-            "zfs",
-            "--zfs-pool",
-            &pool.name,
-            "--cluster-file",
-            cluster.to_str().unwrap(),
-            "--host-name",
-            host,
-        ],
+        &args,
+    )
+}
+
+/// `sh -c script` in a throwaway container with the Flocker volume `volume` on `/data`, through
+/// `gw`; its output.
+fn sh_in(gw: &Gateway, volume: &str, script: &str) -> String {
+    let bind = format!("/flocker/{volume}:/data");
+    run_ok(
+        gw.docker()
+            .args(["run", "--rm", "-v", &bind, IMAGE, "sh", "-c", script]),
     )
 }
 
@@ -78,6 +96,18 @@ fn flocker_binds_through_the_docker_cli() {
         args.extend(how);
         args.extend([IMAGE, "cat", "/data/f"]);
         assert_eq!(run_ok(gw.docker().args(&args)), "hello\n");
+    }
+    // A create without binds, or with `"Binds": null`, is left alone.
+    for body in [
+        format!(r#"{{"Image":"{IMAGE}","Cmd":["true"]}}"#),
+        format!(
+            r#"{{"Image":"{IMAGE}","Cmd":["true"],"HostConfig":{{"Binds":null,"Mounts":null}}}}"#
+        ),
+    ] {
+        let resp = support::post_json(&gw.socket, "/v1.41/containers/create", &body);
+        assert!(resp.starts_with("HTTP/1.1 201"), "{body}: {resp}");
+        let id = json_body(&resp)["Id"].as_str().unwrap().to_string();
+        run_ok(gw.docker().args(["rm", &id]));
     }
     // GET /luastrip/volumes shows it, owned here.
     let resp = raw(
@@ -274,7 +304,7 @@ fn a_volume_owned_elsewhere_is_read_only_here() {
     // The gateway holds the store in memory: restart it on the edited file.
     drop(gw);
     std::fs::write(&cluster, serde_json::to_vec(&saved).unwrap()).unwrap();
-    let gw = gateway_with(&pool, "h1", script, &cluster);
+    let gw = gateway_with(&pool, "h1", script, &cluster, &[]);
     let v = json_body(&raw(
         &gw.socket,
         &http_request("GET", "/luastrip/t/theirs", "", b""),
@@ -348,21 +378,7 @@ fn the_volume_plugin_serves_dockerd_itself() {
     let _ = std::fs::remove_file(&sock);
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     let cluster = support::temp_dir("volumes").join("cluster.json");
-    let gw = Gateway::with_script(
-        "require('luastrip.flocker').enable()",
-        &[
-            "--volume-backend",
-            "zfs",
-            "--zfs-pool",
-            &pool.name,
-            "--cluster-file",
-            cluster.to_str().unwrap(),
-            "--host-name",
-            "h1",
-            "--volume-plugin",
-            &plugin,
-        ],
-    );
+    let gw = gateway_with(&pool, "h1", "", &cluster, &["--volume-plugin", &plugin]);
     let direct = Daemon::shared();
     // The protocol itself.
     let activate = raw(&sock, &http_request("POST", "/Plugin.Activate", "", b"{}"));
@@ -528,25 +544,15 @@ fn two_hosts(script: &str) -> TwoHosts {
         let listen = format!("127.0.0.1:{}", ports[i]);
         let peer = format!("h{}=http://127.0.0.1:{}", other + 1, ports[other]);
         let host = format!("h{}", i + 1);
-        Gateway::with_script(
-            &format!("require('luastrip.flocker').enable()\n{script}"),
-            &[
-                "--volume-backend",
-                "zfs",
-                "--zfs-pool",
-                &pools[i].name,
-                "--cluster-file",
-                cluster.to_str().unwrap(),
-                "--host-name",
-                &host,
-                "--peer-listen",
-                &listen,
-                "--peer",
-                &peer,
-                "--peer-token-file",
-                token.to_str().unwrap(),
-            ],
-        )
+        let extra = [
+            "--peer-listen",
+            &listen,
+            "--peer",
+            &peer,
+            "--peer-token-file",
+            token.to_str().unwrap(),
+        ];
+        gateway_with(&pools[i], &host, script, &cluster, &extra)
     };
     let gws = [start(0), start(1)];
     TwoHosts {
@@ -581,28 +587,10 @@ impl TwoHosts {
 fn a_volume_follows_its_container_to_another_host() {
     let hosts = two_hosts("");
     let [gw1, gw2] = &hosts.gws;
-    run_ok(gw1.docker().args([
-        "run",
-        "--rm",
-        "-v",
-        "/flocker/chicken:/data",
-        IMAGE,
-        "sh",
-        "-c",
-        "echo egg > /data/f",
-    ]));
+    sh_in(gw1, "chicken", "echo egg > /data/f");
     assert_eq!(hosts.volume(0, "chicken")["owner"], "h1");
     // The second host asks the first to push it over before its container is created.
-    let out = run_ok(gw2.docker().args([
-        "run",
-        "--rm",
-        "-v",
-        "/flocker/chicken:/data",
-        IMAGE,
-        "sh",
-        "-c",
-        "cat /data/f; echo chick >> /data/f",
-    ]));
+    let out = sh_in(gw2, "chicken", "cat /data/f; echo chick >> /data/f");
     assert_eq!(out, "egg\n");
     let on2 = hosts.volume(1, "chicken");
     assert_eq!(
@@ -712,16 +700,11 @@ fn a_two_phase_push_of_100_mb_while_a_container_writes() {
     );
     let [gw1, _] = &hosts.gws;
     // ~100 MB to start with, then a container that keeps appending while step 1 runs.
-    run_ok(gw1.docker().args([
-        "run",
-        "--rm",
-        "-v",
-        "/flocker/big:/data",
-        IMAGE,
-        "sh",
-        "-c",
+    sh_in(
+        gw1,
+        "big",
         "dd if=/dev/urandom of=/data/base bs=1M count=100 2>/dev/null",
-    ]));
+    );
     let writer = run_ok(gw1.docker().args([
         "run", "-d", "-v", "/flocker/big:/data", IMAGE, "sh", "-c",
         "trap 'exit 0' TERM; i=0; while true; do i=$((i+1)); dd if=/dev/urandom of=/data/chunk-$i bs=64k count=4 2>/dev/null; echo $i >> /data/log; sleep 0.05; done",
@@ -784,16 +767,11 @@ fn a_peer_lost_mid_send_leaves_the_volume_with_its_owner() {
              return { status = 502, json = { message = tostring(e):match("^[^\n]*") } }
            end)"#,
     );
-    run_ok(hosts.gws[0].docker().args([
-        "run",
-        "--rm",
-        "-v",
-        "/flocker/lost:/data",
-        IMAGE,
-        "sh",
-        "-c",
+    sh_in(
+        &hosts.gws[0],
+        "lost",
         "dd if=/dev/urandom of=/data/base bs=1M count=100 2>/dev/null",
-    ]));
+    );
     let base = hosts.mountpoint(0, "lost").join("base");
     let sum = || run_ok(Command::new("sha256sum").arg(&base));
     let before = sum();
@@ -823,16 +801,7 @@ fn a_peer_lost_mid_send_leaves_the_volume_with_its_owner() {
     );
     assert_eq!(sum(), before, "nothing lost");
     // Still writable through h1.
-    run_ok(hosts.gws[0].docker().args([
-        "run",
-        "--rm",
-        "-v",
-        "/flocker/lost:/data",
-        IMAGE,
-        "sh",
-        "-c",
-        "echo after > /data/after",
-    ]));
+    sh_in(&hosts.gws[0], "lost", "echo after > /data/after");
     // A peer that is down: a clear error at once, nothing changes hands.
     let resp = raw(
         &hosts.gws[0].socket,

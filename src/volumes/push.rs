@@ -123,6 +123,14 @@ impl Volumes {
                 self.host
             )));
         }
+        // A copy with no snapshot has never received anything (and, not being the owner's,
+        // was never written): only a full stream can land on it. Make room for it, since
+        // replacing an existing filesystem with a full stream is where zfs-fuse fails
+        // ("cannot receive new filesystem stream: I/O error").
+        if self.backend.get(name).await?.is_some() && self.backend.snapshots(name).await?.is_empty()
+        {
+            self.backend.destroy(name).await?;
+        }
         self.backend.receive(name, stream).await?;
         // A copy this gateway does not own stays read-only (a full receive resets it).
         self.backend.set_read_only(name, true).await?;

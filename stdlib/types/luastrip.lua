@@ -224,3 +224,31 @@ function zfs.rollback(name, tag, opts) end
 ---@param name string
 ---@return true
 function zfs.destroy(name) end
+
+---@class luastrip.PushReport
+---@field volume string
+---@field to string
+---@field base string|nil  the common snapshot step 1 sent from (nil: a full stream)
+---@field step1_bytes integer  copied while containers ran (catch-up rounds included)
+---@field step1_ms integer
+---@field stopped string[]  containers stopped for the cut-over ({ stop = true })
+---@field stop_ms integer
+---@field step2_bytes integer  the cut-over's last increment
+---@field step2_ms integer
+---@field snapshot string  the snapshot both sides have now (held as the next base)
+
+---Move a volume this gateway owns to the peer `peer` (a `--peer` name): Flocker's two-phase push.
+---Refused while a running container uses the volume, unless `stop` (then they are stopped for the
+---cut-over, `stop_timeout` seconds each before being killed).
+---@param name string
+---@param peer string
+---@param opts {stop: boolean|nil, stop_timeout: integer|nil}|nil
+---@return luastrip.PushReport
+function zfs.push(name, peer, opts) end
+
+---Bring a volume here: ask its owner to push it to this gateway, waiting at most `timeout`
+---seconds (default 300). nil when it is already owned here (or by no one).
+---@param name string
+---@param opts {timeout: number|nil}|nil
+---@return luastrip.PushReport|nil
+function zfs.pull(name, opts) end
