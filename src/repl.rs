@@ -543,7 +543,15 @@ async fn tail(control: &Path, path: &str, out: &mut dyn Write) -> Result<(), Str
                         while let Some(i) = pending.iter().position(|b| *b == b'\n') {
                             let line: Vec<u8> = pending.drain(..=i).collect();
                             if let Ok(v) = serde_json::from_slice::<Value>(&line) {
-                                if v["event"] == "start" {
+                                if v["event"] == "helper" {
+                                    let _ = writeln!(
+                                        out,
+                                        "{:>6}  {:6}   {}",
+                                        "",
+                                        v["helper"].as_str().unwrap_or(""),
+                                        v["message"].as_str().unwrap_or("")
+                                    );
+                                } else if v["event"] == "start" {
                                     let _ = writeln!(
                                         out,
                                         "{:>6}  {:6}   … started  {}",

@@ -251,7 +251,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .stuck_after
         .unwrap_or(config.limits.hook_time * 2 + Duration::from_secs(1));
     let volumes = match &config.volumes {
-        Some(v) => Some(Arc::new(volume_helper(v, &config.upstream).await?)),
+        Some(v) => Some(Arc::new(
+            volume_helper(v, &config.upstream)
+                .await?
+                .with_events(gateway.journal.helper_events()),
+        )),
         None => None,
     };
     let mut engine = None;

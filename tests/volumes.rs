@@ -712,6 +712,26 @@ fn a_two_phase_push_of_100_mb_while_a_container_writes() {
     .trim()
     .to_string();
     std::thread::sleep(std::time::Duration::from_millis(500));
+    // The push shows in the control socket's `tail` as it happens (the REPL prints these).
+    let tail = {
+        use std::io::{Read, Write};
+        let mut s = support::connect(&gw1.control_socket());
+        s.write_all(&http_request("GET", "/tail", "", b"")).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        std::thread::spawn(move || {
+            let mut seen = String::new();
+            let mut buf = [0u8; 4096];
+            while !seen.contains("cut over") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            seen
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let resp = raw(
         &gw1.socket,
         &http_request("POST", "/luastrip/push/big", "", b""),
@@ -735,6 +755,16 @@ fn a_two_phase_push_of_100_mb_while_a_container_writes() {
     // Caught up while the writer ran: the cut-over sends only the last writes.
     assert!(step2 * 10 < step1, "{report}");
     assert_eq!(report["stopped"].as_array().unwrap().len(), 1, "{report}");
+    let seen = tail.join().unwrap();
+    for step in [
+        "\"event\":\"helper\"",
+        "step 1, copying while in use",
+        "step 1 copied",
+        "step 2, cut-over",
+        "cut over big",
+    ] {
+        assert!(seen.contains(step), "{step} not in the tail:\n{seen}");
+    }
     // The writer was stopped for the cut-over; everything it wrote is on h2, byte for byte.
     let state =
         run_ok(

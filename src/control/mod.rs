@@ -153,7 +153,12 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                 &format!("no call {id} in the journal"),
             ),
         },
-        (Method::GET, ["tail"]) => tail(journal.subscribe(), journal.subscribe_starts(), filter),
+        (Method::GET, ["tail"]) => tail(
+            journal.subscribe(),
+            journal.subscribe_starts(),
+            journal.subscribe_helper_events(),
+            filter,
+        ),
         (Method::GET, ["routes"]) => match &control.engine {
             None => json(StatusCode::OK, &Vec::<()>::new()),
             Some(engine) => {
@@ -423,43 +428,55 @@ async fn replay(
 fn tail(
     rx: broadcast::Receiver<Arc<crate::journal::CallRecord>>,
     starts: broadcast::Receiver<Arc<crate::journal::CallStart>>,
+    events: broadcast::Receiver<Arc<crate::journal::HelperEvent>>,
     filter: Option<filter::Filter>,
 ) -> Response<ControlBody> {
     let filter = Arc::new(filter);
-    let stream = futures_util::stream::unfold((rx, starts), move |(mut rx, mut starts)| {
-        let filter = filter.clone();
-        async move {
-            let keep = |rec: &crate::journal::CallRecord| {
-                (*filter).as_ref().is_none_or(|f| f.matches(rec))
-            };
-            let mut line = loop {
-                tokio::select! {
-                    r = rx.recv() => match r {
-                        Ok(rec) if !keep(&rec) => continue,
-                        Ok(rec) => break serde_json::to_vec(&*rec).unwrap_or_default(),
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            break serde_json::to_vec(&serde_json::json!({ "missed": n })).unwrap_or_default()
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    },
-                    s = starts.recv() => match s {
-                        Ok(start) if !keep(&probe(&start)) => continue,
-                        Ok(start) => {
-                            let mut v = serde_json::to_value(&*start).unwrap_or_default();
-                            v["event"] = serde_json::json!("start");
-                            break serde_json::to_vec(&v).unwrap_or_default();
-                        }
-                        Err(_) => continue,
-                    },
-                }
-            };
-            line.push(b'\n');
-            Some((
-                Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
-                (rx, starts),
-            ))
-        }
-    });
+    let stream = futures_util::stream::unfold(
+        (rx, starts, events),
+        move |(mut rx, mut starts, mut events)| {
+            let filter = filter.clone();
+            async move {
+                let keep = |rec: &crate::journal::CallRecord| {
+                    (*filter).as_ref().is_none_or(|f| f.matches(rec))
+                };
+                let mut line = loop {
+                    tokio::select! {
+                        r = rx.recv() => match r {
+                            Ok(rec) if !keep(&rec) => continue,
+                            Ok(rec) => break serde_json::to_vec(&*rec).unwrap_or_default(),
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                break serde_json::to_vec(&serde_json::json!({ "missed": n })).unwrap_or_default()
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        },
+                        s = starts.recv() => match s {
+                            Ok(start) if !keep(&probe(&start)) => continue,
+                            Ok(start) => {
+                                let mut v = serde_json::to_value(&*start).unwrap_or_default();
+                                v["event"] = serde_json::json!("start");
+                                break serde_json::to_vec(&v).unwrap_or_default();
+                            }
+                            Err(_) => continue,
+                        },
+                        e = events.recv() => match e {
+                            Ok(event) => {
+                                let mut v = serde_json::to_value(&*event).unwrap_or_default();
+                                v["event"] = serde_json::json!("helper");
+                                break serde_json::to_vec(&v).unwrap_or_default();
+                            }
+                            Err(_) => continue,
+                        },
+                    }
+                };
+                line.push(b'\n');
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+                    (rx, starts, events),
+                ))
+            }
+        },
+    );
     let mut res = Response::new(StreamBody::new(stream).boxed());
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -176,6 +176,8 @@ pub struct Volumes {
     /// Per volume: held (written) while a push cuts over, so that calls that need the volume
     /// wait (and then see where it went) instead of writing to a copy that is going away.
     holds: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// Where progress goes besides the log: the journal's helper events (`tail`).
+    events: Option<crate::journal::HelperEvents>,
 }
 
 pub use push::{PushOptions, PushReport};
@@ -209,6 +211,26 @@ impl Volumes {
             upstream,
             peers: None,
             holds: Default::default(),
+            events: None,
+        }
+    }
+
+    /// The same, announcing its progress (pushes) on `events`.
+    pub fn with_events(mut self, events: crate::journal::HelperEvents) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Tell the log and the journal's watchers what a long operation is doing.
+    fn note(&self, message: String, fields: serde_json::Value) {
+        tracing::info!(target: "luastrip::volumes", fields = %fields, "{message}");
+        if let Some(events) = &self.events {
+            let _ = events.send(Arc::new(crate::journal::HelperEvent {
+                helper: "zfs",
+                at_ms: crate::journal::epoch_ms(std::time::SystemTime::now()),
+                message,
+                fields,
+            }));
         }
     }
 

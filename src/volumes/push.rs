@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 use tokio::io::{AsyncRead, ReadBuf};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::name::{Tag, VolumeName};
 use super::{helper, owner_key, Snapshot, Volumes};
@@ -182,7 +182,13 @@ impl Volumes {
         self.backend.set_read_only(name, false).await?;
         self.keep_base_and_prune(name, &snaps[at], &snaps[..at])
             .await;
-        info!(volume = %name, from, "took ownership of a pushed volume");
+        self.note(
+            format!(
+                "push: {name} taken over from {from}; {} owns it now",
+                self.host
+            ),
+            json!({ "volume": name.as_str(), "from": from, "step": "claimed" }),
+        );
         Ok(())
     }
 
@@ -240,6 +246,23 @@ impl Volumes {
         to: &str,
         opts: PushOptions,
     ) -> Result<PushReport, Error> {
+        let pushed = self.push_steps(name, to, opts).await;
+        if let Err(e) = &pushed {
+            self.note(
+                format!("push: {name} → {to} failed, the volume stays here: {e}"),
+                json!({ "volume": name.as_str(), "to": to, "error": e.to_string() }),
+            );
+        }
+        pushed
+    }
+
+    /// The steps of [`Volumes::push`].
+    async fn push_steps(
+        &self,
+        name: &VolumeName,
+        to: &str,
+        opts: PushOptions,
+    ) -> Result<PushReport, Error> {
         let peers = self
             .peers
             .clone()
@@ -288,9 +311,23 @@ impl Volumes {
             .map_err(helper)?;
         let stamp = now_ms();
         let tag1 = Tag::parse(&format!("push-{stamp}-1")).map_err(helper)?;
+        self.note(
+            format!(
+                "push: {name} → {to}: step 1, copying while in use (from {})",
+                base.as_ref().map_or("scratch", |s| s.tag.as_str())
+            ),
+            json!({ "volume": name.as_str(), "to": to, "step": 1 }),
+        );
         let (mut step1_bytes, _) = self.send_to(name, to, base_tag.as_ref(), &tag1).await?;
-        info!(volume = %name, to, step = 1, bytes = step1_bytes, ms = t1.elapsed().as_millis() as u64,
-              rate_mb_s = rate(step1_bytes, t1.elapsed().as_millis() as u64), "push: copied while in use");
+        let ms = t1.elapsed().as_millis() as u64;
+        self.note(
+            format!(
+                "push: {name} → {to}: step 1 copied {:.1} MB in {ms} ms ({:.0} MB/s)",
+                step1_bytes as f64 / 1e6,
+                rate(step1_bytes, ms)
+            ),
+            json!({ "volume": name.as_str(), "to": to, "step": 1, "bytes": step1_bytes, "ms": ms }),
+        );
         // While containers still write, catch up until what is left is small (at most 3 more
         // rounds), so that the cut-over only has the last few writes to send.
         let mut last = tag1;
@@ -302,7 +339,10 @@ impl Volumes {
             let (bytes, _) = self.send_to(name, to, Some(&last), &tag).await?;
             step1_bytes += bytes;
             last = tag;
-            info!(volume = %name, to, step = 1, round, bytes, "push: caught up");
+            self.note(
+                format!("push: {name} → {to}: caught up {:.1} MB (round {round})", bytes as f64 / 1e6),
+                json!({ "volume": name.as_str(), "to": to, "step": 1, "round": round, "bytes": bytes }),
+            );
             if bytes < CATCH_UP_DONE {
                 break;
             }
@@ -317,6 +357,17 @@ impl Volumes {
             self.stop_container(c, opts.stop_timeout).await?;
         }
         let stop_ms = stopping.elapsed().as_millis() as u64;
+        self.note(
+            format!(
+                "push: {name} → {to}: step 2, cut-over (calls for it held{})",
+                if running.is_empty() {
+                    String::new()
+                } else {
+                    format!("; stopped {} in {stop_ms} ms", running.join(", "))
+                }
+            ),
+            json!({ "volume": name.as_str(), "to": to, "step": 2, "stopped": running, "stop_ms": stop_ms }),
+        );
         let t2 = Instant::now();
         self.backend.set_read_only(name, true).await?;
         let tag2 = Tag::parse(&format!("push-{stamp}-2")).map_err(helper)?;
@@ -331,7 +382,6 @@ impl Volumes {
             Err(e) => {
                 // The peer has not taken it: this copy stays the owner's, writable again.
                 let _ = self.backend.set_read_only(name, false).await;
-                warn!(volume = %name, to, error = %e, "push failed; the volume stays here");
                 return Err(e);
             }
         };
@@ -351,7 +401,13 @@ impl Volumes {
             }
         }
         let step2_ms = t2.elapsed().as_millis() as u64;
-        info!(volume = %name, to, step = 2, bytes = step2_bytes, ms = step2_ms, "push: cut over");
+        self.note(
+            format!(
+                "push: cut over {name} → {to}: {:.1} KB in {step2_ms} ms; {to} owns it now",
+                step2_bytes as f64 / 1e3
+            ),
+            json!({ "volume": name.as_str(), "to": to, "step": 2, "bytes": step2_bytes, "ms": step2_ms }),
+        );
         let older: Vec<Snapshot> = self
             .backend
             .snapshots(name)
