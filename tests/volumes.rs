@@ -360,6 +360,26 @@ fn a_missing_pool_or_backend_is_a_clear_start_up_error() {
         assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
         assert!(!sock.exists());
     }
+    // No zfs/zpool commands at all: the message says what to install.
+    let sock = dir.join("s.sock");
+    let out = output(
+        Command::new(env!("CARGO_BIN_EXE_luastrip"))
+            .env("PATH", dir.join("empty-path"))
+            .args(["serve", "--listen", &format!("unix://{}", sock.display())])
+            .args([
+                "--upstream",
+                &format!("unix://{}", Daemon::shared().socket.display()),
+            ])
+            .args(["--cluster-file", dir.join("c.json").to_str().unwrap()])
+            .args(["--volume-backend", "zfs", "--zfs-pool", "tank"]),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("apt-get install zfs-fuse"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!sock.exists());
 }
 
 /// The Docker volume plugin: dockerd itself asks luastrip for the volume, so a restart sent to
@@ -783,6 +803,14 @@ fn a_two_phase_push_of_100_mb_while_a_container_writes() {
     assert!(on1.lines().count() > 3, "{on1}");
     assert_eq!(on1, on2);
     assert_eq!(hosts.volume(1, "big")["owner"], "h2");
+    // Starting the writer here again is refused: its data moved.
+    let again = output(gw1.docker().args(["start", &writer[..12]]));
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("which moved to h2"),
+        "{}",
+        stderr(&again)
+    );
     run_ok(gw1.docker().args(["rm", "-f", &writer]));
 }
 

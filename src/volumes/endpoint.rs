@@ -1,6 +1,8 @@
-//! `GET /luastrip/volumes` (and `/luastrip/volumes/NAME`) on the gateway's socket: the volumes on
-//! this host, their owner, size and snapshots, for `curl --unix-socket` and the console. A hook
-//! layer that answers in the pre phase; it never reaches the daemon.
+//! The volume helper's hook layer, in the pre phase:
+//! * `GET /luastrip/volumes` (and `/luastrip/volumes/NAME`): the volumes on this host, their
+//!   owner, size and snapshots, for `curl --unix-socket` and the console; never forwarded;
+//! * calls on a container whose volume a push is cutting over wait for the cut-over; once the
+//!   volume has moved away, starting the container here again is refused with where it went.
 
 use std::sync::Arc;
 
@@ -19,6 +21,19 @@ impl Hooks for VolumesEndpoint {
     fn pre<'a>(&'a self, call: &'a mut Call) -> HookFuture<'a, Option<Response<Body>>> {
         Box::pin(async move {
             let path = call.path.as_str();
+            if let Some(rest) = path.strip_prefix("/containers/") {
+                if self.0.has_moves() {
+                    let (container, action) = rest.split_once('/').unwrap_or((rest, ""));
+                    if call.head.method == Method::DELETE && action.is_empty() {
+                        self.0.container_removed(container);
+                    } else {
+                        let starts_it = call.head.method == Method::POST
+                            && matches!(action, "start" | "restart" | "unpause");
+                        self.0.container_call(container, starts_it).await?;
+                    }
+                }
+                return Ok(None);
+            }
             let Some(rest) = path.strip_prefix(PREFIX) else {
                 return Ok(None);
             };

@@ -178,6 +178,28 @@ pub struct Volumes {
     holds: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
     /// Where progress goes besides the log: the journal's helper events (`tail`).
     events: Option<crate::journal::HelperEvents>,
+    /// Containers whose volume a push is cutting over, or has moved away.
+    moves: std::sync::Mutex<std::collections::HashMap<ContainerRef, ContainerMove>>,
+}
+
+/// A container as the daemon lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContainerRef {
+    pub name: String,
+    pub id: String,
+}
+
+impl std::fmt::Display for ContainerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// The volume a container's push concerns, and its cut-over lock.
+#[derive(Clone)]
+struct ContainerMove {
+    volume: VolumeName,
+    hold: Arc<tokio::sync::RwLock<()>>,
 }
 
 pub use push::{PushOptions, PushReport};
@@ -212,6 +234,7 @@ impl Volumes {
             peers: None,
             holds: Default::default(),
             events: None,
+            moves: Default::default(),
         }
     }
 
@@ -443,12 +466,21 @@ impl Volumes {
 
     /// The first container (running ones only, unless `all`) whose mounts include the volume.
     async fn container_using(&self, v: &BackendVolume, all: bool) -> Result<Option<String>, Error> {
-        Ok(self.containers_using(v, all).await?.into_iter().next())
+        Ok(self
+            .containers_using(v, all)
+            .await?
+            .into_iter()
+            .next()
+            .map(|c| c.name))
     }
 
-    /// The containers (names, or short IDs; running ones only unless `all`) whose mounts
-    /// include the volume's mountpoint.
-    async fn containers_using(&self, v: &BackendVolume, all: bool) -> Result<Vec<String>, Error> {
+    /// The containers (running ones only unless `all`) whose mounts include the volume's
+    /// mountpoint.
+    async fn containers_using(
+        &self,
+        v: &BackendVolume,
+        all: bool,
+    ) -> Result<Vec<ContainerRef>, Error> {
         let path = if all {
             "/containers/json?all=1"
         } else {
@@ -470,16 +502,66 @@ impl Volumes {
                 })
             })
             .filter_map(|c| {
-                c["Names"][0]
+                let id = c["Id"].as_str()?.to_string();
+                let name = c["Names"][0]
                     .as_str()
                     .map(|n| n.trim_start_matches('/').to_string())
-                    .or_else(|| {
-                        c["Id"]
-                            .as_str()
-                            .map(|id| id[..id.len().min(12)].to_string())
-                    })
+                    .unwrap_or_else(|| id[..id.len().min(12)].to_string());
+                Some(ContainerRef { name, id })
             })
             .collect())
+    }
+
+    /// Calls on a container that used a volume being cut over (or moved away) by a push: held
+    /// until the cut-over ends, then refused if they would run the container here again.
+    /// `container` is as the client named it (name, ID or ID prefix).
+    pub async fn container_call(&self, container: &str, starts_it: bool) -> Result<(), Error> {
+        let state = {
+            let moves = self.moves.lock().unwrap_or_else(|e| e.into_inner());
+            moves
+                .iter()
+                .find(|(c, _)| {
+                    c.name == container || (container.len() >= 3 && c.id.starts_with(container))
+                })
+                .map(|(_, s)| s.clone())
+        };
+        let Some(state) = state else {
+            return Ok(());
+        };
+        // Wait for the cut-over (if one is under way) to end.
+        drop(state.hold.read().await);
+        let moved = self.owner(&state.volume).await?;
+        if starts_it && moved.as_deref() != Some(self.host.as_str()) {
+            return Err(Error::client(
+                http::StatusCode::CONFLICT,
+                format!(
+                    "luastrip: container {container} used volume {}, which moved to {}; run the \
+                     container there",
+                    state.volume,
+                    moved.as_deref().unwrap_or("another gateway")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether any container's volume is being (or has been) moved away.
+    pub fn has_moves(&self) -> bool {
+        !self
+            .moves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Forget a removed container.
+    pub fn container_removed(&self, container: &str) {
+        self.moves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|c, _| {
+                !(c.name == container || (container.len() >= 3 && c.id.starts_with(container)))
+            });
     }
 
     /// Stop a container (for a push's cut-over), as `docker stop -t` does: `timeout` seconds,

@@ -352,9 +352,22 @@ impl Volumes {
         // Step 2: the cut-over, with the calls that need the volume held.
         let hold = self.hold(name);
         let _held = hold.write().await;
+        {
+            // Calls on these containers wait for the cut-over, then learn where it went.
+            let mut moves = self.moves.lock().unwrap_or_else(|e| e.into_inner());
+            for c in &running {
+                moves.insert(
+                    c.clone(),
+                    super::ContainerMove {
+                        volume: name.clone(),
+                        hold: hold.clone(),
+                    },
+                );
+            }
+        }
         let stopping = Instant::now();
         for c in &running {
-            self.stop_container(c, opts.stop_timeout).await?;
+            self.stop_container(&c.id, opts.stop_timeout).await?;
         }
         let stop_ms = stopping.elapsed().as_millis() as u64;
         self.note(
@@ -363,10 +376,17 @@ impl Volumes {
                 if running.is_empty() {
                     String::new()
                 } else {
-                    format!("; stopped {} in {stop_ms} ms", running.join(", "))
+                    let names: Vec<&str> = running.iter().map(|c| c.name.as_str()).collect();
+                    format!("; stopped {} in {stop_ms} ms", names.join(", "))
                 }
             ),
-            json!({ "volume": name.as_str(), "to": to, "step": 2, "stopped": running, "stop_ms": stop_ms }),
+            json!({
+                "volume": name.as_str(),
+                "to": to,
+                "step": 2,
+                "stopped": running.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+                "stop_ms": stop_ms,
+            }),
         );
         let t2 = Instant::now();
         self.backend.set_read_only(name, true).await?;
@@ -424,7 +444,7 @@ impl Volumes {
             step1_ms,
             step2_bytes,
             step2_ms,
-            stopped: running,
+            stopped: running.iter().map(|c| c.name.clone()).collect(),
             stop_ms,
             snapshot: snap.tag,
         })
