@@ -49,6 +49,9 @@ impl Default for PushOptions {
     }
 }
 
+/// How long a stream to a peer may make no progress before the push gives up.
+const STALL: Duration = Duration::from_secs(60);
+
 /// A catch-up round that sent less than this leaves little enough for the cut-over.
 const CATCH_UP_DONE: u64 = 1 << 20;
 
@@ -232,7 +235,26 @@ impl Volumes {
             inner: stream.reader,
             bytes: bytes.clone(),
         };
-        let sent = peers.send_stream(to, name, tag, &snap.guid, counted).await;
+        // A peer that stops reading (or answering) must not hang the push: give up once no
+        // byte has moved for STALL.
+        let watchdog = async {
+            let mut seen = 0;
+            loop {
+                tokio::time::sleep(STALL).await;
+                let now = bytes.load(Ordering::Relaxed);
+                if now == seen {
+                    return helper(format!(
+                        "peer {to}: nothing moved for {} s ({now} bytes sent); giving up",
+                        STALL.as_secs()
+                    ));
+                }
+                seen = now;
+            }
+        };
+        let sent = tokio::select! {
+            sent = peers.send_stream(to, name, tag, &snap.guid, counted) => sent,
+            stalled = watchdog => Err(stalled),
+        };
         let made = stream.producer.finish().await;
         sent?;
         made?;
