@@ -37,7 +37,10 @@
 //!   driven by argv), checked names, ownership (a copy owned elsewhere is read-only), and the
 //!   `GET /luastrip/volumes` hook layer. Its state lives outside the Lua VMs; `zfs.*` drives it.
 //! * [`plugin`] — Docker's plugin protocol, served for the helpers on
-//!   `/run/docker/plugins/NAME.sock` so that dockerd calls them itself: the volume driver now.
+//!   `/run/docker/plugins/NAME.sock` so that dockerd calls them itself: the volume driver and
+//!   the network driver.
+//! * [`overlay`] — overlay IPs: the bridge and veth pairs behind the network driver (`ip` by
+//!   argv, checked names).
 //! * [`cluster`] — what several hosts must agree on (volume owners), behind one interface with
 //!   create-if-absent and swap-if-revision; the local JSON file is the embedded store.
 //!
@@ -53,6 +56,7 @@ pub mod hijack;
 pub mod journal;
 pub mod lua;
 pub mod outbound;
+pub mod overlay;
 pub mod plugin;
 pub mod powerstrip;
 pub mod repl;

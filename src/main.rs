@@ -104,6 +104,20 @@ struct ServeArgs {
     limits: LimitArgs,
     #[command(flatten)]
     volumes: VolumeArgs,
+    /// Serve libnetwork's remote network driver as this name (docker network create -d NAME):
+    /// containers on such networks get an `ethwe0` on the overlay bridge before they run.
+    #[arg(long, env = "LUASTRIP_NETWORK_PLUGIN")]
+    network_plugin: Option<String>,
+    /// The bridge overlay endpoints join.
+    #[arg(long, env = "LUASTRIP_OVERLAY_BRIDGE", default_value = "luastrip0")]
+    overlay_bridge: String,
+    /// Where dockerd discovers plugin sockets.
+    #[arg(
+        long,
+        env = "LUASTRIP_PLUGIN_DIR",
+        default_value = "/run/docker/plugins"
+    )]
+    plugin_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -132,13 +146,6 @@ struct VolumeArgs {
     /// -d NAME), on PLUGIN_DIR/NAME.sock.
     #[arg(long, env = "LUASTRIP_VOLUME_PLUGIN")]
     volume_plugin: Option<String>,
-    /// Where dockerd discovers plugin sockets.
-    #[arg(
-        long,
-        env = "LUASTRIP_PLUGIN_DIR",
-        default_value = "/run/docker/plugins"
-    )]
-    plugin_dir: PathBuf,
     /// Another gateway volumes move to and from: NAME=http://HOST:PORT (repeat for each).
     #[arg(long = "peer", env = "LUASTRIP_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
@@ -181,7 +188,6 @@ impl VolumeArgs {
             cluster_file: self.cluster_file,
             host_name,
             plugin: self.volume_plugin,
-            plugin_dir: self.plugin_dir,
             peers: self.peers,
             peer_listen: self.peer_listen,
             peer_token_file: self.peer_token_file,
@@ -310,6 +316,11 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             .then(|| std::time::Duration::from_secs(args.upstream_timeout_s)),
         repl: args.repl,
         volumes: args.volumes.config()?,
+        overlay: args.network_plugin.map(|plugin| serve::OverlayConfig {
+            plugin,
+            bridge: args.overlay_bridge,
+        }),
+        plugin_dir: args.plugin_dir,
         ..Config::new(listen, upstream)
     };
     // This runtime accepts connections and runs the background services; serve::run starts the

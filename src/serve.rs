@@ -86,6 +86,19 @@ pub struct Config {
     pub repl: bool,
     /// The volume helper, if configured (`--volume-backend`).
     pub volumes: Option<VolumeConfig>,
+    /// The overlay helper's network driver, if configured (`--network-plugin`).
+    pub overlay: Option<OverlayConfig>,
+    /// `--plugin-dir`: where dockerd looks for plugin sockets.
+    pub plugin_dir: PathBuf,
+}
+
+/// How the overlay helper is set up.
+#[derive(Debug, Clone)]
+pub struct OverlayConfig {
+    /// `--network-plugin`: serve the network driver under this name.
+    pub plugin: String,
+    /// `--overlay-bridge`: the bridge every endpoint joins.
+    pub bridge: String,
 }
 
 /// How the volume helper is set up.
@@ -103,8 +116,6 @@ pub struct VolumeConfig {
     pub host_name: String,
     /// `--volume-plugin`: also serve the Docker volume plugin protocol under this name.
     pub plugin: Option<String>,
-    /// `--plugin-dir`: where dockerd looks for plugin sockets.
-    pub plugin_dir: PathBuf,
     /// `--peer NAME=http://HOST:PORT`: other gateways volumes move to and from.
     pub peers: Vec<String>,
     /// `--peer-listen HOST:PORT`: serve the peer API here.
@@ -134,6 +145,8 @@ impl Config {
             upstream_timeout: Some(DEFAULT_UPSTREAM_TIMEOUT),
             repl: false,
             volumes: None,
+            overlay: None,
+            plugin_dir: PathBuf::from("/run/docker/plugins"),
         }
     }
 
@@ -226,7 +239,7 @@ pub enum StartError {
     #[error("--state: {0}")]
     State(String),
     #[error("{0}")]
-    Volumes(String),
+    Helper(String),
     #[error("cannot watch {path}: {reason}")]
     Watch { path: String, reason: String },
     #[error("{0}")]
@@ -293,15 +306,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             v.clone(),
         )));
     }
+    // Plugin drivers by plugin name: drivers given the same name share one socket.
+    let mut plugins: std::collections::BTreeMap<String, Vec<Arc<dyn crate::plugin::Driver>>> =
+        Default::default();
+    if let Some(o) = &config.overlay {
+        crate::overlay::link::check_name("--overlay-bridge", &o.bridge)
+            .map_err(|e| StartError::Helper(e.to_string()))?;
+        plugins.entry(o.plugin.clone()).or_default().push(Arc::new(
+            crate::plugin::network::NetworkDriver::new(o.bridge.clone()),
+        ));
+    }
     if let (Some(v), Some(cfg)) = (&volumes, &config.volumes) {
         if let Some(name) = &cfg.plugin {
-            let driver = Arc::new(crate::plugin::volume::VolumeDriver::new(v.clone()));
-            serve_plugin(&background, name, &cfg.plugin_dir, vec![driver])?;
+            plugins.entry(name.clone()).or_default().push(Arc::new(
+                crate::plugin::volume::VolumeDriver::new(v.clone()),
+            ));
         }
+    }
+    for (name, drivers) in plugins {
+        serve_plugin(&background, &name, &config.plugin_dir, drivers)?;
+    }
+    if let (Some(v), Some(cfg)) = (&volumes, &config.volumes) {
         if let Some(addr) = &cfg.peer_listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| StartError::Volumes(format!("--peer-listen {addr}: {e}")))?;
+                .map_err(|e| StartError::Helper(format!("--peer-listen {addr}: {e}")))?;
             info!(listen = %addr, "serving the peer API");
             let v = v.clone();
             background.spawn("peer listener", move |stop| {
@@ -379,9 +408,9 @@ fn serve_plugin(
     drivers: Vec<Arc<dyn crate::plugin::Driver>>,
 ) -> Result<(), StartError> {
     crate::volumes::name::VolumeName::parse(name)
-        .map_err(|e| StartError::Volumes(format!("--volume-plugin: {e}")))?;
+        .map_err(|e| StartError::Helper(format!("plugin name: {e}")))?;
     std::fs::create_dir_all(dir)
-        .map_err(|e| StartError::Volumes(format!("--plugin-dir {}: {e}", dir.display())))?;
+        .map_err(|e| StartError::Helper(format!("--plugin-dir {}: {e}", dir.display())))?;
     let listener = bind(&ListenOptions {
         path: dir.join(format!("{name}.sock")),
         mode: 0o600,
@@ -406,41 +435,41 @@ async fn volume_helper(
     let backend: Arc<dyn crate::volumes::VolumeBackend> = match config.backend.as_str() {
         "zfs" => {
             let pool = config.zfs_pool.as_deref().ok_or_else(|| {
-                StartError::Volumes("--volume-backend zfs needs --zfs-pool POOL".into())
+                StartError::Helper("--volume-backend zfs needs --zfs-pool POOL".into())
             })?;
             Arc::new(
                 crate::volumes::zfs::Zfs::open(pool, &config.zfs_root)
                     .await
-                    .map_err(|e| StartError::Volumes(e.to_string()))?,
+                    .map_err(|e| StartError::Helper(e.to_string()))?,
             )
         }
         other => {
-            return Err(StartError::Volumes(format!(
+            return Err(StartError::Helper(format!(
                 "--volume-backend {other:?}: the backends are: zfs"
             )))
         }
     };
     if let Some(dir) = config.cluster_file.parent() {
         std::fs::create_dir_all(dir).map_err(|e| {
-            StartError::Volumes(format!(
+            StartError::Helper(format!(
                 "--cluster-file {}: {e}",
                 config.cluster_file.display()
             ))
         })?;
     }
     let cluster = LocalCluster::open(&config.cluster_file)
-        .map_err(|e| StartError::Volumes(format!("--cluster-file: {e}")))?;
+        .map_err(|e| StartError::Helper(format!("--cluster-file: {e}")))?;
     let peers = match &config.peer_token_file {
         Some(file) => {
             let token =
-                crate::volumes::peers::Peers::read_token(file).map_err(StartError::Volumes)?;
+                crate::volumes::peers::Peers::read_token(file).map_err(StartError::Helper)?;
             Some(
                 crate::volumes::peers::Peers::new(&config.peers, token)
-                    .map_err(StartError::Volumes)?,
+                    .map_err(StartError::Helper)?,
             )
         }
         None if !config.peers.is_empty() || config.peer_listen.is_some() => {
-            return Err(StartError::Volumes(
+            return Err(StartError::Helper(
                 "--peer and --peer-listen need --peer-token-file (the token peers share)".into(),
             ))
         }

@@ -7,9 +7,11 @@
 //! and hands every `/Driver.Method` call to the driver that implements it; anything else is a
 //! 404. Bodies are JSON (`application/vnd.docker.plugins.v1.2+json`), read up to 1 MiB.
 //!
-//! Drivers: [`volume::VolumeDriver`] (`VolumeDriver.*`). The overlay helper's network and IPAM
-//! drivers join the same server.
+//! Drivers: [`volume::VolumeDriver`] (`VolumeDriver.*`) and [`network::NetworkDriver`]
+//! (`NetworkDriver.*`, libnetwork's remote driver). Drivers given the same plugin name share one
+//! socket.
 
+pub mod network;
 pub mod volume;
 
 use std::convert::Infallible;
