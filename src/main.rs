@@ -111,6 +111,9 @@ struct ServeArgs {
     /// The bridge overlay endpoints join.
     #[arg(long, env = "LUASTRIP_OVERLAY_BRIDGE", default_value = "luastrip0")]
     overlay_bridge: String,
+    /// The overlay's default range, for networks created without a subnet.
+    #[arg(long, env = "LUASTRIP_OVERLAY_CIDR", default_value = "10.32.0.0/12")]
+    overlay_cidr: String,
     /// Where dockerd discovers plugin sockets.
     #[arg(
         long,
@@ -118,6 +121,35 @@ struct ServeArgs {
         default_value = "/run/docker/plugins"
     )]
     plugin_dir: PathBuf,
+    /// The local cluster store: what the helpers must agree on (volume owners, overlay
+    /// addresses), one JSON file shared by the gateways of this machine.
+    #[arg(
+        long,
+        env = "LUASTRIP_CLUSTER_FILE",
+        default_value = "/var/lib/luastrip/cluster.json"
+    )]
+    cluster_file: PathBuf,
+    /// This gateway's name among its peers. Defaults to the machine's host name.
+    #[arg(long, env = "LUASTRIP_HOST_NAME")]
+    host_name: Option<String>,
+}
+
+/// `--host-name`, or the machine's host name.
+fn host_name(given: Option<String>) -> Result<String, String> {
+    let host_name = match given {
+        Some(h) => h,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .map_err(|e| format!("cannot read the host name ({e}); pass --host-name"))?,
+    };
+    if host_name.is_empty()
+        || host_name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("--host-name {host_name:?}: a name without spaces"));
+    }
+    Ok(host_name)
 }
 
 #[derive(clap::Args)]
@@ -132,16 +164,6 @@ struct VolumeArgs {
     /// The dataset below the pool that holds the volumes: POOL/ROOT/NAME.
     #[arg(long, env = "LUASTRIP_ZFS_ROOT", default_value = "luastrip")]
     zfs_root: String,
-    /// The local cluster store: which gateway owns which volume (JSON, written atomically).
-    #[arg(
-        long,
-        env = "LUASTRIP_CLUSTER_FILE",
-        default_value = "/var/lib/luastrip/cluster.json"
-    )]
-    cluster_file: PathBuf,
-    /// This gateway's name among its peers. Defaults to the machine's host name.
-    #[arg(long, env = "LUASTRIP_HOST_NAME")]
-    host_name: Option<String>,
     /// Also serve the Docker volume plugin protocol as this driver name (docker volume create
     /// -d NAME), on PLUGIN_DIR/NAME.sock.
     #[arg(long, env = "LUASTRIP_VOLUME_PLUGIN")]
@@ -168,25 +190,10 @@ impl VolumeArgs {
             }
             return Ok(None);
         };
-        let host_name = match self.host_name {
-            Some(h) => h,
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .map_err(|e| format!("cannot read the host name ({e}); pass --host-name"))?,
-        };
-        if host_name.is_empty()
-            || host_name
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(format!("--host-name {host_name:?}: a name without spaces"));
-        }
         Ok(Some(serve::VolumeConfig {
             backend,
             zfs_pool: self.zfs_pool,
             zfs_root: self.zfs_root,
-            cluster_file: self.cluster_file,
-            host_name,
             plugin: self.volume_plugin,
             peers: self.peers,
             peer_listen: self.peer_listen,
@@ -319,8 +326,11 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         overlay: args.network_plugin.map(|plugin| serve::OverlayConfig {
             plugin,
             bridge: args.overlay_bridge,
+            cidr: args.overlay_cidr,
         }),
         plugin_dir: args.plugin_dir,
+        cluster_file: args.cluster_file,
+        host_name: host_name(args.host_name)?,
         ..Config::new(listen, upstream)
     };
     // This runtime accepts connections and runs the background services; serve::run starts the

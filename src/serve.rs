@@ -90,6 +90,10 @@ pub struct Config {
     pub overlay: Option<OverlayConfig>,
     /// `--plugin-dir`: where dockerd looks for plugin sockets.
     pub plugin_dir: PathBuf,
+    /// `--cluster-file`: the local cluster store (volume owners, overlay addresses).
+    pub cluster_file: PathBuf,
+    /// `--host-name`: this gateway's name in the cluster.
+    pub host_name: String,
 }
 
 /// How the overlay helper is set up.
@@ -99,6 +103,8 @@ pub struct OverlayConfig {
     pub plugin: String,
     /// `--overlay-bridge`: the bridge every endpoint joins.
     pub bridge: String,
+    /// `--overlay-cidr`: the range of networks created without a subnet.
+    pub cidr: String,
 }
 
 /// How the volume helper is set up.
@@ -110,10 +116,6 @@ pub struct VolumeConfig {
     pub zfs_pool: Option<String>,
     /// `--zfs-root`: volumes are `POOL/ROOT/NAME`.
     pub zfs_root: String,
-    /// `--cluster-file`: the local cluster store (who owns which volume).
-    pub cluster_file: PathBuf,
-    /// `--host-name`: this gateway's name in the cluster.
-    pub host_name: String,
     /// `--volume-plugin`: also serve the Docker volume plugin protocol under this name.
     pub plugin: Option<String>,
     /// `--peer NAME=http://HOST:PORT`: other gateways volumes move to and from.
@@ -147,6 +149,8 @@ impl Config {
             volumes: None,
             overlay: None,
             plugin_dir: PathBuf::from("/run/docker/plugins"),
+            cluster_file: PathBuf::from("/var/lib/luastrip/cluster.json"),
+            host_name: "luastrip".into(),
         }
     }
 
@@ -263,13 +267,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     gateway.stuck_after = config
         .stuck_after
         .unwrap_or(config.limits.hook_time * 2 + Duration::from_secs(1));
-    let volumes = match &config.volumes {
-        Some(v) => Some(Arc::new(
-            volume_helper(v, &config.upstream)
+    // What the helpers must agree on, opened once for all of them.
+    let cluster: Option<Arc<dyn crate::cluster::Cluster>> =
+        if config.volumes.is_some() || config.overlay.is_some() {
+            Some(open_cluster(&config.cluster_file)?)
+        } else {
+            None
+        };
+    let volumes = match (&config.volumes, &cluster) {
+        (Some(v), Some(cluster)) => Some(Arc::new(
+            volume_helper(v, cluster.clone(), &config.host_name, &config.upstream)
                 .await?
                 .with_events(gateway.journal.helper_events()),
         )),
-        None => None,
+        _ => None,
     };
     let mut engine = None;
     if config.scripts.is_some() || config.powerstrip_config.is_some() {
@@ -312,9 +323,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(o) = &config.overlay {
         crate::overlay::link::check_name("--overlay-bridge", &o.bridge)
             .map_err(|e| StartError::Helper(e.to_string()))?;
-        plugins.entry(o.plugin.clone()).or_default().push(Arc::new(
-            crate::plugin::network::NetworkDriver::new(o.bridge.clone()),
-        ));
+        let cidr = crate::overlay::ipam::Cidr::parse(&o.cidr)
+            .map_err(|e| StartError::Helper(format!("--overlay-cidr: {e}")))?;
+        let cluster = cluster.clone().ok_or_else(|| {
+            StartError::Helper("internal: no cluster store for the overlay".into())
+        })?;
+        let ipam = crate::overlay::ipam::Ipam::new(cluster, config.host_name.clone());
+        let drivers = plugins.entry(o.plugin.clone()).or_default();
+        drivers.push(Arc::new(crate::plugin::network::NetworkDriver::new(
+            o.bridge.clone(),
+        )));
+        drivers.push(Arc::new(crate::plugin::network::IpamDriver::new(
+            ipam, cidr,
+        )));
     }
     if let (Some(v), Some(cfg)) = (&volumes, &config.volumes) {
         if let Some(name) = &cfg.plugin {
@@ -425,13 +446,26 @@ fn serve_plugin(
     Ok(())
 }
 
+/// The local cluster store at `file` (its directory made if missing).
+fn open_cluster(file: &Path) -> Result<Arc<dyn crate::cluster::Cluster>, StartError> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StartError::Helper(format!("--cluster-file {}: {e}", file.display())))?;
+    }
+    let cluster = crate::cluster::local::LocalCluster::open(file)
+        .map_err(|e| StartError::Helper(format!("--cluster-file: {e}")))?;
+    info!(cluster = %file.display(), "cluster store ready");
+    Ok(Arc::new(cluster))
+}
+
 /// The volume helper for `config`: its backend (checked now: a missing `zfs` command or pool is
 /// a start-up error naming the flag) and the cluster store.
 async fn volume_helper(
     config: &VolumeConfig,
+    cluster: Arc<dyn crate::cluster::Cluster>,
+    host_name: &str,
     upstream: &UpstreamAddr,
 ) -> Result<crate::volumes::Volumes, StartError> {
-    use crate::cluster::local::LocalCluster;
     let backend: Arc<dyn crate::volumes::VolumeBackend> = match config.backend.as_str() {
         "zfs" => {
             let pool = config.zfs_pool.as_deref().ok_or_else(|| {
@@ -449,16 +483,6 @@ async fn volume_helper(
             )))
         }
     };
-    if let Some(dir) = config.cluster_file.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StartError::Helper(format!(
-                "--cluster-file {}: {e}",
-                config.cluster_file.display()
-            ))
-        })?;
-    }
-    let cluster = LocalCluster::open(&config.cluster_file)
-        .map_err(|e| StartError::Helper(format!("--cluster-file: {e}")))?;
     let peers = match &config.peer_token_file {
         Some(file) => {
             let token =
@@ -477,14 +501,13 @@ async fn volume_helper(
     };
     info!(
         backend = backend.kind(),
-        host = %config.host_name,
-        cluster = %config.cluster_file.display(),
+        host = host_name,
         "volume helper ready"
     );
     let volumes = crate::volumes::Volumes::new(
         backend,
-        Arc::new(cluster),
-        config.host_name.clone(),
+        cluster,
+        host_name.to_string(),
         Upstream::new(upstream.clone()),
     );
     Ok(match peers {

@@ -13,6 +13,37 @@ fn links() -> String {
     run_ok(Command::new("ip").args(["-o", "link", "show"]))
 }
 
+/// Deletes a link when dropped, so that a failing test leaves no bridge behind.
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", "dev", &self.0])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Bridges (`lst<pid>br`) of test runs whose process is gone.
+fn delete_dead_bridges() {
+    for line in links().lines() {
+        let Some(name) = line
+            .split(": ")
+            .nth(1)
+            .map(|n| n.split('@').next().unwrap_or(n))
+        else {
+            continue;
+        };
+        let Some(pid) = name.strip_prefix("lst").and_then(|r| r.strip_suffix("br")) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            drop(LinkGuard(name.to_string()));
+        }
+    }
+}
+
 #[test]
 fn containers_get_their_address_before_they_run_and_no_link_leaks() {
     support::require_root();
@@ -22,9 +53,19 @@ fn containers_get_their_address_before_they_run_and_no_link_leaks() {
     let plugin = format!("lst{pid}net");
     let bridge = format!("lst{pid}br");
     let _socket = support::RemoveOnDrop(format!("/run/docker/plugins/{plugin}.sock").into());
+    delete_dead_bridges();
+    let _bridge = LinkGuard(bridge.clone());
+    let cluster = support::temp_dir("overlay").join("cluster.json");
     let gw = Gateway::start_with(
         &Daemon::shared().socket,
-        &["--network-plugin", &plugin, "--overlay-bridge", &bridge],
+        &[
+            "--network-plugin",
+            &plugin,
+            "--overlay-bridge",
+            &bridge,
+            "--cluster-file",
+            cluster.to_str().unwrap(),
+        ],
     );
     let net = format!("lst{pid}-overlay");
     let subnet = format!("10.77.{}.0/24", pid % 250);
@@ -110,9 +151,71 @@ fn containers_get_their_address_before_they_run_and_no_link_leaks() {
                 == 2
         },
     );
-    // Everything goes: containers, network, veths, the bridge.
     run_ok(gw.docker().args(["rm", "-f", &a, &r]));
     run_ok(gw.docker().args(["network", "rm", &net]));
+
+    // luastrip's own IPAM: 30 containers started at once get 30 different addresses, recorded
+    // in the cluster store, and given back when the containers go.
+    let net2 = format!("lst{pid}-ipam");
+    let subnet2 = format!("10.78.{}.0/24", pid % 250);
+    run_ok(gw.docker().args([
+        "network",
+        "create",
+        "-d",
+        &plugin,
+        "--ipam-driver",
+        &plugin,
+        "--subnet",
+        &subnet2,
+        &net2,
+    ]));
+    let started: Vec<_> = (0..30)
+        .map(|_| {
+            let mut cmd = gw.docker();
+            cmd.args(["run", "-d", "--network", &net2, IMAGE, "sleep", "300"]);
+            std::thread::spawn(move || run_ok(&mut cmd).trim().to_string())
+        })
+        .collect();
+    let ids: Vec<String> = started.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut addrs = std::collections::BTreeSet::new();
+    for id in &ids {
+        let ip = run_ok(gw.docker().args([
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            id,
+        ]));
+        assert!(ip.starts_with(&format!("10.78.{}.", pid % 250)), "{ip}");
+        assert!(addrs.insert(ip.trim().to_string()), "{ip} handed out twice");
+    }
+    let recorded = std::fs::read_to_string(&cluster).unwrap();
+    assert_eq!(recorded.matches("\"endpoint\"").count(), 30, "{recorded}");
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(ids.iter().map(String::as_str));
+    run_ok(gw.docker().args(&rm));
+    let recorded = std::fs::read_to_string(&cluster).unwrap();
+    assert_eq!(recorded.matches("\"endpoint\"").count(), 0, "{recorded}");
+    // Asking for an address outside the network, or one taken, is a clear error.
+    let gateway_ip = format!("10.78.{}.1", pid % 250);
+    let out = output(gw.docker().args([
+        "run",
+        "--rm",
+        "--network",
+        &net2,
+        "--ip",
+        &gateway_ip,
+        IMAGE,
+        "true",
+    ]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already taken"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_ok(gw.docker().args(["network", "rm", &net2]));
+
+    // Everything goes: containers, networks, veths, the bridge.
     let left = links();
     assert!(!left.contains("lsv") && !left.contains("lsc"), "{left}");
     assert!(!left.contains(&bridge), "{left}");

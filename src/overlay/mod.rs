@@ -8,4 +8,5 @@
 //! (Docker's default one for now). `WEAVE_CIDR`, `overlay.*` in Lua, the events follower and
 //! VXLAN between hosts come next.
 
+pub mod ipam;
 pub mod link;

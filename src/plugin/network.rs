@@ -10,11 +10,13 @@
 //! network is created and removed with the last one.
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
 use super::{Driver, DriverFuture};
+use crate::overlay::ipam::{Cidr, Ipam};
 use crate::overlay::link;
 
 pub struct NetworkDriver {
@@ -35,6 +37,11 @@ fn veth_names(endpoint: &str) -> Option<(String, String)> {
 
 fn err(e: impl std::fmt::Display) -> Value {
     json!({ "Err": e.to_string() })
+}
+
+/// An IPAM driver's error: libnetwork reads IPAM answers' `Error` (network answers' `Err`).
+fn ipam_err(e: impl std::fmt::Display) -> Value {
+    json!({ "Error": e.to_string() })
 }
 
 fn reason(e: crate::Error) -> String {
@@ -133,6 +140,98 @@ impl Driver for NetworkDriver {
             | "DiscoverDelete"
             | "ProgramExternalConnectivity"
             | "RevokeExternalConnectivity" => Box::pin(async { json!({}) }),
+            _ => return None,
+        })
+    }
+}
+
+/// libnetwork's remote IPAM driver: addresses from luastrip's allocator, through the cluster
+/// store, so that no address is handed out twice (also by two workers or two gateways sharing
+/// the store) and allocations survive restarts. `docker network create -d NAME --ipam-driver
+/// NAME --subnet …`; a network without a subnet gets the `--overlay-cidr` range. IPv4 only.
+pub struct IpamDriver {
+    ipam: Ipam,
+    default: Cidr,
+}
+
+impl IpamDriver {
+    pub fn new(ipam: Ipam, default: Cidr) -> Self {
+        IpamDriver { ipam, default }
+    }
+
+    fn request_pool(&self, body: &Value) -> Value {
+        if body["V6"].as_bool() == Some(true) {
+            return ipam_err("IPv6 pools are not supported by luastrip's IPAM");
+        }
+        let pool = match body["Pool"].as_str().filter(|p| !p.is_empty()) {
+            None => self.default,
+            Some(p) => match Cidr::parse(p) {
+                Ok(c) => c,
+                Err(e) => return ipam_err(reason(e)),
+            },
+        };
+        json!({ "PoolID": pool.to_string(), "Pool": pool.to_string(), "Data": {} })
+    }
+
+    async fn request_address(&self, body: Value) -> Value {
+        let pool = match Cidr::parse(body["PoolID"].as_str().unwrap_or_default()) {
+            Ok(p) => p,
+            Err(e) => return ipam_err(reason(e)),
+        };
+        let want = match body["Address"].as_str().filter(|a| !a.is_empty()) {
+            None => None,
+            Some(a) => match a.parse::<Ipv4Addr>() {
+                Ok(a) => Some(a),
+                Err(_) => return ipam_err(format!("{a:?} is not an IPv4 address")),
+            },
+        };
+        let what = match body["Options"]["RequestAddressType"].as_str() {
+            Some("com.docker.network.gateway") => "gateway",
+            _ => "endpoint",
+        };
+        match self.ipam.allocate(&pool, want, what).await {
+            Ok(a) => json!({ "Address": format!("{a}/{}", pool.prefix), "Data": {} }),
+            Err(e) => ipam_err(reason(e)),
+        }
+    }
+
+    async fn release_address(&self, body: Value) -> Value {
+        let pool = match Cidr::parse(body["PoolID"].as_str().unwrap_or_default()) {
+            Ok(p) => p,
+            Err(e) => return ipam_err(reason(e)),
+        };
+        let Ok(a) = body["Address"]
+            .as_str()
+            .unwrap_or_default()
+            .parse::<Ipv4Addr>()
+        else {
+            return ipam_err(format!("ReleaseAddress: bad Address {}", body["Address"]));
+        };
+        match self.ipam.release(&pool, a).await {
+            Ok(()) => json!({}),
+            Err(e) => ipam_err(reason(e)),
+        }
+    }
+}
+
+impl Driver for IpamDriver {
+    fn implements(&self) -> &'static str {
+        "IpamDriver"
+    }
+
+    fn call<'a>(&'a self, method: &'a str, body: Value) -> Option<DriverFuture<'a>> {
+        Some(match method {
+            "GetCapabilities" => Box::pin(async { json!({ "RequiresMACAddress": false }) }),
+            "GetDefaultAddressSpaces" => Box::pin(async {
+                json!({
+                    "LocalDefaultAddressSpace": "luastrip-local",
+                    "GlobalDefaultAddressSpace": "luastrip-global",
+                })
+            }),
+            "RequestPool" => Box::pin(async move { self.request_pool(&body) }),
+            "ReleasePool" => Box::pin(async { json!({}) }),
+            "RequestAddress" => Box::pin(self.request_address(body)),
+            "ReleaseAddress" => Box::pin(self.release_address(body)),
             _ => return None,
         })
     }
