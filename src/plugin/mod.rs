@@ -81,6 +81,24 @@ pub async fn serve(
     }
 }
 
+/// A volume or network driver's error answer (`{"Err": …}`, with a 200, as the protocol wants).
+pub(crate) fn err(e: impl std::fmt::Display) -> Value {
+    json!({ "Err": e.to_string() })
+}
+
+/// An IPAM driver's error answer: libnetwork reads IPAM answers' `Error`, not `Err`.
+pub(crate) fn ipam_err(e: impl std::fmt::Display) -> Value {
+    json!({ "Error": e.to_string() })
+}
+
+/// What to tell dockerd of a helper's error: its reason, without luastrip's prefix.
+pub(crate) fn reason(e: crate::Error) -> String {
+    match e {
+        crate::Error::Helper { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
 fn reply(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::from(v.to_string())));
     *res.status_mut() = status;

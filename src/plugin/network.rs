@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-use super::{Driver, DriverFuture};
+use super::{err, ipam_err, reason, Driver, DriverFuture};
 use crate::overlay::ipam::{Cidr, Ipam};
 use crate::overlay::link;
 
@@ -28,27 +28,11 @@ pub struct NetworkDriver {
 /// The host end and the container end of an endpoint's veth pair: short, checked names from the
 /// endpoint ID (a hex string from dockerd).
 fn veth_names(endpoint: &str) -> Option<(String, String)> {
-    let short: String = endpoint.chars().take(10).collect();
-    if short.len() < 10 || !short.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if endpoint.len() < 10 || !endpoint.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
+    let short = &endpoint[..10];
     Some((format!("lsv{short}"), format!("lsc{short}")))
-}
-
-fn err(e: impl std::fmt::Display) -> Value {
-    json!({ "Err": e.to_string() })
-}
-
-/// An IPAM driver's error: libnetwork reads IPAM answers' `Error` (network answers' `Err`).
-fn ipam_err(e: impl std::fmt::Display) -> Value {
-    json!({ "Error": e.to_string() })
-}
-
-fn reason(e: crate::Error) -> String {
-    match e {
-        crate::Error::Helper { reason, .. } => reason,
-        other => other.to_string(),
-    }
 }
 
 impl NetworkDriver {

@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use super::{Driver, DriverFuture};
+use super::{err, reason, Driver, DriverFuture};
 use crate::volumes::Volumes;
-use crate::Error;
 
 pub struct VolumeDriver {
     volumes: Arc<Volumes>,
@@ -24,17 +23,6 @@ pub struct VolumeDriver {
 
 /// Options `docker volume create -o` may pass (none yet: a volume is a plain dataset).
 const OPTIONS: &[&str] = &[];
-
-fn err(e: impl std::fmt::Display) -> Value {
-    json!({ "Err": e.to_string() })
-}
-
-fn reason(e: Error) -> String {
-    match e {
-        Error::Helper { reason, .. } => reason,
-        other => other.to_string(),
-    }
-}
 
 impl VolumeDriver {
     pub fn new(volumes: Arc<Volumes>) -> Self {
