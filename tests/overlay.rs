@@ -213,7 +213,16 @@ fn containers_get_their_address_before_they_run_and_no_link_leaks() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    run_ok(gw.docker().args(["network", "rm", &net2]));
+    // The failed run's container is removed asynchronously (`--rm`); its endpoint goes with it.
+    support::wait_until(
+        "the network can be removed",
+        Duration::from_secs(15),
+        || {
+            output(gw.docker().args(["network", "rm", &net2]))
+                .status
+                .success()
+        },
+    );
 
     // Everything goes: containers, networks, veths, the bridge.
     let left = links();
