@@ -56,17 +56,15 @@ fn containers_get_their_address_before_they_run_and_no_link_leaks() {
     delete_dead_bridges();
     let _bridge = LinkGuard(bridge.clone());
     let cluster = support::temp_dir("overlay").join("cluster.json");
-    let gw = Gateway::start_with(
-        &Daemon::shared().socket,
-        &[
-            "--network-plugin",
-            &plugin,
-            "--overlay-bridge",
-            &bridge,
-            "--cluster-file",
-            cluster.to_str().unwrap(),
-        ],
-    );
+    let args = [
+        "--network-plugin",
+        &plugin,
+        "--overlay-bridge",
+        &bridge,
+        "--cluster-file",
+        cluster.to_str().unwrap(),
+    ];
+    let mut gw = Gateway::start_with(&Daemon::shared().socket, &args);
     let net = format!("lst{pid}-overlay");
     let subnet = format!("10.77.{}.0/24", pid % 250);
     run_ok(gw.docker().args([
@@ -102,6 +100,40 @@ fn containers_get_their_address_before_they_run_and_no_link_leaks() {
         "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
         &a,
     ]));
+    run_ok(gw.docker().args([
+        "run",
+        "--rm",
+        "--network",
+        &net,
+        IMAGE,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        ip.trim(),
+    ]));
+    // A gateway restart forgets which networks it made; removing another network afterwards
+    // must not take the bridge (and the running container's link) with it.
+    assert_eq!(gw.terminate(), Some(0));
+    gw = Gateway::start_with(&Daemon::shared().socket, &args);
+    let other = format!("lst{pid}-other");
+    let other_subnet = format!("10.76.{}.0/24", pid % 250);
+    run_ok(gw.docker().args([
+        "network",
+        "create",
+        "-d",
+        &plugin,
+        "--subnet",
+        &other_subnet,
+        &other,
+    ]));
+    run_ok(gw.docker().args(["network", "rm", &other]));
+    let attached = run_ok(Command::new("ip").args(["-o", "link", "show", "master", &bridge]));
+    assert!(
+        attached.contains("lsv"),
+        "the bridge lost the running container's link: {attached}"
+    );
     run_ok(gw.docker().args([
         "run",
         "--rm",

@@ -92,6 +92,18 @@ pub async fn add_veth(host: &str, peer: &str, bridge: &str) -> Result<(), Error>
     Ok(())
 }
 
+/// Whether any link is attached to the bridge `name`.
+pub async fn has_ports(name: &str) -> Result<bool, Error> {
+    check_name("bridge", name)?;
+    if !exists(name).await {
+        return Ok(false);
+    }
+    Ok(!ip(&["-o", "link", "show", "master", name])
+        .await?
+        .trim()
+        .is_empty())
+}
+
 /// Delete a link (one end of a veth pair takes the other with it); absent is fine.
 pub async fn delete(name: &str) -> Result<(), Error> {
     check_name("link", name)?;

@@ -7,7 +7,8 @@
 //! service (no `eth0` on a shared `docker_gwbridge`).
 //!
 //! One bridge (`--overlay-bridge`) holds every endpoint's host end; it is made when the first
-//! network is created and removed with the last one.
+//! network is created (or at a join, after a restart) and removed with the last network, once
+//! nothing is attached to it.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -64,9 +65,17 @@ impl NetworkDriver {
             nets.remove(id);
             nets.is_empty()
         };
+        // The set is this process's: after a restart it forgets older networks, so the bridge
+        // only goes when nothing is attached to it either.
         if last {
-            if let Err(e) = link::delete(&self.bridge).await {
-                return err(reason(e));
+            match link::has_ports(&self.bridge).await {
+                Ok(false) => {
+                    if let Err(e) = link::delete(&self.bridge).await {
+                        return err(reason(e));
+                    }
+                }
+                Ok(true) => {}
+                Err(e) => return err(reason(e)),
             }
         }
         json!({})
