@@ -191,9 +191,14 @@ pub fn install(lua: &Lua, memory_cap: usize) -> mlua::Result<()> {
         HookTriggers::new().every_nth_instruction(1000),
         |lua, debug| match current(lua) {
             Some(b) if b.exceeded() => {
-                // Name the line that was running, so the error points into the loop.
+                // Name the line that was running, so the error points into the loop; inside
+                // luastrip's own wrappers (`pcall`, the metered built-ins), the script's line
+                // that called them.
                 let src = debug.source();
                 let file = src.short_src.as_deref().unwrap_or("?");
+                if file == "luastrip" {
+                    return Err(b.error(script_location(lua)));
+                }
                 let line = debug.current_line().unwrap_or(0);
                 Err(b.error(format!("{file}:{line}")))
             }
@@ -739,6 +744,11 @@ mod tests {
             let e = out.expect_err(what);
             assert!(
                 matches!(super::super::errors::typed(&e), Some(Error::Script { reason, .. }) if reason.contains("time budget")),
+                "{what}: {e}"
+            );
+            // It names the script's line, never luastrip's own wrappers.
+            assert!(
+                matches!(super::super::errors::typed(&e), Some(Error::Script { location, .. }) if !location.starts_with("luastrip")),
                 "{what}: {e}"
             );
             assert!(t.elapsed() < Duration::from_millis(500), "{what}: {:?}", t.elapsed());
