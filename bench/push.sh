@@ -25,7 +25,13 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     [ -f "$D/dockerd/pid" ] && kill "$(cat "$D/dockerd/pid")" 2>/dev/null || true
     wait 2>/dev/null || true
-    for i in 1 2; do zpool destroy -f "lspush$i" 2>/dev/null || true; done
+    for i in 1 2; do
+        for _ in $(seq 20); do
+            zpool list "lspush$i" >/dev/null 2>&1 || break
+            zpool destroy -f "lspush$i" 2>/dev/null && break
+            sleep 0.3
+        done
+    done
     grep -o " $D[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
     rm -rf "$D"
 }
