@@ -9,6 +9,23 @@ use std::time::Duration;
 
 use support::{output, run_ok, Daemon, Gateway, IMAGE};
 
+/// `ping -c1` the address `ip` from a throwaway container on `net`, which must answer.
+fn ping_on(gw: &Gateway, net: &str, ip: &str) {
+    run_ok(gw.docker().args([
+        "run",
+        "--rm",
+        "--network",
+        net,
+        IMAGE,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        ip,
+    ]));
+}
+
 fn links() -> String {
     run_ok(Command::new("ip").args(["-o", "link", "show"]))
 }
@@ -100,19 +117,7 @@ fn containers_get_their_address_before_they_run_and_no_link_leaks() {
         "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
         &a,
     ]));
-    run_ok(gw.docker().args([
-        "run",
-        "--rm",
-        "--network",
-        &net,
-        IMAGE,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        ip.trim(),
-    ]));
+    ping_on(&gw, &net, ip.trim());
     // A gateway restart forgets which networks it made; removing another network afterwards
     // must not take the bridge (and the running container's link) with it.
     assert_eq!(gw.terminate(), Some(0));
@@ -134,19 +139,7 @@ fn containers_get_their_address_before_they_run_and_no_link_leaks() {
         attached.contains("lsv"),
         "the bridge lost the running container's link: {attached}"
     );
-    run_ok(gw.docker().args([
-        "run",
-        "--rm",
-        "--network",
-        &net,
-        IMAGE,
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "2",
-        ip.trim(),
-    ]));
+    ping_on(&gw, &net, ip.trim());
     // dockerd restarts a killed container by itself (never through luastrip): the address is
     // back before the command runs again.
     let r = run_ok(gw.docker().args([
