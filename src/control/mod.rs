@@ -78,7 +78,12 @@ pub async fn serve(
                             .await;
                     });
                 }
-                Err(e) => warn!(error = %e, "control socket accept failed"),
+                Err(e) => {
+                    // Out of descriptors and the like: back off rather than spin on warnings,
+                    // as the listen socket and the plugin sockets do.
+                    warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             }
         }
     }
