@@ -16,7 +16,8 @@ command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-zpool list >/dev/null 2>&1 || { zfs-fuse --no-kstat-mount; sleep 1; }
+. tools/zfs-fuse.sh
+start_zfs_fuse
 cargo build --release --quiet
 BIN=$PWD/target/release/luastrip
 D=$(mktemp -d /tmp/luastrip-push.XXXXXX)

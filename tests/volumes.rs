@@ -881,6 +881,8 @@ fn a_peer_lost_mid_send_leaves_the_volume_with_its_owner() {
 #[test]
 fn the_two_host_example_runs() {
     support::require_tool("curl", "curl");
+    // Started here, under the suite's lock, rather than by the script beside other tests.
+    support::ensure_zfs_fuse();
     let pid = std::process::id();
     let run = support::temp_dir("example-flocker");
     let ports = format!("{} {}", free_port(), free_port());

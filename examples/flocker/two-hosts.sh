@@ -10,7 +10,8 @@ PORTS=(${PORTS:-7101 7102})
 POOL=${POOL:-flk}
 [ "$(id -u)" = 0 ] || { echo "run as root (zpool, dockerd)" >&2; exit 1; }
 command -v zpool >/dev/null || { echo "install ZFS: apt-get install -y zfs-fuse" >&2; exit 1; }
-zpool list >/dev/null 2>&1 || { zfs-fuse --no-kstat-mount; sleep 1; }
+. tools/zfs-fuse.sh
+start_zfs_fuse
 
 if [ -z "${BIN:-}" ]; then
     cargo build --release --quiet

@@ -882,8 +882,11 @@ impl Drop for Pool {
     }
 }
 
-/// Start the zfs-fuse daemon unless `zpool list` already answers.
-fn ensure_zfs_fuse() {
+/// Start the zfs-fuse daemon unless `zpool list` already answers. A pid file left by a dead
+/// daemon makes zfs-fuse exit 1 without a word, so it is removed first; and another starter (the
+/// example scripts, run by a test beside these) may win the race, so success is `zpool list`
+/// answering, not our start's exit status.
+pub fn ensure_zfs_fuse() {
     static STARTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = STARTED.lock().unwrap_or_else(|e| e.into_inner());
     let answers = || {
@@ -897,12 +900,27 @@ fn ensure_zfs_fuse() {
     if answers() {
         return;
     }
-    let status = Command::new("zfs-fuse")
-        .args(["--no-kstat-mount", "-p", "/run/zfs-fuse.pid"])
-        .status()
-        .expect("start zfs-fuse");
-    assert!(status.success(), "zfs-fuse did not start");
-    wait_until("zfs-fuse answers", Duration::from_secs(20), answers);
+    let pid_file = Path::new("/run/zfs-fuse.pid");
+    let running = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{}/comm", pid.trim())).ok())
+        .is_some_and(|comm| comm.trim() == "zfs-fuse");
+    if !running {
+        let _ = std::fs::remove_file(pid_file);
+        let status = Command::new("zfs-fuse")
+            .args(["--no-kstat-mount", "-p"])
+            .arg(pid_file)
+            .status()
+            .expect("start zfs-fuse (apt-get install -y zfs-fuse)");
+        if !status.success() {
+            eprintln!("zfs-fuse exited with {status}; waiting in case another start won");
+        }
+    }
+    wait_until(
+        "zfs-fuse answers `zpool list`",
+        Duration::from_secs(20),
+        answers,
+    );
 }
 
 /// Pools of test runs whose process is gone.
