@@ -110,6 +110,24 @@ pub struct HelperEvent {
 /// Where helpers send their [`HelperEvent`]s (a clone of the journal's sender).
 pub type HelperEvents = broadcast::Sender<Arc<HelperEvent>>;
 
+/// Tell the log and, if given, the journal's watchers what a helper is doing.
+pub fn announce(
+    events: Option<&HelperEvents>,
+    helper: &'static str,
+    message: String,
+    fields: serde_json::Value,
+) {
+    tracing::info!(helper, %fields, "{message}");
+    if let Some(events) = events {
+        let _ = events.send(Arc::new(HelperEvent {
+            helper,
+            at_ms: epoch_ms(SystemTime::now()),
+            message,
+            fields,
+        }));
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn epoch_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

@@ -26,7 +26,7 @@
 //! * [`lua`] — the route-script engine: per-worker VMs, generations and reload, limits that
 //!   scripts cannot escape (budget, memory, bounded patterns, read-only built-ins), the `req`/`res`
 //!   tables, one module per Lua namespace (`route`, `json`, `log`, `store`, `docker`, `http`,
-//!   `powerstrip`, `zfs`) wired in one list. It implements [`call::Hooks`].
+//!   `powerstrip`, `zfs`, `overlay`) wired in one list. It implements [`call::Hooks`].
 //! * [`powerstrip`] — the Powerstrip protocol v1 client and `adapters.yml`.
 //! * [`outbound`] — pooled HTTP to services other than the daemon (`http.request`, adapters,
 //!   replays, the REPL).
@@ -38,10 +38,12 @@
 //!   `GET /luastrip/volumes` hook layer. Its state lives outside the Lua VMs; `zfs.*` drives it.
 //! * [`plugin`] — Docker's plugin protocol, served for the helpers on
 //!   `/run/docker/plugins/NAME.sock` so that dockerd calls them itself: the volume driver and
-//!   the network driver.
-//! * [`overlay`] — overlay IPs: the bridge and veth pairs behind the network driver (`ip` by
-//!   argv, checked names).
-//! * [`cluster`] — what several hosts must agree on (volume owners), behind one interface with
+//!   the network and IPAM drivers.
+//! * [`overlay`] — overlay IPs: the helper scripts drive (`overlay.*`, `WEAVE_CIDR`), address
+//!   allocation by owner in the cluster store, the bridge and veth pairs behind the network
+//!   driver (`ip` by argv, checked names), and the `/events` follower that releases the
+//!   addresses of destroyed containers and reconciles after every reconnect.
+//! * [`cluster`] — what several hosts must agree on (volume owners, overlay addresses), behind one interface with
 //!   create-if-absent and swap-if-revision; the local JSON file is the embedded store.
 //!
 //! The core imports none of the extensions, except that [`serve::run`] assembles them; arrows

@@ -114,6 +114,13 @@ struct ServeArgs {
     /// The overlay's default range, for networks created without a subnet.
     #[arg(long, env = "LUASTRIP_OVERLAY_CIDR", default_value = "10.32.0.0/12")]
     overlay_cidr: String,
+    /// Seconds a released overlay address is held back from new containers (so that peers of
+    /// a container that just went do not reach a stranger); asking for it by value still works.
+    #[arg(long, env = "LUASTRIP_OVERLAY_GRACE_S", default_value_t = 30)]
+    overlay_grace_s: u64,
+    /// The default overlay network's name; the network of another subnet is NAME-10.2.1.0-24.
+    #[arg(long, env = "LUASTRIP_OVERLAY_NETWORK", default_value = "luastrip")]
+    overlay_network: String,
     /// Where dockerd discovers plugin sockets.
     #[arg(
         long,
@@ -327,6 +334,8 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             plugin,
             bridge: args.overlay_bridge,
             cidr: args.overlay_cidr,
+            grace: std::time::Duration::from_secs(args.overlay_grace_s),
+            network: args.overlay_network,
         }),
         plugin_dir: args.plugin_dir,
         cluster_file: args.cluster_file,

@@ -103,8 +103,12 @@ pub struct OverlayConfig {
     pub plugin: String,
     /// `--overlay-bridge`: the bridge every endpoint joins.
     pub bridge: String,
-    /// `--overlay-cidr`: the range of networks created without a subnet.
+    /// `--overlay-cidr`: the default network's subnet, and that of networks created without one.
     pub cidr: String,
+    /// `--overlay-grace-s`: how long a released address is held back from new containers.
+    pub grace: Duration,
+    /// `--overlay-network`: the default overlay network's name (others are `NAME-10.2.1.0-24`).
+    pub network: String,
 }
 
 /// How the volume helper is set up.
@@ -282,6 +286,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         )),
         _ => None,
     };
+    let overlay = match (&config.overlay, &cluster) {
+        (Some(o), Some(cluster)) => {
+            let overlay = Arc::new(
+                overlay_helper(o, cluster.clone(), &config.host_name, &config.upstream)?
+                    .with_events(gateway.journal.helper_events()),
+            );
+            let follower = overlay.clone();
+            background.spawn("overlay events follower", move |stop| {
+                crate::overlay::events::follow(follower, stop)
+            });
+            Some(overlay)
+        }
+        _ => None,
+    };
     let mut engine = None;
     if config.scripts.is_some() || config.powerstrip_config.is_some() {
         let store = match &config.state {
@@ -294,6 +312,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             adapters_file: config.powerstrip_config.clone(),
             limits: config.limits.clone(),
             volumes: volumes.clone(),
+            overlay: overlay.clone(),
         };
         let loaded = Arc::new(Engine::load(config.scripts.as_deref(), workers, services)?);
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -320,21 +339,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Plugin drivers by plugin name: drivers given the same name share one socket.
     let mut plugins: std::collections::BTreeMap<String, Vec<Arc<dyn crate::plugin::Driver>>> =
         Default::default();
-    if let Some(o) = &config.overlay {
-        crate::overlay::link::check_name("--overlay-bridge", &o.bridge)
-            .map_err(|e| StartError::Helper(e.to_string()))?;
-        let cidr = crate::overlay::ipam::Cidr::parse(&o.cidr)
-            .map_err(|e| StartError::Helper(format!("--overlay-cidr: {e}")))?;
-        let cluster = cluster.clone().ok_or_else(|| {
-            StartError::Helper("internal: no cluster store for the overlay".into())
-        })?;
-        let ipam = crate::overlay::ipam::Ipam::new(cluster, config.host_name.clone());
+    if let (Some(overlay), Some(o)) = (&overlay, &config.overlay) {
         let drivers = plugins.entry(o.plugin.clone()).or_default();
         drivers.push(Arc::new(crate::plugin::network::NetworkDriver::new(
-            o.bridge.clone(),
+            overlay.clone(),
         )));
         drivers.push(Arc::new(crate::plugin::network::IpamDriver::new(
-            ipam, cidr,
+            overlay.clone(),
         )));
     }
     if let (Some(v), Some(cfg)) = (&volumes, &config.volumes) {
@@ -418,6 +429,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let served = run_gateway(listener, gateway, workers, stop).await;
     background.shutdown().await;
     served.map_err(StartError::Io)
+}
+
+/// The overlay helper described by `config` (its flags checked).
+fn overlay_helper(
+    config: &OverlayConfig,
+    cluster: Arc<dyn crate::cluster::Cluster>,
+    host_name: &str,
+    upstream: &UpstreamAddr,
+) -> Result<crate::overlay::Overlay, StartError> {
+    crate::overlay::link::check_name("--overlay-bridge", &config.bridge)
+        .map_err(|e| StartError::Helper(e.to_string()))?;
+    let cidr = crate::overlay::ipam::Cidr::parse(&config.cidr)
+        .map_err(|e| StartError::Helper(format!("--overlay-cidr: {e}")))?;
+    crate::volumes::name::VolumeName::parse(&config.plugin)
+        .map_err(|e| StartError::Helper(format!("--network-plugin: {e}")))?;
+    crate::volumes::name::VolumeName::parse(&config.network)
+        .map_err(|e| StartError::Helper(format!("--overlay-network: {e}")))?;
+    let settings = crate::overlay::Settings {
+        plugin: config.plugin.clone(),
+        bridge: config.bridge.clone(),
+        cidr,
+        network: config.network.clone(),
+    };
+    Ok(crate::overlay::Overlay::new(
+        cluster,
+        host_name.to_string(),
+        config.grace,
+        settings,
+        Upstream::new(upstream.clone()),
+    ))
 }
 
 /// Serve `drivers` as the Docker plugin `name` on `dir/name.sock`, in the background. The socket

@@ -147,6 +147,28 @@ impl Upstream {
         Ok(v)
     }
 
+    /// POST `body` as JSON to `path`, for luastrip's own calls to the daemon (a helper creating
+    /// a network); the status and the JSON answer (`null` when there is none).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(http::StatusCode, serde_json::Value), Error> {
+        let req = Request::builder()
+            .method(http::Method::POST)
+            .uri(path)
+            .header(http::header::HOST, "docker")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(crate::body::full(bytes::Bytes::from(body.to_string())))
+            .map_err(|e| Error::Internal(format!("cannot build POST {path}: {e}")))?;
+        let res = self.send(req).await?;
+        let status = res.status();
+        let answer = crate::body::read_to_cap(res.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        Ok((status, serde_json::from_slice(&answer).unwrap_or_default()))
+    }
+
     /// POST `path` with no body, for luastrip's own calls to the daemon (a helper stopping a
     /// container). A 2xx or 304 is success; anything else is an error with the daemon's message.
     pub async fn post_empty(&self, path: &str) -> Result<http::StatusCode, Error> {

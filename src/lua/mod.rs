@@ -20,7 +20,7 @@
 //! * [`patterns`] — `string.find`/`match`/`gmatch`/`gsub` with bounded work.
 //! * One module per Lua namespace, each with the same [`Register`] signature, all wired in
 //!   [`NAMESPACES`]: [`route`], [`json`], [`log`], [`store`], [`docker`], [`http`],
-//!   [`powerstrip`], [`zfs`].
+//!   [`powerstrip`], [`zfs`], [`overlay`].
 //!
 //! # Limits
 //!
@@ -38,11 +38,13 @@ pub mod docker;
 pub mod engine;
 pub mod errors;
 pub mod exchange;
+pub mod helper_fn;
 pub mod hooks;
 pub mod http;
 pub mod json;
 pub mod log;
 pub mod message;
+pub mod overlay;
 pub mod patterns;
 pub mod powerstrip;
 pub mod reload;
@@ -98,6 +100,8 @@ pub struct Services {
     pub limits: Limits,
     /// The volume helper (`zfs.*`), when a `--volume-backend` is configured.
     pub volumes: Option<Arc<crate::volumes::Volumes>>,
+    /// The overlay helper (`overlay.*`), when a `--network-plugin` is configured.
+    pub overlay: Option<Arc<crate::overlay::Overlay>>,
 }
 
 impl Default for Services {
@@ -108,6 +112,7 @@ impl Default for Services {
             adapters_file: None,
             limits: Limits::default(),
             volumes: None,
+            overlay: None,
         }
     }
 }
@@ -125,4 +130,5 @@ pub const NAMESPACES: &[(&str, Register)] = &[
     ("http", http::register),
     ("powerstrip", powerstrip::register),
     ("zfs", zfs::register),
+    ("overlay", overlay::register),
 ];

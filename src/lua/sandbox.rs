@@ -106,6 +106,10 @@ const BUNDLED: &[(&str, &str)] = &[
         "luastrip.flocker",
         include_str!("../../stdlib/luastrip/flocker.lua"),
     ),
+    (
+        "luastrip.weave",
+        include_str!("../../stdlib/luastrip/weave.lua"),
+    ),
 ];
 
 /// `require(name)` limited to the bundled `luastrip.*` modules and `name.lua` files under the

@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use mlua::{Lua, Result, Table, Value};
 
-use super::budget;
 use super::errors::raise;
 use super::json::to_lua;
 use super::Services;
@@ -30,7 +29,7 @@ fn not_configured() -> mlua::Error {
     })
 }
 
-/// Register `name` as an async function running `f` on the helper, outside the budget.
+/// Register `name` as an async function on the volume helper, outside the budget.
 fn add<A, F, Fut>(
     lua: &Lua,
     t: &Table,
@@ -43,18 +42,7 @@ where
     F: Fn(Lua, Arc<Volumes>, A) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = Result<Value>> + Send + 'static,
 {
-    let volumes = volumes.clone();
-    t.set(
-        name,
-        lua.create_async_function(move |lua, args: A| {
-            let (volumes, f) = (volumes.clone(), f.clone());
-            async move {
-                let v = volumes.ok_or_else(not_configured)?;
-                let waiting = lua.clone();
-                budget::pause(&waiting, f(lua, v, args)).await
-            }
-        })?,
-    )
+    super::helper_fn::add(lua, t, name, volumes, not_configured, f)
 }
 
 fn helper<T>(r: std::result::Result<T, Error>) -> Result<T> {

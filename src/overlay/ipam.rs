@@ -6,7 +6,10 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::Error;
@@ -47,6 +50,26 @@ impl Cidr {
         })
     }
 
+    /// The network of `prefix` bits around `a` (`10.2.1.5`, 24 → `10.2.1.0/24`).
+    pub fn containing(a: Ipv4Addr, prefix: u8) -> Result<Cidr, Error> {
+        if prefix > 30 {
+            return Err(helper(format!(
+                "{a}/{prefix}: the prefix must be /30 or shorter, to leave room for hosts"
+            )));
+        }
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        Ok(Cidr {
+            network: Ipv4Addr::from(u32::from(a) & mask),
+            prefix,
+        })
+    }
+
+    /// Whether the two networks share an address.
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        let mask = self.mask() & other.mask();
+        u32::from(self.network) & mask == u32::from(other.network) & mask
+    }
+
     fn mask(&self) -> u32 {
         u32::MAX
             .checked_shl(32 - u32::from(self.prefix))
@@ -73,80 +96,268 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// Who holds an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder<'a> {
+    /// A container (or a name a script chose), until it is released — across stop/start,
+    /// restarts and gateway restarts. dockerd asks for such an address by its value at every
+    /// start ([`Holder::Endpoint`] with `want`), which is granted.
+    Owner(&'a str),
+    /// One endpoint, for as long as dockerd keeps it (a container's run on a network without a
+    /// fixed address).
+    Endpoint,
+    /// A network's gateway address.
+    Gateway,
+}
+
+/// An address held by an owner.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Held {
+    pub pool: String,
+    pub address: Ipv4Addr,
+}
+
 /// Allocations in one store, for this gateway (`host`, recorded with each address).
+///
+/// A released address is kept out of the pool for `grace` (set `released_at`), so that a new
+/// container does not get the address of one that just died while peers still send to it; an
+/// explicit request for it is granted at once.
 pub struct Ipam {
     cluster: Arc<dyn Cluster>,
     host: String,
+    grace: Duration,
 }
 
+const PREFIX: &str = "overlay/addresses/";
+
 fn key(pool: &Cidr, a: Ipv4Addr) -> String {
-    format!("overlay/{}_{}/{a}", pool.network, pool.prefix)
+    format!("{PREFIX}{}_{}/{a}", pool.network, pool.prefix)
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn store(e: ClusterError) -> Error {
+    helper(e.to_string())
 }
 
 impl Ipam {
-    pub fn new(cluster: Arc<dyn Cluster>, host: String) -> Self {
-        Ipam { cluster, host }
+    pub fn new(cluster: Arc<dyn Cluster>, host: String, grace: Duration) -> Self {
+        Ipam {
+            cluster,
+            host,
+            grace,
+        }
+    }
+
+    fn record(&self, holder: Holder) -> Value {
+        match holder {
+            Holder::Owner(o) => {
+                json!({ "host": self.host, "holder": "owner", "owner": o, "at": now_s() })
+            }
+            Holder::Endpoint => json!({ "host": self.host, "holder": "endpoint" }),
+            Holder::Gateway => json!({ "host": self.host, "holder": "gateway" }),
+        }
     }
 
     /// Take an address of `pool`: `want` if given (refused if taken or outside), else the
-    /// lowest free one. `for_what` is recorded with it (a container, "gateway").
+    /// lowest free one.
     pub async fn allocate(
         &self,
         pool: &Cidr,
         want: Option<Ipv4Addr>,
-        for_what: &str,
+        holder: Holder<'_>,
     ) -> Result<Ipv4Addr, Error> {
-        let record = json!({ "host": self.host, "for": for_what });
-        let store = |e: ClusterError| helper(e.to_string());
-        if let Some(a) = want {
-            if !pool.holds(a) {
-                return Err(helper(format!("{a} is not a host address of {pool}")));
-            }
-            return match self.cluster.create(&key(pool, a), record).await {
-                Ok(_) => Ok(a),
-                Err(ClusterError::Conflict { .. }) => {
-                    Err(helper(format!("{a} is already taken in {pool}")))
-                }
-                Err(e) => Err(store(e)),
-            };
+        match want {
+            Some(a) => self.claim(pool, a, holder).await.map(|()| a),
+            None => self.pick(pool, holder).await,
         }
-        let prefix = format!("overlay/{}_{}/", pool.network, pool.prefix);
-        let taken: std::collections::HashSet<String> = self
+    }
+
+    async fn claim(&self, pool: &Cidr, a: Ipv4Addr, holder: Holder<'_>) -> Result<(), Error> {
+        if !pool.holds(a) {
+            return Err(helper(format!("{a} is not a host address of {pool}")));
+        }
+        let k = key(pool, a);
+        loop {
+            let current = self.cluster.get(&k).await.map_err(store)?;
+            let written = match &current {
+                None => self.cluster.create(&k, self.record(holder)).await,
+                Some(r) => match (
+                    r.value["holder"].as_str(),
+                    r.value["owner"].as_str(),
+                    holder,
+                ) {
+                    // Released (maybe still in its grace): asked for by value, so granted.
+                    (None, _, _) => self.cluster.swap(&k, self.record(holder), r.revision).await,
+                    // dockerd starting an owner's container, which asks for its address.
+                    (Some("owner"), _, Holder::Endpoint) => return Ok(()),
+                    (Some("owner"), Some(o), Holder::Owner(me)) if o == me => return Ok(()),
+                    (Some(h), o, _) => {
+                        let by = match (h, o) {
+                            ("owner", Some(o)) => format!("by {o}"),
+                            ("gateway", _) => "as the network's gateway".into(),
+                            _ => "by a running container".into(),
+                        };
+                        return Err(helper(format!("{a} is already taken in {pool} ({by})")));
+                    }
+                },
+            };
+            match written {
+                Ok(_) => return Ok(()),
+                Err(ClusterError::Conflict { .. }) => continue,
+                Err(e) => return Err(store(e)),
+            }
+        }
+    }
+
+    async fn pick(&self, pool: &Cidr, holder: Holder<'_>) -> Result<Ipv4Addr, Error> {
+        let prefix = format!("{PREFIX}{}_{}/", pool.network, pool.prefix);
+        let records: HashMap<String, crate::cluster::Record> = self
             .cluster
             .list(&prefix)
             .await
             .map_err(store)?
             .into_iter()
-            .map(|(k, _)| k)
             .collect();
+        let now = now_s();
+        let mut in_grace = 0;
         for a in pool.hosts() {
             let k = key(pool, a);
-            if taken.contains(&k) {
-                continue;
-            }
-            match self.cluster.create(&k, record.clone()).await {
+            let written = match records.get(&k) {
+                None => self.cluster.create(&k, self.record(holder)).await,
+                Some(r) if r.value["holder"].is_null() => {
+                    let released = r.value["released_at"].as_u64().unwrap_or_default();
+                    if released + self.grace.as_secs() > now {
+                        in_grace += 1;
+                        continue;
+                    }
+                    self.cluster.swap(&k, self.record(holder), r.revision).await
+                }
+                Some(_) => continue,
+            };
+            match written {
                 Ok(_) => return Ok(a),
                 // Someone took it since the list: try the next.
                 Err(ClusterError::Conflict { .. }) => continue,
                 Err(e) => return Err(store(e)),
             }
         }
+        let held = if in_grace > 0 {
+            format!(
+                " ({in_grace} released less than {} s ago)",
+                self.grace.as_secs()
+            )
+        } else {
+            String::new()
+        };
         Err(helper(format!(
-            "{pool} is exhausted: every address is taken"
+            "{pool} is exhausted: every address is taken{held}"
         )))
     }
 
-    /// Give an address back; one not taken is fine.
+    /// Put the record at `k` back in the pool (its grace starts now).
+    async fn free(&self, k: &str, r: crate::cluster::Record) -> Result<(), Error> {
+        let released = json!({ "host": self.host, "released_at": now_s() });
+        match self.cluster.swap(k, released, r.revision).await {
+            // Gone or changed meanwhile: someone else released or took it.
+            Ok(_) | Err(ClusterError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(store(e)),
+        }
+    }
+
+    /// dockerd gives back an endpoint's address (the container stopped or left the network).
+    /// An owner's address stays the owner's; others go back to the pool. Unknown is fine.
     pub async fn release(&self, pool: &Cidr, a: Ipv4Addr) -> Result<(), Error> {
         let k = key(pool, a);
-        let store = |e: ClusterError| helper(e.to_string());
-        if let Some(r) = self.cluster.get(&k).await.map_err(store)? {
-            match self.cluster.delete(&k, r.revision).await {
-                Ok(()) | Err(ClusterError::Conflict { current: None, .. }) => {}
-                Err(e) => return Err(store(e)),
+        match self.cluster.get(&k).await.map_err(store)? {
+            Some(r) if matches!(r.value["holder"].as_str(), Some("endpoint" | "gateway")) => {
+                self.free(&k, r).await
             }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Every address `owner` holds.
+    pub async fn held_by(&self, owner: &str) -> Result<Vec<Held>, Error> {
+        Ok(self
+            .owned(owner)
+            .await?
+            .into_iter()
+            .map(|(_, _, held)| held)
+            .collect())
+    }
+
+    async fn owned(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<(String, crate::cluster::Record, Held)>, Error> {
+        let mut out = Vec::new();
+        for (k, r) in self.cluster.list(PREFIX).await.map_err(store)? {
+            if r.value["owner"].as_str() != Some(owner) {
+                continue;
+            }
+            let mut parts = k[PREFIX.len()..].splitn(2, '/');
+            let (Some(pool), Some(addr)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(address) = addr.parse() else { continue };
+            let pool = pool.replacen('_', "/", 1);
+            out.push((k.clone(), r, Held { pool, address }));
+        }
+        Ok(out)
+    }
+
+    /// Release every address `owner` holds (its container is gone); what was released.
+    pub async fn release_owner(&self, owner: &str) -> Result<Vec<Held>, Error> {
+        let mut released = Vec::new();
+        for (k, r, held) in self.owned(owner).await? {
+            self.free(&k, r).await?;
+            released.push(held);
+        }
+        Ok(released)
+    }
+
+    /// Release one address of `owner`; whether it held it.
+    pub async fn release_one(&self, owner: &str, pool: &Cidr, a: Ipv4Addr) -> Result<bool, Error> {
+        let k = key(pool, a);
+        match self.cluster.get(&k).await.map_err(store)? {
+            Some(r) if r.value["owner"].as_str() == Some(owner) => {
+                self.free(&k, r).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Every owner of this host that has held an address for at least `min_age` (for
+    /// reconciling: a younger one may belong to a create still on its way to the daemon).
+    pub async fn owners(&self, min_age: Duration) -> Result<HashMap<String, Vec<Held>>, Error> {
+        let mut by: HashMap<String, Vec<Held>> = HashMap::new();
+        let now = now_s();
+        for (k, r) in self.cluster.list(PREFIX).await.map_err(store)? {
+            let Some(owner) = r.value["owner"].as_str() else {
+                continue;
+            };
+            let at = r.value["at"].as_u64().unwrap_or_default();
+            if r.value["host"].as_str() != Some(&self.host) || at + min_age.as_secs() > now {
+                continue;
+            }
+            let mut parts = k[PREFIX.len()..].splitn(2, '/');
+            let (Some(pool), Some(Ok(address))) = (parts.next(), parts.next().map(str::parse))
+            else {
+                continue;
+            };
+            by.entry(owner.to_string()).or_default().push(Held {
+                pool: pool.replacen('_', "/", 1),
+                address,
+            });
+        }
+        Ok(by)
     }
 }
 
@@ -156,7 +367,11 @@ mod tests {
     use crate::cluster::local::LocalCluster;
 
     fn ipam() -> Ipam {
-        Ipam::new(Arc::new(LocalCluster::memory()), "h1".into())
+        Ipam::new(
+            Arc::new(LocalCluster::memory()),
+            "h1".into(),
+            Duration::ZERO,
+        )
     }
 
     #[test]
@@ -183,9 +398,9 @@ mod tests {
         let ipam = Arc::new(ipam());
         let pool = Cidr::parse("10.9.0.0/24").unwrap();
         let tasks: Vec<_> = (0..50)
-            .map(|i| {
+            .map(|_| {
                 let ipam = ipam.clone();
-                tokio::spawn(async move { ipam.allocate(&pool, None, &format!("c{i}")).await })
+                tokio::spawn(async move { ipam.allocate(&pool, None, Holder::Endpoint).await })
             })
             .collect();
         let mut got = std::collections::BTreeSet::new();
@@ -195,25 +410,87 @@ mod tests {
         assert_eq!(got.len(), 50);
         // Explicit: taken, outside, then free again after release.
         let first: Ipv4Addr = "10.9.0.1".parse().unwrap();
-        let e = ipam.allocate(&pool, Some(first), "x").await.unwrap_err();
+        let e = ipam
+            .allocate(&pool, Some(first), Holder::Owner("x"))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("already taken"), "{e}");
         let e = ipam
-            .allocate(&pool, Some("10.8.0.1".parse().unwrap()), "x")
+            .allocate(&pool, Some("10.8.0.1".parse().unwrap()), Holder::Endpoint)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("not a host address"), "{e}");
         ipam.release(&pool, first).await.unwrap();
         ipam.release(&pool, first).await.unwrap();
-        assert_eq!(ipam.allocate(&pool, None, "y").await.unwrap(), first);
+        assert_eq!(
+            ipam.allocate(&pool, None, Holder::Endpoint).await.unwrap(),
+            first
+        );
     }
 
     #[tokio::test]
     async fn an_exhausted_range_says_so() {
         let ipam = ipam();
         let pool = Cidr::parse("10.9.0.0/30").unwrap();
-        ipam.allocate(&pool, None, "a").await.unwrap();
-        ipam.allocate(&pool, None, "b").await.unwrap();
-        let e = ipam.allocate(&pool, None, "c").await.unwrap_err();
+        ipam.allocate(&pool, None, Holder::Endpoint).await.unwrap();
+        ipam.allocate(&pool, None, Holder::Endpoint).await.unwrap();
+        let e = ipam
+            .allocate(&pool, None, Holder::Endpoint)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("exhausted"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_owner_keeps_its_address_until_released_and_grace_holds_it_back() {
+        let cluster = Arc::new(LocalCluster::memory());
+        let ipam = Ipam::new(cluster, "h1".into(), Duration::from_secs(3600));
+        let pool = Cidr::parse("10.9.0.0/29").unwrap();
+        let a = ipam
+            .allocate(&pool, None, Holder::Owner("web"))
+            .await
+            .unwrap();
+        // dockerd asks for it by value at every start, and gives it back at every stop.
+        for _ in 0..3 {
+            ipam.allocate(&pool, Some(a), Holder::Endpoint)
+                .await
+                .unwrap();
+            ipam.release(&pool, a).await.unwrap();
+        }
+        ipam.allocate(&pool, Some(a), Holder::Owner("web"))
+            .await
+            .unwrap();
+        let e = ipam
+            .allocate(&pool, Some(a), Holder::Owner("db"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("already taken in 10.9.0.0/29 (by web)"),
+            "{e}"
+        );
+        assert_eq!(ipam.held_by("web").await.unwrap().len(), 1);
+        assert_eq!(ipam.release_owner("web").await.unwrap()[0].address, a);
+        assert!(ipam.held_by("web").await.unwrap().is_empty());
+        // In its grace it is not handed out…
+        let b = ipam.allocate(&pool, None, Holder::Endpoint).await.unwrap();
+        assert_ne!(a, b);
+        // …unless asked for by value.
+        ipam.allocate(&pool, Some(a), Holder::Owner("db"))
+            .await
+            .unwrap();
+        // An endpoint's address, given back, is held back too; the message says why.
+        ipam.release(&pool, b).await.unwrap();
+        for _ in 0..4 {
+            ipam.allocate(&pool, None, Holder::Endpoint).await.unwrap();
+        }
+        let e = ipam
+            .allocate(&pool, None, Holder::Endpoint)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("1 released less than 3600 s ago"),
+            "{e}"
+        );
     }
 }

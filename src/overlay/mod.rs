@@ -1,12 +1,559 @@
 //! Overlay IPs: the networking half of luastrip. Every container gets an address of its own on a
-//! Linux bridge, with the interface in place before its process runs.
+//! Linux bridge, with the interface in place before its process runs, and keeps it for as long
+//! as the container exists.
 //!
-//! This is the first step: dockerd's own remote network driver protocol, served by
-//! [`crate::plugin::network::NetworkDriver`], makes dockerd call luastrip before every start
-//! (restart-policy restarts and restarts at boot included), and [`link`] does the Linux side
-//! (bridge, veth pairs) with the `ip` command by argv. Addresses come from the network's IPAM
-//! (Docker's default one for now). `WEAVE_CIDR`, `overlay.*` in Lua, the events follower and
-//! VXLAN between hosts come next.
+//! The design has two faces, as DESIGN.md asks of every helper:
+//!
+//! * **The plugin face.** luastrip serves libnetwork's remote NetworkDriver and IpamDriver
+//!   ([`crate::plugin::network`]), so dockerd itself calls `Join` before *every* start of a
+//!   container on an overlay network — restart-policy restarts, restarts at daemon boot and
+//!   starts sent to dockerd directly included — and the interface (`ethwe0`) exists, addressed,
+//!   before the process does. [`link`] does the Linux side with `ip` by argv.
+//! * **The socket face.** [`Overlay`] is what scripts drive (`overlay.*` in Lua, and the
+//!   `luastrip.weave` module that reads `WEAVE_CIDR` from a create body): it allocates an
+//!   address for an *owner* (a container, by a label the create carries), makes sure the Docker
+//!   network for its subnet exists, and the create is rewritten onto that network with the
+//!   address fixed, so that dockerd asks for that very address at every start.
+//!
+//! Allocations live in the [`crate::cluster::Cluster`] store ([`ipam`]), outside the Lua VMs:
+//! never handed out twice, kept across gateway and daemon restarts, released when the container
+//! is destroyed (the [`events`] follower, which also reconciles after every reconnect), and held
+//! back for a grace period after release.
 
+pub mod events;
 pub mod ipam;
 pub mod link;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::upstream::Upstream;
+use crate::Error;
+use ipam::{Cidr, Held, Holder, Ipam};
+
+/// The label a container carries naming the owner of its overlay addresses.
+pub const OWNER_LABEL: &str = "luastrip.overlay.owner";
+
+/// The driver option naming a network's bridge.
+pub const BRIDGE_OPTION: &str = "luastrip.bridge";
+
+fn helper(reason: impl Into<String>) -> Error {
+    Error::Helper {
+        helper: "overlay".into(),
+        reason: reason.into(),
+    }
+}
+
+/// A Docker network of the overlay driver.
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    pub name: String,
+    pub id: String,
+    pub cidr: String,
+    pub bridge: String,
+}
+
+/// An address held by an owner, with the network it is on.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Allocation {
+    /// `10.2.1.5/24`
+    pub address: String,
+    /// Just the address: `10.2.1.5`.
+    pub ip: String,
+    /// The Docker network for its subnet.
+    pub network: String,
+}
+
+/// What an owner asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Want {
+    /// Any free address of the default range (`--overlay-range`, else `--overlay-cidr`).
+    Default,
+    /// Any free address of this subnet.
+    Net(Cidr),
+    /// This address, on the network of this subnet.
+    Ip(Ipv4Addr, Cidr),
+}
+
+impl Want {
+    /// `10.2.1.5/24` (an address), `net:10.2.1.0/24` (a subnet) or `net:default`; `ip:` may
+    /// prefix an address. An address without `/prefix` is one of the default range.
+    pub fn parse(s: &str, default: Cidr) -> Result<Want, Error> {
+        let s = s.trim();
+        if let Some(net) = s.strip_prefix("net:") {
+            return if net == "default" {
+                Ok(Want::Default)
+            } else {
+                Cidr::parse(net).map(Want::Net)
+            };
+        }
+        let s = s.strip_prefix("ip:").unwrap_or(s);
+        let (addr, cidr) = match s.split_once('/') {
+            Some((addr, prefix)) => {
+                let bad = || helper(format!("{s:?} is not an IPv4 address with a /prefix"));
+                let a: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+                let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+                (a, Cidr::containing(a, prefix)?)
+            }
+            None => {
+                let a: Ipv4Addr = s
+                    .parse()
+                    .map_err(|_| helper(format!("{s:?} is not an IPv4 address or CIDR")))?;
+                (a, default)
+            }
+        };
+        if !cidr.holds(addr) {
+            return Err(helper(format!("{addr} is not a host address of {cidr}")));
+        }
+        Ok(Want::Ip(addr, cidr))
+    }
+}
+
+/// How the helper is set up (the `--overlay-*` flags).
+pub struct Settings {
+    /// `--network-plugin`: the driver name of overlay networks.
+    pub plugin: String,
+    /// `--overlay-bridge`.
+    pub bridge: String,
+    /// `--overlay-cidr`: the default network's subnet.
+    pub cidr: Cidr,
+    /// `--overlay-network`: the default network's name, and the prefix of the others'.
+    pub network: String,
+}
+
+/// The overlay helper. Shared by every VM, the plugin drivers and the events follower.
+pub struct Overlay {
+    pub ipam: Ipam,
+    cluster: Arc<dyn Cluster>,
+    pub settings: Settings,
+    upstream: Upstream,
+    /// Networks known to exist, by name.
+    networks: Mutex<HashMap<String, Network>>,
+    /// One network creation at a time (many concurrent creates want the same network).
+    creating: tokio::sync::Mutex<()>,
+    events: Option<crate::journal::HelperEvents>,
+}
+
+impl Overlay {
+    pub fn new(
+        cluster: Arc<dyn Cluster>,
+        host: String,
+        grace: std::time::Duration,
+        settings: Settings,
+        upstream: Upstream,
+    ) -> Self {
+        Overlay {
+            ipam: Ipam::new(cluster.clone(), host, grace),
+            cluster,
+            settings,
+            upstream,
+            networks: Mutex::default(),
+            creating: tokio::sync::Mutex::new(()),
+            events: None,
+        }
+    }
+
+    /// The same, announcing what it does on `events` (the journal's helper events).
+    pub fn with_events(mut self, events: crate::journal::HelperEvents) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn announce(&self, message: String, fields: serde_json::Value) {
+        crate::journal::announce(self.events.as_ref(), "overlay", message, fields);
+    }
+
+    /// The name of the network for `cidr`: `--overlay-network` (`luastrip`) for the default,
+    /// else `luastrip-10.2.1.0-24`.
+    pub fn network_name(&self, cidr: &Cidr) -> String {
+        let base = &self.settings.network;
+        if *cidr == self.settings.cidr {
+            base.clone()
+        } else {
+            format!("{base}-{}-{}", cidr.network, cidr.prefix)
+        }
+    }
+
+    /// The Docker network `name` (default: from the CIDR) with subnet `cidr` (default: the
+    /// `--overlay-cidr`) on `bridge`, created if missing. An existing network with that name
+    /// must have that subnet; a new subnet must not overlap another overlay network's.
+    pub async fn network(
+        &self,
+        name: Option<&str>,
+        cidr: Option<Cidr>,
+        bridge: Option<&str>,
+    ) -> Result<Network, Error> {
+        let cidr = cidr.unwrap_or(self.settings.cidr);
+        let name = name.map_or_else(|| self.network_name(&cidr), str::to_string);
+        let bridge = bridge.unwrap_or(&self.settings.bridge).to_string();
+        link::check_name("bridge", &bridge)?;
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            return Err(helper(format!(
+                "network name {name:?}: letters, digits, - _ . (starting with a letter or digit)"
+            )));
+        }
+        if let Some(n) = self.known(&name) {
+            return same(n, &cidr, &bridge);
+        }
+        let _one = self.creating.lock().await;
+        // Every overlay network the daemon has: the one asked for, and the subnets in use.
+        let listed = self
+            .upstream
+            .get_json(&format!(
+                "/networks?{}",
+                crate::route::query::encode([(
+                    "filters",
+                    json!({ "driver": { self.settings.plugin.as_str(): true } })
+                        .to_string()
+                        .as_str()
+                )])
+            ))
+            .await?;
+        for n in listed.as_array().into_iter().flatten() {
+            let (Some(n_name), Some(id)) = (n["Name"].as_str(), n["Id"].as_str()) else {
+                continue;
+            };
+            let Some(subnet) = n["IPAM"]["Config"][0]["Subnet"].as_str() else {
+                continue;
+            };
+            let n_cidr = Cidr::parse(subnet)?;
+            let network = Network {
+                name: n_name.into(),
+                id: id.into(),
+                cidr: n_cidr.to_string(),
+                bridge: n["Options"][BRIDGE_OPTION]
+                    .as_str()
+                    .unwrap_or(&self.settings.bridge)
+                    .into(),
+            };
+            self.remember(network.clone());
+            if n_name == name {
+                return same(network, &cidr, &bridge);
+            }
+            if n_cidr.overlaps(&cidr) {
+                return Err(helper(format!(
+                    "{cidr} overlaps {n_cidr}, the subnet of overlay network {n_name}: \
+                     overlay subnets must not overlap (their addresses share one space)"
+                )));
+            }
+        }
+        let body = json!({
+            "Name": name,
+            "CheckDuplicate": true,
+            "Driver": self.settings.plugin,
+            "Options": { BRIDGE_OPTION: bridge },
+            "IPAM": { "Driver": self.settings.plugin, "Config": [{ "Subnet": cidr.to_string() }] },
+            "Labels": { "luastrip.overlay": "1" },
+        });
+        let (status, answer) = self.upstream.post_json("/networks/create", &body).await?;
+        if !status.is_success() {
+            return Err(helper(format!(
+                "cannot create the Docker network {name} ({cidr}): {}",
+                answer["message"].as_str().unwrap_or_default()
+            )));
+        }
+        let network = Network {
+            name: name.clone(),
+            id: answer["Id"].as_str().unwrap_or_default().into(),
+            cidr: cidr.to_string(),
+            bridge,
+        };
+        self.announce(
+            format!("network {name} ({cidr}) created"),
+            json!({ "event": "network", "network": name, "cidr": cidr.to_string() }),
+        );
+        self.remember(network.clone());
+        Ok(network)
+    }
+
+    fn known(&self, name: &str) -> Option<Network> {
+        let nets = self.networks.lock().unwrap_or_else(|e| e.into_inner());
+        nets.get(name).cloned()
+    }
+
+    fn remember(&self, n: Network) {
+        let mut nets = self.networks.lock().unwrap_or_else(|e| e.into_inner());
+        nets.insert(n.name.clone(), n);
+    }
+
+    /// A network was removed on the daemon: forget it (it is made again when next needed).
+    pub fn forget(&self, name_or_id: &str) {
+        let mut nets = self.networks.lock().unwrap_or_else(|e| e.into_inner());
+        nets.retain(|name, n| name != name_or_id && n.id != name_or_id);
+    }
+
+    /// Give `owner` an address: the network for it exists when this returns.
+    pub async fn allocate(&self, owner: &str, want: Want) -> Result<Allocation, Error> {
+        check_owner(owner)?;
+        let (cidr, addr) = match want {
+            Want::Default => (self.settings.cidr, None),
+            Want::Net(c) => (c, None),
+            Want::Ip(a, c) => (c, Some(a)),
+        };
+        let network = self.network(None, Some(cidr), None).await?;
+        let a = self
+            .ipam
+            .allocate(&cidr, addr, Holder::Owner(owner))
+            .await?;
+        let allocation = Allocation {
+            address: format!("{a}/{}", cidr.prefix),
+            ip: a.to_string(),
+            network: network.name,
+        };
+        self.announce(
+            format!("{owner}: {} on {}", allocation.address, allocation.network),
+            json!({ "event": "allocate", "owner": owner, "address": allocation.address }),
+        );
+        Ok(allocation)
+    }
+
+    fn allocation(&self, held: Held) -> Result<Allocation, Error> {
+        let cidr = Cidr::parse(&held.pool)?;
+        Ok(Allocation {
+            address: format!("{}/{}", held.address, cidr.prefix),
+            ip: held.address.to_string(),
+            network: self.network_name(&cidr),
+        })
+    }
+
+    /// What `owner` holds.
+    pub async fn addresses(&self, owner: &str) -> Result<Vec<Allocation>, Error> {
+        check_owner(owner)?;
+        let held = self.ipam.held_by(owner).await?;
+        held.into_iter().map(|h| self.allocation(h)).collect()
+    }
+
+    /// Release what `owner` holds (its container is gone); what was released.
+    pub async fn release(&self, owner: &str, why: &str) -> Result<Vec<Allocation>, Error> {
+        check_owner(owner)?;
+        let released: Vec<Allocation> = self
+            .ipam
+            .release_owner(owner)
+            .await?
+            .into_iter()
+            .map(|h| self.allocation(h))
+            .collect::<Result<_, _>>()?;
+        if !released.is_empty() {
+            let list: Vec<&str> = released.iter().map(|a| a.address.as_str()).collect();
+            self.announce(
+                format!("{owner}: released {} ({why})", list.join(", ")),
+                json!({ "event": "release", "owner": owner, "addresses": list, "why": why }),
+            );
+        }
+        Ok(released)
+    }
+
+    /// Release one address of `owner`; whether it held it.
+    pub async fn release_one(&self, owner: &str, address: &str) -> Result<bool, Error> {
+        check_owner(owner)?;
+        let Want::Ip(a, cidr) = Want::parse(address, self.settings.cidr)? else {
+            return Err(helper(format!("{address:?} is not an address")));
+        };
+        self.ipam.release_one(owner, &cidr, a).await
+    }
+
+    /// Connect the existing container `container` to `allocation`'s network with that address
+    /// (dockerd calls the driver's `Join`: the interface appears at once in a running container).
+    pub async fn attach(&self, container: &str, allocation: &Allocation) -> Result<(), Error> {
+        let body = json!({
+            "Container": container,
+            "EndpointConfig": { "IPAMConfig": { "IPv4Address": allocation.ip } },
+        });
+        let path = format!("/networks/{}/connect", allocation.network);
+        let (status, answer) = self.upstream.post_json(&path, &body).await?;
+        if !status.is_success() {
+            return Err(helper(format!(
+                "cannot attach {container} to {} with {}: {}",
+                allocation.network,
+                allocation.address,
+                answer["message"].as_str().unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Disconnect `container` from `network` (its address stays allocated to its owner).
+    pub async fn detach(&self, container: &str, network: &str) -> Result<(), Error> {
+        let body = json!({ "Container": container, "Force": true });
+        let path = format!("/networks/{network}/disconnect");
+        let (status, answer) = self.upstream.post_json(&path, &body).await?;
+        if !status.is_success() {
+            return Err(helper(format!(
+                "cannot detach {container} from {network}: {}",
+                answer["message"].as_str().unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The owner of a container's addresses: its owner label, else the container's ID. `None`
+    /// if there is no such container.
+    pub async fn owner_of(&self, container: &str) -> Result<Option<String>, Error> {
+        check_owner(container)?;
+        let path = format!("/containers/{container}/json");
+        match self.upstream.get_json(&path).await {
+            Ok(c) => Ok(Some(
+                c["Config"]["Labels"][OWNER_LABEL]
+                    .as_str()
+                    .or(c["Id"].as_str())
+                    .unwrap_or(container)
+                    .to_string(),
+            )),
+            Err(Error::Daemon { reason, .. }) if reason.contains("404") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Record the bridge of the network `id` (the driver's `CreateNetwork`), so that a `Join`
+    /// after a gateway restart finds it.
+    pub async fn set_bridge(&self, id: &str, bridge: &str) -> Result<(), Error> {
+        link::check_name("bridge", bridge)?;
+        let k = format!("overlay/networks/{id}");
+        let v = json!({ "bridge": bridge });
+        match self.cluster.create(&k, v.clone()).await {
+            Ok(_) => Ok(()),
+            Err(ClusterError::Conflict {
+                current: Some(r), ..
+            }) => self
+                .cluster
+                .swap(&k, v, r.revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| helper(e.to_string())),
+            Err(e) => Err(helper(e.to_string())),
+        }
+    }
+
+    /// The bridge of the network `id`: recorded at its creation, else `--overlay-bridge`.
+    pub async fn bridge_of(&self, id: &str) -> Result<String, Error> {
+        let k = format!("overlay/networks/{id}");
+        let r = self
+            .cluster
+            .get(&k)
+            .await
+            .map_err(|e| helper(e.to_string()))?;
+        Ok(
+            r.and_then(|r| r.value["bridge"].as_str().map(str::to_string))
+                .unwrap_or_else(|| self.settings.bridge.clone()),
+        )
+    }
+
+    /// Forget the network `id` (the driver's `DeleteNetwork`); its bridge, and whether another
+    /// network still uses that bridge.
+    pub async fn drop_network(&self, id: &str) -> Result<(String, bool), Error> {
+        let bridge = self.bridge_of(id).await?;
+        let k = format!("overlay/networks/{id}");
+        let store = |e: ClusterError| helper(e.to_string());
+        if let Some(r) = self.cluster.get(&k).await.map_err(store)? {
+            match self.cluster.delete(&k, r.revision).await {
+                Ok(()) | Err(ClusterError::Conflict { .. }) => {}
+                Err(e) => return Err(store(e)),
+            }
+        }
+        let others = self
+            .cluster
+            .list("overlay/networks/")
+            .await
+            .map_err(store)?;
+        let shared = others
+            .iter()
+            .any(|(_, r)| r.value["bridge"].as_str() == Some(bridge.as_str()));
+        Ok((bridge, shared))
+    }
+
+    pub(crate) fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+}
+
+fn same(n: Network, cidr: &Cidr, bridge: &str) -> Result<Network, Error> {
+    if n.cidr != cidr.to_string() {
+        return Err(helper(format!(
+            "network {} exists with subnet {}, not {cidr}",
+            n.name, n.cidr
+        )));
+    }
+    if n.bridge != bridge {
+        return Err(helper(format!(
+            "network {} exists on bridge {}, not {bridge}",
+            n.name, n.bridge
+        )));
+    }
+    Ok(n)
+}
+
+/// An owner is a container name or ID, or a token: 1-128 of letters, digits, `-_.:`.
+pub fn check_owner(owner: &str) -> Result<(), Error> {
+    let ok = !owner.is_empty()
+        && owner.len() <= 128
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(helper(format!(
+            "owner {owner:?}: 1-128 letters, digits, - _ . : (a container name or ID)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weave_cidr_entries_parse_as_weave_reads_them() {
+        let default = Cidr::parse("10.32.0.0/12").unwrap();
+        let ip = |a: &str, c: &str| Want::Ip(a.parse().unwrap(), Cidr::parse(c).unwrap());
+        assert_eq!(
+            Want::parse("10.2.1.5/24", default).unwrap(),
+            ip("10.2.1.5", "10.2.1.0/24")
+        );
+        assert_eq!(
+            Want::parse("ip:10.2.1.5/24", default).unwrap(),
+            ip("10.2.1.5", "10.2.1.0/24")
+        );
+        assert_eq!(
+            Want::parse("10.32.0.9", default).unwrap(),
+            ip("10.32.0.9", "10.32.0.0/12")
+        );
+        assert_eq!(
+            Want::parse("net:10.2.1.0/24", default).unwrap(),
+            Want::Net(Cidr::parse("10.2.1.0/24").unwrap())
+        );
+        assert_eq!(Want::parse("net:default", default).unwrap(), Want::Default);
+        for (bad, why) in [
+            ("10.2.1.0/24", "not a host address of 10.2.1.0/24"),
+            ("10.2.1.255/24", "not a host address"),
+            ("10.2.1.5", "not a host address of 10.32.0.0/12"),
+            ("10.2.1.5/33", "/30 or shorter"),
+            ("net:10.2.1.5/24", "host bits are set"),
+            ("bogus", "not an IPv4 address or CIDR"),
+            ("ip:1.2.3/8", "not an IPv4 address with a /prefix"),
+        ] {
+            let e = Want::parse(bad, default).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn owners_are_checked() {
+        for bad in ["", "a b", "a/b", "../x", &"x".repeat(129)] {
+            assert!(check_owner(bad).is_err(), "{bad:?}");
+        }
+        check_owner("ow-0123abcd").unwrap();
+        check_owner("3f2a9c").unwrap();
+    }
+}

@@ -6,24 +6,22 @@
 //! shows in the container as `ethwe0` (dockerd appends the index), and disables the gateway
 //! service (no `eth0` on a shared `docker_gwbridge`).
 //!
-//! One bridge (`--overlay-bridge`) holds every endpoint's host end; it is made when the first
-//! network is created (or at a join, after a restart) and removed with the last network, once
+//! A network's bridge (`-o luastrip.bridge=NAME`, default `--overlay-bridge`) holds its
+//! endpoints' host ends; it is recorded in the cluster store at `CreateNetwork` (so a `Join` after
+//! a gateway restart finds it), made if missing, and removed with the last network on it, once
 //! nothing is attached to it.
 
-use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use super::{err, ipam_err, reason, Driver, DriverFuture};
-use crate::overlay::ipam::{Cidr, Ipam};
-use crate::overlay::link;
+use crate::overlay::ipam::{Cidr, Holder};
+use crate::overlay::{link, Overlay, BRIDGE_OPTION};
 
 pub struct NetworkDriver {
-    bridge: String,
-    /// The networks created with this driver (their IDs).
-    networks: Mutex<BTreeSet<String>>,
+    overlay: Arc<Overlay>,
 }
 
 /// The host end and the container end of an endpoint's veth pair: short, checked names from the
@@ -37,40 +35,40 @@ fn veth_names(endpoint: &str) -> Option<(String, String)> {
 }
 
 impl NetworkDriver {
-    pub fn new(bridge: String) -> Self {
-        NetworkDriver {
-            bridge,
-            networks: Mutex::new(BTreeSet::new()),
-        }
+    pub fn new(overlay: Arc<Overlay>) -> Self {
+        NetworkDriver { overlay }
     }
 
     async fn create_network(&self, body: Value) -> Value {
         let Some(id) = body["NetworkID"].as_str() else {
             return err("CreateNetwork names no NetworkID");
         };
-        if let Err(e) = link::ensure_bridge(&self.bridge).await {
-            return err(reason(e));
+        // `docker network create -o luastrip.bridge=NAME`: dockerd passes driver options here.
+        let bridge = body["Options"]["com.docker.network.generic"][BRIDGE_OPTION]
+            .as_str()
+            .unwrap_or(&self.overlay.settings.bridge)
+            .to_string();
+        let made = async {
+            link::ensure_bridge(&bridge).await?;
+            self.overlay.set_bridge(id, &bridge).await
+        };
+        match made.await {
+            Ok(()) => json!({}),
+            Err(e) => err(reason(e)),
         }
-        self.networks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string());
-        json!({})
     }
 
     async fn delete_network(&self, body: Value) -> Value {
         let id = body["NetworkID"].as_str().unwrap_or_default();
-        let last = {
-            let mut nets = self.networks.lock().unwrap_or_else(|e| e.into_inner());
-            nets.remove(id);
-            nets.is_empty()
+        let (bridge, shared) = match self.overlay.drop_network(id).await {
+            Ok(b) => b,
+            Err(e) => return err(reason(e)),
         };
-        // The set is this process's: after a restart it forgets older networks, so the bridge
-        // only goes when nothing is attached to it either.
-        if last {
-            match link::has_ports(&self.bridge).await {
+        // The bridge goes with its last network, and only when nothing is attached to it.
+        if !shared {
+            match link::has_ports(&bridge).await {
                 Ok(false) => {
-                    if let Err(e) = link::delete(&self.bridge).await {
+                    if let Err(e) = link::delete(&bridge).await {
                         return err(reason(e));
                     }
                 }
@@ -86,11 +84,16 @@ impl NetworkDriver {
         let Some((host, peer)) = veth_names(endpoint) else {
             return err(format!("Join: bad EndpointID {endpoint:?}"));
         };
-        // A restart of the gateway forgets networks; the bridge must exist for any join.
-        if let Err(e) = link::ensure_bridge(&self.bridge).await {
+        let network = body["NetworkID"].as_str().unwrap_or_default();
+        let bridge = match self.overlay.bridge_of(network).await {
+            Ok(b) => b,
+            Err(e) => return err(reason(e)),
+        };
+        // Made again if it went (a host reboot; the daemon keeps its networks).
+        if let Err(e) = link::ensure_bridge(&bridge).await {
             return err(reason(e));
         }
-        match link::add_veth(&host, &peer, &self.bridge).await {
+        match link::add_veth(&host, &peer, &bridge).await {
             Ok(()) => json!({
                 "InterfaceName": { "SrcName": peer, "DstPrefix": "ethwe" },
                 "DisableGatewayService": true,
@@ -143,13 +146,12 @@ impl Driver for NetworkDriver {
 /// the store) and allocations survive restarts. `docker network create -d NAME --ipam-driver
 /// NAME --subnet …`; a network without a subnet gets the `--overlay-cidr` range. IPv4 only.
 pub struct IpamDriver {
-    ipam: Ipam,
-    default: Cidr,
+    overlay: Arc<Overlay>,
 }
 
 impl IpamDriver {
-    pub fn new(ipam: Ipam, default: Cidr) -> Self {
-        IpamDriver { ipam, default }
+    pub fn new(overlay: Arc<Overlay>) -> Self {
+        IpamDriver { overlay }
     }
 
     fn request_pool(&self, body: &Value) -> Value {
@@ -157,7 +159,7 @@ impl IpamDriver {
             return ipam_err("IPv6 pools are not supported by luastrip's IPAM");
         }
         let pool = match body["Pool"].as_str().filter(|p| !p.is_empty()) {
-            None => self.default,
+            None => self.overlay.settings.cidr,
             Some(p) => match Cidr::parse(p) {
                 Ok(c) => c,
                 Err(e) => return ipam_err(reason(e)),
@@ -178,11 +180,11 @@ impl IpamDriver {
                 Err(_) => return ipam_err(format!("{a:?} is not an IPv4 address")),
             },
         };
-        let what = match body["Options"]["RequestAddressType"].as_str() {
-            Some("com.docker.network.gateway") => "gateway",
-            _ => "endpoint",
+        let holder = match body["Options"]["RequestAddressType"].as_str() {
+            Some("com.docker.network.gateway") => Holder::Gateway,
+            _ => Holder::Endpoint,
         };
-        match self.ipam.allocate(&pool, want, what).await {
+        match self.overlay.ipam.allocate(&pool, want, holder).await {
             Ok(a) => json!({ "Address": format!("{a}/{}", pool.prefix), "Data": {} }),
             Err(e) => ipam_err(reason(e)),
         }
@@ -200,7 +202,7 @@ impl IpamDriver {
         else {
             return ipam_err(format!("ReleaseAddress: bad Address {}", body["Address"]));
         };
-        match self.ipam.release(&pool, a).await {
+        match self.overlay.ipam.release(&pool, a).await {
             Ok(()) => json!({}),
             Err(e) => ipam_err(reason(e)),
         }

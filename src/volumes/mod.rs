@@ -246,15 +246,7 @@ impl Volumes {
 
     /// Tell the log and the journal's watchers what a long operation is doing.
     fn note(&self, message: String, fields: serde_json::Value) {
-        tracing::info!(target: "luastrip::volumes", fields = %fields, "{message}");
-        if let Some(events) = &self.events {
-            let _ = events.send(Arc::new(crate::journal::HelperEvent {
-                helper: "zfs",
-                at_ms: crate::journal::epoch_ms(std::time::SystemTime::now()),
-                message,
-                fields,
-            }));
-        }
+        crate::journal::announce(self.events.as_ref(), "zfs", message, fields);
     }
 
     /// The same, able to move volumes to and from `peers`.

@@ -252,3 +252,65 @@ function zfs.push(name, peer, opts) end
 ---@param opts {timeout: number|nil}|nil
 ---@return luastrip.PushReport|nil
 function zfs.pull(name, opts) end
+
+---@class luastrip.Allocation
+---@field address string  "10.32.0.5/12"
+---@field ip string  "10.32.0.5"
+---@field network string  the Docker network of its subnet ("luastrip", "luastrip-10.2.1.0-24")
+
+---@class luastrip.Network
+---@field name string
+---@field id string
+---@field cidr string
+---@field bridge string
+
+---What overlay.allocate and overlay.attach take: a WEAVE_CIDR entry ("10.2.1.5/24", "ip:…",
+---"net:10.2.1.0/24", "net:default"), `{ ip = "…" }`, `{ net = "…" }`, or nil (the default range).
+---@alias luastrip.Want string|{ip: string}|{net: string}|nil
+
+---The overlay helper (`luastrip serve --network-plugin NAME`). Every function waits without being
+---charged to the hook's budget, and raises a clear error when no overlay is configured or an
+---argument is bad. Owners are container names or IDs, or tokens from `overlay.new_owner()`.
+overlay = {}
+
+---The label naming the owner of a container's addresses: "luastrip.overlay.owner".
+overlay.owner_label = "luastrip.overlay.owner"
+
+---A fresh owner token ("ow-" and 16 hex digits).
+---@return string
+function overlay.new_owner() end
+
+---The Docker network of the overlay driver for `cidr` (default --overlay-cidr), created if missing.
+---@param opts? {name?: string, cidr?: string, bridge?: string}
+---@return luastrip.Network
+function overlay.network(opts) end
+
+---An address for `owner`, kept until released (its network exists on return).
+---@param owner string
+---@param want? luastrip.Want
+---@return string address  "10.32.0.5/12"
+---@return luastrip.Allocation
+function overlay.allocate(owner, want) end
+
+---What a container (or owner) holds.
+---@param container string
+---@return luastrip.Allocation[]
+function overlay.addresses(container) end
+
+---Release everything a container (or owner) holds.
+---@param container string
+---@return luastrip.Allocation[] released
+function overlay.release(container) end
+
+---Allocate (or reuse) an address and connect the container to its network now.
+---@param container string
+---@param want? luastrip.Want
+---@return string address
+---@return luastrip.Allocation
+function overlay.attach(container, want) end
+
+---Disconnect the container and release the address (all of them when `addr` is nil).
+---@param container string
+---@param addr? string
+---@return luastrip.Allocation[] detached
+function overlay.detach(container, addr) end

@@ -1,0 +1,434 @@
+//! The overlay helper's socket face on a real dockerd: `WEAVE_CIDR` (`luastrip.weave`) and
+//! `overlay.*` from Lua. Each test has its own plugin, bridge, network names and ranges, so
+//! they run beside each other on the shared daemon; each removes what it made.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use support::{output, run_ok, Daemon, Gateway, IMAGE};
+
+/// One overlay set-up: a gateway with the weave script in front of the shared daemon.
+struct Overlay {
+    gw: Gateway,
+    args: Vec<String>,
+    script: String,
+    plugin: String,
+    bridge: String,
+    cluster: std::path::PathBuf,
+    _socket: support::RemoveOnDrop,
+}
+
+impl Overlay {
+    /// `tag` makes the names unique among the tests of one run; `octet` the ranges.
+    fn new(tag: &str, octet: u8) -> Overlay {
+        support::require_root();
+        support::require_tool("ip", "iproute2");
+        support::remove_dead_plugin_sockets();
+        let pid = std::process::id();
+        let plugin = format!("lst{pid}{tag}");
+        let bridge = format!("lst{}{tag}", pid % 100_000);
+        let cluster = support::temp_dir("weave").join("cluster.json");
+        let args: Vec<String> = [
+            "--network-plugin",
+            &plugin,
+            "--overlay-bridge",
+            &bridge,
+            "--overlay-network",
+            &plugin,
+            "--overlay-cidr",
+            &format!("10.{octet}.0.0/16"),
+            "--cluster-file",
+            cluster.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let script = "require('luastrip.weave').enable()".to_string();
+        let gw = Gateway::with_script(
+            &script,
+            &args.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        );
+        Overlay {
+            gw,
+            _socket: support::RemoveOnDrop(format!("/run/docker/plugins/{plugin}.sock").into()),
+            args,
+            script,
+            plugin,
+            bridge,
+            cluster,
+        }
+    }
+
+    fn restart(&mut self) {
+        assert_eq!(self.gw.terminate(), Some(0));
+        let args: Vec<&str> = self.args.iter().map(|s| s.as_str()).collect();
+        self.gw = Gateway::with_script(&self.script, &args);
+    }
+
+    fn docker(&self) -> Command {
+        self.gw.docker()
+    }
+
+    /// The overlay addresses of a container, by network.
+    fn addresses(&self, id: &str) -> String {
+        run_ok(self.docker().args([
+            "inspect",
+            "-f",
+            "{{range $n, $e := .NetworkSettings.Networks}}{{$n}}={{$e.IPAddress}} {{end}}",
+            id,
+        ]))
+        .trim()
+        .to_string()
+    }
+
+    /// Owner records in the cluster store.
+    fn owners(&self) -> usize {
+        std::fs::read_to_string(&self.cluster)
+            .unwrap_or_default()
+            .matches("\"owner\":")
+            .count()
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        // Only what is on this test's networks: other tests share the daemon.
+        let direct = Daemon::shared();
+        let nets = run_ok(direct.docker().args([
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("driver={}", self.plugin),
+        ]));
+        for n in nets.split_whitespace() {
+            let ids =
+                run_ok(
+                    direct
+                        .docker()
+                        .args(["ps", "-aq", "--filter", &format!("network={n}")]),
+                );
+            for id in ids.split_whitespace() {
+                let _ = output(direct.docker().args(["rm", "-f", id]));
+            }
+            let _ = output(direct.docker().args(["network", "rm", n]));
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", "dev", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn links() -> String {
+    run_ok(Command::new("ip").args(["-o", "link", "show"]))
+}
+
+#[test]
+fn weave_cidr_gives_containers_their_address_before_they_run_and_keeps_it() {
+    let mut o = Overlay::new("w", 120);
+    // Fifty first runs in a row: the address is there when the first command runs.
+    for i in 0..50 {
+        let out = run_ok(o.docker().args([
+            "run",
+            "--rm",
+            "-e",
+            "WEAVE_CIDR=10.2.1.5/24",
+            IMAGE,
+            "ip",
+            "-4",
+            "addr",
+        ]));
+        assert!(
+            out.contains("inet 10.2.1.5/24") && out.contains("ethwe0"),
+            "run {i}: {out}"
+        );
+    }
+    // `--rm` gave it back each time (the events follower).
+    support::wait_until("--rm released", Duration::from_secs(10), || o.owners() == 0);
+
+    // Stop/start and restart keep the address; another container reaches it.
+    let a = run_ok(o.docker().args([
+        "run",
+        "-d",
+        "-e",
+        "WEAVE_CIDR=net:default",
+        IMAGE,
+        "sleep",
+        "300",
+    ]))
+    .trim()
+    .to_string();
+    let first = o.addresses(&a);
+    assert!(first.contains("=10.120."), "{first}");
+    run_ok(o.docker().args(["stop", "-t", "0", &a]));
+    run_ok(o.docker().args(["start", &a]));
+    assert_eq!(o.addresses(&a), first);
+    run_ok(o.docker().args(["restart", "-t", "0", &a]));
+    assert_eq!(o.addresses(&a), first);
+    let ip = first.split('=').nth(1).unwrap().to_string();
+    let ping = |o: &Overlay| {
+        run_ok(o.docker().args([
+            "run",
+            "--rm",
+            "-e",
+            "WEAVE_CIDR=",
+            IMAGE,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &ip,
+        ]))
+    };
+    ping(&o);
+    // Claiming a held address is refused, naming it.
+    let taken = output(o.docker().args([
+        "run",
+        "--rm",
+        "-e",
+        &format!("WEAVE_CIDR={ip}/16"),
+        IMAGE,
+        "true",
+    ]));
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert!(
+        !taken.status.success() && err.contains(&format!("{ip} is already taken")),
+        "{err}"
+    );
+
+    // A gateway restart keeps the allocation and the running container's link.
+    o.restart();
+    assert_eq!(o.addresses(&a), first);
+    ping(&o);
+    let again = output(o.docker().args([
+        "run",
+        "--rm",
+        "-e",
+        &format!("WEAVE_CIDR={ip}/16"),
+        IMAGE,
+        "true",
+    ]));
+    assert!(!again.status.success(), "handed out twice after a restart");
+
+    // Several entries: one interface each, up before the command runs.
+    let out = run_ok(o.docker().args([
+        "run",
+        "--rm",
+        "-e",
+        "WEAVE_CIDR=10.2.1.7/24, net:10.2.2.0/24",
+        IMAGE,
+        "ip",
+        "-4",
+        "addr",
+    ]));
+    assert!(out.contains("inet 10.2.1.7/24"), "{out}");
+    assert!(
+        out.contains("ethwe1") && out.contains("inet 10.2.2."),
+        "{out}"
+    );
+    // none, host and container modes are left alone.
+    let out = run_ok(o.docker().args([
+        "run",
+        "--rm",
+        "-e",
+        "WEAVE_CIDR=none",
+        IMAGE,
+        "ip",
+        "-4",
+        "addr",
+    ]));
+    assert!(!out.contains("ethwe"), "{out}");
+    let out = run_ok(o.docker().args([
+        "run",
+        "--rm",
+        "--net=host",
+        "-e",
+        "WEAVE_CIDR=10.2.1.9/24",
+        IMAGE,
+        "true",
+    ]));
+    assert!(out.is_empty(), "{out}");
+    let out = run_ok(o.docker().args([
+        "run",
+        "--rm",
+        &format!("--net=container:{a}"),
+        "-e",
+        "WEAVE_CIDR=10.2.1.9/24",
+        IMAGE,
+        "ip",
+        "-4",
+        "addr",
+    ]));
+    assert!(out.contains(&ip) && !out.contains("10.2.1.9"), "{out}");
+
+    // Removed on the daemon directly, never through luastrip: released all the same.
+    let b = run_ok(o.docker().args([
+        "run",
+        "-d",
+        "-e",
+        "WEAVE_CIDR=10.2.1.8/24",
+        IMAGE,
+        "sleep",
+        "300",
+    ]))
+    .trim()
+    .to_string();
+    support::wait_until("both held", Duration::from_secs(10), || o.owners() == 2);
+    run_ok(Daemon::shared().docker().args(["rm", "-f", &b]));
+    support::wait_until("rm on the daemon released", Duration::from_secs(10), || {
+        o.owners() == 1
+    });
+    // …also while the gateway was down: the start-up reconciliation releases it.
+    let c = run_ok(
+        o.docker()
+            .args(["create", "-e", "WEAVE_CIDR=10.2.1.8/24", IMAGE, "true"]),
+    )
+    .trim()
+    .to_string();
+    assert_eq!(o.owners(), 2);
+    assert_eq!(o.gw.terminate(), Some(0));
+    run_ok(Daemon::shared().docker().args(["rm", "-f", &c]));
+    o.restart();
+    // (reconciling spares allocations younger than a minute: a create may be on its way)
+    let recorded = std::fs::read_to_string(&o.cluster).unwrap();
+    assert!(recorded.contains("10.2.1.8"), "{recorded}");
+    run_ok(o.docker().args(["rm", "-f", &a]));
+    support::wait_until("rm -f released", Duration::from_secs(10), || {
+        o.owners() <= 1
+    });
+
+    // Nothing leaks: networks, veths, the bridge.
+    let plugin = o.plugin.clone();
+    let bridge = o.bridge.clone();
+    drop(o);
+    let nets = run_ok(Daemon::shared().docker().args([
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("driver={plugin}"),
+    ]));
+    assert!(nets.trim().is_empty(), "{nets}");
+    let left = links();
+    assert!(!left.contains(&format!(" {bridge}:")), "{left}");
+}
+
+#[test]
+fn bad_weave_cidr_values_are_refused_by_name() {
+    let o = Overlay::new("b", 121);
+    let refused = |value: &str, why: &str| {
+        let out = output(o.docker().args([
+            "create",
+            "-e",
+            &format!("WEAVE_CIDR={value}"),
+            IMAGE,
+            "true",
+        ]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{value}: accepted");
+        assert!(err.contains(value) && err.contains(why), "{value}: {err}");
+    };
+    refused("10.2.1.300/24", "not an IPv4 address");
+    refused("bogus", "not an IPv4 address or CIDR");
+    refused("net:10.2.1.5/24", "host bits are set");
+    refused("10.2.1.0/24", "not a host address of 10.2.1.0/24");
+    refused("10.9.0.1", "not a host address of 10.121.0.0/16");
+    refused("10.2.1.5/24 none", "none cannot be combined");
+    refused("10.2.1.5/24 10.2.1.6/24", "one address per subnet");
+    refused("net:10.2.0.0/16", "overlaps");
+    // An exhausted range: a /30 has two hosts, and the gateway takes one.
+    run_ok(
+        o.docker()
+            .args(["create", "-e", "WEAVE_CIDR=net:10.3.0.0/30", IMAGE, "true"]),
+    );
+    refused("net:10.3.0.0/30", "10.3.0.0/30 is exhausted");
+    // Given twice (the CLI keeps the last of repeated -e; an API client can send both).
+    let resp = support::post_json(
+        &o.gw.socket,
+        "/v1.41/containers/create",
+        &format!(
+            r#"{{"Image":"{IMAGE}","Env":["WEAVE_CIDR=10.2.1.5/24","WEAVE_CIDR=10.2.1.6/24"]}}"#
+        ),
+    );
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("WEAVE_CIDR is given twice"), "{resp}");
+    // A missing image is dockerd's own 404 (the CLI pulls and retries), and nothing is kept.
+    let before = o.owners();
+    let resp = support::post_json(
+        &o.gw.socket,
+        "/v1.41/containers/create",
+        r#"{"Image":"lst-no-such-image:1","Env":["WEAVE_CIDR=10.2.1.5/24"]}"#,
+    );
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    assert!(resp.contains("No such image"), "{resp}");
+    assert_eq!(o.owners(), before);
+}
+
+#[test]
+fn fifty_concurrent_runs_get_fifty_addresses_and_lua_drives_the_overlay() {
+    let o = Overlay::new("c", 122);
+    let started: Vec<_> = (0..50)
+        .map(|_| {
+            let mut cmd = o.docker();
+            cmd.args([
+                "run",
+                "-d",
+                "-e",
+                "WEAVE_CIDR=net:10.4.0.0/24",
+                IMAGE,
+                "sleep",
+                "300",
+            ]);
+            std::thread::spawn(move || run_ok(&mut cmd).trim().to_string())
+        })
+        .collect();
+    let ids: Vec<String> = started.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut seen = BTreeSet::new();
+    for id in &ids {
+        let a = o.addresses(id);
+        assert!(a.contains("=10.4.0."), "{a}");
+        assert!(seen.insert(a.clone()), "{a} handed out twice");
+    }
+    // overlay.* from Lua: what a container holds, attach and detach at run time.
+    let eval = |code: &str| o.gw.control("POST", "/eval", code);
+    let (status, held) = eval(&format!("overlay.addresses('{}')", ids[0]));
+    assert!(status.contains("200"), "{status} {held}");
+    assert_eq!(
+        held["result"][0]["network"],
+        format!("{}-10.4.0.0-24", o.plugin),
+        "{held}"
+    );
+    let (status, attached) = eval(&format!("overlay.attach('{}', 'net:10.5.0.0/24')", ids[0]));
+    assert!(status.contains("200"), "{status} {attached}");
+    let out = run_ok(o.docker().args(["exec", &ids[0], "ip", "-4", "addr"]));
+    assert!(
+        out.contains("inet 10.5.0.") && out.contains("ethwe1"),
+        "{out}"
+    );
+    let (status, detached) = eval(&format!(
+        "overlay.detach('{}', '{}')",
+        ids[0],
+        attached["result"][0].as_str().expect("address, allocation")
+    ));
+    assert!(status.contains("200"), "{status} {detached}");
+    let out = run_ok(o.docker().args(["exec", &ids[0], "ip", "-4", "addr"]));
+    assert!(!out.contains("inet 10.5.0."), "{out}");
+    let (_, err) = eval("overlay.allocate('a b')");
+    assert!(err.to_string().contains(r#"owner \"a b\""#), "{err}");
+    let (_, n) = eval("overlay.network{ cidr = '10.6.0.0/24' }");
+    assert_eq!(
+        n["result"]["name"],
+        format!("{}-10.6.0.0-24", o.plugin),
+        "{n}"
+    );
+    // One at a time (dockerd 20.10 can miscount endpoints when many go at once).
+    for id in &ids {
+        run_ok(o.docker().args(["rm", "-f", id]));
+    }
+    support::wait_until("all released", Duration::from_secs(20), || o.owners() == 0);
+}
