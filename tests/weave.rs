@@ -357,6 +357,20 @@ fn bad_weave_cidr_values_are_refused_by_name() {
     );
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     assert!(resp.contains("WEAVE_CIDR is given twice"), "{resp}");
+    // The owner label is luastrip's: a client setting it could have another container's
+    // addresses released when its own goes.
+    let out = output(o.docker().args([
+        "create",
+        "--net=host",
+        "--label",
+        "luastrip.overlay.owner=ow-0011",
+        IMAGE,
+        "true",
+    ]));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is set by luastrip, not by clients"),
+        "{out:?}"
+    );
     // A missing image is dockerd's own 404 (the CLI pulls and retries), and nothing is kept.
     let before = o.owners();
     let resp = support::post_json(

@@ -94,6 +94,11 @@ end
 --- after the create), or false when the container is left alone, or nil and a message.
 function weave.rewrite(spec)
   if type(spec) ~= "table" then return false end
+  -- The owner label says whose addresses a container holds (and which are released when it
+  -- goes): only luastrip sets it, or one container could release another's addresses.
+  if type(spec.Labels) == "table" and spec.Labels[overlay.owner_label] ~= nil then
+    return nil, "the label " .. overlay.owner_label .. " is set by luastrip, not by clients"
+  end
   local value, why = cidr_of(spec)
   if why then return nil, why end
   if value == nil and not weave.default_ipalloc then return false end
