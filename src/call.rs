@@ -212,6 +212,16 @@ impl Call {
                 && (path.ends_with("/stop") || path.ends_with("/restart")))
     }
 
+    /// Replace the request body that is forwarded (and journaled) with `bytes`.
+    pub fn replace_body(&mut self, bytes: Bytes) {
+        self.head.headers.remove(header::TRANSFER_ENCODING);
+        self.head
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        self.buffered_body = Some(bytes.clone());
+        self.body = Some(crate::body::full(bytes));
+    }
+
     /// Replace the query string that is forwarded.
     pub fn set_query(&mut self, query: &str) -> Result<(), Error> {
         let path = self.head.uri.path();

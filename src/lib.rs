@@ -41,8 +41,10 @@
 //!   the network and IPAM drivers.
 //! * [`overlay`] — overlay IPs: the helper scripts drive (`overlay.*`, `WEAVE_CIDR`), address
 //!   allocation by owner in the cluster store, the bridge and veth pairs behind the network
-//!   driver (`ip` by argv, checked names), and the `/events` follower that releases the
-//!   addresses of destroyed containers and reconciles after every reconnect.
+//!   driver (`ip` by argv, checked names), the guard layer that keeps clients from reaching
+//!   around the allocator (`--ip`, owner labels, overlapping subnets), and the `/events`
+//!   follower that releases the addresses of destroyed containers and reconciles after every
+//!   reconnect.
 //! * [`cluster`] — what several hosts must agree on (volume owners, overlay addresses), behind one interface with
 //!   create-if-absent and swap-if-revision; the local JSON file is the embedded store.
 //!

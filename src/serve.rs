@@ -300,6 +300,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         _ => None,
     };
+    // The overlay's guard runs before the scripts: no client reaches around the allocator.
+    if let Some(o) = &overlay {
+        gateway = gateway.with_hooks(Arc::new(crate::overlay::guard::Guard(o.clone())));
+    }
     let mut engine = None;
     if config.scripts.is_some() || config.powerstrip_config.is_some() {
         let store = match &config.state {

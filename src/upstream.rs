@@ -111,40 +111,70 @@ impl Upstream {
         self.client.request(req).await.map_err(|e| self.error(e))
     }
 
-    /// GET `path` from the daemon and parse its JSON answer (up to 64 MiB), for luastrip's own
-    /// questions to the daemon (the helpers'). A non-2xx answer is an error carrying the daemon's
-    /// message.
-    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, Error> {
-        use http_body_util::BodyExt;
-        let req = Request::builder()
+    /// One call of luastrip's own to the daemon (the helpers'): `method path` with an optional
+    /// JSON body; the status and the answer's bytes (up to 64 MiB).
+    async fn exchange(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(http::StatusCode, bytes::Bytes), Error> {
+        let mut req = Request::builder()
+            .method(method.clone())
             .uri(path)
-            .header(http::header::HOST, "docker")
-            .body(crate::body::full(bytes::Bytes::new()))
-            .map_err(|e| Error::Internal(format!("cannot build GET {path}: {e}")))?;
+            .header(http::header::HOST, "docker");
+        if body.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = req
+            .body(crate::body::full(bytes::Bytes::from(bytes)))
+            .map_err(|e| Error::Internal(format!("cannot build {method} {path}: {e}")))?;
         let res = self.send(req).await?;
         let status = res.status();
-        let body = http_body_util::Limited::new(res.into_body(), 64 << 20)
-            .collect()
+        let answer = crate::body::read_to_cap(res.into_body(), 64 << 20)
             .await
             .map_err(|e| Error::Daemon {
                 upstream: self.addr.to_string(),
-                reason: format!("GET {path}: {e}"),
-            })?
-            .to_bytes();
+                reason: format!("{method} {path}: {e}"),
+            })?;
+        Ok((status, answer))
+    }
+
+    fn refused(&self, what: &str, status: http::StatusCode, v: &serde_json::Value) -> Error {
+        Error::Daemon {
+            upstream: self.addr.to_string(),
+            reason: format!(
+                "{what}: {status}: {}",
+                v["message"].as_str().unwrap_or_default()
+            ),
+        }
+    }
+
+    /// GET `path` from the daemon and parse its JSON answer; `None` for a 404 (no such object).
+    /// Any other non-2xx answer is an error carrying the daemon's message.
+    pub async fn get_json_found(&self, path: &str) -> Result<Option<serde_json::Value>, Error> {
+        let (status, body) = self.exchange(http::Method::GET, path, None).await?;
         let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::Daemon {
             upstream: self.addr.to_string(),
             reason: format!("GET {path}: not JSON: {e}"),
         })?;
-        if !status.is_success() {
-            return Err(Error::Daemon {
-                upstream: self.addr.to_string(),
-                reason: format!(
-                    "GET {path}: {status}: {}",
-                    v["message"].as_str().unwrap_or_default()
-                ),
-            });
+        match status {
+            s if s.is_success() => Ok(Some(v)),
+            http::StatusCode::NOT_FOUND => Ok(None),
+            s => Err(self.refused(&format!("GET {path}"), s, &v)),
         }
-        Ok(v)
+    }
+
+    /// GET `path` from the daemon and parse its JSON answer, for luastrip's own questions to
+    /// the daemon (the helpers'). A non-2xx answer is an error carrying the daemon's message.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, Error> {
+        self.get_json_found(path)
+            .await?
+            .ok_or_else(|| Error::Daemon {
+                upstream: self.addr.to_string(),
+                reason: format!("GET {path}: 404 Not Found"),
+            })
     }
 
     /// POST `body` as JSON to `path`, for luastrip's own calls to the daemon (a helper creating
@@ -154,46 +184,19 @@ impl Upstream {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<(http::StatusCode, serde_json::Value), Error> {
-        let req = Request::builder()
-            .method(http::Method::POST)
-            .uri(path)
-            .header(http::header::HOST, "docker")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(crate::body::full(bytes::Bytes::from(body.to_string())))
-            .map_err(|e| Error::Internal(format!("cannot build POST {path}: {e}")))?;
-        let res = self.send(req).await?;
-        let status = res.status();
-        let answer = crate::body::read_to_cap(res.into_body(), 1 << 20)
-            .await
-            .unwrap_or_default();
+        let (status, answer) = self.exchange(http::Method::POST, path, Some(body)).await?;
         Ok((status, serde_json::from_slice(&answer).unwrap_or_default()))
     }
 
     /// POST `path` with no body, for luastrip's own calls to the daemon (a helper stopping a
     /// container). A 2xx or 304 is success; anything else is an error with the daemon's message.
     pub async fn post_empty(&self, path: &str) -> Result<http::StatusCode, Error> {
-        let req = Request::builder()
-            .method(http::Method::POST)
-            .uri(path)
-            .header(http::header::HOST, "docker")
-            .body(crate::body::full(bytes::Bytes::new()))
-            .map_err(|e| Error::Internal(format!("cannot build POST {path}: {e}")))?;
-        let res = self.send(req).await?;
-        let status = res.status();
-        let body = crate::body::read_to_cap(res.into_body(), 1 << 20)
-            .await
-            .unwrap_or_default();
+        let (status, body) = self.exchange(http::Method::POST, path, None).await?;
         if status.is_success() || status == http::StatusCode::NOT_MODIFIED {
             return Ok(status);
         }
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        Err(Error::Daemon {
-            upstream: self.addr.to_string(),
-            reason: format!(
-                "POST {path}: {status}: {}",
-                v["message"].as_str().unwrap_or_default()
-            ),
-        })
+        Err(self.refused(&format!("POST {path}"), status, &v))
     }
 
     fn error(&self, e: hyper_util::client::legacy::Error) -> Error {

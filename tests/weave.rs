@@ -84,6 +84,28 @@ impl Overlay {
         .to_string()
     }
 
+    /// `docker run -e WEAVE_CIDR=value` fails with `why`.
+    fn claim_refused(&self, value: &str, why: &str) {
+        let out = output(self.docker().args([
+            "run",
+            "--rm",
+            "-e",
+            &format!("WEAVE_CIDR={value}"),
+            IMAGE,
+            "true",
+        ]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{value}: {err}");
+    }
+
+    /// The cluster store's record of `addr` in `pool` (`10.7.1.0_24`).
+    fn record(&self, pool: &str, addr: &str) -> serde_json::Value {
+        let store: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&self.cluster).unwrap()).unwrap();
+        let key = format!("overlay/addresses/{pool}/{addr}");
+        store["records"][key]["value"].clone()
+    }
+
     /// Owner records in the cluster store.
     fn owners(&self) -> usize {
         std::fs::read_to_string(&self.cluster)
@@ -187,33 +209,13 @@ fn weave_cidr_gives_containers_their_address_before_they_run_and_keeps_it() {
     };
     ping(&o);
     // Claiming a held address is refused, naming it.
-    let taken = output(o.docker().args([
-        "run",
-        "--rm",
-        "-e",
-        &format!("WEAVE_CIDR={ip}/16"),
-        IMAGE,
-        "true",
-    ]));
-    let err = String::from_utf8_lossy(&taken.stderr);
-    assert!(
-        !taken.status.success() && err.contains(&format!("{ip} is already taken")),
-        "{err}"
-    );
+    o.claim_refused(&format!("{ip}/16"), &format!("{ip} is already taken"));
 
     // A gateway restart keeps the allocation and the running container's link.
     o.restart();
     assert_eq!(o.addresses(&a), first);
     ping(&o);
-    let again = output(o.docker().args([
-        "run",
-        "--rm",
-        "-e",
-        &format!("WEAVE_CIDR={ip}/16"),
-        IMAGE,
-        "true",
-    ]));
-    assert!(!again.status.success(), "handed out twice after a restart");
+    o.claim_refused(&format!("{ip}/16"), &format!("{ip} is already taken"));
 
     // Several entries: one interface each, up before the command runs.
     let out = run_ok(o.docker().args([
@@ -445,4 +447,186 @@ fn fifty_concurrent_runs_get_fifty_addresses_and_lua_drives_the_overlay() {
         run_ok(o.docker().args(["rm", "-f", id]));
     }
     support::wait_until("all released", Duration::from_secs(20), || o.owners() == 0);
+}
+
+#[test]
+fn no_client_reaches_around_the_allocator() {
+    let o = Overlay::new("x", 123);
+    let net = format!("{}-10.7.1.0-24", o.plugin);
+    let victim = run_ok(o.docker().args([
+        "run",
+        "-d",
+        "-e",
+        "WEAVE_CIDR=10.7.1.5/24",
+        IMAGE,
+        "sleep",
+        "300",
+    ]))
+    .trim()
+    .to_string();
+    // Once created, the address is the container's own, by its ID (not by its label's token).
+    assert_eq!(
+        o.record("10.7.1.0_24", "10.7.1.5")["owner"],
+        victim.as_str()
+    );
+    let net_id = run_ok(
+        o.docker()
+            .args(["network", "inspect", "-f", "{{.Id}}", &net]),
+    );
+    let taken = "is another container's overlay address";
+
+    // `--ip` on the network, by its name or by a prefix of its ID: refused, naming the address.
+    for reference in [net.as_str(), &net_id.trim()[..12]] {
+        let out = output(o.docker().args([
+            "run",
+            "--rm",
+            "--network",
+            reference,
+            "--ip",
+            "10.7.1.5",
+            IMAGE,
+            "true",
+        ]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("10.7.1.5") && err.contains(taken),
+            "{err}"
+        );
+    }
+    // `docker network connect --ip`: refused too.
+    let other = run_ok(o.docker().args([
+        "run",
+        "-d",
+        "-e",
+        "WEAVE_CIDR=net:default",
+        IMAGE,
+        "sleep",
+        "300",
+    ]))
+    .trim()
+    .to_string();
+    let out = output(
+        o.docker()
+            .args(["network", "connect", "--ip", "10.7.1.5", &net, &other]),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(taken), "{err}");
+    // A network reference that is not a name or an ID is refused before it is looked up.
+    let resp = support::post_json(
+        &o.gw.socket,
+        "/v1.41/containers/create",
+        &format!(
+            r#"{{"Image":"{IMAGE}","NetworkingConfig":{{"EndpointsConfig":{{"../x":{{"IPAMConfig":{{"IPv4Address":"10.7.1.5"}}}}}}}}}}"#
+        ),
+    );
+    assert!(resp.contains("is not a network name or ID"), "{resp}");
+
+    // A free `--ip` becomes the container's own: kept across stop/start, refused to others,
+    // released with the container.
+    let fixed = run_ok(o.docker().args([
+        "run",
+        "-d",
+        "--network",
+        &net,
+        "--ip",
+        "10.7.1.9",
+        IMAGE,
+        "sleep",
+        "300",
+    ]))
+    .trim()
+    .to_string();
+    assert_eq!(o.record("10.7.1.0_24", "10.7.1.9")["owner"], fixed.as_str());
+    run_ok(o.docker().args(["stop", "-t", "0", &fixed]));
+    o.claim_refused("10.7.1.9/24", "10.7.1.9 is already taken");
+    run_ok(o.docker().args(["start", &fixed]));
+    assert!(
+        o.addresses(&fixed).contains("=10.7.1.9"),
+        "{}",
+        o.addresses(&fixed)
+    );
+    run_ok(o.docker().args(["rm", "-f", &fixed]));
+    support::wait_until(
+        "rm released the --ip address",
+        Duration::from_secs(10),
+        || o.record("10.7.1.0_24", "10.7.1.9")["owner"].is_null(),
+    );
+
+    // The victim's label token, baked into an image: a container of that image owns nothing,
+    // and its removal releases nothing.
+    let token = run_ok(o.docker().args([
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"luastrip.overlay.owner\"}}",
+        &victim,
+    ]));
+    let image = format!("{}-forged", o.plugin);
+    run_ok(o.docker().args([
+        "commit",
+        "--change",
+        &format!("LABEL luastrip.overlay.owner={}", token.trim()),
+        &other,
+        &image,
+    ]));
+    run_ok(
+        o.docker()
+            .args(["run", "--rm", "--network", "none", &image, "true"]),
+    );
+    // …nor does a container named after the victim's ID.
+    let namesake = run_ok(o.docker().args([
+        "create",
+        "--name",
+        &victim,
+        "--network",
+        "none",
+        IMAGE,
+        "true",
+    ]));
+    run_ok(o.docker().args(["rm", namesake.trim()]));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        o.record("10.7.1.0_24", "10.7.1.5")["owner"],
+        victim.as_str()
+    );
+    run_ok(o.docker().args(["rmi", &image]));
+
+    // Networks of luastrip's allocator: no overlapping subnets; its driver takes its IPAM.
+    let refused = |args: &[&str], why: &str| {
+        let out = output(o.docker().args(["network", "create"]).args(args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{args:?}: {err}"
+        );
+    };
+    let evil = format!("{}-evil", o.plugin);
+    refused(
+        &["-d", &o.plugin, "--subnet", "10.7.0.0/16", &evil],
+        "overlaps 10.7.1.0/24",
+    );
+    refused(
+        &[
+            "-d",
+            "bridge",
+            "--ipam-driver",
+            &o.plugin,
+            "--subnet",
+            "10.123.5.0/24",
+            &evil,
+        ],
+        "overlaps 10.123.0.0/16",
+    );
+    refused(
+        &[
+            "-d",
+            &o.plugin,
+            "--ipam-driver",
+            "other",
+            "--subnet",
+            "10.99.0.0/24",
+            &evil,
+        ],
+        "not from the IPAM driver other",
+    );
+    run_ok(o.docker().args(["rm", "-f", &victim, &other]));
 }

@@ -446,9 +446,7 @@ pub fn apply_req(call: &mut Call, req: &Table) -> mlua::Result<()> {
         (None, None) => None,
     };
     if let Some(b) = new_body {
-        set_length(&mut call.head.headers, b.len());
-        call.buffered_body = Some(b.clone());
-        call.body = Some(full(b));
+        call.replace_body(b);
     }
     Ok(())
 }

@@ -69,8 +69,8 @@ fn want(o: &Overlay, v: Value) -> Result<Want> {
     }
 }
 
-/// The owner behind `container`: itself if it holds addresses, else the container's owner
-/// label or ID (a name or short ID given by the script).
+/// The owner behind `container`: itself if it holds addresses (a name a script chose), else
+/// the container's full ID (a name or short ID given by the script).
 async fn resolve(o: &Overlay, container: &str) -> std::result::Result<String, Error> {
     crate::overlay::check_owner(container)?;
     if !o.ipam.held_by(container).await?.is_empty() {
@@ -97,14 +97,7 @@ pub fn register(lua: &Lua, services: &Services) -> Result<()> {
     t.set("owner_label", OWNER_LABEL)?;
     t.set(
         "new_owner",
-        lua.create_function(|_, ()| {
-            let mut b = [0u8; 8];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-                .map_err(|e| bad(format!("cannot read /dev/urandom: {e}")))?;
-            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-            Ok(format!("ow-{hex}"))
-        })?,
+        lua.create_function(|_, ()| helper(crate::overlay::new_owner()))?,
     )?;
     add(
         lua,

@@ -120,11 +120,21 @@ async fn handle(overlay: &Overlay, ev: &Value) {
     let id = ev["Actor"]["ID"].as_str().unwrap_or_default();
     match (ev["Type"].as_str(), ev["Action"].as_str()) {
         (Some("container"), Some("destroy")) => {
-            // The owner may be its label, its ID or its name (what a script allocated for).
+            // The owner may be its ID, its name (what a script allocated for) or, for a create
+            // not yet handed over, its label's token.
             let owners = [
                 attrs[OWNER_LABEL].as_str(),
                 Some(id),
                 attrs["name"].as_str(),
+            ];
+            // A name spelled like a container ID is not taken for one: a container named after
+            // another's ID must not release that one's addresses.
+            let name_is_an_id =
+                |o: &&str| o.len() == 64 && o.bytes().all(|b| b.is_ascii_hexdigit());
+            let owners = [
+                owners[0],
+                owners[1],
+                owners[2].filter(|n| !name_is_an_id(n)),
             ];
             for owner in owners.into_iter().flatten().filter(|o| !o.is_empty()) {
                 if super::check_owner(owner).is_err() {

@@ -110,6 +110,14 @@ pub enum Holder<'a> {
     Gateway,
 }
 
+/// Who holds an address, as [`Ipam::taken`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    Owner(String),
+    Endpoint,
+    Gateway,
+}
+
 /// An address held by an owner.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Held {
@@ -332,6 +340,36 @@ impl Ipam {
             }
             _ => Ok(false),
         }
+    }
+
+    /// Who holds `a` in `pool` now; `None` if nobody (never taken, or released).
+    pub async fn taken(&self, pool: &Cidr, a: Ipv4Addr) -> Result<Option<Taken>, Error> {
+        let r = self.cluster.get(&key(pool, a)).await.map_err(store)?;
+        Ok(r.and_then(|r| match r.value["holder"].as_str() {
+            Some("owner") => Some(Taken::Owner(
+                r.value["owner"].as_str().unwrap_or_default().to_string(),
+            )),
+            Some("gateway") => Some(Taken::Gateway),
+            Some(_) => Some(Taken::Endpoint),
+            None => None,
+        }))
+    }
+
+    /// Hand everything `from` holds to `to` (a create's owner token becomes the new container's
+    /// ID); how many addresses moved.
+    pub async fn rekey(&self, from: &str, to: &str) -> Result<usize, Error> {
+        let mut moved = 0;
+        for (k, r, _) in self.owned(from).await? {
+            let mut v = r.value.clone();
+            v["owner"] = json!(to);
+            match self.cluster.swap(&k, v, r.revision).await {
+                Ok(_) => moved += 1,
+                // Released or taken meanwhile: not `from`'s any more.
+                Err(ClusterError::Conflict { .. }) => {}
+                Err(e) => return Err(store(e)),
+            }
+        }
+        Ok(moved)
     }
 
     /// Every owner of this host that has held an address for at least `min_age` (for

@@ -11,9 +11,10 @@
 //!   before the process does. [`link`] does the Linux side with `ip` by argv.
 //! * **The socket face.** [`Overlay`] is what scripts drive (`overlay.*` in Lua, and the
 //!   `luastrip.weave` module that reads `WEAVE_CIDR` from a create body): it allocates an
-//!   address for an *owner* (a container, by a label the create carries), makes sure the Docker
-//!   network for its subnet exists, and the create is rewritten onto that network with the
-//!   address fixed, so that dockerd asks for that very address at every start.
+//!   address for an *owner* (a token the create carries in a label, handed to the container's
+//!   ID once it exists), makes sure the Docker network for its subnet exists, and the create is
+//!   rewritten onto that network with the address fixed, so that dockerd asks for that very
+//!   address at every start. [`guard`] keeps clients from reaching around the allocator.
 //!
 //! Allocations live in the [`crate::cluster::Cluster`] store ([`ipam`]), outside the Lua VMs:
 //! never handed out twice, kept across gateway and daemon restarts, released when the container
@@ -21,6 +22,7 @@
 //! back for a grace period after release.
 
 pub mod events;
+pub mod guard;
 pub mod ipam;
 pub mod link;
 
@@ -135,7 +137,7 @@ pub struct Overlay {
     /// Networks known to exist, by name.
     networks: Mutex<HashMap<String, Network>>,
     /// One network creation at a time (many concurrent creates want the same network).
-    creating: tokio::sync::Mutex<()>,
+    creating: Arc<tokio::sync::Mutex<()>>,
     events: Option<crate::journal::HelperEvents>,
 }
 
@@ -153,7 +155,7 @@ impl Overlay {
             settings,
             upstream,
             networks: Mutex::default(),
-            creating: tokio::sync::Mutex::new(()),
+            creating: Arc::new(tokio::sync::Mutex::new(())),
             events: None,
         }
     }
@@ -397,22 +399,53 @@ impl Overlay {
         Ok(())
     }
 
-    /// The owner of a container's addresses: its owner label, else the container's ID. `None`
-    /// if there is no such container.
+    /// The owner of a container's addresses: its full ID (a create's owner token is handed to
+    /// the ID once the container exists, [`guard`]). `None` if there is no such container.
     pub async fn owner_of(&self, container: &str) -> Result<Option<String>, Error> {
         check_owner(container)?;
         let path = format!("/containers/{container}/json");
-        match self.upstream.get_json(&path).await {
-            Ok(c) => Ok(Some(
-                c["Config"]["Labels"][OWNER_LABEL]
-                    .as_str()
-                    .or(c["Id"].as_str())
-                    .unwrap_or(container)
-                    .to_string(),
-            )),
-            Err(Error::Daemon { reason, .. }) if reason.contains("404") => Ok(None),
-            Err(e) => Err(e),
+        let c = self.upstream.get_json_found(&path).await?;
+        Ok(c.and_then(|c| c["Id"].as_str().map(str::to_string)))
+    }
+
+    /// The Docker network `reference` (a name, an ID or an ID's prefix, resolved by dockerd as
+    /// it resolves them) if it takes its addresses from luastrip's IPAM or uses its driver:
+    /// its subnets. `None` for other networks and for no such network.
+    pub async fn ours(&self, reference: &str) -> Result<Option<Vec<Cidr>>, Error> {
+        let plain = reference
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphanumeric)
+            && reference.len() <= 128
+            && reference
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !plain {
+            return Err(Error::client(
+                http::StatusCode::BAD_REQUEST,
+                format!("{reference:?} is not a network name or ID"),
+            ));
         }
+        let path = format!("/networks/{reference}");
+        let Some(n) = self.upstream.get_json_found(&path).await? else {
+            return Ok(None);
+        };
+        let plugin = Some(self.settings.plugin.as_str());
+        if n["Driver"].as_str() != plugin && n["IPAM"]["Driver"].as_str() != plugin {
+            return Ok(None);
+        }
+        let subnets = n["IPAM"]["Config"].as_array().into_iter().flatten();
+        Ok(Some(
+            subnets
+                .filter_map(|c| c["Subnet"].as_str().and_then(|s| Cidr::parse(s).ok()))
+                .collect(),
+        ))
+    }
+
+    /// Held while a network is being made (by a script, or a client's `network create` that
+    /// [`guard`] checked for overlaps): one at a time, so two cannot both pass the check.
+    pub async fn networks_lock(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.creating.clone().lock_owned().await
     }
 
     /// Record the bridge of the network `id` (the driver's `CreateNetwork`), so that a `Join`
@@ -491,6 +524,19 @@ fn same(n: Network, cidr: &Cidr, bridge: &str) -> Result<Network, Error> {
         )));
     }
     Ok(n)
+}
+
+/// A fresh owner token (`ow-` and 16 hex digits), for a container not created yet: it carries
+/// the token in its [`OWNER_LABEL`] until the create succeeds and the token is handed to its ID.
+pub fn new_owner() -> Result<String, Error> {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_err(|e| helper(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(format!(
+        "ow-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ))
 }
 
 /// An owner is a container name or ID, or a token: 1-128 of letters, digits, `-_.:`.

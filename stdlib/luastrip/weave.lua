@@ -18,9 +18,10 @@
 -- --net=host, none, container:… or a network of their own are left alone.
 --
 -- Each subnet is one Docker network of the overlay driver (`luastrip` for the default range,
--- `luastrip-10.2.1.0-24` …), made when first needed. The addresses belong to the container
--- through its `luastrip.overlay.owner` label; they are released when the container is
--- destroyed (`--rm` and removals sent to dockerd directly included). Bad values are a 400
+-- `luastrip-10.2.1.0-24` …), made when first needed. The addresses are allocated for an owner
+-- token the create carries in its `luastrip.overlay.owner` label (a client setting that label
+-- is refused before any script runs); once the container exists they are its own, by its ID,
+-- and they are released when it is destroyed (`--rm` and removals sent to dockerd directly included). Bad values are a 400
 -- naming the value; a missing image is dockerd's own 404, so the CLI pulls and retries.
 --
 -- Needs `luastrip serve --network-plugin NAME`.
@@ -94,11 +95,6 @@ end
 --- after the create), or false when the container is left alone, or nil and a message.
 function weave.rewrite(spec)
   if type(spec) ~= "table" then return false end
-  -- The owner label says whose addresses a container holds (and which are released when it
-  -- goes): only luastrip sets it, or one container could release another's addresses.
-  if type(spec.Labels) == "table" and spec.Labels[overlay.owner_label] ~= nil then
-    return nil, "the label " .. overlay.owner_label .. " is set by luastrip, not by clients"
-  end
   local value, why = cidr_of(spec)
   if why then return nil, why end
   if value == nil and not weave.default_ipalloc then return false end

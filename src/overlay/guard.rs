@@ -1,0 +1,329 @@
+//! The overlay helper's hook layer. It runs before the route scripts, so that no client reaches
+//! around the allocator, whatever scripts are loaded:
+//!
+//! * an address asked for by value on a network of luastrip's IPAM (`docker run --network
+//!   luastrip --ip 10.32.0.5`, `docker network connect --ip …`) is refused while another
+//!   container holds it; a free one becomes the container's own, kept across stop/start as
+//!   dockerd keeps a `--ip` address, and released when the container is destroyed;
+//! * the owner label ([`OWNER_LABEL`]) is luastrip's: a create that sets it is refused;
+//! * `docker network create` with luastrip's IPAM must not overlap another of its subnets, and
+//!   luastrip's driver takes luastrip's IPAM (filled in when left out, refused when another is
+//!   named), so every address on an overlay bridge is one the allocator knows;
+//! * once a create succeeds, the owner token it carried (set here, or by a script such as
+//!   `luastrip.weave`) is handed to the new container's ID: ownership follows the container, and
+//!   the label copied into another container, or baked into an image, owns nothing.
+//!
+//! Bodies are read as dockerd reads them ([`Call::check_json_body`]) before anything is decided.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+use tracing::warn;
+
+use super::ipam::{Cidr, Holder, Taken};
+use super::{Overlay, OWNER_LABEL};
+use crate::body::{full, Body};
+use crate::call::{Call, HookFuture, Hooks};
+use crate::Error;
+
+pub struct Guard(pub Arc<Overlay>);
+
+/// What a call's pre phase leaves for its post phase.
+#[derive(Clone, Default)]
+struct State {
+    /// Held while a client's network create is on its way (no two pass the overlap check).
+    _networks: Option<Arc<tokio::sync::OwnedMutexGuard<()>>>,
+    /// Addresses this call made a container's own: given back if the daemon refuses the call.
+    claimed: Vec<(String, Cidr, Ipv4Addr)>,
+}
+
+/// The largest body this layer reads (create, connect and network bodies are a few KiB).
+const BODY_CAP: usize = 4 << 20;
+
+fn bad(message: String) -> Error {
+    Error::client(StatusCode::BAD_REQUEST, message)
+}
+
+fn conflict(message: String) -> Error {
+    Error::client(StatusCode::CONFLICT, message)
+}
+
+/// The call's JSON body, read once and checked as dockerd reads it; `None` when empty.
+async fn json_body(call: &mut Call) -> Result<Option<Value>, Error> {
+    let Some(body) = call.body.take() else {
+        return Ok(None);
+    };
+    let bytes = crate::body::read_to_cap(body, BODY_CAP)
+        .await
+        .map_err(|e| Error::client(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}")))?;
+    call.check_json_body(&bytes)?;
+    call.replace_body(bytes.clone());
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| bad(format!("the body is not JSON: {e}")))
+}
+
+/// The address `ip` and the subnet of `network` it is in.
+fn address_in(ip: &str, subnets: &[Cidr], network: &str) -> Result<(Cidr, Ipv4Addr), Error> {
+    let a: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| bad(format!("{ip:?} is not an IPv4 address")))?;
+    subnets
+        .iter()
+        .find(|c| c.holds(a))
+        .map(|c| (*c, a))
+        .ok_or_else(|| bad(format!("{a} is not a host address of network {network}")))
+}
+
+impl Guard {
+    /// Whether `a` may be given to `owner` (`None`: a container not created yet).
+    async fn check_free(
+        &self,
+        cidr: &Cidr,
+        a: Ipv4Addr,
+        network: &str,
+        owner: Option<&str>,
+    ) -> Result<bool, Error> {
+        match self.0.ipam.taken(cidr, a).await? {
+            None => Ok(true),
+            Some(Taken::Owner(o)) if Some(o.as_str()) == owner => Ok(false),
+            Some(Taken::Owner(_)) => Err(conflict(format!(
+                "{a} on network {network} is another container's overlay address; \
+                 ask for a free one, or for none and luastrip picks one"
+            ))),
+            Some(Taken::Endpoint | Taken::Gateway) => {
+                Err(conflict(format!("{a} on network {network} is in use")))
+            }
+        }
+    }
+
+    async fn create(&self, call: &mut Call) -> Result<(), Error> {
+        let Some(mut spec) = json_body(call).await? else {
+            return Ok(());
+        };
+        if !spec["Labels"][OWNER_LABEL].is_null() {
+            return Err(bad(format!(
+                "the label {OWNER_LABEL} is set by luastrip, not by clients: it says whose \
+                 overlay addresses a container holds"
+            )));
+        }
+        let mut wanted = Vec::new();
+        for (net, ep) in spec["NetworkingConfig"]["EndpointsConfig"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(ip) = ep["IPAMConfig"]["IPv4Address"].as_str() {
+                if !ip.is_empty() {
+                    wanted.push((net.clone(), ip.to_string()));
+                }
+            }
+        }
+        let mut token: Option<String> = None;
+        for (net, ip) in wanted {
+            let Some(subnets) = self.0.ours(&net).await? else {
+                continue;
+            };
+            let (cidr, a) = address_in(&ip, &subnets, &net)?;
+            let owner = match &token {
+                Some(t) => t.clone(),
+                None => token.insert(super::new_owner()?).clone(),
+            };
+            let claimed = match self.check_free(&cidr, a, &net, None).await {
+                Ok(_) => self
+                    .0
+                    .ipam
+                    .allocate(&cidr, Some(a), Holder::Owner(&owner))
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = claimed {
+                self.0.release(&owner, "create refused").await?;
+                return Err(e);
+            }
+        }
+        if let Some(t) = token {
+            if !spec["Labels"].is_object() {
+                spec["Labels"] = json!({});
+            }
+            spec["Labels"][OWNER_LABEL] = json!(t);
+            call.replace_body(Bytes::from(spec.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn network_create(&self, call: &mut Call) -> Result<(), Error> {
+        let Some(mut spec) = json_body(call).await? else {
+            return Ok(());
+        };
+        let plugin = self.0.settings.plugin.as_str();
+        let ipam = spec["IPAM"]["Driver"].as_str().unwrap_or_default();
+        if spec["Driver"].as_str() == Some(plugin) && ipam != plugin {
+            if !matches!(ipam, "" | "default") {
+                return Err(bad(format!(
+                    "a network of the {plugin} driver takes its addresses from luastrip's \
+                     allocator, not from the IPAM driver {ipam}: leave out --ipam-driver"
+                )));
+            }
+            // `docker network create -d luastrip`: the addresses come from luastrip's allocator.
+            if !spec["IPAM"].is_object() {
+                spec["IPAM"] = json!({});
+            }
+            spec["IPAM"]["Driver"] = json!(plugin);
+            call.replace_body(Bytes::from(spec.to_string()));
+        } else if ipam != plugin {
+            return Ok(());
+        }
+        let mut subnets = Vec::new();
+        for c in spec["IPAM"]["Config"].as_array().into_iter().flatten() {
+            if let Some(s) = c["Subnet"].as_str() {
+                subnets.push(Cidr::parse(s)?);
+            }
+        }
+        if subnets.is_empty() {
+            subnets.push(self.0.settings.cidr);
+        }
+        let lock = self.0.networks_lock().await;
+        let listed = self.0.upstream().get_json("/networks").await?;
+        for n in listed.as_array().into_iter().flatten() {
+            if n["IPAM"]["Driver"].as_str() != Some(plugin) {
+                continue;
+            }
+            for theirs in n["IPAM"]["Config"].as_array().into_iter().flatten() {
+                let Some(Ok(theirs)) = theirs["Subnet"].as_str().map(Cidr::parse) else {
+                    continue;
+                };
+                if let Some(mine) = subnets.iter().find(|c| c.overlaps(&theirs)) {
+                    return Err(conflict(format!(
+                        "{mine} overlaps {theirs}, the subnet of network {}: the subnets of \
+                         luastrip's allocator must not overlap (their addresses share one space)",
+                        n["Name"].as_str().unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        call.state.insert(State {
+            _networks: Some(Arc::new(lock)),
+            ..State::default()
+        });
+        Ok(())
+    }
+
+    async fn connect(&self, call: &mut Call, net: &str) -> Result<(), Error> {
+        let Some(spec) = json_body(call).await? else {
+            return Ok(());
+        };
+        let ip = spec["EndpointConfig"]["IPAMConfig"]["IPv4Address"]
+            .as_str()
+            .unwrap_or_default();
+        let container = spec["Container"].as_str().unwrap_or_default();
+        if ip.is_empty() || container.is_empty() {
+            return Ok(());
+        }
+        let Some(subnets) = self.0.ours(net).await? else {
+            return Ok(());
+        };
+        let (cidr, a) = address_in(ip, &subnets, net)?;
+        // No such container: dockerd says so.
+        let Some(owner) = self.0.owner_of(container).await? else {
+            return Ok(());
+        };
+        if self.check_free(&cidr, a, net, Some(&owner)).await? {
+            self.0
+                .ipam
+                .allocate(&cidr, Some(a), Holder::Owner(&owner))
+                .await?;
+            call.state.insert(State {
+                claimed: vec![(owner, cidr, a)],
+                ..State::default()
+            });
+        }
+        Ok(())
+    }
+
+    /// After a create: the owner token goes to the new container, or is given back.
+    async fn created(&self, call: &mut Call, res: &mut Response<Body>) -> Result<(), Error> {
+        let Some(sent) = &call.buffered_body else {
+            return Ok(());
+        };
+        let spec: Value = serde_json::from_slice(sent).unwrap_or_default();
+        let Some(token) = spec["Labels"][OWNER_LABEL].as_str() else {
+            return Ok(());
+        };
+        if !res.status().is_success() {
+            // Logged, not failed: the daemon's answer is what the client gets.
+            if let Err(e) = self.0.release(token, "create refused").await {
+                warn!(helper = "overlay", token, error = %e, "cannot release addresses");
+            }
+            return Ok(());
+        }
+        let body = std::mem::replace(res.body_mut(), full(Bytes::new()));
+        let bytes = crate::body::read_to_cap(body, BODY_CAP)
+            .await
+            .map_err(|e| Error::Daemon {
+                upstream: "dockerd".into(),
+                reason: format!("the create's answer: {e}"),
+            })?;
+        *res.body_mut() = full(bytes.clone());
+        call.buffered_response = Some(bytes.clone());
+        let answer: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let Some(id) = answer["Id"].as_str() else {
+            warn!(helper = "overlay", token, "a create answered without an Id");
+            return Ok(());
+        };
+        // Logged, not failed: the container exists; until handed over, its label owns them.
+        if let Err(e) = self.0.ipam.rekey(token, id).await {
+            warn!(helper = "overlay", token, error = %e, "cannot hand addresses to the container");
+        }
+        Ok(())
+    }
+}
+
+impl Hooks for Guard {
+    fn pre<'a>(&'a self, call: &'a mut Call) -> HookFuture<'a, Option<Response<Body>>> {
+        Box::pin(async move {
+            if call.head.method != Method::POST {
+                return Ok(None);
+            }
+            let path = call.path.as_str().to_string();
+            if path == "/containers/create" {
+                self.create(call).await?;
+            } else if path == "/networks/create" {
+                self.network_create(call).await?;
+            } else if let Some(net) = path
+                .strip_prefix("/networks/")
+                .and_then(|r| r.strip_suffix("/connect"))
+            {
+                self.connect(call, net).await?;
+            }
+            Ok(None)
+        })
+    }
+
+    fn post<'a>(&'a self, call: &'a mut Call, res: &'a mut Response<Body>) -> HookFuture<'a, ()> {
+        Box::pin(async move {
+            if call.head.method != Method::POST {
+                return Ok(());
+            }
+            if call.path.as_str() == "/containers/create" {
+                return self.created(call, res).await;
+            }
+            let state = call.state.remove::<State>().unwrap_or_default();
+            if !res.status().is_success() {
+                for (owner, cidr, a) in state.claimed {
+                    if let Err(e) = self.0.ipam.release_one(&owner, &cidr, a).await {
+                        warn!(helper = "overlay", owner, error = %e, "cannot release {a}");
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
