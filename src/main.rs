@@ -121,6 +121,19 @@ struct ServeArgs {
     /// The default overlay network's name; the network of another subnet is NAME-10.2.1.0-24.
     #[arg(long, env = "LUASTRIP_OVERLAY_NETWORK", default_value = "luastrip")]
     overlay_network: String,
+    /// The part of --overlay-cidr this host picks addresses from (each host its own, until the
+    /// hosts share one cluster store); addresses asked for by value may be anywhere in it.
+    #[arg(long, env = "LUASTRIP_OVERLAY_RANGE")]
+    overlay_range: Option<String>,
+    /// Another host's address: the overlay bridge gets a VXLAN device that floods to every peer
+    /// (static unicast, head-end replication), so containers on all hosts share one network.
+    /// Repeat it, or separate addresses with commas.
+    #[arg(long, env = "LUASTRIP_OVERLAY_PEER", value_delimiter = ',')]
+    overlay_peer: Vec<std::net::Ipv4Addr>,
+    /// The VXLAN network identifier shared by the hosts of one overlay (UDP port 4789).
+    #[arg(long, env = "LUASTRIP_OVERLAY_VNI", default_value_t = 4242,
+          value_parser = clap::value_parser!(u32).range(1..16_777_216))]
+    overlay_vni: u32,
     /// Where dockerd discovers plugin sockets.
     #[arg(
         long,
@@ -336,6 +349,9 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             cidr: args.overlay_cidr,
             grace: std::time::Duration::from_secs(args.overlay_grace_s),
             network: args.overlay_network,
+            range: args.overlay_range,
+            peers: args.overlay_peer,
+            vni: args.overlay_vni,
         }),
         plugin_dir: args.plugin_dir,
         cluster_file: args.cluster_file,

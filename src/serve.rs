@@ -109,6 +109,12 @@ pub struct OverlayConfig {
     pub grace: Duration,
     /// `--overlay-network`: the default overlay network's name (others are `NAME-10.2.1.0-24`).
     pub network: String,
+    /// `--overlay-range`: the part of `cidr` this host picks from.
+    pub range: Option<String>,
+    /// `--overlay-peer`: other hosts, reached by VXLAN from the overlay bridge.
+    pub peers: Vec<std::net::Ipv4Addr>,
+    /// `--overlay-vni`: the VXLAN network identifier.
+    pub vni: u32,
 }
 
 /// How the volume helper is set up.
@@ -292,6 +298,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 overlay_helper(o, cluster.clone(), &config.host_name, &config.upstream)?
                     .with_events(gateway.journal.helper_events()),
             );
+            // Peers as the flags say now, if the bridge is up already (else at its first use).
+            if overlay.settings.vxlan.is_some()
+                && crate::overlay::link::exists(&overlay.settings.bridge).await
+            {
+                overlay
+                    .ensure_bridge(&overlay.settings.bridge)
+                    .await
+                    .map_err(|e| StartError::Helper(format!("--overlay-peer: {e}")))?;
+            }
             let follower = overlay.clone();
             background.spawn("overlay events follower", move |stop| {
                 crate::overlay::events::follow(follower, stop)
@@ -450,11 +465,30 @@ fn overlay_helper(
         .map_err(|e| StartError::Helper(format!("--network-plugin: {e}")))?;
     crate::volumes::name::VolumeName::parse(&config.network)
         .map_err(|e| StartError::Helper(format!("--overlay-network: {e}")))?;
+    let range = match &config.range {
+        None => None,
+        Some(r) => {
+            let r = crate::overlay::ipam::Cidr::parse(r)
+                .map_err(|e| StartError::Helper(format!("--overlay-range: {e}")))?;
+            if r.prefix < cidr.prefix || !r.overlaps(&cidr) {
+                return Err(StartError::Helper(format!(
+                    "--overlay-range {r} is not inside --overlay-cidr {cidr}"
+                )));
+            }
+            Some(r)
+        }
+    };
+    let vxlan = (!config.peers.is_empty()).then(|| crate::overlay::Vxlan {
+        vni: config.vni,
+        peers: config.peers.clone(),
+    });
     let settings = crate::overlay::Settings {
         plugin: config.plugin.clone(),
         bridge: config.bridge.clone(),
         cidr,
         network: config.network.clone(),
+        range,
+        vxlan,
     };
     Ok(crate::overlay::Overlay::new(
         cluster,

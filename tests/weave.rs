@@ -10,20 +10,34 @@ use std::time::Duration;
 
 use support::{output, run_ok, Daemon, Gateway, IMAGE};
 
-/// One overlay set-up: a gateway with the weave script in front of the shared daemon.
+/// One overlay set-up: a gateway with the weave script in front of a daemon (the shared one,
+/// or a second "host"'s in a network namespace).
 struct Overlay {
     gw: Gateway,
     args: Vec<String>,
-    script: String,
     plugin: String,
     bridge: String,
     cluster: std::path::PathBuf,
+    /// The daemon's socket, and the network namespace both run in (`None`: this host's).
+    daemon: std::path::PathBuf,
+    netns: Option<String>,
     _socket: support::RemoveOnDrop,
 }
 
 impl Overlay {
     /// `tag` makes the names unique among the tests of one run; `octet` the ranges.
     fn new(tag: &str, octet: u8) -> Overlay {
+        Overlay::on_host(tag, octet, None, &Daemon::shared().socket, &[])
+    }
+
+    /// The same in front of `daemon`, inside `netns`, with more flags.
+    fn on_host(
+        tag: &str,
+        octet: u8,
+        netns: Option<&str>,
+        daemon: &std::path::Path,
+        extra: &[&str],
+    ) -> Overlay {
         support::require_root();
         support::require_tool("ip", "iproute2");
         support::remove_dead_plugin_sockets();
@@ -44,28 +58,46 @@ impl Overlay {
             cluster.to_str().unwrap(),
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
-        let script = "require('luastrip.weave').enable()".to_string();
-        let gw = Gateway::with_script(
-            &script,
+        let path = support::temp_dir("script").join("weave.lua");
+        std::fs::write(&path, "require('luastrip.weave').enable()").unwrap();
+        let args: Vec<String> = ["--scripts", path.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(args)
+            .collect();
+        let gw = Gateway::start_in(
+            netns,
+            daemon,
             &args.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         );
         Overlay {
             gw,
             _socket: support::RemoveOnDrop(format!("/run/docker/plugins/{plugin}.sock").into()),
             args,
-            script,
             plugin,
             bridge,
             cluster,
+            daemon: daemon.to_path_buf(),
+            netns: netns.map(str::to_string),
         }
     }
 
     fn restart(&mut self) {
         assert_eq!(self.gw.terminate(), Some(0));
         let args: Vec<&str> = self.args.iter().map(|s| s.as_str()).collect();
-        self.gw = Gateway::with_script(&self.script, &args);
+        self.gw = Gateway::start_in(self.netns.as_deref(), &self.daemon, &args);
+    }
+
+    /// `ip ARGS…` in this host's network namespace.
+    fn ip(&self) -> Command {
+        let mut c = Command::new("ip");
+        if let Some(ns) = &self.netns {
+            c.args(["-n", ns]);
+        }
+        c
     }
 
     fn docker(&self) -> Command {
@@ -118,8 +150,9 @@ impl Overlay {
 impl Drop for Overlay {
     fn drop(&mut self) {
         // Only what is on this test's networks: other tests share the daemon.
-        let direct = Daemon::shared();
-        let nets = run_ok(direct.docker().args([
+        let host = format!("unix://{}", self.daemon.display());
+        let direct = || support::docker_cli(&host);
+        let nets = run_ok(direct().args([
             "network",
             "ls",
             "-q",
@@ -127,18 +160,14 @@ impl Drop for Overlay {
             &format!("driver={}", self.plugin),
         ]));
         for n in nets.split_whitespace() {
-            let ids =
-                run_ok(
-                    direct
-                        .docker()
-                        .args(["ps", "-aq", "--filter", &format!("network={n}")]),
-                );
+            let ids = run_ok(direct().args(["ps", "-aq", "--filter", &format!("network={n}")]));
             for id in ids.split_whitespace() {
-                let _ = output(direct.docker().args(["rm", "-f", id]));
+                let _ = output(direct().args(["rm", "-f", id]));
             }
-            let _ = output(direct.docker().args(["network", "rm", n]));
+            let _ = output(direct().args(["network", "rm", n]));
         }
-        let _ = Command::new("ip")
+        let _ = self
+            .ip()
             .args(["link", "del", "dev", &self.bridge])
             .stderr(std::process::Stdio::null())
             .status();
@@ -629,4 +658,181 @@ fn no_client_reaches_around_the_allocator() {
         "not from the IPAM driver other",
     );
     run_ok(o.docker().args(["rm", "-f", &victim, &other]));
+}
+
+/// A second "host": a network namespace linked to this one by a veth pair (the underlay), both
+/// removed on drop.
+struct Underlay {
+    netns: String,
+    link: String,
+}
+
+impl Underlay {
+    fn new(netns: &str, link: &str, peer: &str, ip: &str, peer_ip: &str) -> Underlay {
+        support::require_tool("bridge", "iproute2");
+        let _ = output(Command::new("ip").args(["netns", "del", netns]));
+        let _ = output(Command::new("ip").args(["link", "del", link]));
+        run_ok(Command::new("ip").args(["netns", "add", netns]));
+        let u = Underlay {
+            netns: netns.into(),
+            link: link.into(),
+        };
+        for args in [
+            &[
+                "link", "add", link, "type", "veth", "peer", "name", peer, "netns", netns,
+            ][..],
+            &["addr", "add", &format!("{ip}/30"), "dev", link],
+            &["link", "set", link, "up"],
+            &[
+                "-n",
+                netns,
+                "addr",
+                "add",
+                &format!("{peer_ip}/30"),
+                "dev",
+                peer,
+            ],
+            &["-n", netns, "link", "set", peer, "up"],
+            &["-n", netns, "link", "set", "lo", "up"],
+        ] {
+            run_ok(Command::new("ip").args(args));
+        }
+        u
+    }
+}
+
+impl Drop for Underlay {
+    fn drop(&mut self) {
+        let _ = output(Command::new("ip").args(["link", "del", &self.link]));
+        let _ = output(Command::new("ip").args(["netns", "del", &self.netns]));
+    }
+}
+
+/// Stops a daemon on drop.
+struct Stopping(Daemon);
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// The address of a container on its one overlay network.
+fn ip_of(o: &Overlay, id: &str) -> String {
+    o.addresses(id)
+        .split('=')
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn containers_on_two_hosts_reach_each_other_over_vxlan() {
+    support::require_root();
+    let pid = std::process::id();
+    let netns = format!("lst{pid}h2");
+    let (link, peer) = (
+        format!("lsu{}a", pid % 100_000),
+        format!("lsu{}b", pid % 100_000),
+    );
+    let x = pid % 250;
+    let (ip_a, ip_b) = (format!("198.18.{x}.1"), format!("198.18.{x}.2"));
+    let vni = (4000 + pid % 1000).to_string();
+    let vxlan = format!("lsx{vni}");
+    let underlay = Underlay::new(&netns, &link, &peer, &ip_a, &ip_b);
+    let daemon_b = Stopping(Daemon::start_in_netns(
+        &support::temp_dir("dockerd-h2"),
+        &netns,
+    ));
+    let flags = |peer: &str, range: &str, host: &'static str| {
+        [
+            "--overlay-peer",
+            peer,
+            "--overlay-range",
+            range,
+            "--overlay-vni",
+            &vni,
+            "--host-name",
+            host,
+        ]
+        .map(str::to_string)
+    };
+    let fa = flags(&ip_b, "10.124.0.0/17", "h1");
+    let fb = flags(&ip_a, "10.124.128.0/17", "h2");
+    let a = Overlay::on_host("va", 124, None, &Daemon::shared().socket, &refs(&fa));
+    let b = Overlay::on_host("vb", 124, Some(&netns), &daemon_b.0.socket, &refs(&fb));
+
+    let run = |o: &Overlay| {
+        run_ok(o.docker().args([
+            "run",
+            "-d",
+            "-e",
+            "WEAVE_CIDR=net:default",
+            IMAGE,
+            "sleep",
+            "300",
+        ]))
+        .trim()
+        .to_string()
+    };
+    let (on_a, on_b) = (run(&a), run(&b));
+    let (addr_a, addr_b) = (ip_of(&a, &on_a), ip_of(&b, &on_b));
+    // Each host picks from its own share of the one subnet.
+    assert!(
+        addr_a.starts_with("10.124.")
+            && addr_a.split('.').nth(2).unwrap().parse::<u8>().unwrap() < 128,
+        "{addr_a}"
+    );
+    assert!(
+        addr_b.split('.').nth(2).unwrap().parse::<u8>().unwrap() >= 128,
+        "{addr_b}"
+    );
+    // Both ways over VXLAN, also a packet near the endpoints' MTU (1450: VXLAN takes 50).
+    run_ok(
+        b.docker()
+            .args(["exec", &on_b, "ping", "-c", "2", "-W", "2", &addr_a]),
+    );
+    run_ok(
+        a.docker()
+            .args(["exec", &on_a, "ping", "-c", "2", "-W", "2", &addr_b]),
+    );
+    run_ok(a.docker().args([
+        "exec", &on_a, "ping", "-c", "1", "-s", "1400", "-W", "2", &addr_b,
+    ]));
+    let link_a = run_ok(
+        a.docker()
+            .args(["exec", &on_a, "ip", "link", "show", "ethwe0"]),
+    );
+    assert!(link_a.contains("mtu 1450"), "{link_a}");
+    // Head-end replication: one all-zero FDB entry per peer, on each host.
+    let fdb = run_ok(Command::new("bridge").args(["fdb", "show", "dev", &vxlan]));
+    assert!(
+        fdb.contains(&format!("00:00:00:00:00:00 dst {ip_b}")),
+        "{fdb}"
+    );
+    let fdb = run_ok(b.ip().args(["-d", "link", "show", &vxlan]));
+    assert!(fdb.contains(&format!("vxlan id {vni}")), "{fdb}");
+
+    // Removing the last network takes the bridge and its VXLAN device with it.
+    run_ok(a.docker().args(["rm", "-f", &on_a]));
+    run_ok(b.docker().args(["rm", "-f", &on_b]));
+    let bridge_a = a.bridge.clone();
+    drop(b);
+    drop(a);
+    let left = links();
+    assert!(!left.contains(&format!(" {vxlan}:")), "{left}");
+    assert!(!left.contains(&format!(" {bridge_a}:")), "{left}");
+    drop(daemon_b);
+    drop(underlay);
+    let left = links();
+    assert!(
+        !left.contains(&format!(" {link}@")) && !left.contains(&format!(" {link}:")),
+        "{left}"
+    );
+    let spaces = run_ok(Command::new("ip").args(["netns", "list"]));
+    assert!(!spaces.contains(&netns), "{spaces}");
+}
+
+fn refs(f: &[String]) -> Vec<&str> {
+    f.iter().map(String::as_str).collect()
 }

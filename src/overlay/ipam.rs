@@ -83,6 +83,11 @@ impl Cidr {
         a & self.mask() == net && a != net && a != net | !self.mask()
     }
 
+    /// Whether `a` is in this network at all (its network and broadcast addresses included).
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.network)
+    }
+
     /// The host addresses, lowest first.
     fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
         let net = u32::from(self.network);
@@ -134,6 +139,8 @@ pub struct Ipam {
     cluster: Arc<dyn Cluster>,
     host: String,
     grace: Duration,
+    /// `--overlay-range`: new picks in a pool around it come from it (gateways excepted).
+    range: Option<Cidr>,
 }
 
 const PREFIX: &str = "overlay/addresses/";
@@ -159,7 +166,14 @@ impl Ipam {
             cluster,
             host,
             grace,
+            range: None,
         }
+    }
+
+    /// Pick new addresses of pools around `range` from `range` only (this host's share).
+    pub fn with_range(mut self, range: Option<Cidr>) -> Self {
+        self.range = range;
+        self
     }
 
     fn record(&self, holder: Holder) -> Value {
@@ -234,7 +248,13 @@ impl Ipam {
             .collect();
         let now = now_s();
         let mut in_grace = 0;
-        for a in pool.hosts() {
+        let share = self
+            .range
+            .filter(|r| r.overlaps(pool) && holder != Holder::Gateway);
+        for a in pool
+            .hosts()
+            .filter(|a| share.is_none_or(|r| r.contains(*a)))
+        {
             let k = key(pool, a);
             let written = match records.get(&k) {
                 None => self.cluster.create(&k, self.record(holder)).await,
@@ -263,8 +283,12 @@ impl Ipam {
         } else {
             String::new()
         };
+        let what = match share {
+            Some(r) => format!("{pool} (this host's share, --overlay-range {r})"),
+            None => pool.to_string(),
+        };
         Err(helper(format!(
-            "{pool} is exhausted: every address is taken{held}"
+            "{what} is exhausted: every address is taken{held}"
         )))
     }
 

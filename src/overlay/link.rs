@@ -1,6 +1,9 @@
-//! Links on this host: the overlay bridge and one veth pair per container endpoint, made with
-//! `ip` by argv (never a shell). Every name is checked first: at most 15 bytes, letters, digits,
-//! `-`, `_` and `.`, so that no name can become an option or another device's name.
+//! Links on this host: the overlay bridge, its VXLAN device to the other hosts, and one veth
+//! pair per container endpoint, made with `ip` and `bridge` by argv (never a shell). Every name is
+//! checked first: at most 15 bytes, letters, digits, `-`, `_` and `.`, so that no name can become
+//! an option or another device's name. A link is set up (master, FDB, MTU) before it goes up.
+
+use std::net::Ipv4Addr;
 
 use tokio::process::Command;
 
@@ -32,19 +35,24 @@ pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
 
 /// Run `ip ARGS…`; an error names the command and what it said.
 async fn ip(args: &[&str]) -> Result<String, Error> {
-    let out = Command::new("ip")
+    iproute2("ip", args).await
+}
+
+/// Run `ip` or `bridge` (both iproute2) with `args`.
+async fn iproute2(tool: &str, args: &[&str]) -> Result<String, Error> {
+    let out = Command::new(tool)
         .args(args)
         .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| {
             helper(format!(
-                "cannot run ip ({e}); on Debian: apt-get install iproute2"
+                "cannot run {tool} ({e}); on Debian: apt-get install iproute2"
             ))
         })?;
     if !out.status.success() {
         return Err(helper(format!(
-            "ip {}: {}",
+            "{tool} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
@@ -66,9 +74,54 @@ pub async fn ensure_bridge(name: &str) -> Result<(), Error> {
     ip(&["link", "set", "dev", name, "up"]).await.map(|_| ())
 }
 
+/// The VXLAN device `name` (network `vni`, UDP 4789) on `bridge`, up, flooding to exactly
+/// `peers`: an all-zero FDB entry per peer (head-end replication); unicast destinations are
+/// learned from what comes back. Entries of peers no longer named are removed.
+pub async fn ensure_vxlan(
+    name: &str,
+    vni: u32,
+    peers: &[Ipv4Addr],
+    bridge: &str,
+) -> Result<(), Error> {
+    check_name("vxlan", name)?;
+    check_name("bridge", bridge)?;
+    let fresh = !exists(name).await;
+    if fresh {
+        let vni = vni.to_string();
+        ip(&[
+            "link", "add", "name", name, "type", "vxlan", "id", &vni, "dstport", "4789",
+        ])
+        .await?;
+        ip(&["link", "set", "dev", name, "master", bridge]).await?;
+    }
+    let listed = iproute2("bridge", &["fdb", "show", "dev", name]).await?;
+    let flooded: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| l.strip_prefix("00:00:00:00:00:00 dst "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for p in peers {
+        let p = p.to_string();
+        if !flooded.contains(&p.as_str()) {
+            let entry = ["00:00:00:00:00:00", "dev", name, "dst", &p];
+            iproute2("bridge", &[&["fdb", "append"][..], &entry].concat()).await?;
+        }
+    }
+    for old in flooded {
+        if !peers.iter().any(|p| p.to_string() == old) {
+            let entry = ["00:00:00:00:00:00", "dev", name, "dst", old];
+            iproute2("bridge", &[&["fdb", "del"][..], &entry].concat()).await?;
+        }
+    }
+    if fresh {
+        ip(&["link", "set", "dev", name, "up"]).await?;
+    }
+    Ok(())
+}
+
 /// A veth pair: `host` attached to `bridge` and up; `peer` left down for dockerd to move into
-/// the container, rename, address and bring up there.
-pub async fn add_veth(host: &str, peer: &str, bridge: &str) -> Result<(), Error> {
+/// the container, rename, address and bring up there. Both ends get `mtu` if given.
+pub async fn add_veth(host: &str, peer: &str, bridge: &str, mtu: Option<u32>) -> Result<(), Error> {
     check_name("veth", host)?;
     check_name("veth", peer)?;
     check_name("bridge", bridge)?;
@@ -76,8 +129,9 @@ pub async fn add_veth(host: &str, peer: &str, bridge: &str) -> Result<(), Error>
         // Left from a crash: start again.
         let _ = ip(&["link", "del", "dev", host]).await;
     }
+    let mtu = mtu.unwrap_or(1500).to_string();
     ip(&[
-        "link", "add", "name", host, "type", "veth", "peer", "name", peer,
+        "link", "add", "name", host, "mtu", &mtu, "type", "veth", "peer", "name", peer, "mtu", &mtu,
     ])
     .await?;
     let attached = async {
@@ -92,16 +146,19 @@ pub async fn add_veth(host: &str, peer: &str, bridge: &str) -> Result<(), Error>
     Ok(())
 }
 
-/// Whether any link is attached to the bridge `name`.
-pub async fn has_ports(name: &str) -> Result<bool, Error> {
+/// The links attached to the bridge `name` (none if it does not exist).
+pub async fn ports(name: &str) -> Result<Vec<String>, Error> {
     check_name("bridge", name)?;
     if !exists(name).await {
-        return Ok(false);
+        return Ok(Vec::new());
     }
-    Ok(!ip(&["-o", "link", "show", "master", name])
+    // `7: lsv0123456789@if6: <…> mtu 1500 master luastrip0 …`
+    Ok(ip(&["-o", "link", "show", "master", name])
         .await?
-        .trim()
-        .is_empty())
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect())
 }
 
 /// Delete a link (one end of a veth pair takes the other with it); absent is fine.

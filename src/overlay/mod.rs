@@ -126,6 +126,36 @@ pub struct Settings {
     pub cidr: Cidr,
     /// `--overlay-network`: the default network's name, and the prefix of the others'.
     pub network: String,
+    /// `--overlay-range`: the part of `cidr` this host picks addresses from.
+    pub range: Option<Cidr>,
+    /// `--overlay-peer`: the VXLAN device of `bridge`, if there are other hosts.
+    pub vxlan: Option<Vxlan>,
+}
+
+/// The overlay bridge's way to the other hosts: one VXLAN device (`lsx<vni>`) on the bridge,
+/// with an all-zero FDB entry per peer, so that broadcasts (ARP) and unknown destinations go to
+/// every peer and replies are learned (static unicast, head-end replication).
+#[derive(Debug, Clone)]
+pub struct Vxlan {
+    pub vni: u32,
+    pub peers: Vec<Ipv4Addr>,
+}
+
+impl Vxlan {
+    /// The device's name.
+    pub fn device(&self) -> String {
+        format!("lsx{}", self.vni)
+    }
+}
+
+/// The MTU of endpoints on a bridge with VXLAN: Ethernet's 1500 less VXLAN's 50 bytes.
+pub const VXLAN_MTU: u32 = 1450;
+
+impl Settings {
+    /// The VXLAN of `bridge`, if it is the overlay bridge and there are peers.
+    pub fn vxlan_of(&self, bridge: &str) -> Option<&Vxlan> {
+        self.vxlan.as_ref().filter(|_| bridge == self.bridge)
+    }
 }
 
 /// The overlay helper. Shared by every VM, the plugin drivers and the events follower.
@@ -150,7 +180,7 @@ impl Overlay {
         upstream: Upstream,
     ) -> Self {
         Overlay {
-            ipam: Ipam::new(cluster.clone(), host, grace),
+            ipam: Ipam::new(cluster.clone(), host, grace).with_range(settings.range),
             cluster,
             settings,
             upstream,
@@ -503,6 +533,35 @@ impl Overlay {
             .iter()
             .any(|(_, r)| r.value["bridge"].as_str() == Some(bridge.as_str()));
         Ok((bridge, shared))
+    }
+
+    /// The bridge `bridge` made and up, with its VXLAN device and peers when it is the overlay
+    /// bridge and there are peers. Called at every `CreateNetwork` and `Join` (so a reboot or a
+    /// changed `--overlay-peer` is caught up) and at start-up.
+    pub async fn ensure_bridge(&self, bridge: &str) -> Result<(), Error> {
+        link::ensure_bridge(bridge).await?;
+        if let Some(v) = self.settings.vxlan_of(bridge) {
+            link::ensure_vxlan(&v.device(), v.vni, &v.peers, bridge).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove the bridge `bridge` (and its VXLAN device) if no endpoint is attached to it.
+    pub async fn remove_bridge_if_unused(&self, bridge: &str) -> Result<(), Error> {
+        let vxlan = self.settings.vxlan_of(bridge).map(Vxlan::device);
+        let ports = link::ports(bridge).await?;
+        if ports.iter().any(|p| Some(p) != vxlan.as_ref()) {
+            return Ok(());
+        }
+        if let Some(v) = &vxlan {
+            link::delete(v).await?;
+        }
+        link::delete(bridge).await
+    }
+
+    /// The MTU of an endpoint on `bridge`: less than Ethernet's where VXLAN carries it.
+    pub fn mtu_of(&self, bridge: &str) -> Option<u32> {
+        self.settings.vxlan_of(bridge).map(|_| VXLAN_MTU)
     }
 
     pub(crate) fn upstream(&self) -> &Upstream {

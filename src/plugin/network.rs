@@ -49,7 +49,7 @@ impl NetworkDriver {
             .unwrap_or(&self.overlay.settings.bridge)
             .to_string();
         let made = async {
-            link::ensure_bridge(&bridge).await?;
+            self.overlay.ensure_bridge(&bridge).await?;
             self.overlay.set_bridge(id, &bridge).await
         };
         match made.await {
@@ -64,16 +64,10 @@ impl NetworkDriver {
             Ok(b) => b,
             Err(e) => return err(reason(e)),
         };
-        // The bridge goes with its last network, and only when nothing is attached to it.
+        // The bridge (and its VXLAN) goes with its last network, once nothing is attached.
         if !shared {
-            match link::has_ports(&bridge).await {
-                Ok(false) => {
-                    if let Err(e) = link::delete(&bridge).await {
-                        return err(reason(e));
-                    }
-                }
-                Ok(true) => {}
-                Err(e) => return err(reason(e)),
+            if let Err(e) = self.overlay.remove_bridge_if_unused(&bridge).await {
+                return err(reason(e));
             }
         }
         json!({})
@@ -90,10 +84,11 @@ impl NetworkDriver {
             Err(e) => return err(reason(e)),
         };
         // Made again if it went (a host reboot; the daemon keeps its networks).
-        if let Err(e) = link::ensure_bridge(&bridge).await {
+        if let Err(e) = self.overlay.ensure_bridge(&bridge).await {
             return err(reason(e));
         }
-        match link::add_veth(&host, &peer, &bridge).await {
+        let mtu = self.overlay.mtu_of(&bridge);
+        match link::add_veth(&host, &peer, &bridge, mtu).await {
             Ok(()) => json!({
                 "InterfaceName": { "SrcName": peer, "DstPrefix": "ethwe" },
                 "DisableGatewayService": true,

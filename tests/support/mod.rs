@@ -134,13 +134,25 @@ impl Daemon {
 
     /// Start a dockerd with everything under `dir`, and wait until it answers.
     pub fn start(dir: &Path) -> Daemon {
+        Daemon::start_in(dir, None)
+    }
+
+    /// The same, inside the network namespace `netns` if given (a second "host"), with
+    /// [`IMAGE`] loaded.
+    pub fn start_in_netns(dir: &Path, netns: &str) -> Daemon {
+        let d = Daemon::start_in(dir, Some(netns));
+        d.import_busybox();
+        d
+    }
+
+    fn start_in(dir: &Path, netns: Option<&str>) -> Daemon {
         require_root();
         require_tool("dockerd", "docker.io");
         require_tool("docker", "docker.io");
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("docker.sock");
         let _ = std::fs::remove_file(&socket);
-        let mut cmd = Command::new("dockerd");
+        let mut cmd = in_netns(netns, "dockerd");
         cmd.arg("--host")
             .arg(format!("unix://{}", socket.display()))
             .arg("--data-root")
@@ -291,6 +303,21 @@ fn spawn_bound_to_process(mut cmd: Command) -> u32 {
     reply_rx.recv().expect("background spawner died")
 }
 
+/// `program`, run inside the network namespace `netns` (made by `ip netns add`) if given.
+/// `nsenter` switches only the network namespace and execs the program, which keeps the pid
+/// (`ip netns exec` would also remount /sys, hiding the cgroup mounts dockerd needs).
+pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            require_tool("nsenter", "util-linux");
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(program);
+            c
+        }
+    }
+}
+
 /// A docker CLI for `host`, with its own empty config directory.
 pub fn docker_cli(host: &str) -> Command {
     let cfg = run_dir().join("docker-config");
@@ -315,10 +342,15 @@ pub struct Gateway {
 impl Gateway {
     /// Start `luastrip serve` in front of `upstream` (a socket path) with extra arguments.
     pub fn start_with(upstream: &Path, extra: &[&str]) -> Gateway {
+        Gateway::start_in(None, upstream, extra)
+    }
+
+    /// The same, inside the network namespace `netns` if given.
+    pub fn start_in(netns: Option<&str>, upstream: &Path, extra: &[&str]) -> Gateway {
         let dir = temp_dir("gateway");
         let socket = dir.join("luastrip.sock");
         let log = dir.join("luastrip.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_luastrip"))
+        let child = in_netns(netns, env!("CARGO_BIN_EXE_luastrip"))
             .arg("serve")
             .arg("--listen")
             .arg(format!("unix://{}", socket.display()))
