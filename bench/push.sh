@@ -8,14 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { echo "bench/push.sh: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (it makes ZFS pools and starts a private dockerd)"
-need=()
-command -v zpool >/dev/null || need+=(zfs-fuse)
-command -v dockerd >/dev/null || need+=(docker.io)
-dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. tools/hosts.sh
+need zpool:zfs-fuse dockerd:docker.io curl:curl busybox-static
 . tools/zfs-fuse.sh
 start_zfs_fuse
 cargo build --release --quiet
@@ -24,7 +18,7 @@ D=$(mktemp -d /tmp/luastrip-push.XXXXXX)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -f "$D/dockerd/pid" ] && kill "$(cat "$D/dockerd/pid")" 2>/dev/null || true
+    stop_dockerd "$D/dockerd"
     wait 2>/dev/null || true
     for i in 1 2; do
         for _ in $(seq 20); do
@@ -38,15 +32,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$D/dockerd"
-dockerd --host "unix://$D/dockerd/docker.sock" --data-root "$D/dockerd/data" --exec-root "$D/dockerd/exec" \
-    --pidfile "$D/dockerd/pid" --bridge=none --iptables=false > "$D/dockerd/log" 2>&1 &
-for _ in $(seq 200); do curl -sf --unix-socket "$D/dockerd/docker.sock" http://d/_ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_dockerd "$D/dockerd"
 export DOCKER_HOST="unix://$D/dockerd/docker.sock"
-mkdir -p "$D/rootfs/bin"
-cp /bin/busybox "$D/rootfs/bin/busybox"
-for a in sh dd sleep cat echo; do ln -s busybox "$D/rootfs/bin/$a"; done
-tar -C "$D/rootfs" -c . | docker import - luastrip-bench/busybox >/dev/null
+import_busybox luastrip-bench/busybox "$D"
 
 head -c 24 /dev/urandom | base64 > "$D/token"
 cat > "$D/push.lua" <<'LUA'

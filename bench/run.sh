@@ -31,17 +31,10 @@ THREADS=${THREADS:-1}
 die() { echo "bench: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (it installs packages and starts a private dockerd)"
 # What a fresh Debian machine lacks: Debian's packages with apt, oha with cargo.
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v dockerd >/dev/null || need+=(docker.io)
-[ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua)
-[ -f /usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so ] || need+=(lua-cjson)
-if [ ${#need[@]} -gt 0 ]; then
-    echo "bench: installing ${need[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. tools/hosts.sh
+need nginx:nginx-light haproxy:haproxy dockerd:docker.io curl:curl \
+    /usr/lib/nginx/modules/ngx_http_lua_module.so:libnginx-mod-http-lua \
+    /usr/lib/x86_64-linux-gnu/lua/5.1/cjson.so:lua-cjson
 command -v oha >/dev/null || cargo install oha --locked --quiet || die "cannot install oha"
 export PATH="$HOME/.cargo/bin:$PATH"
 BODY=$PWD/tests/fixtures/create-body.json
@@ -55,7 +48,7 @@ cleanup() {
     [ -f "$D/nginx-static.pid" ] && kill "$(cat "$D/nginx-static.pid")" 2>/dev/null || true
     [ -f "$D/nginx-proxy.pid" ] && kill "$(cat "$D/nginx-proxy.pid")" 2>/dev/null || true
     [ -f "$D/nginx-lua.pid" ] && kill "$(cat "$D/nginx-lua.pid")" 2>/dev/null || true
-    [ -f "$D/dockerd/pid" ] && kill "$(cat "$D/dockerd/pid")" 2>/dev/null || true
+    stop_dockerd "$D/dockerd"
     sleep 1
     rm -rf "$D" 2>/dev/null || true
 }
@@ -190,12 +183,7 @@ PIDS+=($(cat "$D/haproxy.pid"))
 wait_sock "$D/haproxy.sock"
 
 # --- a private dockerd for /_ping -----------------------------------------------------------
-mkdir -p "$D/dockerd"
-dockerd --host "unix://$D/dockerd/docker.sock" --data-root "$D/dockerd/data" --exec-root "$D/dockerd/exec" \
-    --pidfile "$D/dockerd/pid" --bridge=none --iptables=false > "$D/dockerd/log" 2>&1 & PIDS+=($!)
-for _ in $(seq 300); do
-    curl -sf --unix-socket "$D/dockerd/docker.sock" http://d/_ping >/dev/null 2>&1 && break; sleep 0.1
-done
+start_dockerd "$D/dockerd"
 LUASTRIP_LOG=warn "$BIN" serve --threads "$THREADS" --listen "unix://$D/luastrip-docker.sock" --upstream "unix://$D/dockerd/docker.sock" \
     2> "$D/luastrip-docker.err" & PIDS+=($!)
 wait_sock "$D/luastrip-docker.sock"

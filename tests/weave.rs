@@ -836,3 +836,44 @@ fn containers_on_two_hosts_reach_each_other_over_vxlan() {
 fn refs(f: &[String]) -> Vec<&str> {
     f.iter().map(String::as_str).collect()
 }
+
+/// `examples/weave/two-hosts.sh`, as a reader would run it (with this suite's binary and names
+/// of its own).
+#[test]
+fn the_two_host_example_runs() {
+    support::require_root();
+    let pid = std::process::id();
+    let n = pid % 100_000;
+    let out = output(
+        Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/weave/two-hosts.sh"
+            ))
+            .env("BIN", env!("CARGO_BIN_EXE_luastrip"))
+            .env("NETNS", format!("lst{pid}ex"))
+            .env("LINKS", format!("lsu{n}c lsu{n}d"))
+            .env(
+                "UNDERLAY",
+                format!("198.19.{}.1 198.19.{}.2", pid % 250, pid % 250),
+            )
+            .env("BRIDGES", format!("lst{n}e1 lst{n}e2"))
+            .env("PLUGINS", format!("lst{pid}e1 lst{pid}e2"))
+            .env("VNI", (5000 + pid % 1000).to_string()),
+    );
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{err}");
+    assert!(stdout.contains("hello from h1"), "{stdout}\n{err}");
+    assert!(stdout.contains("inet 10.40."), "{stdout}");
+    // It cleaned up after itself.
+    let left = links();
+    assert!(
+        !left.contains(&format!("lst{n}e1")) && !left.contains(&format!("lsu{n}c")),
+        "{left}"
+    );
+    let spaces = run_ok(Command::new("ip").args(["netns", "list"]));
+    assert!(!spaces.contains(&format!("lst{pid}ex")), "{spaces}");
+}

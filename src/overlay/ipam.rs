@@ -83,11 +83,6 @@ impl Cidr {
         a & self.mask() == net && a != net && a != net | !self.mask()
     }
 
-    /// Whether `a` is in this network at all (its network and broadcast addresses included).
-    pub fn contains(&self, a: Ipv4Addr) -> bool {
-        u32::from(a) & self.mask() == u32::from(self.network)
-    }
-
     /// The host addresses, lowest first.
     fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
         let net = u32::from(self.network);
@@ -251,10 +246,7 @@ impl Ipam {
         let share = self
             .range
             .filter(|r| r.overlaps(pool) && holder != Holder::Gateway);
-        for a in pool
-            .hosts()
-            .filter(|a| share.is_none_or(|r| r.contains(*a)))
-        {
+        for a in pool.hosts().filter(|a| share.is_none_or(|r| r.holds(*a))) {
             let k = key(pool, a);
             let written = match records.get(&k) {
                 None => self.cluster.create(&k, self.record(holder)).await,

@@ -1,0 +1,82 @@
+# Shell set-up shared by the benchmarks and the examples (source it; as root): packages, private
+# dockerds (also inside a network namespace, as a second "host"), the busybox image, and the
+# veth "underlay" between two hosts on one machine. Each function cleans up after itself only
+# when asked; callers keep their own trap.
+
+# need SPEC … — install (apt, quietly) what is missing. SPEC is CMD:PACKAGE (a command),
+# /PATH:PACKAGE (a file) or PACKAGE (checked with dpkg).
+need() {
+    local missing=() spec what
+    for spec in "$@"; do
+        what=${spec%%:*}
+        case $spec in
+            /*) [ -e "$what" ] || missing+=("${spec#*:}") ;;
+            *:*) command -v "$what" >/dev/null 2>&1 || missing+=("${spec#*:}") ;;
+            *) dpkg -s "$spec" >/dev/null 2>&1 || missing+=("$spec") ;;
+        esac
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]}" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# start_dockerd DIR [NETNS] — a private dockerd with everything under DIR (socket DIR/docker.sock,
+# pid in DIR/pid), inside the network namespace NETNS if given; waits until it answers.
+# `--bridge=none`: another value would take the machine's docker0.
+start_dockerd() {
+    local dir=$1 netns=${2:-} pre=()
+    mkdir -p "$dir"
+    # nsenter switches only the network namespace (`ip netns exec` remounts /sys, and dockerd
+    # then finds no cgroups).
+    [ -n "$netns" ] && pre=(nsenter "--net=/run/netns/$netns")
+    "${pre[@]}" dockerd --host "unix://$dir/docker.sock" --data-root "$dir/data" \
+        --exec-root "$dir/exec" --pidfile "$dir/pid" --bridge=none --iptables=false \
+        > "$dir/log" 2>&1 &
+    for _ in $(seq 300); do
+        curl -sf --unix-socket "$dir/docker.sock" http://d/_ping >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "dockerd in $dir did not start; its log ends:" >&2
+    tail -5 "$dir/log" >&2
+    return 1
+}
+
+# stop_dockerd DIR — SIGTERM the dockerd of DIR and wait for it.
+stop_dockerd() {
+    local pid
+    pid=$(cat "$1/pid" 2>/dev/null) || return 0
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+}
+
+# import_busybox IMAGE DIR — the static busybox as IMAGE (no registry needed), on $DOCKER_HOST.
+import_busybox() {
+    local image=$1 root=$2/rootfs a
+    mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/proc" "$root/sys" "$root/dev"
+    cp /bin/busybox "$root/bin/busybox"
+    for a in $(/bin/busybox --list); do
+        [ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"
+    done
+    tar -C "$root" -c . | docker import -c 'ENV PATH=/bin' - "$image" >/dev/null
+}
+
+# underlay NETNS LINK PEER IP PEER_IP — the network namespace NETNS (a second host), linked to
+# this one by the veth pair LINK (here, IP/30) and PEER (there, PEER_IP/30).
+underlay() {
+    local ns=$1 link=$2 peer=$3 ip=$4 peer_ip=$5
+    ip netns add "$ns"
+    ip link add "$link" type veth peer name "$peer" netns "$ns"
+    ip addr add "$ip/30" dev "$link"
+    ip link set "$link" up
+    ip -n "$ns" addr add "$peer_ip/30" dev "$peer"
+    ip -n "$ns" link set "$peer" up
+    ip -n "$ns" link set lo up
+}
+
+# remove_underlay NETNS LINK — undo `underlay`.
+remove_underlay() {
+    ip link del "$2" 2>/dev/null || true
+    ip netns del "$1" 2>/dev/null || true
+}
