@@ -23,20 +23,18 @@ VNI=4343
 [ "$(id -u)" -eq 0 ] || { echo "bench/overlay.sh: run as root" >&2; exit 1; }
 . tools/hosts.sh
 need dockerd:docker.io curl:curl ip:iproute2 bridge:iproute2 nsenter:util-linux busybox-static
-cargo build --release --quiet
-BIN=$PWD/target/release/luastrip
+build_luastrip
 IMAGE=luastrip-bench/busybox
 D=$(mktemp -d /tmp/luastrip-overlay.XXXXXX)
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait "${PIDS[@]}" 2>/dev/null || true
+    stop_all "${PIDS[@]}"
     stop_dockerd "$D/d1"
     stop_dockerd "$D/d2"
     ip link del "lsx$VNI" 2>/dev/null || true
     ip link del lsbench1 2>/dev/null || true
     remove_underlay "$NETNS" lsbu1
-    grep -o " $D[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    unmount_under "$D"
     rm -rf "$D"
 }
 trap cleanup EXIT

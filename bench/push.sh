@@ -12,8 +12,7 @@ die() { echo "bench/push.sh: $*" >&2; exit 1; }
 need zpool:zfs-fuse dockerd:docker.io curl:curl busybox-static
 . tools/zfs-fuse.sh
 start_zfs_fuse
-cargo build --release --quiet
-BIN=$PWD/target/release/luastrip
+build_luastrip
 D=$(mktemp -d /tmp/luastrip-push.XXXXXX)
 PIDS=()
 cleanup() {
@@ -27,7 +26,7 @@ cleanup() {
             sleep 0.3
         done
     done
-    grep -o " $D[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    unmount_under "$D"
     rm -rf "$D"
 }
 trap cleanup EXIT

@@ -39,8 +39,7 @@ command -v oha >/dev/null || cargo install oha --locked --quiet || die "cannot i
 export PATH="$HOME/.cargo/bin:$PATH"
 BODY=$PWD/tests/fixtures/create-body.json
 
-cargo build --release --quiet
-BIN=$PWD/target/release/luastrip
+build_luastrip
 D=$(mktemp -d /tmp/luastrip-bench.XXXXXX)
 PIDS=()
 cleanup() {

@@ -116,6 +116,21 @@ impl Overlay {
         .to_string()
     }
 
+    /// `docker run -d -e WEAVE_CIDR=value busybox sleep 300`: the container's ID.
+    fn run_d(&self, value: &str) -> String {
+        run_ok(self.docker().args([
+            "run",
+            "-d",
+            "-e",
+            &format!("WEAVE_CIDR={value}"),
+            IMAGE,
+            "sleep",
+            "300",
+        ]))
+        .trim()
+        .to_string()
+    }
+
     /// `docker run -e WEAVE_CIDR=value` fails with `why`.
     fn claim_refused(&self, value: &str, why: &str) {
         let out = output(self.docker().args([
@@ -202,17 +217,7 @@ fn weave_cidr_gives_containers_their_address_before_they_run_and_keeps_it() {
     support::wait_until("--rm released", Duration::from_secs(10), || o.owners() == 0);
 
     // Stop/start and restart keep the address; another container reaches it.
-    let a = run_ok(o.docker().args([
-        "run",
-        "-d",
-        "-e",
-        "WEAVE_CIDR=net:default",
-        IMAGE,
-        "sleep",
-        "300",
-    ]))
-    .trim()
-    .to_string();
+    let a = o.run_d("net:default");
     let first = o.addresses(&a);
     assert!(first.contains("=10.120."), "{first}");
     run_ok(o.docker().args(["stop", "-t", "0", &a]));
@@ -298,17 +303,7 @@ fn weave_cidr_gives_containers_their_address_before_they_run_and_keeps_it() {
     assert!(out.contains(&ip) && !out.contains("10.2.1.9"), "{out}");
 
     // Removed on the daemon directly, never through luastrip: released all the same.
-    let b = run_ok(o.docker().args([
-        "run",
-        "-d",
-        "-e",
-        "WEAVE_CIDR=10.2.1.8/24",
-        IMAGE,
-        "sleep",
-        "300",
-    ]))
-    .trim()
-    .to_string();
+    let b = o.run_d("10.2.1.8/24");
     support::wait_until("both held", Duration::from_secs(10), || o.owners() == 2);
     run_ok(Daemon::shared().docker().args(["rm", "-f", &b]));
     support::wait_until("rm on the daemon released", Duration::from_secs(10), || {
@@ -482,17 +477,7 @@ fn fifty_concurrent_runs_get_fifty_addresses_and_lua_drives_the_overlay() {
 fn no_client_reaches_around_the_allocator() {
     let o = Overlay::new("x", 123);
     let net = format!("{}-10.7.1.0-24", o.plugin);
-    let victim = run_ok(o.docker().args([
-        "run",
-        "-d",
-        "-e",
-        "WEAVE_CIDR=10.7.1.5/24",
-        IMAGE,
-        "sleep",
-        "300",
-    ]))
-    .trim()
-    .to_string();
+    let victim = o.run_d("10.7.1.5/24");
     // Once created, the address is the container's own, by its ID (not by its label's token).
     assert_eq!(
         o.record("10.7.1.0_24", "10.7.1.5")["owner"],
@@ -523,17 +508,7 @@ fn no_client_reaches_around_the_allocator() {
         );
     }
     // `docker network connect --ip`: refused too.
-    let other = run_ok(o.docker().args([
-        "run",
-        "-d",
-        "-e",
-        "WEAVE_CIDR=net:default",
-        IMAGE,
-        "sleep",
-        "300",
-    ]))
-    .trim()
-    .to_string();
+    let other = o.run_d("net:default");
     let out = output(
         o.docker()
             .args(["network", "connect", "--ip", "10.7.1.5", &net, &other]),
@@ -762,20 +737,7 @@ fn containers_on_two_hosts_reach_each_other_over_vxlan() {
     let a = Overlay::on_host("va", 124, None, &Daemon::shared().socket, &refs(&fa));
     let b = Overlay::on_host("vb", 124, Some(&netns), &daemon_b.0.socket, &refs(&fb));
 
-    let run = |o: &Overlay| {
-        run_ok(o.docker().args([
-            "run",
-            "-d",
-            "-e",
-            "WEAVE_CIDR=net:default",
-            IMAGE,
-            "sleep",
-            "300",
-        ]))
-        .trim()
-        .to_string()
-    };
-    let (on_a, on_b) = (run(&a), run(&b));
+    let (on_a, on_b) = (a.run_d("net:default"), b.run_d("net:default"));
     let (addr_a, addr_b) = (ip_of(&a, &on_a), ip_of(&b, &on_b));
     // Each host picks from its own share of the one subnet.
     assert!(

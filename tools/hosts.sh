@@ -80,3 +80,23 @@ remove_underlay() {
     ip link del "$2" 2>/dev/null || true
     ip netns del "$1" 2>/dev/null || true
 }
+
+# build_luastrip — the release binary in $BIN, built unless $BIN is set already.
+build_luastrip() {
+    if [ -z "${BIN:-}" ]; then
+        cargo build --release --quiet
+        BIN=$PWD/target/release/luastrip
+    fi
+}
+
+# stop_all PID … — SIGTERM each and wait for them.
+stop_all() {
+    local p
+    for p in "$@"; do kill "$p" 2>/dev/null || true; done
+    wait "$@" 2>/dev/null || true
+}
+
+# unmount_under DIR — lazily unmount whatever is still mounted below DIR (deepest first).
+unmount_under() {
+    grep -o " $1[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+}

@@ -10,13 +10,11 @@ PORTS=(${PORTS:-7101 7102})
 POOL=${POOL:-flk}
 [ "$(id -u)" = 0 ] || { echo "run as root (zpool, dockerd)" >&2; exit 1; }
 command -v zpool >/dev/null || { echo "install ZFS: apt-get install -y zfs-fuse" >&2; exit 1; }
+. tools/hosts.sh
 . tools/zfs-fuse.sh
 start_zfs_fuse
 
-if [ -z "${BIN:-}" ]; then
-    cargo build --release --quiet
-    BIN=$PWD/target/release/luastrip
-fi
+build_luastrip
 W=$(mktemp -d /tmp/luastrip-flocker.XXXXXX)
 PIDS=()
 cleanup() {

@@ -18,22 +18,18 @@ IMAGE=luastrip-example/busybox
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, dockerd)" >&2; exit 1; }
 . tools/hosts.sh
 need dockerd:docker.io curl:curl ip:iproute2 bridge:iproute2 nsenter:util-linux busybox-static
-if [ -z "${BIN:-}" ]; then
-    cargo build --release --quiet
-    BIN=$PWD/target/release/luastrip
-fi
+build_luastrip
 W=$(mktemp -d /tmp/luastrip-weave.XXXXXX)
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait "${PIDS[@]}" 2>/dev/null || true
+    stop_all "${PIDS[@]}"
     stop_dockerd "$W/d1"
     stop_dockerd "$W/d2"
     # h1's bridge and VXLAN device stay with its (stopped) daemon's network: remove them.
     ip link del "lsx$VNI" 2>/dev/null || true
     ip link del "${BRIDGES[0]}" 2>/dev/null || true
     remove_underlay "$NETNS" "${LINKS[0]}"
-    grep -o " $W[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    unmount_under "$W"
     rm -rf "$W"
 }
 trap cleanup EXIT
