@@ -18,6 +18,9 @@
 //! * [`upstream`] — pooled HTTP/1 connections to the daemon's Unix socket.
 //! * [`hijack`] — `101 UPGRADED` and old-style `200` raw-stream tunnels with half-close.
 //! * [`body`] — the body type every layer passes around.
+//! * [`events`] — following the daemon's `/events` (reopened with `since=` after a break) for the
+//!   background services that must see what happens on the daemon directly, and dockerd's event
+//!   filters.
 //! * [`journal`] — call records (cancelled ones too) in a byte-capped ring, broadcast to watchers.
 //! * [`error`] — the one error type, recording its source, and its Docker JSON form.
 //!
@@ -56,6 +59,7 @@ pub mod call;
 pub mod cluster;
 pub mod control;
 pub mod error;
+pub mod events;
 pub mod hijack;
 pub mod journal;
 pub mod lua;

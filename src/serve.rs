@@ -347,6 +347,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             })?;
             background.spawn("reload on file change", move |_| watching);
         }
+        let on_events = loaded.clone();
+        let upstream = Upstream::new(config.upstream.clone());
+        background.spawn("docker.on_event follower", move |stop| {
+            crate::lua::on_event::follow(on_events, upstream, stop)
+        });
         gateway = gateway.with_hooks(loaded.clone());
         engine = Some(loaded);
     }

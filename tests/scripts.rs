@@ -829,3 +829,98 @@ fn require_finds_bundled_modules_and_modules_beside_the_scripts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("module names are parts"));
     std::fs::remove_file(&bad).unwrap();
 }
+
+#[test]
+fn on_event_handlers_see_what_happens_on_the_daemon_directly() {
+    // No handler yet: added by a reload.
+    let (gw, path) = with_script("events.lua", "-- no handler yet\n");
+    let tag = format!("ev{}", std::process::id());
+    std::fs::write(
+        &path,
+        format!(
+            r#"-- what containers labelled {tag} do
+docker.on_event({{ type = "container", event = {{ "start", "die" }}, label = "{tag}" }}, function(ev)
+  store.set("seen:" .. ev.Action .. ":" .. ev.Actor.Attributes.name, ev.Actor.ID)
+end)
+docker.on_event({{ type = "container", event = "destroy", label = "{tag}" }}, function(ev)
+  error("handler failed on purpose")
+end)
+"#
+        ),
+    )
+    .unwrap();
+    let (status, body) = gw.control("POST", "/reload", "");
+    assert!(status.contains("200"), "{status} {body}");
+    // The stream opens right after the reload; what happens from then on is seen.
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = |what: &str| {
+        gw.control("POST", "/eval", &format!("store.get('seen:{what}')"))
+            .1
+    };
+    // On the daemon directly, never through luastrip; and one without the label.
+    let (name, other) = (format!("{tag}-a"), format!("{tag}-b"));
+    let direct = Daemon::shared();
+    run_ok(direct.docker().args([
+        "run", "--rm", "--label", &tag, "--name", &name, IMAGE, "true",
+    ]));
+    run_ok(
+        direct
+            .docker()
+            .args(["run", "--rm", "--name", &other, IMAGE, "true"]),
+    );
+    support::wait_until("start and die seen", Duration::from_secs(10), || {
+        seen(&format!("die:{name}"))["result"].is_string()
+    });
+    assert!(seen(&format!("start:{name}"))["result"].is_string());
+    assert!(seen(&format!("start:{other}"))["result"].is_null());
+    // A failing handler is logged with file:line, and the others go on.
+    support::wait_until(
+        "the failing handler logged",
+        Duration::from_secs(10),
+        || gw.log_text().contains("events.lua:6") && gw.log_text().contains("failed on purpose"),
+    );
+    run_ok(direct.docker().args([
+        "run", "--rm", "--label", &tag, "--name", &other, IMAGE, "true",
+    ]));
+    support::wait_until("still handled", Duration::from_secs(10), || {
+        seen(&format!("die:{other}"))["result"].is_string()
+    });
+    // Handlers are added while scripts load, not from a hook or eval.
+    let (_, err) = gw.control("POST", "/eval", "docker.on_event(nil, function() end)");
+    assert!(
+        err.to_string().contains("only be added while scripts load"),
+        "{err}"
+    );
+    // A filter dockerd does not know is a load error naming it; the old handlers stay.
+    std::fs::write(
+        &path,
+        "docker.on_event({ evnt = 'start' }, function() end)\n",
+    )
+    .unwrap();
+    let (status, err) = gw.control("POST", "/reload", "");
+    assert!(!status.contains("200"), "{status}");
+    assert!(
+        err.to_string().contains(r#"unknown event filter \"evnt\""#),
+        "{err}"
+    );
+    assert!(err.to_string().contains("events.lua:1"), "{err}");
+}
+
+#[test]
+fn on_die_example_notes_failed_containers_started_anywhere() {
+    let gw = with_scripts(&example("on-die.lua"));
+    std::thread::sleep(Duration::from_millis(300));
+    let name = format!("die{}", std::process::id());
+    let out = output(
+        Daemon::shared()
+            .docker()
+            .args(["run", "--rm", "--name", &name, IMAGE, "sh", "-c", "exit 3"]),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    support::wait_until("the exit noted", Duration::from_secs(10), || {
+        gw.control("POST", "/eval", &format!("store.get('died:{name}')"))
+            .1["result"]
+            == 3
+    });
+    assert!(gw.log_text().contains(&format!("{name} exited with 3")));
+}

@@ -8,11 +8,62 @@
 //! shorthands. A table `body` is sent as JSON. The whole response body is read (up to the body
 //! limit), so do not use it for streams such as `/events`; `timeout` (seconds, default 30) bounds
 //! every call.
+//!
+//! `docker.on_event(filter, fn)` is for the daemon's events: while a script has such a handler, a
+//! background task follows `/events` ([`super::on_event`]) and calls `fn(event)` once per
+//! matching event, in order, in one VM (the control socket's), under the hook budget. `filter`
+//! is nil (every event) or a table of dockerd's filters, each a string or a list:
+//! `{ type = "container", event = { "start", "die" }, label = "team=db" }`.
 
-use mlua::{Lua, Result, Table, Value};
+use std::collections::BTreeMap;
+
+use mlua::{Function, Lua, Result, Table, Value};
 
 use super::{exchange, Services};
 use crate::upstream::Upstream;
+
+/// One `docker.on_event` handler.
+pub struct EventHandler {
+    pub filter: crate::events::Filter,
+    pub func: Function,
+    /// `file:line` of the `docker.on_event` call, for errors.
+    pub location: String,
+}
+
+/// Event handlers registered while the scripts load, in load order (kept in the VM's app data).
+#[derive(Default)]
+pub struct EventRegistry(pub Vec<EventHandler>);
+
+/// A filter table: each key a string or a list of strings.
+fn event_filter(v: Value) -> Result<crate::events::Filter> {
+    let t = match v {
+        Value::Nil => return Ok(crate::events::Filter::default()),
+        Value::Table(t) => t,
+        other => {
+            return Err(mlua::Error::runtime(format!(
+                "docker.on_event: the filter is a table or nil, not a {}",
+                other.type_name()
+            )))
+        }
+    };
+    let mut by = BTreeMap::new();
+    for pair in t.pairs::<String, Value>() {
+        let (k, v) = pair?;
+        let values = match v {
+            Value::String(s) => vec![s.to_str()?.to_string()],
+            Value::Table(list) => list.sequence_values::<String>().collect::<Result<_>>()?,
+            other => {
+                return Err(mlua::Error::runtime(format!(
+                    "docker.on_event: filter {k:?} is a string or a list of strings, not a {}",
+                    other.type_name()
+                )))
+            }
+        };
+        by.insert(k, values);
+    }
+    crate::events::Filter::new(by)
+        .map_err(|e| mlua::Error::runtime(format!("docker.on_event: {e}")))
+}
 
 /// Install `docker` as a global, with this VM's own pool of daemon connections. Without an
 /// upstream (`luastrip check`) calls fail clearly.
@@ -52,6 +103,24 @@ pub fn register(lua: &Lua, services: &Services) -> Result<()> {
                 opts.set("body", body)?;
                 request(&lua, up, body_limit, opts).await
             }
+        })?,
+    )?;
+    t.set(
+        "on_event",
+        lua.create_function(|lua, (filter, func): (Value, Function)| {
+            let filter = event_filter(filter)?;
+            let location = super::errors::current_location(lua).unwrap_or_default();
+            let mut reg = lua.app_data_mut::<EventRegistry>().ok_or_else(|| {
+                mlua::Error::runtime(
+                    "docker.on_event: handlers can only be added while scripts load",
+                )
+            })?;
+            reg.0.push(EventHandler {
+                filter,
+                func,
+                location,
+            });
+            Ok(())
         })?,
     )?;
     lua.globals().set("docker", t)

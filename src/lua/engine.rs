@@ -30,6 +30,8 @@ use crate::error::Error;
 pub struct Vm {
     pub(crate) lua: Lua,
     pub(crate) hooks: Vec<Hook>,
+    /// `docker.on_event` handlers, run in the control socket's VM only.
+    pub(crate) events: Vec<super::docker::EventHandler>,
     /// Script paths, to find `file:line` in error messages.
     pub(crate) files: Vec<String>,
 }
@@ -75,6 +77,8 @@ pub struct Engine {
     /// How many workers have a VM each.
     workers: usize,
     pub(crate) services: Arc<Services>,
+    /// The current generation's number, for those that wait for a reload.
+    generations: tokio::sync::watch::Sender<u64>,
 }
 
 impl Engine {
@@ -89,6 +93,7 @@ impl Engine {
             reloading: tokio::sync::Mutex::new(()),
             workers,
             services,
+            generations: tokio::sync::watch::channel(1).0,
         })
     }
 
@@ -111,6 +116,7 @@ impl Engine {
         .map_err(|e| Error::Internal(format!("the reload thread failed: {e}")))??;
         let routes = built.vms[0].hooks.len();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(built);
+        self.generations.send_replace(next);
         Ok(routes)
     }
 
@@ -167,6 +173,40 @@ impl Engine {
             1 => out.remove(0),
             _ => serde_json::Value::Array(out),
         })
+    }
+
+    /// A receiver that sees every reload.
+    pub fn generations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generations.subscribe()
+    }
+
+    /// Whether the scripts have `docker.on_event` handlers.
+    pub fn has_event_handlers(&self) -> bool {
+        !self.control_vm().events.is_empty()
+    }
+
+    /// Run the `docker.on_event` handlers matching `ev`, in load order, in the control socket's
+    /// VM, each under the hook budget. A failing handler is logged with `file:line`; the others
+    /// still run.
+    pub async fn on_event(&self, ev: &serde_json::Value) {
+        let vm = self.control_vm();
+        for h in vm.events.iter().filter(|h| h.filter.matches(ev)) {
+            let ran = match super::json::to_lua(&vm.lua, ev) {
+                Ok(arg) => {
+                    budget::call_async::<()>(&vm.lua, &h.func, self.limits().hook_time, arg).await
+                }
+                Err(e) => Err(e),
+            };
+            match ran {
+                Ok(()) => {
+                    tracing::debug!(location = %h.location, action = ?ev["Action"], "event handler ran")
+                }
+                Err(e) => {
+                    let err = vm.error(&e, &h.location, self.limits());
+                    tracing::warn!(location = %h.location, error = %err, "a docker.on_event handler failed");
+                }
+            }
+        }
     }
 
     /// Every registered hook: (phase, pattern, file:line), in load order.
@@ -228,6 +268,7 @@ fn build_vm(scripts: &Scripts, services: &Services) -> Result<Vm, Error> {
     sandbox::protect_builtins(&lua).map_err(lua_err)?;
     lua.set_memory_limit(limits.vm_memory).map_err(lua_err)?;
     lua.set_app_data(Registry::default());
+    lua.set_app_data(super::docker::EventRegistry::default());
     for (path, src) in &scripts.files {
         let shown = path.display().to_string();
         lua.load(src.as_str())
@@ -237,10 +278,19 @@ fn build_vm(scripts: &Scripts, services: &Services) -> Result<Vm, Error> {
             .map_err(|e| script_error(&e, &files, &shown, limits))?;
     }
     let mut hooks = lua.remove_app_data::<Registry>().unwrap_or_default().0;
+    let events = lua
+        .remove_app_data::<super::docker::EventRegistry>()
+        .unwrap_or_default()
+        .0;
     if let Some(config) = &scripts.adapters {
         adapter_hooks(&lua, config, &mut hooks).map_err(lua_err)?;
     }
-    Ok(Vm { lua, hooks, files })
+    Ok(Vm {
+        lua,
+        hooks,
+        events,
+        files,
+    })
 }
 
 /// Hooks for the chains of an `adapters.yml`, made with the same `powerstrip.adapter` scripts use.

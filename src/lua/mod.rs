@@ -18,6 +18,8 @@
 //! * [`errors`] — Lua errors to [`crate::Error`], with `file:line`.
 //! * [`budget`] — the time budget of each hook, which `pcall` and coroutines cannot escape.
 //! * [`patterns`] — `string.find`/`match`/`gmatch`/`gsub` with bounded work.
+//! * [`on_event`] — the background task that follows `/events` while scripts have
+//!   `docker.on_event` handlers, and runs them once per event.
 //! * One module per Lua namespace, each with the same [`Register`] signature, all wired in
 //!   [`NAMESPACES`]: [`route`], [`json`], [`log`], [`store`], [`docker`], [`http`],
 //!   [`powerstrip`], [`zfs`], [`overlay`].
@@ -44,6 +46,7 @@ pub mod http;
 pub mod json;
 pub mod log;
 pub mod message;
+pub mod on_event;
 pub mod overlay;
 pub mod patterns;
 pub mod powerstrip;

@@ -12,12 +12,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{Overlay, OWNER_LABEL};
+use crate::events::{FollowFuture, Follower};
 use crate::Error;
 
 /// An allocation younger than this may be a create on its way to the daemon: reconciling
@@ -26,93 +26,36 @@ const PENDING: Duration = Duration::from_secs(60);
 
 /// Follow the daemon's events until `stop`, reconciling at start and after each reconnect.
 pub async fn follow(overlay: Arc<Overlay>, mut stop: watch::Receiver<bool>) {
-    let mut since: Option<String> = None;
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        // The stream is opened before reconciling: what happens meanwhile is in it.
-        let opened_at = now_since();
-        let stream = tokio::select! {
-            s = open(&overlay, since.as_deref().unwrap_or(&opened_at)) => s,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        match stream {
-            Ok(body) => {
-                backoff = Duration::from_millis(200);
-                if let Err(e) = reconcile(&overlay).await {
-                    warn!(helper = "overlay", error = %e, "reconciling with the daemon failed");
-                }
-                tokio::select! {
-                    last = read(&overlay, body) => {
-                        since = last.or(since).or(Some(opened_at));
-                        debug!(helper = "overlay", ?since, "the events stream ended; reconnecting");
-                    }
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
-            Err(e) => {
-                debug!(helper = "overlay", error = %e, "cannot follow the daemon's events");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let upstream = overlay.upstream().clone();
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    crate::events::follow(upstream, Arc::new(Releaser(overlay)), stopped).await
 }
 
-fn now_since() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
-}
+/// The overlay's side of the events stream.
+struct Releaser(Arc<Overlay>);
 
-async fn open(overlay: &Overlay, since: &str) -> Result<hyper::body::Incoming, Error> {
-    let filters = r#"{"type":["container","network"]}"#;
-    let path = format!(
-        "/events?{}",
-        crate::route::query::encode([("since", since), ("filters", filters)])
-    );
-    let req = http::Request::builder()
-        .uri(path)
-        .header(http::header::HOST, "docker")
-        .body(crate::body::full(bytes::Bytes::new()))
-        .map_err(|e| Error::Internal(format!("cannot build GET /events: {e}")))?;
-    let res = overlay.upstream().send(req).await?;
-    if !res.status().is_success() {
-        return Err(Error::Internal(format!("GET /events: {}", res.status())));
+impl Follower for Releaser {
+    fn name(&self) -> &'static str {
+        "overlay"
     }
-    Ok(res.into_body())
-}
 
-/// Handle events until the stream ends; the `since=` to resume from.
-async fn read(overlay: &Overlay, mut body: hyper::body::Incoming) -> Option<String> {
-    let mut pending: Vec<u8> = Vec::new();
-    let mut last = None;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        pending.extend_from_slice(data);
-        // One JSON object per line; a line can arrive in pieces.
-        while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=nl).collect();
-            let Ok(ev) = serde_json::from_slice::<Value>(&line) else {
-                continue;
-            };
-            if let Some(t) = ev["timeNano"].as_u64() {
-                last = Some(format!("{}.{:09}", t / 1_000_000_000, t % 1_000_000_000));
+    fn filters(&self) -> Option<String> {
+        Some(r#"{"type":["container","network"]}"#.into())
+    }
+
+    fn opened(&self) -> FollowFuture<'_> {
+        Box::pin(async {
+            if let Err(e) = reconcile(&self.0).await {
+                warn!(helper = "overlay", error = %e, "reconciling with the daemon failed");
             }
-            handle(overlay, &ev).await;
-        }
-        if pending.len() > 1 << 20 {
-            warn!(helper = "overlay", "an event over 1 MiB: dropped");
-            pending.clear();
-        }
+        })
     }
-    last
+
+    fn event<'a>(&'a self, ev: &'a Value) -> FollowFuture<'a> {
+        Box::pin(handle(&self.0, ev))
+    }
 }
 
 async fn handle(overlay: &Overlay, ev: &Value) {

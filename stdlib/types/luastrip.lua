@@ -111,6 +111,21 @@ function docker.get(path) end
 ---@return luastrip.HttpResult
 function docker.post(path, body) end
 
+---One of the daemon's events, as `/events` sends it.
+---@class luastrip.Event
+---@field Type string "container", "network", "volume", "image", …
+---@field Action string "start", "die", "destroy", "exec_start: sh", …
+---@field Actor {ID: string, Attributes: table<string, string>}
+---@field scope string
+---@field time integer
+---@field timeNano integer
+
+---Call `fn(event)` once per matching event of the daemon (also what never passes through
+---luastrip), in order, in one VM, under the hook budget. Only at a script's top level.
+---@param filter {type: string|string[]|nil, event: string|string[]|nil, container: string|string[]|nil, image: string|string[]|nil, network: string|string[]|nil, volume: string|string[]|nil, label: string|string[]|nil, scope: string|string[]|nil}|nil
+---@param fn fun(event: luastrip.Event)
+function docker.on_event(filter, fn) end
+
 http = {}
 
 ---Call an HTTP service: "http://host:port/path" or "unix:///path/to.sock:/path".
