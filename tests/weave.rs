@@ -839,3 +839,45 @@ fn the_two_host_example_runs() {
     let spaces = run_ok(Command::new("ip").args(["netns", "list"]));
     assert!(!spaces.contains(&format!("lst{pid}ex")), "{spaces}");
 }
+
+#[test]
+fn the_address_comes_back_when_dockerd_restarts_the_container_at_boot() {
+    // A daemon of its own: this one is stopped and started again.
+    let dir = support::temp_dir("dockerd-boot");
+    let daemon = Stopping(Daemon::start(&dir));
+    daemon.0.import_busybox();
+    let o = Overlay::on_host("rb", 125, None, &daemon.0.socket, &[]);
+    let id = run_ok(o.docker().args([
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "-e",
+        "WEAVE_CIDR=10.125.1.5/24",
+        IMAGE,
+        "sh",
+        "-c",
+        "ip -4 addr show ethwe0 | grep inet; sleep 300",
+    ]))
+    .trim()
+    .to_string();
+    support::wait_until("first run", Duration::from_secs(10), || {
+        run_ok(o.docker().args(["logs", &id])).contains("10.125.1.5/24")
+    });
+    // dockerd stops (the container with it) and starts again: its restart policy starts the
+    // container at boot, a start that never passes through luastrip, and dockerd asks the
+    // driver for the interface before the process runs.
+    daemon.0.stop();
+    let daemon = Stopping(Daemon::start(&dir));
+    support::wait_until("restarted at boot", Duration::from_secs(30), || {
+        let logs = output(o.docker().args(["logs", &id]));
+        String::from_utf8_lossy(&logs.stdout)
+            .matches("inet 10.125.1.5/24")
+            .count()
+            == 2
+    });
+    // Still the container's own: not handed out twice.
+    o.claim_refused("10.125.1.5/24", "10.125.1.5 is already taken");
+    drop(o);
+    drop(daemon);
+}

@@ -207,7 +207,7 @@ impl Daemon {
         docker_cli(&self.host())
     }
 
-    fn import_busybox(&self) {
+    pub fn import_busybox(&self) {
         require_tool("busybox", "busybox-static");
         let busybox = which("busybox");
         assert!(
