@@ -1,5 +1,5 @@
 //! Unix sockets that appear only when they are ready: the listen socket, the control socket and
-//! the plugin sockets.
+//! the plugin sockets; and [`serve_http`], the accept loop of luastrip's own small HTTP APIs.
 //!
 //! [`bind`] binds inside a private (0700) directory, sets mode and group, then renames the socket
 //! into place, so no client — no other uid above all — ever reaches a socket with the wrong
@@ -146,6 +146,78 @@ fn lookup_group(group: &str) -> Result<u32, BindError> {
     match nix::unistd::Group::from_name(group) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
         _ => Err(BindError::NoGroup(group.to_string())),
+    }
+}
+
+/// A listener [`serve_http`] accepts on: a Unix or a TCP socket.
+pub trait Accept: Send + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// Who connected (TCP: the peer's address).
+    type Peer: Clone + Send + 'static;
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = io::Result<(Self::Stream, Self::Peer)>> + Send;
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    type Peer = ();
+    async fn accept(&self) -> io::Result<(Self::Stream, ())> {
+        tokio::net::UnixListener::accept(self)
+            .await
+            .map(|(s, _)| (s, ()))
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    type Peer = std::net::SocketAddr;
+    async fn accept(&self) -> io::Result<(Self::Stream, std::net::SocketAddr)> {
+        let (s, peer) = tokio::net::TcpListener::accept(self).await?;
+        let _ = s.set_nodelay(true);
+        Ok((s, peer))
+    }
+}
+
+/// Serve `handler` over HTTP/1 on `listener` until `stop` turns true: the control socket, the
+/// plugin sockets and the peer API (the Docker listen socket has its own driver, `serve`). A
+/// failed accept (out of descriptors) is logged and backed off, never spun on.
+pub async fn serve_http<L, H, F, B>(
+    what: &'static str,
+    listener: L,
+    handler: H,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    L: Accept,
+    H: Fn(http::Request<hyper::body::Incoming>, L::Peer) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = http::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let handler = std::sync::Arc::new(handler);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let handler = handler.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let answer = handler(req, peer.clone());
+                            async move { Ok::<_, std::convert::Infallible>(answer.await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(socket = what, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 }
 

@@ -30,12 +30,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
 use tokio::sync::{broadcast, watch};
-use tracing::warn;
 
 use crate::call::Gateway;
 use crate::lua::Engine;
@@ -59,34 +55,14 @@ pub struct Control {
 pub async fn serve(
     listener: crate::socket::Listener,
     control: Arc<Control>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let accept = UnixListener::from_std(listener.std_listener().try_clone()?)?;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            accepted = accept.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let control = control.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| {
-                            let control = control.clone();
-                            async move { Ok::<_, Infallible>(route(&control, req).await) }
-                        });
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin on warnings,
-                    // as the listen socket and the plugin sockets do.
-                    warn!(error = %e, "control socket accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
+    let handler = move |req, ()| {
+        let control = control.clone();
+        async move { route(&control, req).await }
+    };
+    crate::socket::serve_http("control", accept, handler, stop).await;
     drop(listener);
     Ok(())
 }

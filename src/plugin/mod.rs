@@ -14,7 +14,6 @@
 pub mod network;
 pub mod volume;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,13 +22,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// The content type of Docker's plugin protocol.
 pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
@@ -53,32 +49,14 @@ pub trait Driver: Send + Sync + 'static {
 pub async fn serve(
     listener: UnixListener,
     drivers: Vec<Arc<dyn Driver>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let drivers = Arc::new(drivers);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let drivers = drivers.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| {
-                            let drivers = drivers.clone();
-                            async move { Ok::<_, Infallible>(handle(&drivers, req).await) }
-                        });
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "plugin socket accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
+    let handler = move |req, ()| {
+        let drivers = drivers.clone();
+        async move { handle(&drivers, req).await }
+    };
+    crate::socket::serve_http("plugin", listener, handler, stop).await
 }
 
 /// A volume or network driver's error answer (`{"Err": …}`, with a 200, as the protocol wants).

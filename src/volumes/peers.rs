@@ -22,8 +22,6 @@ use futures_util::TryStreamExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::AsyncRead;
@@ -260,31 +258,12 @@ fn error_reply(e: Error) -> Response<Full<Bytes>> {
 }
 
 /// Serve the peer API on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, volumes: Arc<Volumes>, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, from)) => {
-                    let _ = stream.set_nodelay(true);
-                    let volumes = volumes.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| {
-                            let volumes = volumes.clone();
-                            async move { Ok::<_, Infallible>(handle(&volumes, req, from).await) }
-                        });
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "peer listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
+pub async fn serve(listener: TcpListener, volumes: Arc<Volumes>, stop: watch::Receiver<bool>) {
+    let handler = move |req, from| {
+        let volumes = volumes.clone();
+        async move { handle(&volumes, req, from).await }
+    };
+    crate::socket::serve_http("peer", listener, handler, stop).await
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
