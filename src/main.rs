@@ -26,13 +26,17 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Watch and steer a running gateway through its control socket.
     Repl {
-        /// The control socket of the gateway.
+        /// The control socket of the gateway. Defaults to the gateway's, from its --listen.
+        #[arg(long, env = "LUASTRIP_CONTROL")]
+        control: Option<String>,
+        /// The gateway's listen socket: its control socket is beside it, with the extension
+        /// .ctl (as `serve` makes it).
         #[arg(
             long,
-            env = "LUASTRIP_CONTROL",
-            default_value = "unix:///run/luastrip.ctl"
+            env = "LUASTRIP_LISTEN",
+            default_value = "unix:///run/luastrip.sock"
         )]
-        control: String,
+        listen: String,
         /// Run one command and exit (e.g. -c 'calls ~m POST').
         #[arg(short = 'c')]
         command: Option<String>,
@@ -276,8 +280,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Repl { control, command } => {
-            let path = PathBuf::from(control.strip_prefix("unix://").unwrap_or(&control));
+        Command::Repl {
+            control,
+            listen,
+            command,
+        } => {
+            let unix = |s: &str| PathBuf::from(s.strip_prefix("unix://").unwrap_or(s));
+            let path = match control {
+                Some(c) => unix(&c),
+                None => serve::control_path_for(&unix(&listen)),
+            };
             let stdout = std::io::stdout();
             match luastrip::repl::run(&path, command.as_deref(), &mut stdout.lock()) {
                 Ok(true) => ExitCode::SUCCESS,

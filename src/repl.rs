@@ -5,7 +5,9 @@
 //! (non-zero if it failed), for scripts and tests.
 //!
 //! Commands: `calls [FILTER]`, `show ID`, `tail [FILTER]` (until Ctrl-C), `routes`, `reload`,
-//! `help`, `quit`; anything else is Lua evaluated in the gateway (`= expr` prints a value).
+//! `intercept`, `resume`, `drop`, `edit`, `replay`, `stats`, `help`, `quit`; anything else is
+//! Lua evaluated in the gateway (`= expr` prints a value, `nil` too), and a plain word that is
+//! neither is an unknown command. A session that turned intercept on turns it off when it ends.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -27,10 +29,12 @@ tail [FILTER]    calls as they finish, until Ctrl-C
 routes           every hook with its file:line, hits, errors and p50/p99 time
 stats            the gateway's metrics (calls by status, errors by source, open sessions …)
 reload           reload scripts and adapters.yml
-intercept [F]    hold calls matching F before the daemon sees them (no F: stop)
+intercept F      hold calls matching F before the daemon sees them, until `intercept off`
+intercept off    stop holding, and let every held call go on (quitting the REPL does it too)
 intercepted      the held calls
 resume ID [JSON] let a held call go on, optionally edited ({\"path\": …, \"body\": …})
-drop ID          refuse a held call (the client gets a 403)
+resume all       let every held call go on
+drop ID|all      refuse a held call, or all (the client gets a 403)
 edit ID          edit a held call in $EDITOR (method, path, headers, body), then let it go on
 replay ID [JSON] send a journaled call again, optionally edited ({\"body\": …})
 help             this text
@@ -48,6 +52,9 @@ const COMMANDS: &[&str] = &[
     "intercepted",
     "resume",
     "drop",
+    "edit",
+    "replay",
+    "stats",
     "help",
     "quit",
 ];
@@ -166,19 +173,7 @@ impl rustyline::validate::Validator for Helper {
         if input.trim().is_empty() || COMMANDS.contains(&first) {
             return Ok(ValidationResult::Valid(None));
         }
-        // Lua's own test for "incomplete": the chunk fails to compile at <eof>.
-        let lua = mlua::Lua::new();
-        let (as_expr, as_chunk) = match input.trim().strip_prefix('=') {
-            Some(e) => (format!("return {e}"), format!("return {e}")),
-            None => (format!("return {input}"), input.to_string()),
-        };
-        let incomplete = |src: &str| {
-            lua.load(src)
-                .into_function()
-                .err()
-                .is_some_and(|e| e.to_string().contains("<eof>"))
-        };
-        if incomplete(&as_expr) && incomplete(&as_chunk) {
+        if lua_input(input) == LuaInput::Unfinished {
             Ok(ValidationResult::Incomplete)
         } else {
             Ok(ValidationResult::Valid(None))
@@ -206,6 +201,53 @@ impl rustyline::highlight::Highlighter for Helper {
 }
 
 impl rustyline::Helper for Helper {}
+
+/// What a line that is not a REPL command is, as Lua.
+#[derive(Debug, PartialEq)]
+enum LuaInput {
+    /// It compiles, as an expression or as a chunk.
+    Complete,
+    /// It could still become Lua: it fails only at its end (`for i = 1, 3 do`, `= (40 +`).
+    Unfinished,
+    /// It is not Lua.
+    Broken,
+}
+
+/// Lua's own test: compile the line as an expression (`= expr`, or a bare expression) and as a
+/// chunk; a chunk that fails only at `<eof>` is unfinished.
+fn lua_input(input: &str) -> LuaInput {
+    let lua = mlua::Lua::new();
+    let compiles = |src: &str| lua.load(src).into_function();
+    let forms = match input.trim().strip_prefix('=') {
+        Some(e) => vec![format!("return {e}")],
+        None => vec![format!("return {input}"), input.to_string()],
+    };
+    let errors: Vec<String> = forms
+        .iter()
+        .filter_map(|f| compiles(f).err().map(|e| e.to_string()))
+        .collect();
+    if errors.len() < forms.len() {
+        LuaInput::Complete
+    } else if errors.iter().any(|e| e.contains("near <eof>")) {
+        LuaInput::Unfinished
+    } else {
+        LuaInput::Broken
+    }
+}
+
+/// Lua's reserved words: a line starting with one is Lua, never a command.
+const LUA_KEYWORDS: &[&str] = &[
+    "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "goto", "if", "in",
+    "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
+];
+
+/// A line that is neither a command nor Lua, and starts with a plain word: a mistyped command.
+fn unknown_command(line: &str) -> Option<&str> {
+    let word = line.split_whitespace().next()?;
+    let plain = word.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    (plain && !LUA_KEYWORDS.contains(&word) && lua_input(line) == LuaInput::Broken).then_some(word)
+}
 
 /// Run the REPL against the control socket at `control`: one `command`, or interactively.
 /// Output goes to `out`. Returns whether the (last) command succeeded.
@@ -235,6 +277,9 @@ pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result
         control.display()
     );
     let mut ok = true;
+    // Whether this session turned intercept on: quitting turns it off again, so that no client
+    // of the gateway is left waiting on a REPL that is gone.
+    let mut intercepting = false;
     loop {
         match editor.readline("luastrip> ") {
             Ok(line) => {
@@ -247,10 +292,19 @@ pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result
                     break;
                 }
                 ok = rt.block_on(execute(control, line, out));
+                if let Some(f) = line.strip_prefix("intercept") {
+                    let f = f.trim();
+                    if ok && !f.is_empty() && line.starts_with("intercept ") {
+                        intercepting = f != "off";
+                    }
+                }
             }
             Err(rustyline::error::ReadlineError::Interrupted) => continue,
             Err(_) => break,
         }
+    }
+    if intercepting {
+        rt.block_on(execute(control, "intercept off", out));
     }
     if let Some(h) = &history {
         let _ = editor.save_history(h);
@@ -315,8 +369,16 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
             .await
             .map(|v| {
                 let _ = match v["intercept"].as_str() {
-                    Some(f) => writeln!(out, "intercepting {f}"),
-                    None => writeln!(out, "not intercepting"),
+                    Some(f) => writeln!(
+                        out,
+                        "intercepting {f}: matching calls wait in `intercepted` until resumed \
+                         or dropped; `intercept off` lets them all go on"
+                    ),
+                    None => writeln!(
+                        out,
+                        "not intercepting; {} held call(s) let go on",
+                        v["released"].as_u64().unwrap_or(0)
+                    ),
                 };
             }),
         "intercepted" => call(control, Method::GET, "/intercepted", "")
@@ -339,6 +401,16 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
                 .await
                 .map(|v| print_json(&v, out))
         }
+        "resume" | "drop" if rest == "all" => call(
+            control,
+            Method::POST,
+            &format!("/intercepted/all/{word}"),
+            "",
+        )
+        .await
+        .map(|v| {
+            let _ = writeln!(out, "{word}: {} held call(s)", v["calls"]);
+        }),
         "resume" | "drop" => {
             let (id, edit) = rest.split_once(' ').unwrap_or((rest, ""));
             call(
@@ -352,16 +424,25 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
                 let _ = writeln!(out, "{word}: {id}");
             })
         }
-        _ => call(control, Method::POST, "/eval", line).await.map(|v| {
-            if !v["result"].is_null() || line.trim_start().starts_with('=') {
-                print_json(&v["result"], out);
-            }
-        }),
+        _ => match unknown_command(line) {
+            Some(w) => Err(format!(
+                "unknown command {w:?} (help lists them; Lua runs as a statement, or = expr)"
+            )),
+            None => call(control, Method::POST, "/eval", line).await.map(|v| {
+                let _ = write!(out, "{}", v["printed"].as_str().unwrap_or_default());
+                if !v["result"].is_null() {
+                    print_json(&v["result"], out);
+                } else if line.trim_start().starts_with('=') {
+                    let _ = writeln!(out, "nil");
+                }
+            }),
+        },
     };
     match result {
         Ok(()) => true,
         Err(e) => {
-            let _ = writeln!(out, "error: {e}");
+            // Later lines (a filter's caret) keep their column under the first line's text.
+            let _ = writeln!(out, "error: {}", e.replace('\n', "\n       "));
             false
         }
     }
@@ -577,6 +658,22 @@ async fn tail(control: &Path, path: &str, out: &mut dyn Write) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::word_start;
+
+    #[test]
+    fn unfinished_lua_continues_and_a_typo_is_an_unknown_command() {
+        use super::{lua_input, unknown_command, LuaInput};
+        for unfinished in ["for i = 1, 3 do", "= (40 +", "function f()", "x = {"] {
+            assert_eq!(lua_input(unfinished), LuaInput::Unfinished, "{unfinished}");
+        }
+        for complete in ["x = 1", "= 1 + 1", "store.get('a')", "for i = 1, 3 do end"] {
+            assert_eq!(lua_input(complete), LuaInput::Complete, "{complete}");
+        }
+        assert_eq!(unknown_command("bogus command"), Some("bogus"));
+        assert_eq!(unknown_command("shwo 3"), Some("shwo"));
+        for lua in ["x = 1", "local x = ", "return 1 +", "if x then", "1 + "] {
+            assert_eq!(unknown_command(lua), None, "{lua}");
+        }
+    }
 
     #[test]
     fn completion_finds_words_after_non_ascii_input() {

@@ -96,6 +96,12 @@ pub struct Config {
     pub host_name: String,
 }
 
+/// The control socket beside the listen socket `listen`: its extension replaced by `.ctl`
+/// (`/run/luastrip.sock` → `/run/luastrip.ctl`), for `serve` and `repl` alike.
+pub fn control_path_for(listen: &std::path::Path) -> PathBuf {
+    listen.with_extension("ctl")
+}
+
 /// How the overlay helper is set up.
 #[derive(Debug, Clone)]
 pub struct OverlayConfig {
@@ -168,7 +174,7 @@ impl Config {
     pub fn control_path(&self) -> PathBuf {
         self.control
             .clone()
-            .unwrap_or_else(|| self.listen.with_extension("ctl"))
+            .unwrap_or_else(|| control_path_for(&self.listen))
     }
 
     fn workers(&self) -> usize {

@@ -241,7 +241,7 @@ fn eval_and_repl_commands_see_the_live_gateway() {
         "{text}"
     );
     let (ok, text) = repl(&gw, "calls ~s 2x0");
-    assert!(!ok && text.contains("~s 2x0\n   ^"), "{text}");
+    assert!(!ok && text.contains("~s 2x0\n          ^"), "{text}");
     let (ok, text) = repl(&gw, "help");
     assert!(ok && text.contains("tail [FILTER]"));
     // When the gateway is gone the REPL says so.
@@ -537,6 +537,11 @@ fn the_repl_on_a_terminal_completes_continues_lua_and_stops_tail_on_ctrl_c() {
     std::thread::sleep(Duration::from_millis(200));
     tmux.keys(&["2)", "Enter"]);
     tmux.wait_for("42");
+    // So does a statement (`for … do` until its `end`), and print shows here.
+    tmux.keys(&["for i = 1, 2 do", "Enter"]);
+    std::thread::sleep(Duration::from_millis(200));
+    tmux.keys(&["print('round-' .. i * 10) end", "Enter"]);
+    tmux.wait_for("round-20");
     // tail runs until Ctrl-C, which returns to the prompt.
     tmux.keys(&["tail", "Enter"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -849,4 +854,86 @@ fn docker_in_background(
     let host = gw.host();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     std::thread::spawn(move || support::output(support::docker_cli(&host).args(&args)))
+}
+
+/// `GET /_ping` through `gw` on a thread: its status line once answered.
+fn ping_in_background(gw: &Gateway) -> std::thread::JoinHandle<String> {
+    let socket = gw.socket.clone();
+    std::thread::spawn(move || {
+        support::raw(
+            &socket,
+            b"GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n",
+        )
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+    })
+}
+
+fn held_count(gw: &Gateway) -> usize {
+    let (_, v) = ctl(gw, "GET", "/intercepted");
+    v["held"].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn intercept_off_and_resume_all_leave_no_call_hanging() {
+    let (gw, _) = gateway_with("-- nothing\n");
+    // `intercept off` lets every held call go on.
+    let (ok, text) = repl(&gw, "intercept ~u /_ping");
+    assert!(
+        ok && text.contains("`intercept off` lets them all go on"),
+        "{text}"
+    );
+    let pings: Vec<_> = (0..2).map(|_| ping_in_background(&gw)).collect();
+    support::wait_until("two held", Duration::from_secs(10), || held_count(&gw) == 2);
+    let (ok, text) = repl(&gw, "intercept off");
+    assert!(ok && text.contains("2 held call(s) let go on"), "{text}");
+    for p in pings {
+        assert!(p.join().unwrap().contains("200"));
+    }
+    // `resume all` and `drop all`.
+    repl(&gw, "intercept ~u /_ping");
+    let pings: Vec<_> = (0..2).map(|_| ping_in_background(&gw)).collect();
+    support::wait_until("two held", Duration::from_secs(10), || held_count(&gw) == 2);
+    let (ok, text) = repl(&gw, "resume all");
+    assert!(ok && text.contains("resume: 2 held call(s)"), "{text}");
+    for p in pings {
+        assert!(p.join().unwrap().contains("200"));
+    }
+    let ping = ping_in_background(&gw);
+    support::wait_until("one held", Duration::from_secs(10), || held_count(&gw) == 1);
+    let (ok, text) = repl(&gw, "drop all");
+    assert!(ok && text.contains("drop: 1 held call(s)"), "{text}");
+    assert!(ping.join().unwrap().contains("403"));
+    // An interactive session that turned intercept on turns it off when it quits.
+    let out = support::run_with_stdin(
+        std::process::Command::new(env!("CARGO_BIN_EXE_luastrip"))
+            .args(["repl", "--control"])
+            .arg(format!("unix://{}", ctl_path(&gw).display())),
+        b"intercept ~u /_ping\nquit\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not intercepting"), "{text}");
+    let (_, v) = ctl(&gw, "GET", "/intercepted");
+    assert!(v["filter"].is_null(), "{v}");
+    assert!(ping_in_background(&gw).join().unwrap().contains("200"));
+}
+
+#[test]
+fn the_repl_finds_the_control_socket_from_the_listen_socket() {
+    let (gw, _) = gateway_with("-- nothing\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_luastrip"))
+        .args(["repl", "--listen", &gw.host(), "-c", "= 1 + 1"])
+        .env_remove("LUASTRIP_CONTROL")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{out:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_luastrip"))
+        .args(["repl", "-c", "= 1 + 1"])
+        .env("LUASTRIP_LISTEN", gw.host())
+        .env_remove("LUASTRIP_CONTROL")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{out:?}");
 }

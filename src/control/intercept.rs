@@ -52,11 +52,38 @@ pub struct Intercept {
 }
 
 impl Intercept {
-    /// Hold calls matching `filter` from now on; `None` stops intercepting (held calls stay).
-    pub fn set(&self, filter: Option<(String, Filter)>) {
-        let mut f = self.filter.lock().unwrap_or_else(|e| e.into_inner());
-        self.active.store(filter.is_some(), Ordering::Release);
-        *f = filter.map(|(t, f)| (t, Arc::new(f)));
+    /// Hold calls matching `filter` from now on. `None` stops intercepting and lets every held
+    /// call go on, unedited (nothing is left waiting for a decision nobody will make); how many.
+    pub fn set(&self, filter: Option<(String, Filter)>) -> usize {
+        let stop = filter.is_none();
+        {
+            let mut f = self.filter.lock().unwrap_or_else(|e| e.into_inner());
+            self.active.store(filter.is_some(), Ordering::Release);
+            *f = filter.map(|(t, f)| (t, Arc::new(f)));
+        }
+        if stop {
+            self.resume_all()
+        } else {
+            0
+        }
+    }
+
+    /// Let every held call go on, unedited; how many.
+    pub fn resume_all(&self) -> usize {
+        self.decide_all(|| Decision::Resume(Edit::default()))
+    }
+
+    /// Refuse every held call; how many.
+    pub fn drop_all(&self) -> usize {
+        self.decide_all(|| Decision::Drop)
+    }
+
+    fn decide_all(&self, d: impl Fn() -> Decision) -> usize {
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        held.into_values()
+            .map(|h| h.decide.send(d()).is_ok())
+            .filter(|sent| *sent)
+            .count()
     }
 
     /// The filter text in force.

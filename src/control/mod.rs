@@ -10,12 +10,13 @@
 //! | `GET /routes` | every hook: phase, pattern, `file:line`, hits, errors, p50/p99 time |
 //! | `GET /metrics` | Prometheus text: calls by method/status, errors by source, hooks, streams |
 //! | `POST /reload` | reload scripts and `adapters.yml`; a failure keeps the old routes |
-//! | `POST /intercept` | hold calls matching the filter in the body (empty: stop) |
+//! | `POST /intercept` | hold calls matching the filter in the body (empty or `off`: stop, and let every held call go on) |
 //! | `GET /intercepted` | the held calls |
 //! | `POST /intercepted/{id}/resume` | let it go on, edited by an optional JSON body (method, path, headers, body) |
 //! | `POST /intercepted/{id}/drop` | refuse it: the client gets a 403 Docker error |
+//! | `POST /intercepted/all/resume`, `…/all/drop` | the same for every held call |
 //! | `POST /replay/{id}` | send a journaled call again through the gateway (optional JSON edit) |
-//! | `POST /eval` | run the Lua chunk in the body in a gateway VM (same globals as hooks) → JSON |
+//! | `POST /eval` | run the Lua chunk in the body in a gateway VM (same globals as hooks) → `{result, printed}` (what `print` wrote) |
 //!
 //! It hangs off the journal and the script engine; it never forwards Docker calls itself.
 
@@ -207,9 +208,12 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                 Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
                 Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
             };
-            if text.is_empty() {
-                control.intercept.set(None);
-                return json(StatusCode::OK, &serde_json::json!({ "intercept": null }));
+            if text.is_empty() || text == "off" {
+                let released = control.intercept.set(None);
+                return json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "intercept": null, "released": released }),
+                );
             }
             match filter::Filter::parse(&text) {
                 Ok(f) => {
@@ -226,6 +230,22 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
             StatusCode::OK,
             &serde_json::json!({ "filter": control.intercept.filter_text(), "held": control.intercept.held() }),
         ),
+        (Method::POST, ["intercepted", "all", action]) => {
+            let n = match *action {
+                "resume" => control.intercept.resume_all(),
+                "drop" => control.intercept.drop_all(),
+                other => {
+                    return message(
+                        StatusCode::NOT_FOUND,
+                        &format!("no action {other:?} (resume, drop)"),
+                    )
+                }
+            };
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "done": action, "calls": n }),
+            )
+        }
         (Method::POST, ["intercepted", id, action]) => {
             let Ok(id) = id.parse::<u64>() else {
                 return message(StatusCode::BAD_REQUEST, "the call id must be a number");
@@ -280,7 +300,10 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                 Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
             };
             match engine.eval(&code).await {
-                Ok(v) => json(StatusCode::OK, &serde_json::json!({ "result": v })),
+                Ok((v, printed)) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "result": v, "printed": printed }),
+                ),
                 Err(e) => message(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
             }
         }

@@ -142,7 +142,7 @@ impl Engine {
     /// Run a Lua chunk in the control socket's VM, with the globals hooks see (`store`,
     /// `docker`, …). `= expr` and bare expressions return their value, as in the Lua REPL. The
     /// result comes back as JSON (functions and other non-JSON values as their `tostring`).
-    pub async fn eval(&self, code: &str) -> Result<serde_json::Value, Error> {
+    pub async fn eval(&self, code: &str) -> Result<(serde_json::Value, String), Error> {
         let vm = self.control_vm();
         let lua = &vm.lua;
         let code = code.trim();
@@ -155,9 +155,13 @@ impl Engine {
             .into_function()
             .or_else(|_| lua.load(code.as_str()).set_name("=eval").into_function())
             .map_err(|e| eval_error(&e))?;
-        let values: mlua::MultiValue = budget::call_async(lua, &func, self.limits().hook_time, ())
-            .await
-            .map_err(|e| eval_error(&e))?;
+        lua.set_app_data(super::log::Printed::default());
+        let ran = budget::call_async(lua, &func, self.limits().hook_time, ()).await;
+        let printed = lua
+            .remove_app_data::<super::log::Printed>()
+            .unwrap_or_default()
+            .0;
+        let values: mlua::MultiValue = ran.map_err(|e| eval_error(&e))?;
         let mut out: Vec<serde_json::Value> = Vec::new();
         for v in values {
             let j = match lua.from_value::<serde_json::Value>(v.clone()) {
@@ -168,11 +172,12 @@ impl Engine {
             };
             out.push(j);
         }
-        Ok(match out.len() {
+        let result = match out.len() {
             0 => serde_json::Value::Null,
             1 => out.remove(0),
             _ => serde_json::Value::Array(out),
-        })
+        };
+        Ok((result, printed))
     }
 
     /// A receiver that sees every reload.

@@ -1,7 +1,15 @@
 //! The `log` namespace: scripts log through luastrip's own structured logger (`tracing`), so
 //! their lines carry the call id and land wherever the gateway's logs go.
+//!
+//! Lua's `print` goes the same way (a gateway's stdout is nobody's terminal), except while the
+//! control socket's `eval` runs a REPL line: then it is captured ([`Printed`]) and shown in the
+//! REPL.
 
-use mlua::{Lua, Result, Table, Value};
+use mlua::{Lua, MultiValue, Result, Table, Value};
+
+/// What `print` wrote while an `eval` ran (set in the VM's app data for the duration).
+#[derive(Default)]
+pub struct Printed(pub String);
 
 /// Install `log` as a global: `log.debug|info|warn|error(msg, fields?)`.
 pub fn register(lua: &Lua, _: &super::Services) -> Result<()> {
@@ -26,5 +34,26 @@ pub fn register(lua: &Lua, _: &super::Services) -> Result<()> {
             })?,
         )?;
     }
+    lua.globals().set(
+        "print",
+        lua.create_function(|lua, args: MultiValue| {
+            let line = args
+                .iter()
+                .map(|v| v.to_string().unwrap_or_else(|_| v.type_name().to_string()))
+                .collect::<Vec<_>>()
+                .join("\t");
+            match lua.app_data_mut::<Printed>() {
+                Some(mut out) => {
+                    out.0.push_str(&line);
+                    out.0.push('\n');
+                }
+                None => {
+                    let script = super::errors::current_location(lua).unwrap_or_default();
+                    tracing::info!(target: "luastrip::script", script, "{line}");
+                }
+            }
+            Ok(())
+        })?,
+    )?;
     lua.globals().set("log", log)
 }
