@@ -298,7 +298,15 @@ async fn phases(
     tunnels: &TunnelSlot,
 ) -> Result<Response<Body>, Error> {
     let gw = &*worker.gateway;
-    if let Some(answer) = pre(gw, call).await? {
+    if let Some(mut answer) = pre(gw, call).await? {
+        // A hook's own answer (a deny, an endpoint) is journaled with its body, so that `show`
+        // displays the message and `~b` finds it.
+        if let Either::Right(full_body) = answer.body_mut() {
+            let Ok(collected) = http_body_util::BodyExt::collect(std::mem::take(full_body)).await;
+            let bytes = collected.to_bytes();
+            call.buffered_response = Some(bytes.clone());
+            *answer.body_mut() = crate::body::full(bytes);
+        }
         return Ok(answer);
     }
     let mut res = upstream(&worker.upstream, call, gw.upstream_timeout).await?;
@@ -524,6 +532,11 @@ fn journal(
         ),
     }
     let cancelled = res.is_none();
+    let replay_of = call
+        .head
+        .headers
+        .get(crate::journal::REPLAY_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     gw.journal.record(CallRecord {
         id: call.id,
         started_ms: epoch_ms(started_at),
@@ -551,6 +564,7 @@ fn journal(
         request_body: call.buffered_body.map(|b| journal_body(&b)),
         response_headers: res.map(|r| r.headers().clone()).unwrap_or_default(),
         response_body: call.buffered_response.map(|b| journal_body(&b)),
+        replay_of,
     });
 }
 

@@ -68,9 +68,16 @@ pub struct CallRecord {
     pub request_body: Option<String>,
     #[serde(serialize_with = "ser_headers")]
     pub response_headers: HeaderMap,
-    /// The response body, when a post hook had buffered it (capped).
+    /// The response body, when a post hook had buffered it or a hook answered (capped).
     pub response_body: Option<String>,
+    /// The call this one replays (the control socket's `replay` marks its requests with
+    /// [`REPLAY_HEADER`]); `None` for a client's own call.
+    pub replay_of: Option<u64>,
 }
+
+/// The header a replay carries: the id of the call it replays. A label for the journal, not a
+/// permission (a client could send it too).
+pub const REPLAY_HEADER: &str = "x-luastrip-replay-of";
 
 fn ser_headers<S: serde::Serializer>(h: &HeaderMap, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeSeq;
@@ -161,6 +168,7 @@ impl CallRecord {
             request_body: None,
             response_headers: HeaderMap::new(),
             response_body: None,
+            replay_of: None,
         }
     }
 
@@ -312,6 +320,7 @@ mod tests {
             request_body: None,
             response_headers: HeaderMap::new(),
             response_body: None,
+            replay_of: None,
         }
     }
 

@@ -460,7 +460,7 @@ fn print_calls(v: &Value, out: &mut dyn Write) {
     for c in v.as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{:>6}  {:6} {:>3} {:>8}us  {}{}",
+            "{:>6}  {:6} {:>3} {:>8}us  {}{}{}",
             c["id"].as_u64().unwrap_or(0),
             c["method"].as_str().unwrap_or(""),
             c["status"]
@@ -471,6 +471,10 @@ fn print_calls(v: &Value, out: &mut dyn Write) {
             c["error"]["message"]
                 .as_str()
                 .map(|m| format!("  ! {m}"))
+                .unwrap_or_default(),
+            c["replay_of"]
+                .as_u64()
+                .map(|r| format!("  (replay of {r})"))
                 .unwrap_or_default()
         );
     }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{run_ok, Daemon, Gateway, IMAGE};
+use support::{output, run_ok, Daemon, Gateway, IMAGE};
 
 fn ctl_path(gw: &Gateway) -> PathBuf {
     gw.socket.with_extension("ctl")
@@ -694,6 +694,10 @@ fn replay_reissues_a_create_through_the_gateway() {
         &second,
     ]));
     assert_eq!(label.trim(), "luastrip");
+    // Marked as a replay in the journal, and in `calls`.
+    let (ok, text) = repl(&gw, "calls ~m POST & ~u create");
+    assert!(ok && text.contains(&format!("(replay of {id})")), "{text}");
+    assert_eq!(text.matches("(replay of").count(), 1, "{text}");
     // Edited replay.
     let edit = format!(
         r#"{{"body": "{{\"Image\":\"{IMAGE}\",\"Cmd\":[\"true\"],\"Labels\":{{\"replayed\":\"edited\"}}}}"}}"#
@@ -936,4 +940,24 @@ fn the_repl_finds_the_control_socket_from_the_listen_socket() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "{out:?}");
+}
+
+#[test]
+fn a_hook_answer_is_journaled_and_found_by_a_regex_with_flags() {
+    let (gw, _) = gateway_with(
+        r#"route.pre("POST /containers/create", function(req)
+  return { status = 403, json = { message = "privileged containers are Not Allowed here" } }
+end)
+"#,
+    );
+    let out = output(gw.docker().args(["create", IMAGE, "true"]));
+    assert!(!out.status.success());
+    let (ok, text) = repl(&gw, "calls ~b (?i)not.allowed");
+    assert!(
+        ok && text.lines().count() == 1 && text.contains(" 403 "),
+        "{text}"
+    );
+    let id = text.split_whitespace().next().unwrap().to_string();
+    let (ok, text) = repl(&gw, &format!("show {id}"));
+    assert!(ok && text.contains("Not Allowed here"), "{text}");
 }

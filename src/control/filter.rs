@@ -195,8 +195,38 @@ impl Parser<'_> {
         Ok((start, rest[..len].to_string()))
     }
 
+    /// A regular expression: quoted, or up to white space, `&`, `|` or an unmatched `)`, with
+    /// its own groups kept whole (`(?i)not.allowed`, `(create|start)`) and `\` escaping.
+    fn regex_word(&mut self) -> Result<(usize, String), FilterError> {
+        self.skip_ws();
+        let rest = &self.text[self.pos..];
+        if rest.starts_with(['"', '\'']) {
+            return self.word();
+        }
+        let start = self.pos;
+        let (mut depth, mut escaped, mut len) = (0usize, false, rest.len());
+        for (i, c) in rest.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '(' => depth += 1,
+                ')' if depth > 0 => depth -= 1,
+                c if depth == 0 && (c.is_whitespace() || matches!(c, ')' | '&' | '|')) => {
+                    len = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if len == 0 {
+            return Err(self.error("a value was expected here"));
+        }
+        self.pos += len;
+        Ok((start, rest[..len].to_string()))
+    }
+
     fn regex(&mut self) -> Result<Regex, FilterError> {
-        let (start, w) = self.word()?;
+        let (start, w) = self.regex_word()?;
         Regex::new(&w).map_err(|e| FilterError {
             position: start,
             reason: format!(
@@ -292,6 +322,7 @@ mod tests {
             request_body: Some(r#"{"Image":"busybox"}"#.into()),
             response_headers: HeaderMap::new(),
             response_body: None,
+            replay_of: None,
         }
     }
 
@@ -343,6 +374,11 @@ mod tests {
         assert!(m("!~m GET", &create) && !m("!~m GET", &ping));
         assert!(m("!(~m GET | ~s 4..)", &create));
         assert!(m("(~m GET | containers) & !~e", &create));
+        // A regular expression keeps its own groups and flags; an outer group still closes.
+        assert!(m("~b (?i)BUSYBOX", &create) && !m("~b (?i)alpine", &create));
+        assert!(m("~u (create|start) & ~m POST", &create));
+        assert!(m("(~m GET | ~u (crea)te)", &create));
+        assert!(m(r"~u containers\/create", &create));
     }
 
     #[test]

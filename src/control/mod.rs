@@ -403,6 +403,8 @@ async fn replay(
     req.headers_mut()
         .entry(header::HOST)
         .or_insert(HeaderValue::from_static("docker"));
+    req.headers_mut()
+        .insert(crate::journal::REPLAY_HEADER, HeaderValue::from(rec.id));
     let url = crate::outbound::Url::parse(&format!("unix://{}:{path}", control.listen.display()))
         .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
     let res = crate::outbound::Outbound::new()
