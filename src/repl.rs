@@ -24,7 +24,7 @@ use crate::outbound::{Outbound, Url};
 
 const HELP: &str = "\
 calls [FILTER]   recent calls (filter: ~m METHOD ~u REGEX ~s 4.. ~h REGEX ~e ~r ROUTE, ! & | ( ))
-show ID          one call in full: heads, status, timings, hooks, error
+show ID [json]   one call in full: status, timings, hooks, heads, bodies (pretty), error
 tail [FILTER]    calls as they finish, until Ctrl-C
 routes           every hook with its file:line, hits, errors and p50/p99 time
 stats            the gateway's metrics (calls by status, errors by source, open sessions …)
@@ -336,9 +336,21 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
         )
         .await
         .map(|v| print_calls(&v, out)),
-        "show" => call(control, Method::GET, &format!("/calls/{}", enc(rest)), "")
-            .await
-            .map(|v| print_json(&v, out)),
+        "show" => {
+            let (id, json) = match rest.strip_suffix(" json") {
+                Some(id) => (id.trim(), true),
+                None => (rest, false),
+            };
+            call(control, Method::GET, &format!("/calls/{}", enc(id)), "")
+                .await
+                .map(|v| {
+                    if json {
+                        print_json(&v, out)
+                    } else {
+                        print_call(&v, out)
+                    }
+                })
+        }
         "routes" => call(control, Method::GET, "/routes", "").await.map(|v| {
             for r in v.as_array().into_iter().flatten() {
                 let _ = writeln!(
@@ -454,6 +466,118 @@ fn print_json(v: &Value, out: &mut dyn Write) {
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_default()
     );
+}
+
+/// `2026-11-25 05:20:31.123 UTC` from milliseconds since the epoch.
+fn utc(ms: u64) -> String {
+    let (days, rest) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, sec, milli) = (
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1000 % 60,
+        rest % 1000,
+    );
+    format!("{year}-{month:02}-{day:02} {h:02}:{m:02}:{sec:02}.{milli:03} UTC")
+}
+
+/// A body as a person reads it: pretty JSON if it is JSON, else the text.
+fn readable_body(body: &str) -> String {
+    match serde_json::from_str::<Value>(body) {
+        Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_else(|_| body.to_string()),
+        Err(_) => body.to_string(),
+    }
+}
+
+/// One call record, readable: the line, timings, hooks, heads, bodies (pretty JSON), error.
+fn print_call(c: &Value, out: &mut dyn Write) {
+    let ms = |us: &Value| us.as_u64().map(|u| format!("{:.1} ms", u as f64 / 1000.0));
+    let status = match (c["status"].as_u64(), c["cancelled"].as_bool()) {
+        (Some(s), _) => {
+            http::StatusCode::from_u16(s as u16).map_or(s.to_string(), |st| st.to_string())
+        }
+        (None, Some(true)) => "cancelled (the client went away)".into(),
+        _ => "no answer yet".into(),
+    };
+    let _ = writeln!(
+        out,
+        "call {}  {} {}  → {status}  in {}{}",
+        c["id"],
+        c["method"].as_str().unwrap_or(""),
+        c["raw"].as_str().unwrap_or(""),
+        ms(&c["duration_us"]).unwrap_or_default(),
+        ms(&c["upstream_us"])
+            .map(|d| format!(" (daemon {d})"))
+            .unwrap_or_default()
+    );
+    let mut notes = vec![utc(c["started_ms"].as_u64().unwrap_or(0))];
+    if let Some(r) = c["replay_of"].as_u64() {
+        notes.push(format!("replay of call {r}"));
+    }
+    if c["hijack"].as_str().is_some_and(|h| h != "no") {
+        notes.push(format!("hijacked ({})", c["hijack"].as_str().unwrap_or("")));
+    }
+    if c["streaming"].as_bool() == Some(true) {
+        notes.push("streamed answer".into());
+    }
+    let _ = writeln!(out, "  {}", notes.join(", "));
+    if let Some(e) = c["error"]["message"].as_str() {
+        let _ = writeln!(
+            out,
+            "error ({}): {e}",
+            c["error"]["source"].as_str().unwrap_or("")
+        );
+    }
+    let hooks = c["hooks"].as_array().cloned().unwrap_or_default();
+    if !hooks.is_empty() {
+        let _ = writeln!(out, "hooks:");
+        for h in hooks {
+            let _ = writeln!(
+                out,
+                "  {:5} {:32} {}  {}us{}",
+                h["phase"].as_str().unwrap_or(""),
+                h["route"].as_str().unwrap_or(""),
+                h["location"].as_str().unwrap_or(""),
+                h["duration_us"],
+                h["error"]
+                    .as_str()
+                    .map(|e| format!("  ! {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    for (title, heads, body) in [
+        ("request", "request_headers", "request_body"),
+        ("response", "response_headers", "response_body"),
+    ] {
+        let pairs = c[heads].as_array().cloned().unwrap_or_default();
+        if !pairs.is_empty() {
+            let _ = writeln!(out, "{title} headers:");
+            for p in pairs {
+                let _ = writeln!(
+                    out,
+                    "  {}: {}",
+                    p[0].as_str().unwrap_or(""),
+                    p[1].as_str().unwrap_or("")
+                );
+            }
+        }
+        if let Some(b) = c[body].as_str().filter(|b| !b.trim().is_empty()) {
+            let _ = writeln!(out, "{title} body:");
+            for line in readable_body(b).lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
 }
 
 fn print_calls(v: &Value, out: &mut dyn Write) {
@@ -662,6 +786,13 @@ async fn tail(control: &Path, path: &str, out: &mut dyn Write) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::word_start;
+
+    #[test]
+    fn epoch_milliseconds_read_as_utc() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(super::utc(1_795_000_000_123), "2026-11-18 11:06:40.123 UTC");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00.000 UTC");
+    }
 
     #[test]
     fn unfinished_lua_continues_and_a_typo_is_an_unknown_command() {

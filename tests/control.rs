@@ -958,6 +958,20 @@ end)
         "{text}"
     );
     let id = text.split_whitespace().next().unwrap().to_string();
+    // `show` reads as a person would: the line, the hook that answered, pretty JSON bodies.
     let (ok, text) = repl(&gw, &format!("show {id}"));
-    assert!(ok && text.contains("Not Allowed here"), "{text}");
+    assert!(ok, "{text}");
+    for want in [
+        "POST /v1.41/containers/create  → 403 Forbidden",
+        " UTC",
+        "hooks:\n  pre   POST /containers/create",
+        "response body:\n  {\n    \"message\": \"privileged containers are Not Allowed here\"\n  }",
+        "request headers:\n  ",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    assert!(!text.contains("\\\""), "escaped quotes:\n{text}");
+    let (ok, text) = repl(&gw, &format!("show {id} json"));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(ok && v["status"] == 403, "{text}");
 }
