@@ -691,8 +691,12 @@ async fn edit(control: &Path, id: &str, out: &mut dyn Write) -> Result<(), Strin
         "path": held["raw"],
         "headers": held["headers"],
     });
-    if !held["body"].is_null() {
-        request["body"] = held["body"].clone();
+    // A JSON body is shown as JSON, pretty, not as one escaped string.
+    if let Some(body) = held["body"].as_str() {
+        request["body"] = serde_json::from_str::<Value>(body)
+            .ok()
+            .filter(|v| v.is_object() || v.is_array())
+            .unwrap_or_else(|| Value::String(body.to_string()));
     }
     let file = std::env::temp_dir().join(format!("luastrip-edit-{}-{id}.json", std::process::id()));
     std::fs::write(

@@ -754,8 +754,16 @@ fn edit_opens_a_held_call_in_the_editor_and_resumes_it_as_edited() {
     );
     let id = wait_held(&gw);
     // An "editor" that changes the command in the create body.
-    let editor = support::temp_dir("editor").join("edit.sh");
-    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/original/edited/' \"$1\"\n").unwrap();
+    let dir = support::temp_dir("editor");
+    let (editor, seen) = (dir.join("edit.sh"), dir.join("seen.json"));
+    std::fs::write(
+        &editor,
+        format!(
+            "#!/bin/sh\ncp \"$1\" {}\nsed -i 's/original/edited/' \"$1\"\n",
+            seen.display()
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_luastrip"))
         .args(["repl", "--control"])
@@ -772,6 +780,14 @@ fn edit_opens_a_held_call_in_the_editor_and_resumes_it_as_edited() {
     );
     let out = run.join().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "edited\n");
+    // The editor saw the JSON body as JSON (pretty, not one escaped string).
+    let shown = std::fs::read_to_string(&seen).unwrap();
+    let v: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["body"]["Cmd"][1], "original", "{shown}");
+    assert!(
+        shown.contains("\n    \"Cmd\": [") || shown.contains("\"Cmd\""),
+        "{shown}"
+    );
 }
 
 #[test]

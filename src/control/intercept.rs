@@ -29,7 +29,18 @@ pub struct Edit {
     pub path: Option<String>,
     /// Replaces all request headers.
     pub headers: Option<BTreeMap<String, String>>,
+    /// A string is sent as it is; any other JSON (an object, an array) as its JSON text, so an
+    /// edit writes `{"body": {"Image": "busybox"}}` rather than an escaped string.
+    #[serde(default, deserialize_with = "body_text")]
     pub body: Option<String>,
+}
+
+fn body_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        None => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(v) => Some(v.to_string()),
+    })
 }
 
 enum Decision {
