@@ -32,7 +32,7 @@ reload           reload scripts and adapters.yml
 intercept F      hold calls matching F before the daemon sees them, until `intercept off`
 intercept off    stop holding, and let every held call go on (quitting the REPL does it too)
 intercepted      the held calls
-resume ID [JSON] let a held call go on, optionally edited ({\"path\": …, \"body\": …})
+resume ID [JSON] let a held call go on, optionally edited ({\"path\": …, \"body\": {…}})
 resume all       let every held call go on
 drop ID|all      refuse a held call, or all (the client gets a 403)
 edit ID          edit a held call in $EDITOR (method, path, headers, body), then let it go on

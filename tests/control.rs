@@ -784,10 +784,6 @@ fn edit_opens_a_held_call_in_the_editor_and_resumes_it_as_edited() {
     let shown = std::fs::read_to_string(&seen).unwrap();
     let v: Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(v["body"]["Cmd"][1], "original", "{shown}");
-    assert!(
-        shown.contains("\n    \"Cmd\": [") || shown.contains("\"Cmd\""),
-        "{shown}"
-    );
 }
 
 #[test]
