@@ -270,7 +270,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("LUASTRIP_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
+        // Above the REPL's prompt while one runs (`serve --repl`), else stderr.
+        .with_writer(|| luastrip::repl::LogWriter)
         .init();
     match cli.command {
         Command::Serve(args) => match serve_cmd(*args) {

@@ -249,6 +249,34 @@ fn unknown_command(line: &str) -> Option<&str> {
     (plain && !LUA_KEYWORDS.contains(&word) && lua_input(line) == LuaInput::Broken).then_some(word)
 }
 
+/// Where log lines go while an interactive REPL owns the terminal: printed above its prompt,
+/// never through half-typed input (`serve --repl`).
+static PRINTER: std::sync::Mutex<Option<Box<dyn rustyline::ExternalPrinter + Send>>> =
+    std::sync::Mutex::new(None);
+
+/// The log writer of `luastrip`: stderr, or above the REPL's prompt while one runs. One log
+/// line is one write (tracing's formatter writes each event whole).
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut printer = PRINTER.lock().unwrap_or_else(|e| e.into_inner());
+        match printer.as_mut() {
+            Some(p) => {
+                let line = String::from_utf8_lossy(buf);
+                p.print(line.trim_end_matches('\n').to_string())
+                    .map_err(std::io::Error::other)?;
+                Ok(buf.len())
+            }
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Run the REPL against the control socket at `control`: one `command`, or interactively.
 /// Output goes to `out`. Returns whether the (last) command succeeded.
 pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result<bool, String> {
@@ -270,6 +298,9 @@ pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result
     let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".luastrip_history"));
     if let Some(h) = &history {
         let _ = editor.load_history(h);
+    }
+    if let Ok(p) = editor.create_external_printer() {
+        *PRINTER.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(p));
     }
     let _ = writeln!(
         out,
@@ -306,6 +337,7 @@ pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result
     if intercepting {
         rt.block_on(execute(control, "intercept off", out));
     }
+    *PRINTER.lock().unwrap_or_else(|e| e.into_inner()) = None;
     if let Some(h) = &history {
         let _ = editor.save_history(h);
     }

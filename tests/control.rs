@@ -632,8 +632,17 @@ fn the_readme_repl_transcript_is_what_the_repl_prints() {
 fn serve_with_repl_shares_the_terminal_and_quit_stops_the_gateway() {
     let dir = support::temp_dir("serve-repl");
     let sock = dir.join("gw.sock");
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scripts/endpoint.lua");
+    // An endpoint that logs a warning (shown at the REPL's default level) as it answers.
+    let script = dir.join("hello.lua");
+    std::fs::write(
+        &script,
+        r#"route.endpoint("GET /luastrip/hello", function()
+  log.warn("said-hello")
+  return { json = { hello = "world" } }
+end)
+"#,
+    )
+    .unwrap();
     let tmux = Tmux::run(&format!(
         "NO_COLOR=1 {} serve --repl --listen unix://{} --upstream {} --scripts {}",
         env!("CARGO_BIN_EXE_luastrip"),
@@ -641,12 +650,21 @@ fn serve_with_repl_shares_the_terminal_and_quit_stops_the_gateway() {
         Daemon::shared().host(),
         script.display()
     ));
+    tmux.wait_for("luastrip>");
+    // Half-typed input, then a log line: the line goes above the prompt, the input stays whole.
+    tmux.keys(&["cal"]);
+    tmux.wait_for("luastrip> cal");
     let resp = support::raw(
         &sock,
         "GET /luastrip/hello HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
     );
     assert!(resp.contains("\"hello\":\"world\""));
-    tmux.keys(&["calls", "Enter"]);
+    let screen = tmux.wait_for("said-hello");
+    let lines: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.last(), Some(&"luastrip> cal"), "{screen}");
+    let logged = lines.iter().position(|l| l.contains("said-hello")).unwrap();
+    assert!(logged < lines.len() - 1, "{screen}");
+    tmux.keys(&["ls", "Enter"]);
     tmux.wait_for("/luastrip/hello");
     tmux.keys(&["quit", "Enter"]);
     let t = Instant::now();
