@@ -19,13 +19,8 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     stop_dockerd "$D/dockerd"
     wait 2>/dev/null || true
-    for i in 1 2; do
-        for _ in $(seq 20); do
-            zpool list "lspush$i" >/dev/null 2>&1 || break
-            zpool destroy -f "lspush$i" 2>/dev/null && break
-            sleep 0.3
-        done
-    done
+    destroy_pool lspush1
+    destroy_pool lspush2
     unmount_under "$D"
     rm -rf "$D"
 }

@@ -20,14 +20,8 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for i in 1 2; do
-        # A mount let go a moment ago can keep a pool busy briefly.
-        for _ in $(seq 20); do
-            zpool list "$POOL$i" >/dev/null 2>&1 || break
-            zpool destroy -f "$POOL$i" 2>/dev/null && break
-            sleep 0.3
-        done
-    done
+    destroy_pool "${POOL}1"
+    destroy_pool "${POOL}2"
     rm -rf "$W"
 }
 trap cleanup EXIT

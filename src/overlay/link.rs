@@ -16,15 +16,22 @@ fn helper(reason: impl Into<String>) -> Error {
     }
 }
 
-/// A checked Linux interface name.
-pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name.as_bytes()[0].is_ascii_alphanumeric()
+/// Whether `name` is 1 to `max` bytes of letters, digits, `-`, `_` and `.`, starting with a
+/// letter or digit: the names of links, Docker networks and their references, which can then
+/// become neither an option nor a path.
+pub fn plain_name(name: &str, max: usize) -> bool {
+    name.as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphanumeric)
+        && name.len() <= max
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A checked Linux interface name.
+pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
+    if plain_name(name, 15) {
         Ok(())
     } else {
         Err(helper(format!(

@@ -224,13 +224,7 @@ impl Overlay {
         let name = name.map_or_else(|| self.network_name(&cidr), str::to_string);
         let bridge = bridge.unwrap_or(&self.settings.bridge).to_string();
         link::check_name("bridge", &bridge)?;
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name.as_bytes()[0].is_ascii_alphanumeric()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !valid {
+        if !link::plain_name(&name, 64) {
             return Err(helper(format!(
                 "network name {name:?}: letters, digits, - _ . (starting with a letter or digit)"
             )));
@@ -442,15 +436,7 @@ impl Overlay {
     /// it resolves them) if it takes its addresses from luastrip's IPAM or uses its driver:
     /// its subnets. `None` for other networks and for no such network.
     pub async fn ours(&self, reference: &str) -> Result<Option<Vec<Cidr>>, Error> {
-        let plain = reference
-            .as_bytes()
-            .first()
-            .is_some_and(u8::is_ascii_alphanumeric)
-            && reference.len() <= 128
-            && reference
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if !plain {
+        if !link::plain_name(reference, 128) {
             return Err(Error::client(
                 http::StatusCode::BAD_REQUEST,
                 format!("{reference:?} is not a network name or ID"),
