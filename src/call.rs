@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::body::{full, Body};
 use crate::error::Error;
 use crate::hijack::{self, Hijack, PendingTunnel, TunnelSlot};
-use crate::journal::{epoch_ms, CallError, CallRecord, CallStart, HookRun, Journal};
+use crate::journal::{epoch_ms, Before, CallError, CallRecord, CallStart, HookRun, Journal};
 use crate::route::{kind, query, NormalPath};
 use crate::upstream::Upstream;
 
@@ -165,8 +165,25 @@ pub struct Call {
     pub buffered_body: Option<Bytes>,
     /// The response body, when a post hook buffered it (non-streaming responses only).
     pub buffered_response: Option<Bytes>,
+    /// The call as it came in and the daemon's answer as it came back, for the journal's
+    /// before/after ([`Before`]); `None` when no hook layer is active.
+    received: Option<Received>,
     started: Instant,
     upstream_us: Option<u64>,
+}
+
+/// What a call was before the hooks touched it.
+struct Received {
+    method: Method,
+    /// Path and query as sent.
+    raw: String,
+    headers: HeaderMap,
+    /// The client's body, once a layer has read it.
+    body: Option<Bytes>,
+    /// The daemon's status and headers, before post hooks.
+    response: Option<(StatusCode, HeaderMap)>,
+    /// The daemon's body, once a post layer has read it.
+    response_body: Option<Bytes>,
 }
 
 impl Call {
@@ -212,6 +229,71 @@ impl Call {
                 && (path.ends_with("/stop") || path.ends_with("/restart")))
     }
 
+    /// A layer has read the client's body: keep it as received (for the journal's before/after),
+    /// unless a layer before it had already replaced it.
+    pub fn note_received_body(&mut self, bytes: &Bytes) {
+        if let Some(r) = self.received.as_mut() {
+            if r.body.is_none() && self.buffered_body.is_none() {
+                r.body = Some(bytes.clone());
+            }
+        }
+    }
+
+    /// A post layer has read the daemon's body: keep it as the daemon sent it, unless a layer
+    /// before it had already replaced it.
+    pub fn note_daemon_body(&mut self, bytes: &Bytes) {
+        if let Some(r) = self.received.as_mut() {
+            if r.response_body.is_none() && self.buffered_response.is_none() {
+                r.response_body = Some(bytes.clone());
+            }
+        }
+    }
+
+    /// What the hooks changed, comparing what came in with what went on (see [`Before`]).
+    fn before(&self, res: Option<&Response<Body>>) -> Option<Box<Before>> {
+        let r = self.received.as_ref()?;
+        let forwarded = self.upstream_us.is_some();
+        let mut b = Before::default();
+        if r.method != self.head.method {
+            b.method = Some(r.method.to_string());
+        }
+        let raw = self.path_and_query();
+        if r.raw != raw {
+            b.raw = Some(r.raw.clone());
+        }
+        if !same_heads(&r.headers, &self.head.headers) {
+            b.request_headers = Some(r.headers.clone());
+        }
+        if let Some(body) = &r.body {
+            if forwarded && self.buffered_body.as_ref() != Some(body) {
+                b.request_body = Some(journal_body(body));
+            }
+        }
+        if let (Some((status, headers)), Some(res)) = (&r.response, res) {
+            if *status != res.status() {
+                b.status = Some(status.as_u16());
+            }
+            if !same_heads(headers, res.headers()) {
+                b.response_headers = Some(headers.clone());
+            }
+            if let Some(body) = &r.response_body {
+                if self.buffered_response.as_ref() != Some(body) {
+                    b.response_body = Some(journal_body(body));
+                }
+            }
+        }
+        (!b.is_empty()).then(|| Box::new(b))
+    }
+
+    /// Path and query as the call stands (what the journal's `raw` shows).
+    fn path_and_query(&self) -> String {
+        self.head
+            .uri
+            .path_and_query()
+            .map(|pq| pq.to_string())
+            .unwrap_or_else(|| self.head.uri.to_string())
+    }
+
     /// Replace the request body that is forwarded (and journaled) with `bytes`.
     pub fn replace_body(&mut self, bytes: Bytes) {
         self.head.headers.remove(header::TRANSFER_ENCODING);
@@ -249,7 +331,8 @@ pub async fn handle(
     let id = gw.next_id.fetch_add(1, Ordering::Relaxed);
     let (head, body) = req.into_parts();
 
-    let (call, accepted) = accept(id, worker.index, head, body, started);
+    let hooked = gw.hooks.iter().any(|h| h.active());
+    let (call, accepted) = accept(id, worker.index, head, body, started, hooked);
     // The journal phase runs even when hyper drops this future because the client went away.
     let mut record = Journaling {
         gw,
@@ -310,6 +393,11 @@ async fn phases(
         return Ok(answer);
     }
     let mut res = upstream(&worker.upstream, call, gw.upstream_timeout).await?;
+    if let Some(r) = call.received.as_mut() {
+        let mut headers = res.headers().clone();
+        strip_hop_by_hop(&mut headers);
+        r.response = Some((res.status(), headers));
+    }
     for hooks in gw.hooks.iter().filter(|h| h.active()) {
         hooks.post(call, &mut res).await?;
     }
@@ -356,6 +444,7 @@ fn accept(
     mut head: http::request::Parts,
     body: Incoming,
     started: Instant,
+    keep_received: bool,
 ) -> (Call, Result<(), Error>) {
     // Methods are case-sensitive on the wire; a lower-case "post" must not dodge a POST route.
     if head.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
@@ -386,6 +475,18 @@ fn accept(
         }
     }
     let hijack = Hijack::classify(&head.method, path.as_str(), &head.headers);
+    let received = keep_received.then(|| Received {
+        method: head.method.clone(),
+        raw: head
+            .uri
+            .path_and_query()
+            .map(|pq| pq.to_string())
+            .unwrap_or_else(|| head.uri.to_string()),
+        headers: head.headers.clone(),
+        body: None,
+        response: None,
+        response_body: None,
+    });
     let call = Call {
         id,
         worker,
@@ -397,6 +498,7 @@ fn accept(
         state: http::Extensions::new(),
         buffered_body: None,
         buffered_response: None,
+        received,
         started,
         upstream_us: None,
     };
@@ -532,6 +634,7 @@ fn journal(
         ),
     }
     let cancelled = res.is_none();
+    let before = call.before(res);
     let replay_of = call
         .head
         .headers
@@ -542,12 +645,7 @@ fn journal(
         started_ms: epoch_ms(started_at),
         method: call.head.method.to_string(),
         path: call.path.to_string(),
-        raw: call
-            .head
-            .uri
-            .path_and_query()
-            .map(|pq| pq.to_string())
-            .unwrap_or_else(|| call.head.uri.to_string()),
+        raw: call.path_and_query(),
         version: call.path.version().map(str::to_string),
         status,
         cancelled,
@@ -565,7 +663,20 @@ fn journal(
         response_headers: res.map(|r| r.headers().clone()).unwrap_or_default(),
         response_body: call.buffered_response.map(|b| journal_body(&b)),
         replay_of,
+        before,
     });
+}
+
+/// Whether two heads are the same but for framing and hop-by-hop headers, which follow the body
+/// and the connection rather than the hooks.
+fn same_heads(a: &HeaderMap, b: &HeaderMap) -> bool {
+    let strip = |h: &HeaderMap| {
+        let mut h = h.clone();
+        strip_hop_by_hop(&mut h);
+        h.remove(header::CONTENT_LENGTH);
+        h
+    };
+    a == b || strip(a) == strip(b)
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1). hyper frames each side

@@ -13,7 +13,7 @@ use crate::body::{full, Body};
 
 /// Who caused an error. Kept in the journal so a user can tell "my script broke" from "the
 /// daemon is down" at a glance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// The client sent something we cannot forward faithfully.

@@ -29,7 +29,7 @@ use tokio::io::{copy_bidirectional, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// How a call may turn into a raw tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Hijack {
     /// An ordinary request/response call.

@@ -4,7 +4,7 @@
 //! says so and simply works again once it is back. `-c COMMAND` runs one command and exits
 //! (non-zero if it failed), for scripts and tests.
 //!
-//! Commands: `calls [FILTER]`, `show ID`, `tail [FILTER]` (until Ctrl-C), `routes`, `reload`,
+//! Commands: `calls [FILTER]`, `show ID [diff|json]`, `tail [FILTER]` (until Ctrl-C), `routes`, `reload`,
 //! `intercept`, `resume`, `drop`, `edit`, `replay`, `stats`, `help`, `quit`; anything else is
 //! Lua evaluated in the gateway (`= expr` prints a value, `nil` too), and a plain word that is
 //! neither is an unknown command. A session that turned intercept on turns it off when it ends.
@@ -24,7 +24,8 @@ use crate::outbound::{Outbound, Url};
 
 const HELP: &str = "\
 calls [FILTER]   recent calls (filter: ~m METHOD ~u REGEX ~s 4.. ~h REGEX ~e ~r ROUTE, ! & | ( ))
-show ID [json]   one call in full: status, timings, hooks, heads, bodies (pretty), error
+show ID          one call in full: status, timings, what the hooks changed, hooks, heads,
+                 pretty bodies, error (`show ID diff`: only the changes; `show ID json`: raw)
 tail [FILTER]    calls as they finish, until Ctrl-C
 routes           every hook with its file:line, hits, errors and p50/p99 time
 stats            the gateway's metrics (calls by status, errors by source, open sessions …)
@@ -369,18 +370,16 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
         .await
         .map(|v| print_calls(&v, out)),
         "show" => {
-            let (id, json) = match rest.strip_suffix(" json") {
-                Some(id) => (id.trim(), true),
-                None => (rest, false),
+            let (id, view) = match rest.rsplit_once(' ') {
+                Some((id, v @ ("json" | "diff"))) => (id.trim(), v),
+                _ => (rest, ""),
             };
             call(control, Method::GET, &format!("/calls/{}", enc(id)), "")
                 .await
-                .map(|v| {
-                    if json {
-                        print_json(&v, out)
-                    } else {
-                        print_call(&v, out)
-                    }
+                .map(|v| match view {
+                    "json" => print_json(&v, out),
+                    "diff" => print_diff(&v, out, true),
+                    _ => print_call(&v, out),
                 })
         }
         "routes" => call(control, Method::GET, "/routes", "").await.map(|v| {
@@ -569,6 +568,7 @@ fn print_call(c: &Value, out: &mut dyn Write) {
             c["error"]["source"].as_str().unwrap_or("")
         );
     }
+    print_diff(c, out, false);
     let hooks = c["hooks"].as_array().cloned().unwrap_or_default();
     if !hooks.is_empty() {
         let _ = writeln!(out, "hooks:");
@@ -609,6 +609,24 @@ fn print_call(c: &Value, out: &mut dyn Write) {
                 let _ = writeln!(out, "  {line}");
             }
         }
+    }
+}
+
+/// What the hooks changed on a call ([`crate::journal::diff`]); `always` says so when nothing did.
+fn print_diff(c: &Value, out: &mut dyn Write, always: bool) {
+    let Ok(rec) = serde_json::from_value::<crate::journal::CallRecord>(c.clone()) else {
+        return;
+    };
+    let changes = crate::journal::diff::changes(&rec);
+    if changes.is_empty() {
+        if always {
+            let _ = writeln!(out, "the hooks changed nothing");
+        }
+        return;
+    }
+    let _ = writeln!(out, "changed by hooks:");
+    for c in changes {
+        let _ = writeln!(out, "  {c}");
     }
 }
 

@@ -1005,3 +1005,53 @@ end)
     let v: Value = serde_json::from_str(&text).unwrap();
     assert!(ok && v["status"] == 403, "{text}");
 }
+
+#[test]
+fn show_diff_says_what_the_hooks_changed_on_the_way_in_and_out() {
+    let (gw, _) = gateway_with(
+        r#"route.pre("POST /containers/create", function(req)
+  local spec = req:json()
+  spec.Labels = spec.Labels or {}
+  spec.Labels["com.example.team"] = "db"
+  spec.HostConfig.Memory = 64 * 1024 * 1024
+  req:set_json(spec)
+  req.headers["X-Team"] = "db"
+end)
+route.post("POST /containers/create", function(req, res)
+  local out = res:json()
+  out.Warnings = { "labelled by luastrip" }
+  res:set_json(out)
+  res.status = 201
+end)
+"#,
+    );
+    let out = output(gw.docker().args(["create", IMAGE, "true"]));
+    assert!(out.status.success(), "{out:?}");
+    let (_, calls) = ctl(&gw, "GET", "/calls?filter=~m%20POST");
+    let id = calls.as_array().unwrap().last().unwrap()["id"].clone();
+    let (ok, text) = repl(&gw, &format!("show {id} diff"));
+    assert!(ok, "{text}");
+    for want in [
+        "+ request body Labels[\"com.example.team\"]: \"db\"",
+        "~ request body HostConfig.Memory: 0 → 67108864",
+        "+ request header x-team: db",
+        "~ response body Warnings: [] → [\"labelled by luastrip\"]",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    // What the hooks left alone is not a change: no Image line, no content-length line.
+    assert!(
+        !text.contains("Image") && !text.contains("content-length"),
+        "{text}"
+    );
+    // The full view carries the same section.
+    let (_, text) = repl(&gw, &format!("show {id}"));
+    assert!(text.contains("changed by hooks:\n  + request"), "{text}");
+    // A call no hook touched has nothing to show.
+    let out = output(gw.docker().args(["version"]));
+    assert!(out.status.success());
+    let (_, calls) = ctl(&gw, "GET", "/calls?filter=~u%20/version");
+    let id = calls.as_array().unwrap().last().unwrap()["id"].clone();
+    let (_, text) = repl(&gw, &format!("show {id} diff"));
+    assert_eq!(text.trim(), "the hooks changed nothing");
+}

@@ -308,7 +308,7 @@ mod tests {
             hijack: Hijack::No,
             streaming: false,
             hooks: vec![HookRun {
-                phase: "pre",
+                phase: "pre".into(),
                 route: "POST /containers/create".into(),
                 location: "x.lua:1".into(),
                 duration_us: 1,
@@ -323,6 +323,7 @@ mod tests {
             response_headers: HeaderMap::new(),
             response_body: None,
             replay_of: None,
+            before: None,
         }
     }
 

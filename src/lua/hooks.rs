@@ -63,7 +63,7 @@ impl Hooks for Engine {
                 let out =
                     budget::call_async::<Value>(lua, &hook.func, limits.hook_time, &req).await;
                 let run = |error: Option<String>| HookRun {
-                    phase: hook.phase.as_str(),
+                    phase: hook.phase.as_str().to_string(),
                     route: hook.matcher.to_string(),
                     location: hook.location.clone(),
                     duration_us: t.elapsed().as_micros() as u64,
@@ -141,7 +141,7 @@ impl Hooks for Engine {
                         .await;
                 let error = out.err().map(|e| vm.error(&e, &hook.location, limits));
                 call.hooks.push(HookRun {
-                    phase: "post",
+                    phase: "post".into(),
                     route: hook.matcher.to_string(),
                     location: hook.location.clone(),
                     duration_us: t.elapsed().as_micros() as u64,
@@ -160,10 +160,17 @@ impl Hooks for Engine {
 
 /// Read a whole (non-stream) response for post hooks, however the daemon framed it, up to the
 /// body limit; beyond it the call fails with a 502 naming the limit.
-async fn read_response(call: &Call, res: &mut Response<Body>, cap: usize) -> Result<Bytes, Error> {
+async fn read_response(
+    call: &mut Call,
+    res: &mut Response<Body>,
+    cap: usize,
+) -> Result<Bytes, Error> {
     let body = std::mem::replace(res.body_mut(), full(Bytes::new()));
     match read_to_cap(body, cap).await {
-        Ok(bytes) => Ok(bytes),
+        Ok(bytes) => {
+            call.note_daemon_body(&bytes);
+            Ok(bytes)
+        }
         Err(ReadError::TooLarge) => Err(Error::client(
             StatusCode::BAD_GATEWAY,
             format!(

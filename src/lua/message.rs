@@ -432,6 +432,9 @@ pub fn apply_req(call: &mut Call, req: &Table) -> mlua::Result<()> {
         None => None,
     };
     let left = pending.and_then(|p| p.take());
+    if let Some(Err(read)) = &left {
+        call.note_received_body(read);
+    }
     let now: Option<mlua::String> = req.raw_get("body")?;
     let new_body = match (left, now) {
         // Nobody read or wrote it: the client's stream goes on untouched.

@@ -60,6 +60,7 @@ async fn json_body(call: &mut Call) -> Result<Option<Value>, Error> {
         .await
         .map_err(|e| Error::client(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}")))?;
     call.check_json_body(&bytes)?;
+    call.note_received_body(&bytes);
     call.replace_body(bytes.clone());
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
@@ -272,6 +273,7 @@ impl Guard {
                 reason: format!("the create's answer: {e}"),
             })?;
         *res.body_mut() = full(bytes.clone());
+        call.note_daemon_body(&bytes);
         call.buffered_response = Some(bytes.clone());
         let answer: Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let Some(id) = answer["Id"].as_str() else {

@@ -3,23 +3,26 @@
 //! Each finished call becomes a [`CallRecord`]. The last `capacity` records stay in a ring buffer
 //! (`calls`, `show ID`), and every record is broadcast to live watchers (`tail`). The journal never
 //! blocks a call: a watcher that falls behind loses records rather than slowing the gateway.
+//! A record also keeps what the hooks changed ([`Before`]); [`diff`] turns that into lines.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::error::Source;
 use crate::hijack::Hijack;
 
+pub mod diff;
+
 /// One hook that ran on a call (filled in by route scripts and adapters).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HookRun {
-    /// `pre`, `post` or `endpoint`.
-    pub phase: &'static str,
+    /// `pre`, `post` or `endpoint` (or the name of a built-in layer's phase).
+    pub phase: String,
     /// The pattern as written, e.g. `"POST /containers/create"`.
     pub route: String,
     /// Where it was registered: `file:line`.
@@ -29,14 +32,14 @@ pub struct HookRun {
 }
 
 /// What went wrong on a call.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallError {
     pub source: Source,
     pub message: String,
 }
 
 /// Everything recorded about one call.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallRecord {
     pub id: u64,
     /// Wall-clock start, milliseconds since the Unix epoch.
@@ -61,18 +64,79 @@ pub struct CallRecord {
     pub streaming: bool,
     pub hooks: Vec<HookRun>,
     pub error: Option<CallError>,
-    #[serde(serialize_with = "ser_headers")]
+    #[serde(serialize_with = "ser_headers", deserialize_with = "de_headers")]
     pub request_headers: HeaderMap,
     /// The request body as forwarded, when a hook had buffered it (capped); `None` for streamed
     /// bodies, which are never held back for the journal.
     pub request_body: Option<String>,
-    #[serde(serialize_with = "ser_headers")]
+    #[serde(serialize_with = "ser_headers", deserialize_with = "de_headers")]
     pub response_headers: HeaderMap,
     /// The response body, when a post hook had buffered it or a hook answered (capped).
     pub response_body: Option<String>,
     /// The call this one replays (the control socket's `replay` marks its requests with
     /// [`REPLAY_HEADER`]); `None` for a client's own call.
     pub replay_of: Option<u64>,
+    /// What the hooks changed: the call as the client sent it and the daemon's answer as the
+    /// daemon sent it, where they differ from what was forwarded and answered. `None` when
+    /// nothing changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Box<Before>>,
+}
+
+/// A call before its hooks ran, in the parts they changed: each field is `None` when that part
+/// went on unchanged. Framing headers (`Content-Length`, `Transfer-Encoding`, hop-by-hop ones)
+/// are left out of the comparison: they follow the body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Before {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Path and query as the client sent them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_some_headers",
+        deserialize_with = "de_some_headers"
+    )]
+    pub request_headers: Option<HeaderMap>,
+    /// The client's body, when a layer read it (capped as the journal caps bodies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    /// The daemon's status, when a post hook changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_some_headers",
+        deserialize_with = "de_some_headers"
+    )]
+    pub response_headers: Option<HeaderMap>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+}
+
+impl Before {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        *self == Before::default()
+    }
+
+    fn weight(&self) -> usize {
+        let heads = |h: &Option<HeaderMap>| h.as_ref().map_or(0, header_weight);
+        self.raw.as_ref().map_or(0, String::len)
+            + self.request_body.as_ref().map_or(0, String::len)
+            + self.response_body.as_ref().map_or(0, String::len)
+            + heads(&self.request_headers)
+            + heads(&self.response_headers)
+    }
+}
+
+fn header_weight(h: &HeaderMap) -> usize {
+    h.iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 16)
+        .sum::<usize>()
 }
 
 /// The header a replay carries: the id of the call it replays. A label for the journal, not a
@@ -86,6 +150,32 @@ fn ser_headers<S: serde::Serializer>(h: &HeaderMap, s: S) -> Result<S::Ok, S::Er
         seq.serialize_element(&(k.as_str(), String::from_utf8_lossy(v.as_bytes())))?;
     }
     seq.end()
+}
+
+fn ser_some_headers<S: serde::Serializer>(h: &Option<HeaderMap>, s: S) -> Result<S::Ok, S::Error> {
+    match h {
+        Some(h) => ser_headers(h, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Headers from `[[name, value], …]`; a pair that is not a valid header is an error naming it.
+fn de_headers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HeaderMap, D::Error> {
+    use serde::de::Error as _;
+    let pairs: Vec<(String, String)> = Deserialize::deserialize(d)?;
+    let mut h = HeaderMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| D::Error::custom(format!("{k:?} is not a header name")))?;
+        let value = http::HeaderValue::from_str(&v)
+            .map_err(|_| D::Error::custom(format!("the value of header {k} is not valid")))?;
+        h.append(name, value);
+    }
+    Ok(h)
+}
+
+fn de_some_headers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<HeaderMap>, D::Error> {
+    de_headers(d).map(Some)
 }
 
 /// A call that has been running for a while without an answer (announced to `tail` watchers
@@ -169,17 +259,15 @@ impl CallRecord {
             response_headers: HeaderMap::new(),
             response_body: None,
             replay_of: None,
+            before: None,
         }
     }
 
     /// Roughly what the record holds in memory: bodies, headers, paths.
     pub fn weight(&self) -> usize {
-        let heads = |h: &HeaderMap| {
-            h.iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 16)
-                .sum::<usize>()
-        };
-        256 + self.path.len()
+        let heads = header_weight;
+        256 + self.before.as_ref().map_or(0, |b| b.weight())
+            + self.path.len()
             + self.raw.len()
             + self.request_body.as_ref().map_or(0, String::len)
             + self.response_body.as_ref().map_or(0, String::len)
@@ -321,6 +409,7 @@ mod tests {
             response_headers: HeaderMap::new(),
             response_body: None,
             replay_of: None,
+            before: None,
         }
     }
 
