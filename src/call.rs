@@ -113,6 +113,12 @@ impl Gateway {
         self.next_id.load(Ordering::Relaxed) - 1
     }
 
+    /// Number the next call after `id` (the journal of an earlier run was restored), unless
+    /// calls have gone further already.
+    pub fn continue_ids_after(&self, id: u64) {
+        self.next_id.fetch_max(id + 1, Ordering::Relaxed);
+    }
+
     /// Add a hook layer; layers run in the order they were added.
     pub fn with_hooks(mut self, hooks: Arc<dyn Hooks>) -> Self {
         self.hooks.push(hooks);

@@ -21,7 +21,9 @@
 //! * [`events`] — following the daemon's `/events` (reopened with `since=` after a break) for the
 //!   background services that must see what happens on the daemon directly, and dockerd's event
 //!   filters.
-//! * [`journal`] — call records (cancelled ones too) in a byte-capped ring, broadcast to watchers.
+//! * [`journal`] — call records (cancelled ones too) in a byte-capped ring, broadcast to watchers;
+//!   what the hooks changed and its line-by-line diff; recordings to NDJSON files with secrets
+//!   redacted (`--record`, `record start`, `--journal` across restarts).
 //! * [`error`] — the one error type, recording its source, and its Docker JSON form.
 //!
 //! The extensions — they hang off the core's phases:
@@ -34,7 +36,8 @@
 //! * [`outbound`] — pooled HTTP to services other than the daemon (`http.request`, adapters,
 //!   replays, the REPL).
 //! * [`control`] — the control socket (HTTP/JSON): calls, tail, filters, routes, reload, eval,
-//!   intercept (a hook layer), replay, metrics.
+//!   intercept (a hook layer), replay, record, metrics; and its client side for the REPL and the
+//!   console, which also reads recorded files.
 //! * [`repl`] — `luastrip repl`, the rustyline front end of the control socket.
 //! * [`volumes`] — the volume helper: named volumes behind the `VolumeBackend` trait (ZFS,
 //!   driven by argv), checked names, ownership (a copy owned elsewhere is read-only), and the

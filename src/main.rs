@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use luastrip::control::client::Flows;
 use luastrip::lua::{Engine, Limits, Services};
 use luastrip::serve::{self, Config};
 use luastrip::upstream::UpstreamAddr;
@@ -40,6 +41,10 @@ enum Command {
         /// Run one command and exit (e.g. -c 'calls ~m POST').
         #[arg(short = 'c')]
         command: Option<String>,
+        /// Read the calls recorded in this file (serve --record, record start) instead of a
+        /// gateway: calls and show work, read-only.
+        #[arg(long, short = 'f', conflicts_with = "control")]
+        file: Option<PathBuf>,
     },
     /// Load route scripts and report errors without serving.
     Check {
@@ -156,6 +161,19 @@ struct ServeArgs {
     /// This gateway's name among its peers. Defaults to the machine's host name.
     #[arg(long, env = "LUASTRIP_HOST_NAME")]
     host_name: Option<String>,
+    /// Keep the journal in this file (NDJSON, secrets redacted): the calls of the last run are
+    /// back in `calls` after a restart, and ids go on from them. The file rotates to FILE.1 at
+    /// 16 MiB.
+    #[arg(long, env = "LUASTRIP_JOURNAL")]
+    journal: Option<PathBuf>,
+    /// Record every call to this file from the start (NDJSON, appended, secrets redacted), for
+    /// `luastrip test --against`, `repl --file` and `console --file`.
+    #[arg(long, env = "LUASTRIP_RECORD")]
+    record: Option<PathBuf>,
+    /// Environment names (a regular expression) whose values recordings leave out, in `Env`
+    /// lists, build args and plugin settings.
+    #[arg(long, env = "LUASTRIP_REDACT_ENV", default_value = luastrip::journal::record::DEFAULT_REDACT_ENV)]
+    redact_env: String,
 }
 
 /// `--host-name`, or the machine's host name.
@@ -285,14 +303,22 @@ fn main() -> ExitCode {
             control,
             listen,
             command,
+            file,
         } => {
             let unix = |s: &str| PathBuf::from(s.strip_prefix("unix://").unwrap_or(s));
-            let path = match control {
-                Some(c) => unix(&c),
-                None => serve::control_path_for(&unix(&listen)),
+            let flows = match (file, control) {
+                (Some(f), _) => match Flows::open(&f) {
+                    Ok(flows) => flows,
+                    Err(e) => {
+                        eprintln!("luastrip repl: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                (None, Some(c)) => Flows::Live(unix(&c)),
+                (None, None) => Flows::Live(serve::control_path_for(&unix(&listen))),
             };
             let stdout = std::io::stdout();
-            match luastrip::repl::run(&path, command.as_deref(), &mut stdout.lock()) {
+            match luastrip::repl::run(flows, command.as_deref(), &mut stdout.lock()) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
@@ -369,6 +395,9 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         plugin_dir: args.plugin_dir,
         cluster_file: args.cluster_file,
         host_name: host_name(args.host_name)?,
+        journal_file: args.journal,
+        record: args.record,
+        redact_env: args.redact_env,
         ..Config::new(listen, upstream)
     };
     // This runtime accepts connections and runs the background services; serve::run starts the

@@ -11,16 +11,14 @@
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request};
+use http::Method;
 use http_body_util::BodyExt;
 use serde_json::Value;
 
-use crate::body::full;
-use crate::outbound::{Outbound, Url};
+use crate::control::client::{read_body, refusal, Flows};
 
 const HELP: &str = "\
 calls [FILTER]   recent calls (filter: ~m METHOD ~u REGEX ~s 4.. ~h REGEX ~e ~r ROUTE, ! & | ( ))
@@ -28,6 +26,9 @@ show ID          one call in full: status, timings, what the hooks changed, hook
                  pretty bodies, error (`show ID diff`: only the changes; `show ID json`: raw)
 tail [FILTER]    calls as they finish, until Ctrl-C
 routes           every hook with its file:line, hits, errors and p50/p99 time
+record           the files every call is being recorded to
+record start F   record every call to file F (NDJSON, secrets redacted), for `luastrip test`
+record stop [F]  stop recording to F, or to every file
 stats            the gateway's metrics (calls by status, errors by source, open sessions …)
 reload           reload scripts and adapters.yml
 intercept F      hold calls matching F before the daemon sees them, until `intercept off`
@@ -56,6 +57,7 @@ const COMMANDS: &[&str] = &[
     "edit",
     "replay",
     "stats",
+    "record",
     "help",
     "quit",
 ];
@@ -63,7 +65,7 @@ const COMMANDS: &[&str] = &[
 /// Tab completion (commands, call ids, Lua globals and table keys from the live VM) and
 /// multi-line Lua input (a chunk that ends too early continues on the next line).
 struct Helper {
-    control: PathBuf,
+    control: Arc<Flows>,
     rt: Arc<tokio::runtime::Runtime>,
 }
 
@@ -74,7 +76,7 @@ impl Helper {
              if type(k) == 'string' then r[#r + 1] = k end end end; table.sort(r); return json.array(r)"
         );
         self.rt
-            .block_on(call(&self.control, Method::POST, "/eval", &code))
+            .block_on(self.control.call(Method::POST, "/eval", &code))
             .ok()
             .and_then(|v| v["result"].as_array().cloned())
             .unwrap_or_default()
@@ -117,7 +119,7 @@ impl rustyline::completion::Completer for Helper {
             };
             let v = self
                 .rt
-                .block_on(call(&self.control, Method::GET, path, ""))
+                .block_on(self.control.call(Method::GET, path, ""))
                 .unwrap_or_default();
             let list = if before.starts_with("show ") {
                 v
@@ -278,9 +280,12 @@ impl Write for LogWriter {
     }
 }
 
-/// Run the REPL against the control socket at `control`: one `command`, or interactively.
+/// Run the REPL on `flows` (a gateway's control socket, or a recorded file): one `command`, or
+/// interactively.
 /// Output goes to `out`. Returns whether the (last) command succeeded.
-pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result<bool, String> {
+pub fn run(flows: Flows, command: Option<&str>, out: &mut dyn Write) -> Result<bool, String> {
+    let flows = Arc::new(flows);
+    let control = &*flows;
     let rt = Arc::new(
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -293,7 +298,7 @@ pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result
     let mut editor: rustyline::Editor<Helper, rustyline::history::DefaultHistory> =
         rustyline::Editor::new().map_err(|e| e.to_string())?;
     editor.set_helper(Some(Helper {
-        control: control.to_path_buf(),
+        control: flows.clone(),
         rt: rt.clone(),
     }));
     let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".luastrip_history"));
@@ -306,7 +311,7 @@ pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result
     let _ = writeln!(
         out,
         "luastrip repl on {} — help for commands",
-        control.display()
+        control.describe()
     );
     let mut ok = true;
     // Whether this session turned intercept on: quitting turns it off again, so that no client
@@ -346,7 +351,7 @@ pub fn run(control: &Path, command: Option<&str>, out: &mut dyn Write) -> Result
 }
 
 /// Run one command; print its result; return whether it succeeded.
-async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
+async fn execute(control: &Flows, line: &str, out: &mut dyn Write) -> bool {
     let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
     let rest = rest.trim();
     // A path segment (a call id as typed).
@@ -358,23 +363,24 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
             let _ = writeln!(out, "{HELP}");
             return true;
         }
-        "calls" => call(
-            control,
-            Method::GET,
-            &format!(
-                "/calls?{}",
-                crate::route::query::encode([("limit", "50"), ("filter", rest)])
-            ),
-            "",
-        )
-        .await
-        .map(|v| print_calls(&v, out)),
+        "calls" => control
+            .call(
+                Method::GET,
+                &format!(
+                    "/calls?{}",
+                    crate::route::query::encode([("limit", "50"), ("filter", rest)])
+                ),
+                "",
+            )
+            .await
+            .map(|v| print_calls(&v, out)),
         "show" => {
             let (id, view) = match rest.rsplit_once(' ') {
                 Some((id, v @ ("json" | "diff"))) => (id.trim(), v),
                 _ => (rest, ""),
             };
-            call(control, Method::GET, &format!("/calls/{}", enc(id)), "")
+            control
+                .call(Method::GET, &format!("/calls/{}", enc(id)), "")
                 .await
                 .map(|v| match view {
                     "json" => print_json(&v, out),
@@ -382,7 +388,7 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
                     _ => print_call(&v, out),
                 })
         }
-        "routes" => call(control, Method::GET, "/routes", "").await.map(|v| {
+        "routes" => control.call(Method::GET, "/routes", "").await.map(|v| {
             for r in v.as_array().into_iter().flatten() {
                 let _ = writeln!(
                     out,
@@ -401,14 +407,16 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
             }
         }),
         "stats" => stats(control, out).await,
-        "reload" => call(control, Method::POST, "/reload", "").await.map(|v| {
+        "record" => record(control, rest, out).await,
+        "reload" => control.call(Method::POST, "/reload", "").await.map(|v| {
             let _ = writeln!(out, "reloaded: {} routes", v["routes"]);
         }),
         "tail" => {
             let q = crate::route::query::encode([("filter", rest)]);
             tail(control, &format!("/tail?{q}"), out).await
         }
-        "intercept" => call(control, Method::POST, "/intercept", rest)
+        "intercept" => control
+            .call(Method::POST, "/intercept", rest)
             .await
             .map(|v| {
                 let _ = match v["intercept"].as_str() {
@@ -424,7 +432,8 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
                     ),
                 };
             }),
-        "intercepted" => call(control, Method::GET, "/intercepted", "")
+        "intercepted" => control
+            .call(Method::GET, "/intercepted", "")
             .await
             .map(|v| {
                 for h in v["held"].as_array().into_iter().flatten() {
@@ -440,38 +449,35 @@ async fn execute(control: &Path, line: &str, out: &mut dyn Write) -> bool {
         "edit" => edit(control, rest, out).await,
         "replay" => {
             let (id, edit) = rest.split_once(' ').unwrap_or((rest, ""));
-            call(control, Method::POST, &format!("/replay/{}", enc(id)), edit)
+            control
+                .call(Method::POST, &format!("/replay/{}", enc(id)), edit)
                 .await
                 .map(|v| print_json(&v, out))
         }
-        "resume" | "drop" if rest == "all" => call(
-            control,
-            Method::POST,
-            &format!("/intercepted/all/{word}"),
-            "",
-        )
-        .await
-        .map(|v| {
-            let _ = writeln!(out, "{word}: {} held call(s)", v["calls"]);
-        }),
+        "resume" | "drop" if rest == "all" => control
+            .call(Method::POST, &format!("/intercepted/all/{word}"), "")
+            .await
+            .map(|v| {
+                let _ = writeln!(out, "{word}: {} held call(s)", v["calls"]);
+            }),
         "resume" | "drop" => {
             let (id, edit) = rest.split_once(' ').unwrap_or((rest, ""));
-            call(
-                control,
-                Method::POST,
-                &format!("/intercepted/{}/{word}", enc(id)),
-                edit,
-            )
-            .await
-            .map(|_| {
-                let _ = writeln!(out, "{word}: {id}");
-            })
+            control
+                .call(
+                    Method::POST,
+                    &format!("/intercepted/{}/{word}", enc(id)),
+                    edit,
+                )
+                .await
+                .map(|_| {
+                    let _ = writeln!(out, "{word}: {id}");
+                })
         }
         _ => match unknown_command(line) {
             Some(w) => Err(format!(
                 "unknown command {w:?} (help lists them; Lua runs as a statement, or = expr)"
             )),
-            None => call(control, Method::POST, "/eval", line).await.map(|v| {
+            None => control.call(Method::POST, "/eval", line).await.map(|v| {
                 let _ = write!(out, "{}", v["printed"].as_str().unwrap_or_default());
                 if !v["result"].is_null() {
                     print_json(&v["result"], out);
@@ -655,8 +661,8 @@ fn print_calls(v: &Value, out: &mut dyn Write) {
 }
 
 /// The metrics, without Prometheus' comment lines.
-async fn stats(control: &Path, out: &mut dyn Write) -> Result<(), String> {
-    let bytes = read_body(send(control, Method::GET, "/metrics", "").await?).await?;
+async fn stats(control: &Flows, out: &mut dyn Write) -> Result<(), String> {
+    let bytes = read_body(control.send(Method::GET, "/metrics", "").await?).await?;
     for line in String::from_utf8_lossy(&bytes)
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -666,70 +672,55 @@ async fn stats(control: &Path, out: &mut dyn Write) -> Result<(), String> {
     Ok(())
 }
 
-/// The whole body of a control answer.
-async fn read_body(res: http::Response<hyper::body::Incoming>) -> Result<Bytes, String> {
-    Ok(res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes())
-}
-
-/// One control call; the JSON answer, or the error message it carried.
-async fn call(control: &Path, method: Method, path: &str, body: &str) -> Result<Value, String> {
-    let res = send(control, method, path, body).await?;
-    let status = res.status();
-    let bytes = read_body(res).await?;
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if status.is_success() {
-        Ok(v)
-    } else {
-        Err(refusal(&v, status))
+/// `record` (what is being recorded), `record start FILE`, `record stop [FILE]`. A relative
+/// FILE is taken from the REPL's directory, not the gateway's.
+async fn record(control: &Flows, rest: &str, out: &mut dyn Write) -> Result<(), String> {
+    let (verb, file) = rest.split_once(' ').unwrap_or((rest, ""));
+    let file = match file.trim() {
+        "" => String::new(),
+        f => std::path::absolute(f)
+            .map_err(|e| format!("{f}: {e}"))?
+            .display()
+            .to_string(),
+    };
+    let v = match verb {
+        "" => control.call(Method::GET, "/record", "").await?,
+        "start" if file.is_empty() => return Err("record start FILE".into()),
+        "start" => Value::Array(vec![control.call(Method::POST, "/record", &file).await?]),
+        "stop" => control.call(Method::POST, "/record/stop", &file).await?,
+        other => {
+            return Err(format!(
+                "record {other:?}? record, record start FILE, record stop [FILE]"
+            ))
+        }
+    };
+    let files = v.as_array().cloned().unwrap_or_default();
+    if files.is_empty() {
+        let _ = writeln!(out, "not recording");
     }
-}
-
-/// What a refused control call says: the filter caret, else the message, else the status.
-fn refusal(v: &Value, status: http::StatusCode) -> String {
-    v["caret"]
-        .as_str()
-        .or(v["message"].as_str())
-        .map(str::to_string)
-        .unwrap_or_else(|| status.to_string())
-}
-
-async fn send(
-    control: &Path,
-    method: Method,
-    path: &str,
-    body: &str,
-) -> Result<http::Response<hyper::body::Incoming>, String> {
-    let url = Url::parse(&format!("unix://{}:{path}", control.display()))?;
-    let mut req = Request::builder()
-        .method(method)
-        .uri(&url.path)
-        .body(full(Bytes::copy_from_slice(body.as_bytes())))
-        .map_err(|e| e.to_string())?;
-    req.headers_mut()
-        .insert(header::HOST, HeaderValue::from_static("ctl"));
-    req.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    // A fresh connection per command: a gateway that went away and came back just works.
-    let head_within = std::time::Duration::from_secs(60);
-    Outbound::new()
-        .send(&url, req, head_within)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot reach the gateway's control socket {}: {e} (is luastrip serve running?)",
-                control.display()
-            )
-        })
+    for f in files {
+        let _ = writeln!(
+            out,
+            "{} {}: {} calls written{}",
+            if verb == "stop" {
+                "stopped"
+            } else {
+                "recording"
+            },
+            f["file"].as_str().unwrap_or(""),
+            f["written"],
+            match f["dropped"].as_u64() {
+                Some(n) if n > 0 => format!(", {n} dropped (the disk fell behind)"),
+                _ => String::new(),
+            }
+        );
+    }
+    Ok(())
 }
 
 /// Open a held call in `$VISUAL` / `$EDITOR` (default vi) as JSON, then resume it as edited.
-async fn edit(control: &Path, id: &str, out: &mut dyn Write) -> Result<(), String> {
-    let v = call(control, Method::GET, "/intercepted", "").await?;
+async fn edit(control: &Flows, id: &str, out: &mut dyn Write) -> Result<(), String> {
+    let v = control.call(Method::GET, "/intercepted", "").await?;
     let held = v["held"]
         .as_array()
         .into_iter()
@@ -775,20 +766,16 @@ async fn edit(control: &Path, id: &str, out: &mut dyn Write) -> Result<(), Strin
     let edited = edited?;
     serde_json::from_str::<Value>(&edited)
         .map_err(|e| format!("the edit is not JSON ({e}); the call is still held"))?;
-    call(
-        control,
-        Method::POST,
-        &format!("/intercepted/{id}/resume"),
-        &edited,
-    )
-    .await?;
+    control
+        .call(Method::POST, &format!("/intercepted/{id}/resume"), &edited)
+        .await?;
     let _ = writeln!(out, "resumed {id} as edited");
     Ok(())
 }
 
 /// Print calls as they finish until Ctrl-C.
-async fn tail(control: &Path, path: &str, out: &mut dyn Write) -> Result<(), String> {
-    let res = send(control, Method::GET, path, "").await?;
+async fn tail(control: &Flows, path: &str, out: &mut dyn Write) -> Result<(), String> {
+    let res = control.send(Method::GET, path, "").await?;
     let status = res.status();
     if !status.is_success() {
         let v = serde_json::from_slice(&read_body(res).await?).unwrap_or(Value::Null);

@@ -94,6 +94,12 @@ pub struct Config {
     pub cluster_file: PathBuf,
     /// `--host-name`: this gateway's name in the cluster.
     pub host_name: String,
+    /// `--journal`: keep the journal in this file across restarts.
+    pub journal_file: Option<PathBuf>,
+    /// `--record`: write every call to this file (NDJSON) from the start.
+    pub record: Option<PathBuf>,
+    /// `--redact-env`: environment names whose values recordings leave out.
+    pub redact_env: String,
 }
 
 /// The control socket beside the listen socket `listen`: its extension replaced by `.ctl`
@@ -167,6 +173,9 @@ impl Config {
             plugin_dir: PathBuf::from("/run/docker/plugins"),
             cluster_file: PathBuf::from("/var/lib/luastrip/cluster.json"),
             host_name: "luastrip".into(),
+            journal_file: None,
+            record: None,
+            redact_env: crate::journal::record::DEFAULT_REDACT_ENV.into(),
         }
     }
 
@@ -183,6 +192,54 @@ impl Config {
             n => n,
         }
     }
+}
+
+/// `--journal` and `--record`: the journal of the last run back in the ring (ids go on after
+/// it), and the files every call is written to. Returns the redactor recordings use.
+fn record_files(
+    config: &Config,
+    gateway: &Gateway,
+) -> Result<crate::journal::record::Redactor, StartError> {
+    use crate::journal::record::{self, Recorder, Redactor};
+    let redactor = Redactor::new(&config.redact_env)
+        .map_err(|e| StartError::Record(format!("--redact-env: {e}")))?;
+    if let Some(file) = &config.journal_file {
+        let mut earlier = Vec::new();
+        for f in [record::rotated(file), file.clone()] {
+            match record::read(&f, true) {
+                Ok(calls) => earlier.extend(calls),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StartError::Record(format!(
+                        "--journal {}: {e}",
+                        f.display()
+                    )))
+                }
+            }
+        }
+        if let Some(last) = earlier.iter().map(|c| c.id).max() {
+            gateway.continue_ids_after(last);
+        }
+        info!(file = %file.display(), calls = earlier.len(), "journal restored");
+        gateway.journal.restore(earlier);
+        // The file holds about what the ring does, twice over with its rotated half.
+        let rotate_at = Some(crate::journal::DEFAULT_BYTE_CAP as u64);
+        let recorder = Recorder::open(file, redactor.clone(), rotate_at)
+            .map_err(|e| StartError::Record(format!("--journal {}: {e}", file.display())))?;
+        gateway
+            .journal
+            .record_to(recorder, true)
+            .map_err(StartError::Record)?;
+    }
+    if let Some(file) = &config.record {
+        let recorder = Recorder::open(file, redactor.clone(), None)
+            .map_err(|e| StartError::Record(format!("--record {}: {e}", file.display())))?;
+        gateway
+            .journal
+            .record_to(recorder, false)
+            .map_err(|e| StartError::Record(format!("--record: {e}")))?;
+    }
+    Ok(redactor)
 }
 
 /// Client connections served at once, by default.
@@ -260,6 +317,8 @@ pub enum StartError {
     State(String),
     #[error("{0}")]
     Helper(String),
+    #[error("{0}")]
+    Record(String),
     #[error("cannot watch {path}: {reason}")]
     Watch { path: String, reason: String },
     #[error("{0}")]
@@ -280,6 +339,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     gateway.max_connections = config.max_connections;
     gateway.upstream_timeout = config.upstream_timeout;
     raise_fd_limit();
+    let redactor = record_files(&config, &gateway)?;
     gateway.stuck_after = config
         .stuck_after
         .unwrap_or(config.limits.hook_time * 2 + Duration::from_secs(1));
@@ -417,6 +477,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         engine,
         intercept,
         listen: config.listen.clone(),
+        redactor,
     });
     background.spawn("control socket", move |stop| async move {
         if let Err(e) = control::serve(control_listener, control, stop).await {
@@ -444,7 +505,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         // The REPL blocks on the terminal: its own thread, talking to our control socket.
         std::thread::spawn(move || {
             let stdout = std::io::stdout();
-            if let Err(e) = crate::repl::run(&control_path, None, &mut stdout.lock()) {
+            if let Err(e) = crate::repl::run(
+                control::client::Flows::Live(control_path),
+                None,
+                &mut stdout.lock(),
+            ) {
                 tracing::error!(error = %e, "the REPL failed");
             }
             let _ = quit_tx.send(true);

@@ -16,10 +16,14 @@
 //! | `POST /intercepted/{id}/drop` | refuse it: the client gets a 403 Docker error |
 //! | `POST /intercepted/all/resume`, `…/all/drop` | the same for every held call |
 //! | `POST /replay/{id}` | send a journaled call again through the gateway (optional JSON edit) |
+//! | `GET /record` | the files calls are being recorded to: file, calls written, calls dropped |
+//! | `POST /record` | start recording every call to the file named in the body (absolute path; appended, mode 0600, secrets redacted) |
+//! | `POST /record/stop` | stop recording to the file in the body, or (empty body) to every file but `--journal`'s |
 //! | `POST /eval` | run the Lua chunk in the body in a gateway VM (same globals as hooks) → `{result, printed}` (what `print` wrote) |
 //!
 //! It hangs off the journal and the script engine; it never forwards Docker calls itself.
 
+pub mod client;
 pub mod filter;
 pub mod intercept;
 pub mod stats;
@@ -50,6 +54,8 @@ pub struct Control {
     pub intercept: Arc<intercept::Intercept>,
     /// The gateway's listen socket: replays go through it, so they take every phase again.
     pub listen: std::path::PathBuf,
+    /// What `record` leaves out of the files it writes.
+    pub redactor: crate::journal::record::Redactor,
 }
 
 /// Serve the control socket until `stop` turns true.
@@ -113,15 +119,8 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                 .unwrap_or(Ok(100));
             match limit {
                 Ok(n) => {
-                    // The filter applies before the limit: "the last N that match".
                     let all = journal.recent(usize::MAX);
-                    let mut records: Vec<&crate::journal::CallRecord> = all
-                        .iter()
-                        .map(|r| &**r)
-                        .filter(|r| filter.as_ref().is_none_or(|f| f.matches(r)))
-                        .collect();
-                    let skip = records.len().saturating_sub(n);
-                    records.drain(..skip);
+                    let records = client::select(all.iter().map(|r| &**r), filter.as_ref(), n);
                     json(StatusCode::OK, &records)
                 }
                 Err(_) => message(StatusCode::BAD_REQUEST, "limit must be a number"),
@@ -204,9 +203,9 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
             },
         },
         (Method::POST, ["intercept"]) => {
-            let text = match req.into_body().collect().await {
-                Ok(b) => String::from_utf8_lossy(&b.to_bytes()).trim().to_string(),
-                Err(e) => return message(StatusCode::BAD_REQUEST, &e.to_string()),
+            let text = match body_text(req).await {
+                Ok(t) => t,
+                Err(res) => return res,
             };
             if text.is_empty() || text == "off" {
                 let released = control.intercept.set(None);
@@ -288,6 +287,52 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                 Err((status, m)) => message(status, &m),
             }
         }
+        (Method::GET, ["record"]) => json(StatusCode::OK, &journal.recordings()),
+        (Method::POST, ["record"]) => {
+            let file = match body_text(req).await {
+                Ok(f) => f,
+                Err(res) => return res,
+            };
+            let path = std::path::Path::new(&file);
+            if !path.is_absolute() {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    &format!("record needs an absolute path, not {file:?}"),
+                );
+            }
+            let recorder = match crate::journal::record::Recorder::open(
+                path,
+                control.redactor.clone(),
+                None,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    return message(
+                        StatusCode::BAD_REQUEST,
+                        &format!("cannot record to {file}: {e}"),
+                    )
+                }
+            };
+            match journal.record_to(recorder, false) {
+                Ok(status) => json(StatusCode::OK, &status),
+                Err(m) => message(StatusCode::CONFLICT, &m),
+            }
+        }
+        (Method::POST, ["record", "stop"]) => {
+            let file = match body_text(req).await {
+                Ok(f) => f,
+                Err(res) => return res,
+            };
+            let which = (!file.is_empty()).then(|| std::path::PathBuf::from(&file));
+            let stopped = journal.stop_recording(which.as_deref());
+            if stopped.is_empty() && which.is_some() {
+                return message(
+                    StatusCode::NOT_FOUND,
+                    &format!("{file} is not being recorded (record lists what is)"),
+                );
+            }
+            json(StatusCode::OK, &stopped)
+        }
         (Method::POST, ["eval"]) => {
             let Some(engine) = &control.engine else {
                 return message(
@@ -308,6 +353,14 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
             }
         }
         (_, _) => message(StatusCode::NOT_FOUND, &format!("no control call {path}")),
+    }
+}
+
+/// A request body as trimmed text.
+async fn body_text(req: Request<Incoming>) -> Result<String, Response<ControlBody>> {
+    match req.into_body().collect().await {
+        Ok(b) => Ok(String::from_utf8_lossy(&b.to_bytes()).trim().to_string()),
+        Err(e) => Err(message(StatusCode::BAD_REQUEST, &e.to_string())),
     }
 }
 

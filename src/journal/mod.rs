@@ -17,6 +17,9 @@ use crate::error::Source;
 use crate::hijack::Hijack;
 
 pub mod diff;
+pub mod record;
+
+use record::{Recorder, Recording};
 
 /// One hook that ran on a call (filled in by route scripts and adapters).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -292,6 +295,9 @@ pub struct Journal {
     starts: broadcast::Sender<Arc<CallStart>>,
     /// What the helpers are doing.
     events: HelperEvents,
+    /// Files every record is also written to, and whether each is the journal's own file
+    /// (`--journal`, which `record stop` leaves alone).
+    recorders: Mutex<Vec<(Recorder, bool)>>,
 }
 
 #[derive(Default)]
@@ -299,6 +305,20 @@ struct Ring {
     records: VecDeque<Arc<CallRecord>>,
     /// Sum of the records' weights.
     bytes: usize,
+}
+
+impl Ring {
+    /// Add the newest record, then let the oldest go while over either cap; the newest always
+    /// stays, even alone over the byte cap.
+    fn push(&mut self, rec: Arc<CallRecord>, capacity: usize, byte_cap: usize) {
+        self.bytes += rec.weight();
+        self.records.push_back(rec);
+        while self.records.len() > 1 && (self.records.len() > capacity || self.bytes > byte_cap) {
+            if let Some(old) = self.records.pop_front() {
+                self.bytes -= old.weight();
+            }
+        }
+    }
 }
 
 impl Journal {
@@ -317,6 +337,55 @@ impl Journal {
             watchers,
             starts,
             events,
+            recorders: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Write every record from now on to `recorder`'s file too; `journal` marks the journal's
+    /// own file. A file already being written is refused.
+    pub fn record_to(&self, recorder: Recorder, journal: bool) -> Result<Recording, String> {
+        let mut all = self.recorders.lock().unwrap_or_else(|e| e.into_inner());
+        if all.iter().any(|(r, _)| r.path() == recorder.path()) {
+            return Err(format!(
+                "{} is already being recorded",
+                recorder.path().display()
+            ));
+        }
+        let status = recorder.status();
+        all.push((recorder, journal));
+        Ok(status)
+    }
+
+    /// Stop recording to `file`, or to every file but the journal's own; what was stopped, each
+    /// file complete when this returns.
+    pub fn stop_recording(&self, file: Option<&std::path::Path>) -> Vec<Recording> {
+        let stopped: Vec<Recorder> = {
+            let mut all = self.recorders.lock().unwrap_or_else(|e| e.into_inner());
+            let (stop, keep) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|(r, journal)| match file {
+                    Some(f) => r.path() == f && !journal,
+                    None => !journal,
+                });
+            *all = keep;
+            stop.into_iter().map(|(r, _)| r).collect()
+        };
+        // Finishing waits for the writer: outside the lock.
+        stopped.into_iter().map(Recorder::finish).collect()
+    }
+
+    /// The files being recorded.
+    pub fn recordings(&self) -> Vec<Recording> {
+        let all = self.recorders.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().map(|(r, _)| r.status()).collect()
+    }
+
+    /// Put calls from an earlier run back in the ring (oldest first), without telling watchers;
+    /// the ring keeps the newest as it always does.
+    pub fn restore(&self, records: Vec<CallRecord>) {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        for rec in records {
+            ring.push(Arc::new(rec), self.capacity, self.byte_cap);
         }
     }
 
@@ -333,18 +402,18 @@ impl Journal {
     /// Record a finished call.
     pub fn record(&self, rec: CallRecord) {
         let rec = Arc::new(rec);
+        self.ring.lock().unwrap_or_else(|e| e.into_inner()).push(
+            rec.clone(),
+            self.capacity,
+            self.byte_cap,
+        );
+        for (r, _) in self
+            .recorders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
         {
-            let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-            ring.bytes += rec.weight();
-            ring.records.push_back(rec.clone());
-            // The newest record always stays, even alone over the cap.
-            while ring.records.len() > 1
-                && (ring.records.len() > self.capacity || ring.bytes > self.byte_cap)
-            {
-                if let Some(old) = ring.records.pop_front() {
-                    ring.bytes -= old.weight();
-                }
-            }
+            r.send(&rec);
         }
         // No watcher is not an error.
         let _ = self.watchers.send(rec);
