@@ -39,6 +39,8 @@
 //!   intercept (a hook layer), replay, record, metrics; and its client side for the REPL and the
 //!   console, which also reads recorded files.
 //! * [`repl`] — `luastrip repl`, the rustyline front end of the control socket.
+//! * [`console`] — `luastrip console`, the full-screen (ratatui) front end of the control socket:
+//!   live flows, detail tabs with the diff, intercept queue, edit, replay, curl export.
 //! * [`volumes`] — the volume helper: named volumes behind the `VolumeBackend` trait (ZFS,
 //!   driven by argv), checked names, ownership (a copy owned elsewhere is read-only), and the
 //!   `GET /luastrip/volumes` hook layer. Its state lives outside the Lua VMs; `zfs.*` drives it.
@@ -60,6 +62,7 @@
 pub mod body;
 pub mod call;
 pub mod cluster;
+pub mod console;
 pub mod control;
 pub mod error;
 pub mod events;

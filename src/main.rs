@@ -27,30 +27,54 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Watch and steer a running gateway through its control socket.
     Repl {
-        /// The control socket of the gateway. Defaults to the gateway's, from its --listen.
-        #[arg(long, env = "LUASTRIP_CONTROL")]
-        control: Option<String>,
-        /// The gateway's listen socket: its control socket is beside it, with the extension
-        /// .ctl (as `serve` makes it).
-        #[arg(
-            long,
-            env = "LUASTRIP_LISTEN",
-            default_value = "unix:///run/luastrip.sock"
-        )]
-        listen: String,
+        #[command(flatten)]
+        flows: FlowArgs,
         /// Run one command and exit (e.g. -c 'calls ~m POST').
         #[arg(short = 'c')]
         command: Option<String>,
-        /// Read the calls recorded in this file (serve --record, record start) instead of a
-        /// gateway: calls and show work, read-only.
-        #[arg(long, short = 'f', conflicts_with = "control")]
-        file: Option<PathBuf>,
+    },
+    /// A full-screen console on a running gateway (or a recorded file): live flows, details,
+    /// what the hooks changed, intercept, edit, replay, export as curl.
+    Console {
+        #[command(flatten)]
+        flows: FlowArgs,
     },
     /// Load route scripts and report errors without serving.
     Check {
         /// A script file, or a directory of *.lua files.
         path: PathBuf,
     },
+}
+
+/// Where the REPL and the console find their flows.
+#[derive(clap::Args)]
+struct FlowArgs {
+    /// The control socket of the gateway. Defaults to the gateway's, from its --listen.
+    #[arg(long, env = "LUASTRIP_CONTROL")]
+    control: Option<String>,
+    /// The gateway's listen socket: its control socket is beside it, with the extension .ctl
+    /// (as `serve` makes it); exported curl commands use it.
+    #[arg(
+        long,
+        env = "LUASTRIP_LISTEN",
+        default_value = "unix:///run/luastrip.sock"
+    )]
+    listen: String,
+    /// Read the calls recorded in this file (serve --record, record start) instead of a
+    /// gateway: calls and show work, read-only.
+    #[arg(long, short = 'f', conflicts_with = "control")]
+    file: Option<PathBuf>,
+}
+
+impl FlowArgs {
+    /// A recorded file, the `--control` socket, or the control socket beside `--listen`.
+    fn flows(&self) -> Result<Flows, String> {
+        Ok(match (&self.file, &self.control) {
+            (Some(f), _) => Flows::open(f)?,
+            (None, Some(c)) => Flows::Live(unix_path(c)),
+            (None, None) => Flows::Live(serve::control_path_for(&unix_path(&self.listen))),
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -177,6 +201,11 @@ struct ServeArgs {
 }
 
 /// `--host-name`, or the machine's host name.
+/// A `unix://` address or a plain path, as a path.
+fn unix_path(s: &str) -> PathBuf {
+    PathBuf::from(s.strip_prefix("unix://").unwrap_or(s))
+}
+
 fn host_name(given: Option<String>) -> Result<String, String> {
     let host_name = match given {
         Some(h) => h,
@@ -299,23 +328,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Repl {
-            control,
-            listen,
-            command,
-            file,
-        } => {
-            let unix = |s: &str| PathBuf::from(s.strip_prefix("unix://").unwrap_or(s));
-            let flows = match (file, control) {
-                (Some(f), _) => match Flows::open(&f) {
-                    Ok(flows) => flows,
-                    Err(e) => {
-                        eprintln!("luastrip repl: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-                (None, Some(c)) => Flows::Live(unix(&c)),
-                (None, None) => Flows::Live(serve::control_path_for(&unix(&listen))),
+        Command::Repl { flows, command } => {
+            let flows = match flows.flows() {
+                Ok(flows) => flows,
+                Err(e) => {
+                    eprintln!("luastrip repl: {e}");
+                    return ExitCode::FAILURE;
+                }
             };
             let stdout = std::io::stdout();
             match luastrip::repl::run(flows, command.as_deref(), &mut stdout.lock()) {
@@ -323,6 +342,19 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("luastrip repl: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Console { flows } => {
+            let socket = unix_path(&flows.listen);
+            match flows
+                .flows()
+                .and_then(|f| luastrip::console::run(f, &socket))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("luastrip console: {e}");
                     ExitCode::FAILURE
                 }
             }

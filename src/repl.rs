@@ -257,6 +257,59 @@ fn unknown_command(line: &str) -> Option<&str> {
 static PRINTER: std::sync::Mutex<Option<Box<dyn rustyline::ExternalPrinter + Send>>> =
     std::sync::Mutex::new(None);
 
+/// While a REPL session intercepts, each call as it is held is announced above the prompt
+/// (with what can be done with it); stopped when dropped.
+struct HeldNotices {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HeldNotices {
+    fn start(flows: Arc<Flows>) -> HeldNotices {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let mut seen = std::collections::BTreeSet::new();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(v) = rt.block_on(flows.call(Method::GET, "/intercepted", "")) {
+                    for h in v["held"].as_array().into_iter().flatten() {
+                        let Some(id) = h["id"].as_u64() else { continue };
+                        if seen.insert(id) {
+                            // One write: the printer prints each write as a line.
+                            let line = format!(
+                                "held {id}: {} {}  (resume {id} | edit {id} | drop {id})\n",
+                                h["method"].as_str().unwrap_or(""),
+                                h["raw"].as_str().unwrap_or("")
+                            );
+                            let _ = LogWriter.write_all(line.as_bytes());
+                        }
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        });
+        HeldNotices {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HeldNotices {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The log writer of `luastrip`: stderr, or above the REPL's prompt while one runs. One log
 /// line is one write (tracing's formatter writes each event whole).
 pub struct LogWriter;
@@ -317,6 +370,7 @@ pub fn run(flows: Flows, command: Option<&str>, out: &mut dyn Write) -> Result<b
     // Whether this session turned intercept on: quitting turns it off again, so that no client
     // of the gateway is left waiting on a REPL that is gone.
     let mut intercepting = false;
+    let mut notices: Option<HeldNotices> = None;
     loop {
         match editor.readline("luastrip> ") {
             Ok(line) => {
@@ -333,6 +387,7 @@ pub fn run(flows: Flows, command: Option<&str>, out: &mut dyn Write) -> Result<b
                     let f = f.trim();
                     if ok && !f.is_empty() && line.starts_with("intercept ") {
                         intercepting = f != "off";
+                        notices = intercepting.then(|| HeldNotices::start(flows.clone()));
                     }
                 }
             }
@@ -340,6 +395,7 @@ pub fn run(flows: Flows, command: Option<&str>, out: &mut dyn Write) -> Result<b
             Err(_) => break,
         }
     }
+    drop(notices);
     if intercepting {
         rt.block_on(execute(control, "intercept off", out));
     }
@@ -727,45 +783,7 @@ async fn edit(control: &Flows, id: &str, out: &mut dyn Write) -> Result<(), Stri
         .flatten()
         .find(|h| h["id"].as_u64().is_some_and(|n| n.to_string() == id))
         .ok_or_else(|| format!("call {id} is not held"))?;
-    let mut request = serde_json::json!({
-        "method": held["method"],
-        "path": held["raw"],
-        "headers": held["headers"],
-    });
-    // A JSON body is shown as JSON, pretty, not as one escaped string.
-    if let Some(body) = held["body"].as_str() {
-        request["body"] = serde_json::from_str::<Value>(body)
-            .ok()
-            .filter(|v| v.is_object() || v.is_array())
-            .unwrap_or_else(|| Value::String(body.to_string()));
-    }
-    let file = std::env::temp_dir().join(format!("luastrip-edit-{}-{id}.json", std::process::id()));
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&request).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
-    let editor = std::env::var("VISUAL")
-        .or_else(|_| std::env::var("EDITOR"))
-        .unwrap_or_else(|_| "vi".into());
-    // The editor is a shell word list ("code --wait"), as git runs it.
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("{editor} \"$1\""))
-        .arg("sh")
-        .arg(&file)
-        .status()
-        .map_err(|e| format!("cannot run {editor}: {e}"))?;
-    let edited = std::fs::read_to_string(&file).map_err(|e| e.to_string());
-    let _ = std::fs::remove_file(&file);
-    if !status.success() {
-        return Err(format!(
-            "{editor} failed ({status}); the call is still held"
-        ));
-    }
-    let edited = edited?;
-    serde_json::from_str::<Value>(&edited)
-        .map_err(|e| format!("the edit is not JSON ({e}); the call is still held"))?;
+    let edited = crate::control::client::edit_held(held)?;
     control
         .call(Method::POST, &format!("/intercepted/{id}/resume"), &edited)
         .await?;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{output, run_ok, Daemon, Gateway, IMAGE};
+use support::{output, run_ok, Daemon, Gateway, Tmux, IMAGE};
 
 fn ctl_path(gw: &Gateway) -> PathBuf {
     gw.socket.with_extension("ctl")
@@ -429,89 +429,17 @@ fn wait_held(gw: &Gateway) -> u64 {
     }
 }
 
-/// A tmux session running `luastrip repl` on a real pseudo-terminal.
-struct Tmux {
-    server: String,
-}
-
-impl Tmux {
-    /// `luastrip repl` against `gw`.
-    fn start(gw: &Gateway) -> Tmux {
-        Tmux::run(&format!(
+/// `luastrip repl` against `gw` on a real terminal (tmux).
+fn repl_on_terminal(gw: &Gateway) -> Tmux {
+    Tmux::run(
+        &format!(
             "NO_COLOR=1 {} repl --control unix://{}",
             env!("CARGO_BIN_EXE_luastrip"),
             ctl_path(gw).display()
-        ))
-    }
-
-    /// Any command line, on a 160x50 terminal, waiting for the REPL prompt.
-    fn run(cmd: &str) -> Tmux {
-        support::require_tool("tmux", "tmux");
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let server = format!("luastrip-test-{}-{n}", std::process::id());
-        let ok = std::process::Command::new("tmux")
-            .args([
-                "-L",
-                &server,
-                "new-session",
-                "-d",
-                "-s",
-                "repl",
-                "-x",
-                "160",
-                "-y",
-                "50",
-                cmd,
-            ])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let t = Tmux { server };
-        t.wait_for("luastrip>");
-        t
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["-L", &self.server, "send-keys", "-t", "repl"];
-        args.extend_from_slice(keys);
-        assert!(std::process::Command::new("tmux")
-            .args(&args)
-            .status()
-            .unwrap()
-            .success());
-    }
-
-    fn screen(&self) -> String {
-        let out = std::process::Command::new("tmux")
-            .args(["-L", &self.server, "capture-pane", "-p", "-t", "repl"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn wait_for(&self, text: &str) -> String {
-        let t = Instant::now();
-        loop {
-            let screen = self.screen();
-            if screen.contains(text) {
-                return screen;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(15),
-                "{text:?} never appeared:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("tmux")
-            .args(["-L", &self.server, "kill-server"])
-            .status();
-    }
+        ),
+        (160, 50),
+        "luastrip>",
+    )
 }
 
 #[test]
@@ -522,7 +450,7 @@ fn the_repl_on_a_terminal_completes_continues_lua_and_stops_tail_on_ctrl_c() {
         &gw.socket,
         "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
     );
-    let tmux = Tmux::start(&gw);
+    let tmux = repl_on_terminal(&gw);
     // Tab completes commands and Lua names from the live VM.
     tmux.keys(&["sho", "Tab"]);
     tmux.wait_for("luastrip> show");
@@ -643,14 +571,17 @@ end)
 "#,
     )
     .unwrap();
-    let tmux = Tmux::run(&format!(
-        "NO_COLOR=1 {} serve --repl --listen unix://{} --upstream {} --scripts {}",
-        env!("CARGO_BIN_EXE_luastrip"),
-        sock.display(),
-        Daemon::shared().host(),
-        script.display()
-    ));
-    tmux.wait_for("luastrip>");
+    let tmux = Tmux::run(
+        &format!(
+            "NO_COLOR=1 {} serve --repl --listen unix://{} --upstream {} --scripts {}",
+            env!("CARGO_BIN_EXE_luastrip"),
+            sock.display(),
+            Daemon::shared().host(),
+            script.display()
+        ),
+        (160, 50),
+        "luastrip>",
+    );
     // Half-typed input, then a log line: the line goes above the prompt, the input stays whole.
     tmux.keys(&["cal"]);
     tmux.wait_for("luastrip> cal");
@@ -1054,4 +985,22 @@ end)
     let id = calls.as_array().unwrap().last().unwrap()["id"].clone();
     let (_, text) = repl(&gw, &format!("show {id} diff"));
     assert_eq!(text.trim(), "the hooks changed nothing");
+}
+
+#[test]
+fn the_repl_says_when_a_call_is_held() {
+    let gw = Gateway::start();
+    let tmux = repl_on_terminal(&gw);
+    tmux.keys(&["intercept ~u _ping", "Enter"]);
+    tmux.wait_for("intercepting ~u _ping");
+    let ping = ping_in_background(&gw);
+    let screen = tmux.wait_for("(resume ");
+    let line = screen.lines().find(|l| l.contains("(resume ")).unwrap();
+    assert!(
+        line.starts_with("held ") && line.contains("/_ping"),
+        "{line}"
+    );
+    tmux.keys(&["resume all", "Enter"]);
+    assert!(ping.join().unwrap().contains("200"));
+    tmux.keys(&["quit", "Enter"]);
 }

@@ -175,3 +175,49 @@ pub fn refusal(v: &Value, status: StatusCode) -> String {
         .map(str::to_string)
         .unwrap_or_else(|| status.to_string())
 }
+
+/// Open held call `held` (an entry of `/intercepted`) in `$VISUAL` / `$EDITOR` (default vi) as
+/// pretty JSON — a JSON body as JSON, not one escaped string — and return the edit, checked to
+/// be JSON, for `/intercepted/{id}/resume`.
+pub fn edit_held(held: &Value) -> Result<String, String> {
+    let id = held["id"].as_u64().unwrap_or(0);
+    let mut request = serde_json::json!({
+        "method": held["method"],
+        "path": held["raw"],
+        "headers": held["headers"],
+    });
+    if let Some(body) = held["body"].as_str() {
+        request["body"] = serde_json::from_str::<Value>(body)
+            .ok()
+            .filter(|v| v.is_object() || v.is_array())
+            .unwrap_or_else(|| Value::String(body.to_string()));
+    }
+    let file = std::env::temp_dir().join(format!("luastrip-edit-{}-{id}.json", std::process::id()));
+    std::fs::write(
+        &file,
+        serde_json::to_string_pretty(&request).unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    // The editor is a shell word list ("code --wait"), as git runs it.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&file)
+        .status()
+        .map_err(|e| format!("cannot run {editor}: {e}"))?;
+    let edited = std::fs::read_to_string(&file).map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(&file);
+    if !status.success() {
+        return Err(format!(
+            "{editor} failed ({status}); the call is still held"
+        ));
+    }
+    let edited = edited?;
+    serde_json::from_str::<Value>(&edited)
+        .map_err(|e| format!("the edit is not JSON ({e}); the call is still held"))?;
+    Ok(edited)
+}

@@ -257,7 +257,8 @@ async fn hold_body(call: &mut Call) -> Result<Option<String>, Error> {
             )
         })?;
     call.check_json_body(&bytes)?;
-    call.body = Some(full(bytes.clone()));
+    call.note_received_body(&bytes);
+    call.replace_body(bytes.clone());
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 

@@ -999,3 +999,101 @@ pub fn remove_dead_plugin_sockets() {
         }
     }
 }
+
+/// A tmux session on a real pseudo-terminal, for the REPL and the console.
+pub struct Tmux {
+    server: String,
+}
+
+impl Tmux {
+    /// Run `cmd` on a `size` (columns, rows) terminal; wait until `ready` is on screen.
+    pub fn run(cmd: &str, size: (u16, u16), ready: &str) -> Tmux {
+        require_tool("tmux", "tmux");
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let server = format!("luastrip-test-{}-{n}", std::process::id());
+        let ok = Command::new("tmux")
+            .args(["-L", &server, "new-session", "-d", "-s", "t", "-x"])
+            .arg(size.0.to_string())
+            .arg("-y")
+            .arg(size.1.to_string())
+            .arg(cmd)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let t = Tmux { server };
+        t.wait_for(ready);
+        t
+    }
+
+    /// Keys as tmux's send-keys takes them (`Enter`, `C-c`, text).
+    pub fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["-L", &self.server, "send-keys", "-t", "t"];
+        args.extend_from_slice(keys);
+        assert!(Command::new("tmux").args(&args).status().unwrap().success());
+    }
+
+    /// Change the terminal's size.
+    pub fn resize(&self, cols: u16, rows: u16) {
+        let (c, r) = (cols.to_string(), rows.to_string());
+        let args = [
+            "-L",
+            &self.server,
+            "resize-window",
+            "-t",
+            "t",
+            "-x",
+            &c,
+            "-y",
+            &r,
+        ];
+        assert!(Command::new("tmux").args(args).status().unwrap().success());
+    }
+
+    /// The screen with its escape sequences (`\x1b[7m` marks reversed text).
+    pub fn screen_with_styles(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.server, "capture-pane", "-p", "-e", "-t", "t"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.server, "capture-pane", "-p", "-t", "t"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Wait (15 s at most) until `text` is on screen; the screen then.
+    pub fn wait_for(&self, text: &str) -> String {
+        self.wait_until(text, |s| s.contains(text))
+    }
+
+    /// Wait (15 s at most) until `ok` holds for the screen; `what` names it in the failure.
+    pub fn wait_until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let t = Instant::now();
+        loop {
+            let screen = self.screen();
+            if ok(&screen) {
+                return screen;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "{what:?} never appeared:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.server, "kill-server"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
