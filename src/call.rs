@@ -271,7 +271,8 @@ impl Call {
             b.request_headers = Some(r.headers.clone());
         }
         if let Some(body) = &r.body {
-            if forwarded && self.buffered_body.as_ref() != Some(body) {
+            // No layer replaced it: what was received went on.
+            if forwarded && self.buffered_body.as_ref().is_some_and(|b| b != body) {
                 b.request_body = Some(journal_body(body));
             }
         }
@@ -283,7 +284,7 @@ impl Call {
                 b.response_headers = Some(headers.clone());
             }
             if let Some(body) = &r.response_body {
-                if self.buffered_response.as_ref() != Some(body) {
+                if self.buffered_response.as_ref().is_some_and(|b| b != body) {
                     b.response_body = Some(journal_body(body));
                 }
             }
@@ -337,8 +338,9 @@ pub async fn handle(
     let id = gw.next_id.fetch_add(1, Ordering::Relaxed);
     let (head, body) = req.into_parts();
 
-    let hooked = gw.hooks.iter().any(|h| h.active());
-    let (call, accepted) = accept(id, worker.index, head, body, started, hooked);
+    // The call as received is kept for the hooks' before/after, and for recordings.
+    let keep = gw.hooks.iter().any(|h| h.active()) || gw.journal.is_recording();
+    let (call, accepted) = accept(id, worker.index, head, body, started, keep);
     // The journal phase runs even when hyper drops this future because the client went away.
     let mut record = Journaling {
         gw,
@@ -387,6 +389,10 @@ async fn phases(
     tunnels: &TunnelSlot,
 ) -> Result<Response<Body>, Error> {
     let gw = &*worker.gateway;
+    let recording = gw.journal.is_recording();
+    if recording {
+        keep_request_body(call).await?;
+    }
     if let Some(mut answer) = pre(gw, call).await? {
         // A hook's own answer (a deny, an endpoint) is journaled with its body, so that `show`
         // displays the message and `~b` finds it.
@@ -399,6 +405,9 @@ async fn phases(
         return Ok(answer);
     }
     let mut res = upstream(&worker.upstream, call, gw.upstream_timeout).await?;
+    if recording {
+        keep_response_body(call, &mut res).await?;
+    }
     if let Some(r) = call.received.as_mut() {
         let mut headers = res.headers().clone();
         strip_hop_by_hop(&mut headers);
@@ -408,6 +417,63 @@ async fn phases(
         hooks.post(call, &mut res).await?;
     }
     Ok(reply(call, res, tunnels))
+}
+
+/// A body's declared length, when it is at most [`JOURNAL_BODY_CAP`]: what a recording keeps
+/// (a body without a length, or a longer one, is never held back; it is recorded as heads).
+fn recordable_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n <= JOURNAL_BODY_CAP)
+}
+
+/// While calls are recorded: a JSON request body with a known, small length is read before the
+/// hooks, so that the recording has it (`luastrip test` replays it). The hooks get the same
+/// bytes; nothing else changes.
+async fn keep_request_body(call: &mut Call) -> Result<(), Error> {
+    if call.request_body_kind() != kind::RequestBody::Json || call.hijack != Hijack::No {
+        return Ok(());
+    }
+    let Some(len) = recordable_length(&call.head.headers) else {
+        return Ok(());
+    };
+    let Some(body) = call.body.take() else {
+        return Ok(());
+    };
+    let bytes = crate::body::read_to_cap(body, len).await.map_err(|e| {
+        Error::client(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        )
+    })?;
+    call.note_received_body(&bytes);
+    call.body = Some(full(bytes));
+    Ok(())
+}
+
+/// While calls are recorded: the daemon's answer, when it is not a stream and its length is
+/// known and small, is read before the post hooks so that the recording has it.
+async fn keep_response_body(call: &mut Call, res: &mut Response<Body>) -> Result<(), Error> {
+    if call.response_is_stream(res) {
+        return Ok(());
+    }
+    let Some(len) = recordable_length(res.headers()) else {
+        return Ok(());
+    };
+    let body = std::mem::replace(res.body_mut(), full(Bytes::new()));
+    let bytes = crate::body::read_to_cap(body, len)
+        .await
+        .map_err(|e| Error::Daemon {
+            upstream: "daemon".into(),
+            reason: format!("reading the response body: {e}"),
+        })?;
+    call.note_daemon_body(&bytes);
+    *res.body_mut() = full(bytes);
+    Ok(())
 }
 
 /// match+pre: every active layer's pre hooks, in order. A hook that sends the call to another
@@ -665,9 +731,20 @@ fn journal(
             message: e.to_string(),
         }),
         request_headers: call.head.headers,
-        request_body: call.buffered_body.map(|b| journal_body(&b)),
+        request_body: call
+            .buffered_body
+            .as_ref()
+            .or(call.received.as_ref().and_then(|r| r.body.as_ref()))
+            .map(journal_body),
         response_headers: res.map(|r| r.headers().clone()).unwrap_or_default(),
-        response_body: call.buffered_response.map(|b| journal_body(&b)),
+        response_body: call
+            .buffered_response
+            .as_ref()
+            .or(call
+                .received
+                .as_ref()
+                .and_then(|r| r.response_body.as_ref()))
+            .map(journal_body),
         replay_of,
         before,
     });

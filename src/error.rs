@@ -30,6 +30,20 @@ pub enum Source {
     Internal,
 }
 
+impl std::fmt::Display for Source {
+    /// The lower-case name, as in the JSON (`script`, `daemon` …).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Client => "client",
+            Source::Daemon => "daemon",
+            Source::Script => "script",
+            Source::Adapter => "adapter",
+            Source::Helper => "helper",
+            Source::Internal => "internal",
+        })
+    }
+}
+
 /// Everything that can go wrong while serving a call.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {

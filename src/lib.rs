@@ -39,6 +39,9 @@
 //!   intercept (a hook layer), replay, record, metrics; and its client side for the REPL and the
 //!   console, which also reads recorded files.
 //! * [`repl`] — `luastrip repl`, the rustyline front end of the control socket.
+//! * [`testing`] — `luastrip test`: scripts run in an in-process gateway against a recording
+//!   (the daemon's answers taken from it), reported per call and compared with a saved
+//!   expectation; `*_test.lua` cases with the `luastrip.test` assertions.
 //! * [`console`] — `luastrip console`, the full-screen (ratatui) front end of the control socket:
 //!   live flows, detail tabs with the diff, intercept queue, edit, replay, curl export.
 //! * [`volumes`] — the volume helper: named volumes behind the `VolumeBackend` trait (ZFS,
@@ -77,6 +80,7 @@ pub mod repl;
 pub mod route;
 pub mod serve;
 pub mod socket;
+pub mod testing;
 pub mod upstream;
 pub mod volumes;
 

@@ -39,6 +39,23 @@ enum Command {
         #[command(flatten)]
         flows: FlowArgs,
     },
+    /// Test route scripts without a dockerd: replay a recording through them (the daemon's
+    /// answers taken from it) and report what they change, deny and fail on; run the
+    /// *_test.lua cases beside them. Exits 1 on a script error, a failed case, or a report
+    /// that differs from --expect.
+    Test {
+        /// A script file, or a directory of *.lua files (as serve --scripts).
+        scripts: PathBuf,
+        /// A recording (serve --record, record start) to replay through the scripts.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// The saved report to compare with.
+        #[arg(long, requires = "against")]
+        expect: Option<PathBuf>,
+        /// Save the report to --expect instead of comparing with it.
+        #[arg(long, requires = "expect")]
+        update: bool,
+    },
     /// Load route scripts and report errors without serving.
     Check {
         /// A script file, or a directory of *.lua files.
@@ -310,6 +327,8 @@ fn main() -> ExitCode {
     // With the REPL on the same terminal, per-call log lines would bury the prompt.
     let default_level = match &cli.command {
         Command::Serve(a) if a.repl => "warn",
+        // The gateway under test would log every replayed call.
+        Command::Test { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -355,6 +374,38 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("luastrip console: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Test {
+            scripts,
+            against,
+            expect,
+            update,
+        } => {
+            let opts = luastrip::testing::Options {
+                scripts,
+                against,
+                expect,
+                update,
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("luastrip test: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let stdout = std::io::stdout();
+            match runtime.block_on(luastrip::testing::run(&opts, &mut stdout.lock())) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("luastrip test: {e}");
                     ExitCode::FAILURE
                 }
             }

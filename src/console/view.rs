@@ -399,7 +399,7 @@ fn flow_text(c: &CallRecord, tab: Tab) -> Text<'static> {
                 .dim(),
             );
             if let Some(e) = &c.error {
-                lines.push(Line::from(format!("error ({:?}): {}", e.source, e.message)).red());
+                lines.push(Line::from(format!("error ({}): {}", e.source, e.message)).red());
             }
             lines.extend(heads(header_pairs(&c.response_headers)));
             lines.push(Line::from(""));
@@ -484,19 +484,12 @@ fn quote(s: &str) -> String {
 
 /// `rec` as the client sent it, as a `curl` command on the gateway's socket `listen`.
 pub fn curl(rec: &CallRecord, listen: &Path) -> String {
-    let before = rec.before.as_deref();
-    let method = before
-        .and_then(|b| b.method.clone())
-        .unwrap_or(rec.method.clone());
-    let raw = before
-        .and_then(|b| b.raw.clone())
-        .unwrap_or(rec.raw.clone());
-    let headers = before
-        .and_then(|b| b.request_headers.clone())
-        .unwrap_or(rec.request_headers.clone());
-    let body = before
-        .and_then(|b| b.request_body.clone())
-        .or(rec.request_body.clone());
+    let crate::journal::Sent {
+        method,
+        raw,
+        headers,
+        body,
+    } = rec.as_sent();
     let mut cmd = format!(
         "curl -sS --unix-socket {} -X {method} {}",
         quote(&listen.display().to_string()),

@@ -86,6 +86,17 @@ pub struct CallRecord {
     pub before: Option<Box<Before>>,
 }
 
+/// A request as its client sent it ([`CallRecord::as_sent`]).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub method: String,
+    /// Path and query.
+    pub raw: String,
+    pub headers: HeaderMap,
+    /// `None` when the body was not kept.
+    pub body: Option<String>,
+}
+
 /// A call before its hooks ran, in the parts they changed: each field is `None` when that part
 /// went on unchanged. Framing headers (`Content-Length`, `Transfer-Encoding`, hop-by-hop ones)
 /// are left out of the comparison: they follow the body.
@@ -266,6 +277,26 @@ impl CallRecord {
         }
     }
 
+    /// The request as the client sent it, before any hook changed it (what a replay, a `curl`
+    /// export or `luastrip test` sends again).
+    pub fn as_sent(&self) -> Sent {
+        let before = self.before.as_deref();
+        Sent {
+            method: before
+                .and_then(|b| b.method.clone())
+                .unwrap_or_else(|| self.method.clone()),
+            raw: before
+                .and_then(|b| b.raw.clone())
+                .unwrap_or_else(|| self.raw.clone()),
+            headers: before
+                .and_then(|b| b.request_headers.clone())
+                .unwrap_or_else(|| self.request_headers.clone()),
+            body: before
+                .and_then(|b| b.request_body.clone())
+                .or_else(|| self.request_body.clone()),
+        }
+    }
+
     /// Roughly what the record holds in memory: bodies, headers, paths.
     pub fn weight(&self) -> usize {
         let heads = header_weight;
@@ -298,6 +329,8 @@ pub struct Journal {
     /// Files every record is also written to, and whether each is the journal's own file
     /// (`--journal`, which `record stop` leaves alone).
     recorders: Mutex<Vec<(Recorder, bool)>>,
+    /// Whether `recorders` has any.
+    recording: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -338,6 +371,7 @@ impl Journal {
             starts,
             events,
             recorders: Mutex::new(Vec::new()),
+            recording: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -353,6 +387,7 @@ impl Journal {
         }
         let status = recorder.status();
         all.push((recorder, journal));
+        self.recording_changed(&all);
         Ok(status)
     }
 
@@ -368,10 +403,21 @@ impl Journal {
                     None => !journal,
                 });
             *all = keep;
+            self.recording_changed(&all);
             stop.into_iter().map(|(r, _)| r).collect()
         };
         // Finishing waits for the writer: outside the lock.
         stopped.into_iter().map(Recorder::finish).collect()
+    }
+
+    /// Whether calls are being written to a file (bodies are then kept for it).
+    pub fn is_recording(&self) -> bool {
+        self.recording.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn recording_changed(&self, all: &[(Recorder, bool)]) {
+        self.recording
+            .store(!all.is_empty(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The files being recorded.

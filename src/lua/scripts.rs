@@ -1,4 +1,5 @@
-//! Reading route scripts: a file, or every `*.lua` in a directory in name order, and the checked
+//! Reading route scripts: a file, or every `*.lua` in a directory in name order (but
+//! `*_test.lua`, which `luastrip test` runs), and the checked
 //! `adapters.yml` (whose chains run after the scripts' hooks).
 
 use std::path::{Path, PathBuf};
@@ -45,7 +46,11 @@ impl Scripts {
         if meta.is_dir() {
             for entry in std::fs::read_dir(root).map_err(|e| err(root, e))? {
                 let p = entry.map_err(|e| err(root, e))?.path();
-                if p.extension().is_some_and(|x| x == "lua") && p.is_file() {
+                // `*_test.lua` files are `luastrip test`'s, never route scripts.
+                let test = p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with("_test.lua"));
+                if p.extension().is_some_and(|x| x == "lua") && p.is_file() && !test {
                     paths.push(p);
                 }
             }
