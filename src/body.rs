@@ -36,3 +36,66 @@ where
         Err(e) => Err(ReadError::Broken(e.to_string())),
     }
 }
+
+/// A body that counts the bytes it yields and, once it ends or is dropped (the client went
+/// away), reports the count: streamed answers in recordings.
+pub struct Counted<B> {
+    inner: B,
+    bytes: u64,
+    on_end: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, on_end: impl FnOnce(u64) + Send + Sync + 'static) -> Self {
+        Counted {
+            inner,
+            bytes: 0,
+            on_end: Some(Box::new(on_end)),
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f(self.bytes);
+        }
+    }
+}
+
+impl<B> Drop for Counted<B> {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+impl<B> hyper::body::Body for Counted<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            std::task::Poll::Ready(None) => self.end(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}

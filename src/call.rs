@@ -374,13 +374,22 @@ pub async fn handle(
         Ok(()) => phases(worker, call, tunnels).await,
         Err(e) => Err(e),
     };
-    let (res, err) = match result {
+    let (mut res, err) = match result {
         Ok(res) => (res, None),
         Err(err) => (err.to_response(), Some(err)),
     };
-    record.finish(&res, err);
+    let streaming = record.finish(&res, err);
+    if streaming && gw.journal.is_recording() {
+        // The connection driver counts what the stream carries, for the recording.
+        res.extensions_mut().insert(CountStream(id));
+    }
     res
 }
+
+/// On a streamed answer while calls are recorded: count its bytes for call `.0`
+/// ([`crate::journal::Journal::stream_ended`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CountStream(pub u64);
 
 /// accept → match+pre → upstream → post → reply.
 async fn phases(
@@ -654,12 +663,17 @@ struct Journaling<'a> {
 }
 
 impl Journaling<'_> {
-    /// journal: always last. One record and one log line per call.
-    fn finish(mut self, res: &Response<Body>, err: Option<Error>) {
-        if let Some(call) = self.call.take() {
-            let streaming = call.response_is_stream(res);
-            journal(self.gw, call, self.started_at, Some(res), streaming, err);
-        }
+    /// journal: always last. One record and one log line per call. Whether the answer's body
+    /// is a stream.
+    fn finish(mut self, res: &Response<Body>, err: Option<Error>) -> bool {
+        let Some(call) = self.call.take() else {
+            return false;
+        };
+        let streaming = call.response_is_stream(res);
+        // A hijacked call's bytes are the tunnel's, counted by the connection driver.
+        let body_streams = streaming && call.hijack == Hijack::No;
+        journal(self.gw, call, self.started_at, Some(res), streaming, err);
+        body_streams
     }
 }
 
@@ -747,6 +761,7 @@ fn journal(
             .map(journal_body),
         replay_of,
         before,
+        stream_bytes: None,
     });
 }
 

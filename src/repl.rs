@@ -622,6 +622,12 @@ fn print_call(c: &Value, out: &mut dyn Write) {
     if c["streaming"].as_bool() == Some(true) {
         notes.push("streamed answer".into());
     }
+    if let Some(b) = c.get("stream_bytes").filter(|b| b.is_object()) {
+        notes.push(format!(
+            "carried {} bytes to the client, {} to the daemon",
+            b["daemon_to_client"], b["client_to_daemon"]
+        ));
+    }
     let _ = writeln!(out, "  {}", notes.join(", "));
     if let Some(e) = c["error"]["message"].as_str() {
         let _ = writeln!(

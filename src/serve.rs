@@ -242,6 +242,32 @@ fn record_files(
     Ok(redactor)
 }
 
+/// A streamed answer marked [`call::CountStream`] is counted as it goes to the client; the
+/// count goes to the recordings when it ends.
+fn count_stream(
+    gateway: &Arc<Gateway>,
+    res: http::Response<crate::body::Body>,
+) -> http::Response<
+    http_body_util::Either<crate::body::Body, crate::body::Counted<crate::body::Body>>,
+> {
+    use http_body_util::Either;
+    let Some(call::CountStream(id)) = res.extensions().get::<call::CountStream>().copied() else {
+        return res.map(Either::Left);
+    };
+    let gateway = gateway.clone();
+    res.map(|body| {
+        Either::Right(crate::body::Counted::new(body, move |bytes| {
+            gateway.journal.stream_ended(
+                id,
+                crate::journal::StreamBytes {
+                    client_to_daemon: 0,
+                    daemon_to_client: bytes,
+                },
+            )
+        }))
+    })
+}
+
 /// Client connections served at once, by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
@@ -1051,7 +1077,8 @@ async fn connection(stream: UnixStream, worker: Arc<Worker>, mut stop: watch::Re
             let tunnels = tunnels.clone();
             // Boxed: `poll_without_shutdown` needs an `Unpin` service future.
             Box::pin(async move {
-                Ok::<_, std::convert::Infallible>(call::handle(&worker, req, &tunnels).await)
+                let res = call::handle(&worker, req, &tunnels).await;
+                Ok::<_, std::convert::Infallible>(count_stream(&worker.gateway, res))
             })
         })
     };
@@ -1082,12 +1109,23 @@ async fn connection(stream: UnixStream, worker: Arc<Worker>, mut stop: watch::Re
             let _tunnel = Gauge::up(&gateway.open_tunnels);
             let parts = conn.into_parts();
             match hijack::tunnel(parts.io.into_inner(), parts.read_buf, pending).await {
-                Ok(s) => debug!(
-                    call = call_id,
-                    client_to_daemon = s.client_to_daemon,
-                    daemon_to_client = s.daemon_to_client,
-                    "tunnel closed"
-                ),
+                Ok(s) => {
+                    debug!(
+                        call = call_id,
+                        client_to_daemon = s.client_to_daemon,
+                        daemon_to_client = s.daemon_to_client,
+                        "tunnel closed"
+                    );
+                    if gateway.journal.is_recording() {
+                        gateway.journal.stream_ended(
+                            call_id,
+                            crate::journal::StreamBytes {
+                                client_to_daemon: s.client_to_daemon,
+                                daemon_to_client: s.daemon_to_client,
+                            },
+                        );
+                    }
+                }
                 Err(e) => debug!(call = call_id, error = %e, "tunnel ended with an error"),
             }
         }

@@ -123,6 +123,16 @@ fn flows_appear_live_filter_open_in_tabs_and_export_as_curl() {
     tmux.wait_until("the popup closed", |s| !s.contains("saved to"));
     tmux.keys(&["q"]);
     tmux.wait_for("Enter open");
+    // r replays the call through the gateway; the replay is a flow of its own, marked R.
+    tmux.keys(&["f", "C-u", "~u /version", "Enter"]);
+    tmux.wait_for("filter: ~u /version");
+    tmux.keys(&["G", "r"]);
+    tmux.wait_for(": 200");
+    let screen = tmux.wait_until("a replay row", |s| {
+        s.lines()
+            .any(|l| l.contains("/version") && l.contains(" R "))
+    });
+    assert!(screen.contains("replayed call"), "{screen}");
     tmux.keys(&["q"]);
     rm(&[&id, &again]);
 }

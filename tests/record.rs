@@ -186,3 +186,61 @@ fn the_journal_survives_a_restart_and_ids_go_on() {
         "{err}"
     );
 }
+
+#[test]
+fn streams_and_sessions_are_recorded_with_their_byte_counts() {
+    let dir = support::temp_dir("recstream");
+    let file = dir.join("calls.ndjson");
+    let mut gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--record", file.to_str().unwrap()],
+    );
+    let name = format!("lsrec-{}", std::process::id());
+    let out = output(
+        gw.docker()
+            .args(["run", "--name", &name, IMAGE, "echo", "hello-stream"]),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = output(gw.docker().args(["logs", &name]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello-stream"));
+    assert_eq!(gw.terminate(), Some(0));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let ends: Vec<Value> = lines(&file)
+        .into_iter()
+        .filter_map(|l| l.get("stream_end").cloned())
+        .collect();
+    let calls = lines(&file);
+    let end_of = |path_part: &str| {
+        let id = calls
+            .iter()
+            .find(|c| c["path"].as_str().is_some_and(|p| p.contains(path_part)))
+            .unwrap_or_else(|| panic!("no {path_part} call:\n{text}"))["id"]
+            .clone();
+        ends.iter()
+            .find(|e| e["id"] == id)
+            .unwrap_or_else(|| panic!("no stream_end for {path_part}:\n{text}"))
+            .clone()
+    };
+    // The attach session carried the output to the client; the logs stream too.
+    let attach = end_of("/attach");
+    assert!(
+        attach["daemon_to_client"].as_u64().unwrap() >= 13,
+        "{attach}"
+    );
+    let logs = end_of("/logs");
+    assert!(logs["daemon_to_client"].as_u64().unwrap() >= 13, "{logs}");
+    // Reading the file back puts the counts on their calls.
+    let (ok, shown) = repl(
+        &["--file", file.to_str().unwrap()],
+        &format!(
+            "show {}",
+            calls
+                .iter()
+                .find(|c| c["path"].as_str().unwrap_or("").contains("/logs"))
+                .unwrap()["id"]
+        ),
+        &dir,
+    );
+    assert!(ok && shown.contains("bytes to the client"), "{shown}");
+    let _ = output(Daemon::shared().docker().args(["rm", "-f", &name]));
+}

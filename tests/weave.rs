@@ -196,6 +196,16 @@ fn links() -> String {
 #[test]
 fn weave_cidr_gives_containers_their_address_before_they_run_and_keeps_it() {
     let mut o = Overlay::new("w", 120);
+    // The console shows the helper's work (addresses given and released) as it happens.
+    let console = support::Tmux::run(
+        &format!(
+            "{} console --listen {}",
+            env!("CARGO_BIN_EXE_luastrip"),
+            o.gw.host()
+        ),
+        (160, 30),
+        "luastrip console",
+    );
     // Fifty first runs in a row: the address is there when the first command runs.
     for i in 0..50 {
         let out = run_ok(o.docker().args([
@@ -215,6 +225,10 @@ fn weave_cidr_gives_containers_their_address_before_they_run_and_keeps_it() {
     }
     // `--rm` gave it back each time (the events follower).
     support::wait_until("--rm released", Duration::from_secs(10), || o.owners() == 0);
+    let screen = console.wait_for("overlay: ");
+    assert!(screen.contains("10.2.1.5/24"), "{screen}");
+    console.keys(&["q"]);
+    drop(console);
 
     // Stop/start and restart keep the address; another container reaches it.
     let a = o.run_d("net:default");

@@ -398,6 +398,15 @@ fn flow_text(c: &CallRecord, tab: Tab) -> Text<'static> {
                 ))
                 .dim(),
             );
+            if let Some(b) = c.stream_bytes {
+                lines.push(
+                    Line::from(format!(
+                        "the stream carried {} bytes to the client, {} to the daemon",
+                        b.daemon_to_client, b.client_to_daemon
+                    ))
+                    .dim(),
+                );
+            }
             if let Some(e) = &c.error {
                 lines.push(Line::from(format!("error ({}): {}", e.source, e.message)).red());
             }

@@ -324,6 +324,7 @@ mod tests {
             response_body: None,
             replay_of: None,
             before: None,
+            stream_bytes: None,
         }
     }
 

@@ -84,6 +84,17 @@ pub struct CallRecord {
     /// nothing changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<Box<Before>>,
+    /// What a streamed answer or a tunnel carried, once it ended (recordings only: the record
+    /// is journaled when the head is answered, the count comes later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_bytes: Option<StreamBytes>,
+}
+
+/// Bytes a stream or a tunnel carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamBytes {
+    pub client_to_daemon: u64,
+    pub daemon_to_client: u64,
 }
 
 /// A request as its client sent it ([`CallRecord::as_sent`]).
@@ -274,6 +285,7 @@ impl CallRecord {
             response_body: None,
             replay_of: None,
             before: None,
+            stream_bytes: None,
         }
     }
 
@@ -410,6 +422,19 @@ impl Journal {
         stopped.into_iter().map(Recorder::finish).collect()
     }
 
+    /// A stream or tunnel of call `id` ended, having carried `bytes`: recordings get a line
+    /// for it (the call's record was written when its head was answered).
+    pub fn stream_ended(&self, id: u64, bytes: StreamBytes) {
+        for (r, _) in self
+            .recorders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            r.send_end(id, bytes);
+        }
+    }
+
     /// Whether calls are being written to a file (bodies are then kept for it).
     pub fn is_recording(&self) -> bool {
         self.recording.load(std::sync::atomic::Ordering::Relaxed)
@@ -525,6 +550,7 @@ mod tests {
             response_body: None,
             replay_of: None,
             before: None,
+            stream_bytes: None,
         }
     }
 

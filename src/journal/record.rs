@@ -23,7 +23,7 @@ use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 use tracing::warn;
 
-use super::CallRecord;
+use super::{CallRecord, StreamBytes};
 
 /// What a redacted value becomes.
 pub const REDACTED: &str = "<redacted>";
@@ -193,10 +193,30 @@ impl Redactor {
     }
 }
 
+/// One line of a recording.
+enum Entry {
+    Call(Arc<CallRecord>),
+    /// A stream or tunnel of an earlier call ended.
+    End(u64, StreamBytes),
+}
+
+/// The line for [`Entry::End`]: `{"stream_end": {"id": 42, "client_to_daemon": …, …}}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EndLine {
+    stream_end: EndOf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EndOf {
+    id: u64,
+    #[serde(flatten)]
+    bytes: StreamBytes,
+}
+
 /// A file being written: `record start`, `--record`, `--journal`.
 pub struct Recorder {
     path: PathBuf,
-    tx: Option<SyncSender<Arc<CallRecord>>>,
+    tx: Option<SyncSender<Entry>>,
     written: Arc<AtomicU64>,
     dropped: AtomicU64,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -217,7 +237,7 @@ impl Recorder {
     /// becomes `path.1` (replacing the previous one) and a new file starts.
     pub fn open(path: &Path, redactor: Redactor, rotate_at: Option<u64>) -> io::Result<Recorder> {
         let file = open_append(path)?;
-        let (tx, rx) = sync_channel::<Arc<CallRecord>>(QUEUE);
+        let (tx, rx) = sync_channel::<Entry>(QUEUE);
         let written = Arc::new(AtomicU64::new(0));
         let count = written.clone();
         let at = path.to_path_buf();
@@ -226,8 +246,13 @@ impl Recorder {
             .spawn(move || {
                 let mut size = file.metadata().map_or(0, |m| m.len());
                 let mut out = BufWriter::new(file);
-                let mut write = |rec: &CallRecord, out: &mut BufWriter<File>| -> io::Result<()> {
-                    let mut line = serde_json::to_vec(&redactor.redact(rec))?;
+                let mut write = |entry: &Entry, out: &mut BufWriter<File>| -> io::Result<()> {
+                    let mut line = match entry {
+                        Entry::Call(rec) => serde_json::to_vec(&redactor.redact(rec))?,
+                        Entry::End(id, bytes) => serde_json::to_vec(&EndLine {
+                            stream_end: EndOf { id: *id, bytes: *bytes },
+                        })?,
+                    };
                     line.push(b'\n');
                     if rotate_at.is_some_and(|max| size + line.len() as u64 > max) && size > 0 {
                         out.flush()?;
@@ -237,7 +262,9 @@ impl Recorder {
                     }
                     out.write_all(&line)?;
                     size += line.len() as u64;
-                    count.fetch_add(1, Ordering::Relaxed);
+                    if matches!(entry, Entry::Call(_)) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok(())
                 };
                 while let Ok(rec) = rx.recv() {
@@ -268,8 +295,17 @@ impl Recorder {
 
     /// Queue `rec` for the file; a full queue drops it (counted).
     pub fn send(&self, rec: &Arc<CallRecord>) {
+        self.queue(Entry::Call(rec.clone()));
+    }
+
+    /// Queue the end of call `id`'s stream or tunnel.
+    pub fn send_end(&self, id: u64, bytes: StreamBytes) {
+        self.queue(Entry::End(id, bytes));
+    }
+
+    fn queue(&self, entry: Entry) {
         let Some(tx) = &self.tx else { return };
-        if let Err(TrySendError::Full(_)) = tx.try_send(rec.clone()) {
+        if let Err(TrySendError::Full(_)) = tx.try_send(entry) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 warn!(file = %self.path.display(), dropped = n, "the recording falls behind: calls left out");
@@ -322,8 +358,9 @@ pub fn rotated(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The calls in a recorded file, in order. A line that is not a call record is an error naming
-/// the file and line, unless `lenient` (the journal file, whose last line a crash may have cut).
+/// The calls in a recorded file, in order, each with its stream's byte counts when the file has
+/// them. A line that is neither is an error naming the file and line, unless `lenient` (the
+/// journal file, whose last line a crash may have cut).
 pub fn read(path: &Path, lenient: bool) -> io::Result<Vec<CallRecord>> {
     let file = File::open(path)?;
     let mut out = Vec::new();
@@ -331,6 +368,15 @@ pub fn read(path: &Path, lenient: bool) -> io::Result<Vec<CallRecord>> {
         let line = line?;
         if line.trim().is_empty() {
             continue;
+        }
+        if line.starts_with("{\"stream_end\"") {
+            if let Ok(end) = serde_json::from_str::<EndLine>(&line) {
+                let id = end.stream_end.id;
+                if let Some(rec) = out.iter_mut().rev().find(|r: &&mut CallRecord| r.id == id) {
+                    rec.stream_bytes = Some(end.stream_end.bytes);
+                }
+                continue;
+            }
         }
         match serde_json::from_str::<CallRecord>(&line) {
             Ok(rec) => out.push(rec),
@@ -436,6 +482,13 @@ mod tests {
             c.id = id;
             r.send(&Arc::new(c));
         }
+        r.send_end(
+            10,
+            StreamBytes {
+                client_to_daemon: 3,
+                daemon_to_client: 4096,
+            },
+        );
         assert_eq!(r.status().file, path);
         drop(r);
         let mut all = read(&rotated(&path), false).unwrap();
@@ -444,6 +497,8 @@ mod tests {
             all.iter().map(|c| c.id).collect::<Vec<_>>(),
             (1..=10).collect::<Vec<_>>()
         );
+        assert_eq!(all[9].stream_bytes.unwrap().daemon_to_client, 4096);
+        assert!(all[8].stream_bytes.is_none());
         assert!(std::fs::metadata(&path).unwrap().len() <= 2000);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
