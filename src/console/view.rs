@@ -213,7 +213,7 @@ fn draw_list(f: &mut Frame, app: &mut App, area: Rect) {
                     let mut cells = vec![
                         Cell::from(c.method.clone()),
                         Cell::from(status).fg(colour),
-                        Cell::from(c.raw.clone()),
+                        Cell::from(short_ids(&c.raw)),
                     ];
                     if !narrow {
                         cells.insert(0, Cell::from(c.id.to_string()).dim());
@@ -227,7 +227,7 @@ fn draw_list(f: &mut Frame, app: &mut App, area: Rect) {
                     let mut cells = vec![
                         Cell::from(h["method"].as_str().unwrap_or("").to_string()),
                         Cell::from("HELD").black().on_yellow(),
-                        Cell::from(h["raw"].as_str().unwrap_or("").to_string()),
+                        Cell::from(short_ids(h["raw"].as_str().unwrap_or(""))),
                     ];
                     if !narrow {
                         cells.insert(0, Cell::from(h["id"].to_string()).dim());
@@ -271,6 +271,30 @@ fn draw_list(f: &mut Frame, app: &mut App, area: Rect) {
         .header(TableRow::new(header).bold().underlined())
         .column_spacing(1);
     f.render_widget(table, area);
+}
+
+/// A path for the list: full 64-digit IDs shortened to 12 digits, as `docker ps` shows them,
+/// so that what follows an ID (`/start`, `/attach`) stays in view. The detail view shows it all.
+fn short_ids(raw: &str) -> String {
+    let (path, query) = raw
+        .split_once('?')
+        .map_or((raw, None), |(p, q)| (p, Some(q)));
+    let mut out: String = path
+        .split('/')
+        .map(|seg| {
+            if seg.len() == 64 && seg.bytes().all(|b| b.is_ascii_hexdigit()) {
+                &seg[..12]
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 fn duration(us: u64) -> String {
@@ -526,6 +550,21 @@ pub fn curl(rec: &CallRecord, listen: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_list_shows_short_ids() {
+        let id = "7120ed861533e49839e2c91ee395f204f7d4c728b9d07a88575a9001e394a626";
+        assert_eq!(
+            super::short_ids(&format!("/v1.41/containers/{id}/attach?stream=1")),
+            "/v1.41/containers/7120ed861533/attach?stream=1"
+        );
+        // Only whole 64-digit hex segments; names and queries are kept as they are.
+        let name = "x".repeat(64);
+        assert_eq!(
+            super::short_ids(&format!("/containers/{name}/json?id={id}")),
+            format!("/containers/{name}/json?id={id}")
+        );
+    }
+
     use super::*;
 
     #[test]
