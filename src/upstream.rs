@@ -210,7 +210,14 @@ impl Upstream {
         if reason.is_empty() {
             reason = e.to_string();
         }
-        if e.is_connect() {
+        if client_body_failed(&e) {
+            // The client's streamed body broke off (a client killed mid-upload, `docker build
+            // … | head`): the client went away, the daemon did nothing wrong.
+            Error::client(
+                CLIENT_CLOSED_REQUEST,
+                format!("the client went away while sending its request body: {reason}"),
+            )
+        } else if e.is_connect() {
             Error::DaemonUnreachable {
                 upstream: self.addr.to_string(),
                 reason,
@@ -222,6 +229,31 @@ impl Upstream {
             }
         }
     }
+}
+
+/// nginx's status for a client that went away before its call was done: nobody reads it, but
+/// the journal, the log and the metrics tell it apart from the daemon's errors.
+pub const CLIENT_CLOSED_REQUEST: http::StatusCode = match http::StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => panic!("499 is a valid status"),
+};
+
+/// Whether sending failed because the request body — the client's own stream, passed through —
+/// failed: hyper reports that as a user error whose cause is the client connection's error.
+fn client_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    use std::error::Error as _;
+    let mut src = e.source();
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_user() {
+                return h
+                    .source()
+                    .is_some_and(|c| c.is::<hyper::Error>() || c.is::<std::io::Error>());
+            }
+        }
+        src = s.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -495,3 +495,59 @@ fn the_readme_commands_need_no_sudo() {
         }
     }
 }
+
+/// A client that goes away in the middle of a streamed upload (a `docker build` killed while it
+/// sends its context, `docker build … | head`) is journaled and logged as the client going
+/// away, not as a 502 from the daemon.
+#[test]
+fn a_client_gone_mid_upload_is_not_a_daemon_error() {
+    let gw = Gateway::start();
+    // A real context (a Dockerfile and 8 MB), of which only the first 2 MB are sent.
+    let dir = support::temp_dir("gone");
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {IMAGE}\nCOPY big /big\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("big"), support::random_bytes(8 << 20)).unwrap();
+    let out = output(
+        Command::new("tar")
+            .arg("-cf")
+            .arg("-")
+            .arg("-C")
+            .arg(&dir)
+            .args(["Dockerfile", "big"]),
+    );
+    assert!(out.status.success());
+    let mut client = UnixStream::connect(&gw.socket).unwrap();
+    let head = format!(
+        "POST /v1.41/build?t=lsgone HTTP/1.1\r\nHost: d\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+        out.stdout.len()
+    );
+    client.write_all(head.as_bytes()).unwrap();
+    client.write_all(&out.stdout[..2 << 20]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(client);
+    let mut record = Value::Null;
+    support::wait_until("the build is journaled", Duration::from_secs(10), || {
+        let (_, calls) = gw.control("GET", "/calls", "");
+        record = calls
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["path"] == "/build")
+            .cloned()
+            .unwrap_or(Value::Null);
+        !record.is_null()
+    });
+    assert_eq!(record["status"], 499, "{record}");
+    assert_eq!(record["error"]["source"], "client", "{record}");
+    assert!(
+        record["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the client went away while sending its request body"),
+        "{record}"
+    );
+    assert!(!gw.log_text().contains("status=502"), "{}", gw.log_text());
+}
