@@ -14,7 +14,8 @@ fi
 need=()
 for pair in docker.io:dockerd docker.io:docker busybox-static:busybox bsdutils:script \
             util-linux:setpriv tmux:tmux iproute2:ip tar:tar coreutils:sha256sum \
-            docker-compose:docker-compose zfs-fuse:zfs zfs-fuse:zpool zfs-fuse:zfs-fuse curl:curl; do
+            docker-compose:docker-compose zfs-fuse:zfs zfs-fuse:zpool zfs-fuse:zfs-fuse curl:curl \
+            systemd:systemd-socket-activate systemd:systemd-analyze; do
     pkg=${pair%%:*} cmd=${pair##*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -33,6 +34,21 @@ fi
 
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The binary as users build it (cargo build, cargo install): without the features dev-dependencies
+# add under `cargo test` (which once hid a regex feature `serve` needs at start-up).
+cargo build --quiet --bin luastrip
+smoke=$(mktemp -d)
+target/debug/luastrip serve --listen "unix://$smoke/s.sock" --upstream "unix://$smoke/none.sock" \
+    --scripts scripts/ 2>"$smoke/log" &
+for _ in $(seq 100); do [ -S "$smoke/s.sock" ] && break; sleep 0.1; done
+if ! curl -s --unix-socket "$smoke/s.sock" http://d/_ping | grep -q 'cannot reach the Docker daemon'; then
+    echo "tools/test.sh: the plain build of luastrip does not serve:" >&2
+    cat "$smoke/log" >&2
+    kill %1 2>/dev/null || true
+    exit 1
+fi
+kill %1 && wait %1 || true
+rm -rf "$smoke"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
