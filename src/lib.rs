@@ -10,7 +10,8 @@
 //!   gateway (scripts, hook layers, background services, sockets) and serves until shutdown;
 //!   also the workers and the connection driver.
 //! * [`socket`] — Unix sockets that appear only when ready (private directory, mode and group,
-//!   then renamed into place), stale ones replaced, live ones refused.
+//!   then renamed into place), stale ones replaced, live ones refused; or the one systemd
+//!   passes (socket activation), and readiness told to systemd (`NOTIFY_SOCKET`).
 //! * [`call`] — the life of one call as named phases: accept → match+pre → upstream → post →
 //!   reply → journal. The one place that forwards; extensions plug in via [`call::Hooks`].
 //! * [`route`] — path normalisation, queries and JSON bodies checked as dockerd reads them, the

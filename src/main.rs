@@ -109,7 +109,8 @@ struct ServeArgs {
     /// Permission bits of the listen socket, in octal.
     #[arg(long, env = "LUASTRIP_SOCKET_MODE", default_value = "660", value_parser = parse_mode)]
     socket_mode: u32,
-    /// Group that owns the listen socket (name or gid), e.g. docker.
+    /// Group that owns the listen socket (name or gid). Default: docker, where that group
+    /// exists (as docker.sock has it), else the process's; "" keeps the process's.
     #[arg(long, env = "LUASTRIP_SOCKET_GROUP")]
     socket_group: Option<String>,
     /// Worker threads (each a single-threaded runtime); 0 means one per core.
@@ -336,6 +337,12 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("LUASTRIP_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
+        // Colour only on a terminal (a journal or a log file gets plain text), and never
+        // with NO_COLOR set.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         // Above the REPL's prompt while one runs (`serve --repl`), else stderr.
         .with_writer(|| luastrip::repl::LogWriter)
         .init();
@@ -447,7 +454,12 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
     let upstream = UpstreamAddr::parse(&upstream).map_err(|e| format!("--upstream: {e}"))?;
     let config = Config {
         socket_mode: args.socket_mode,
-        socket_group: args.socket_group,
+        // The docker group where it exists (as docker.sock has it); "" keeps the process's.
+        socket_group: match args.socket_group {
+            None => luastrip::socket::default_group(),
+            Some(g) if g.is_empty() => None,
+            Some(g) => Some(g),
+        },
         threads: args.threads,
         scripts: args.scripts,
         powerstrip_config: args.powerstrip_config,

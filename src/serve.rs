@@ -354,7 +354,20 @@ pub enum StartError {
 /// Assemble and serve the gateway described by `config` until `shutdown` resolves (or the
 /// `--repl` quits). Meant for a current-thread runtime: it accepts connections and runs the
 /// background services, while the workers get threads of their own.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    // A socket systemd passed is the listen socket, wherever --listen points; the control
+    // socket goes beside it.
+    let activated = crate::socket::from_systemd()?;
+    if let Some(l) = &activated {
+        if l.path() != config.listen {
+            warn!(
+                listen = %config.listen.display(),
+                socket = %l.path().display(),
+                "--listen differs from the socket systemd passed; serving on systemd's"
+            );
+            config.listen = l.path().to_path_buf();
+        }
+    }
     refuse_self_forwarding(&config.upstream, &config.listen)?;
     let workers = config.workers();
     let background = Background::default();
@@ -510,12 +523,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             warn!(error = %e, "the control socket failed");
         }
     });
-    // Last: the listen socket appears once everything behind it is ready.
-    let listener = bind(&ListenOptions {
-        path: config.listen.clone(),
-        mode: config.socket_mode,
-        group: config.socket_group.clone(),
-    })?;
+    // Last: the listen socket appears once everything behind it is ready (one systemd passed
+    // exists already; clients that connected early wait in its backlog until now).
+    let listener = match activated {
+        Some(l) => l,
+        None => bind(&ListenOptions {
+            path: config.listen.clone(),
+            mode: config.socket_mode,
+            group: config.socket_group.clone(),
+        })?,
+    };
     refuse_self_forwarding(&config.upstream, listener.path())?;
     let upstream = gateway.upstream.clone();
     background.spawn("daemon check", move |_| async move {
@@ -804,6 +821,7 @@ pub async fn run_gateway(
         threads,
         "luastrip is serving"
     );
+    crate::socket::notify_systemd("READY=1");
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
     let mut threads_running = Vec::new();
@@ -873,6 +891,7 @@ pub async fn run_gateway(
         }
     }
     info!("shutting down: no new connections; finishing calls in flight");
+    crate::socket::notify_systemd("STOPPING=1");
     // Remove the socket first so that no client connects to a gateway that is going away.
     drop(accept);
     drop(listener);

@@ -5,7 +5,8 @@
 //! into place, so no client — no other uid above all — ever reaches a socket with the wrong
 //! permissions or one nobody accepts on. A socket file left by a crashed run is replaced; one
 //! that a live process answers on is refused. Dropping the [`Listener`] removes its socket (not
-//! a successor's).
+//! a successor's). [`from_systemd`] takes the listen socket systemd made instead (socket
+//! activation), which stays systemd's: it exists before the gateway starts and after it stops.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -33,6 +34,8 @@ pub enum BindError {
     NotASocket { path: String },
     #[error("no such group {0:?} for --socket-group")]
     NoGroup(String),
+    #[error("socket activation: {0}")]
+    Activation(String),
     #[error("cannot set up {path}: {source}")]
     Io {
         path: String,
@@ -46,8 +49,9 @@ pub struct Listener {
     /// A std listener, so that every worker runtime can register its own clone.
     inner: std::os::unix::net::UnixListener,
     path: PathBuf,
-    /// Inode of our socket file, so we never remove a successor's socket.
-    ino: u64,
+    /// Inode of our socket file, so we never remove a successor's socket; `None` for a socket
+    /// systemd made, which is never ours to remove.
+    ino: Option<u64>,
 }
 
 impl Listener {
@@ -60,13 +64,132 @@ impl Listener {
     pub fn std_listener(&self) -> &std::os::unix::net::UnixListener {
         &self.inner
     }
+
+    /// Whether systemd passed this socket (socket activation).
+    pub fn activated(&self) -> bool {
+        self.ino.is_none()
+    }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if std::fs::metadata(&self.path).map(|m| m.ino()).ok() == Some(self.ino) {
-            let _ = std::fs::remove_file(&self.path);
+        if let Some(ino) = self.ino {
+            if std::fs::metadata(&self.path).map(|m| m.ino()).ok() == Some(ino) {
+                let _ = std::fs::remove_file(&self.path);
+            }
         }
+    }
+}
+
+/// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
+const LISTEN_FDS_START: std::os::fd::RawFd = 3;
+
+/// Why a socket systemd passed cannot serve.
+fn activation_error(reason: String) -> BindError {
+    BindError::Activation(reason)
+}
+
+/// The listen socket systemd passed to this process (socket activation: `LISTEN_PID` names this
+/// process and `LISTEN_FDS` counts the sockets from descriptor 3), or `None` when it passed
+/// none. It must be exactly one listening Unix stream socket (one `ListenStream=` path in the
+/// `.socket` unit); its mode and group are the unit's `SocketMode=` and `SocketGroup=`.
+pub fn from_systemd() -> Result<Option<Listener>, BindError> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
+    use std::os::fd::{BorrowedFd, FromRawFd};
+    let Ok(pid) = std::env::var("LISTEN_PID") else {
+        return Ok(None);
+    };
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        // Meant for another process (a parent that did not clear it).
+        return Ok(None);
+    }
+    let count = std::env::var("LISTEN_FDS").unwrap_or_default();
+    match count.trim().parse::<u32>() {
+        Ok(1) => {}
+        Ok(0) => return Ok(None),
+        _ => {
+            return Err(activation_error(format!(
+                "systemd passed LISTEN_FDS={count:?}; luastrip takes exactly one socket (one \
+                 ListenStream= path in the .socket unit)"
+            )))
+        }
+    }
+    let fd = LISTEN_FDS_START;
+    // SAFETY: systemd hands descriptor 3 to this process (LISTEN_PID is ours); it stays open
+    // for the process's life and is only borrowed here.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let kind = getsockopt(&borrowed, sockopt::SockType)
+        .map_err(|e| activation_error(format!("descriptor 3 is not a socket: {e}")))?;
+    let listening = getsockopt(&borrowed, sockopt::AcceptConn).unwrap_or(false);
+    let addr: UnixAddr = getsockname(fd).map_err(|e| {
+        activation_error(format!(
+            "the socket systemd passed is not a Unix socket: {e}"
+        ))
+    })?;
+    let Some(path) = addr.path().map(Path::to_path_buf) else {
+        return Err(activation_error(
+            "the socket systemd passed has no path (use ListenStream=/path/to.sock)".into(),
+        ));
+    };
+    if kind != SockType::Stream || !listening {
+        return Err(activation_error(format!(
+            "the socket systemd passed ({}) is not a listening stream socket",
+            path.display()
+        )));
+    }
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| activation_error(format!("{}: {e}", path.display())))?;
+    // SAFETY: the descriptor is the listening Unix socket checked above; from here on the
+    // listener owns it, and nothing else closes it.
+    let inner = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    inner
+        .set_nonblocking(true)
+        .map_err(|source| BindError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    info!(path = %path.display(), "serving on the socket systemd passed");
+    Ok(Some(Listener {
+        inner,
+        path,
+        ino: None,
+    }))
+}
+
+/// Tell systemd how the service is doing (`READY=1`, `STOPPING=1`), when it asked
+/// (`NOTIFY_SOCKET`, for `Type=notify` units); otherwise nothing. Failures are only logged: the
+/// gateway serves either way.
+pub fn notify_systemd(state: &str) {
+    let Some(to) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = to.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(state.as_bytes(), &to)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, state, "cannot notify systemd");
+    }
+}
+
+/// `--socket-group` when none is given: `docker` where that group exists, as dockerd's own
+/// socket has it, so that the members of the docker group can use luastrip as they used
+/// docker.sock.
+pub fn default_group() -> Option<String> {
+    match nix::unistd::Group::from_name("docker") {
+        Ok(Some(_)) => Some("docker".into()),
+        _ => None,
     }
 }
 
@@ -110,7 +233,7 @@ pub fn bind(opts: &ListenOptions) -> Result<Listener, BindError> {
         }
         std::fs::rename(&tmp, path)?;
         let ino = std::fs::metadata(path).map(|m| m.ino())?;
-        Ok((inner, ino))
+        Ok((inner, Some(ino)))
     })();
     let _ = std::fs::remove_file(&tmp);
     let _ = std::fs::remove_dir(&private);

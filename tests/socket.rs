@@ -210,3 +210,136 @@ fn upstream_defaults_to_docker_host() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Socket activation: systemd (here `systemd-socket-activate`, which speaks the same
+/// `LISTEN_FDS` protocol) makes the socket before luastrip runs; the first client starts it and
+/// is served, the control socket goes beside it, and the socket stays systemd's at exit.
+#[test]
+fn a_socket_systemd_passes_is_served_and_left_in_place() {
+    support::require_tool("systemd-socket-activate", "systemd");
+    let dir = support::temp_dir("activate");
+    let sock = dir.join("docker.sock");
+    let log = dir.join("luastrip.log");
+    let notify_path = dir.join("notify");
+    let activate = |sockets: &[&std::path::Path]| {
+        let mut c = Command::new("systemd-socket-activate");
+        // It passes the program only the environment it is told to (as systemd does).
+        c.arg("-E")
+            .arg(format!("NOTIFY_SOCKET={}", notify_path.display()));
+        for s in sockets {
+            c.arg("-l").arg(s);
+        }
+        c.arg(env!("CARGO_BIN_EXE_luastrip"))
+            .args(["serve", "--listen"])
+            .arg(format!("unix://{}", sockets[0].display()))
+            .arg("--upstream")
+            .arg(format!("unix://{}", nowhere().display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        c
+    };
+    // Type=notify: systemd learns when the gateway is ready and when it stops.
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let next_state = || {
+        let mut buf = [0u8; 64];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut child = activate(&[&sock]).spawn().unwrap();
+    assert!(
+        support::wait_for_path(&sock),
+        "no socket from systemd-socket-activate"
+    );
+    // Nothing has started luastrip yet: no control socket.
+    assert!(!dir.join("docker.ctl").exists());
+    // The first client starts it and gets luastrip's own answer (the daemon is not there).
+    let resp = support::raw(
+        &sock,
+        "GET /_ping HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".as_bytes(),
+    );
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    assert!(resp.contains("cannot reach the Docker daemon"), "{resp}");
+    assert!(support::wait_for_path(&dir.join("docker.ctl")));
+    assert_eq!(next_state(), "READY=1");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("serving on the socket systemd passed"),
+        "{text}"
+    );
+    // SIGTERM: a clean exit that leaves systemd's socket where it is, and removes ours.
+    // SAFETY: plain kill(2) on our child (luastrip, exec'd in its place).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(next_state(), "STOPPING=1");
+    assert!(sock.exists(), "the socket systemd made was removed");
+    assert!(!dir.join("docker.ctl").exists());
+    let _ = std::fs::remove_file(&sock);
+
+    // Two sockets are one too many: a clear error, and luastrip does not serve.
+    let other = dir.join("other.sock");
+    let mut child = activate(&[&sock, &other]).spawn().unwrap();
+    assert!(support::wait_for_path(&sock));
+    let _ = support::try_raw(&sock, "GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n".as_bytes());
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("luastrip takes exactly one socket"), "{text}");
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&other);
+}
+
+/// Without --socket-group, the socket belongs to the docker group where it exists, as
+/// docker.sock does, so that its members can use luastrip; "" keeps the process's group.
+#[test]
+fn the_socket_group_defaults_to_docker() {
+    support::require_tool("dockerd", "docker.io");
+    let docker = nix::unistd::Group::from_name("docker")
+        .unwrap()
+        .expect("docker.io makes the docker group");
+    let gw = Gateway::start_with(&nowhere(), &[]);
+    let meta = std::fs::metadata(&gw.socket).unwrap();
+    assert_eq!(meta.gid(), docker.gid.as_raw());
+    let gw = Gateway::start_with(&nowhere(), &["--socket-group", ""]);
+    let meta = std::fs::metadata(&gw.socket).unwrap();
+    // SAFETY: getegid has no preconditions.
+    assert_eq!(meta.gid(), unsafe { libc::getegid() });
+}
+
+/// The units in examples/systemd are ones systemd accepts (`systemd-analyze verify`, with the
+/// binary where the unit expects it replaced by the one under test), and they say what the
+/// README says: docker.sock for luastrip, the daemon's socket moved aside and root's only.
+#[test]
+fn the_systemd_units_verify() {
+    support::require_tool("systemd-analyze", "systemd");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd");
+    let dir = support::temp_dir("units");
+    for unit in ["luastrip.socket", "luastrip.service"] {
+        let text = std::fs::read_to_string(src.join(unit)).unwrap();
+        let text = text.replace("/usr/local/bin/luastrip", env!("CARGO_BIN_EXE_luastrip"));
+        std::fs::write(dir.join(unit), text).unwrap();
+    }
+    let out = support::output(
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.join("luastrip.socket"))
+            .arg(dir.join("luastrip.service")),
+    );
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let socket = std::fs::read_to_string(src.join("luastrip.socket")).unwrap();
+    assert!(socket.contains("ListenStream=/run/docker.sock"));
+    assert!(socket.contains("SocketGroup=docker"));
+    let service = std::fs::read_to_string(src.join("luastrip.service")).unwrap();
+    assert!(service.contains("--upstream unix:///run/docker.real.sock"));
+    assert!(service.contains("Type=notify"));
+    let dropin = std::fs::read_to_string(src.join("docker.socket.d/luastrip.conf")).unwrap();
+    assert!(dropin.contains("ListenStream=\nListenStream=/run/docker.real.sock"));
+    assert!(dropin.contains("SocketMode=0600"));
+}
