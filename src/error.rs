@@ -117,6 +117,16 @@ impl Error {
         }
     }
 
+    /// The message without its `luastrip: ` prefix (which tells a docker CLI user who spoke),
+    /// for places that name luastrip already: start-up errors, `luastrip check`.
+    pub fn detail(&self) -> String {
+        let text = self.to_string();
+        match text.strip_prefix("luastrip: ") {
+            Some(rest) => rest.to_string(),
+            None => text,
+        }
+    }
+
     /// The Docker-format reply: `{"message": "..."}` with [`Error::status`].
     pub fn to_response(&self) -> Response<Body> {
         json_message(self.status(), &self.to_string())

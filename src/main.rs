@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use luastrip::control::client::Flows;
-use luastrip::lua::{Engine, Limits, Services};
+use luastrip::lua::Limits;
 use luastrip::serve::{self, Config};
 use luastrip::upstream::UpstreamAddr;
 
@@ -56,9 +56,10 @@ enum Command {
         #[arg(long, requires = "expect")]
         update: bool,
     },
-    /// Load route scripts and report errors without serving.
+    /// Load route scripts (or Powerstrip's adapters.yml) and report errors without serving;
+    /// also flags reply tables with keys the gateway would ignore.
     Check {
-        /// A script file, or a directory of *.lua files.
+        /// A script file, a directory of *.lua files, or an adapters.yml.
         path: PathBuf,
     },
 }
@@ -417,21 +418,35 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Check { path } => {
-            match Engine::load(Some(&path), 1, Services::default()).map(|e| e.routes()) {
-                Ok(routes) => {
-                    println!("{}: ok, {} routes", path.display(), routes.len());
-                    for (phase, pattern, location) in routes {
-                        println!("  {phase:8} {pattern:40} {location}");
-                    }
-                    ExitCode::SUCCESS
+        Command::Check { path } => match luastrip::lua::lint::check(&path) {
+            Ok(report) => {
+                let verdict = match report.findings.len() {
+                    0 => "ok".to_string(),
+                    1 => "1 problem".to_string(),
+                    n => format!("{n} problems"),
+                };
+                println!(
+                    "{}: {verdict}, {} routes",
+                    path.display(),
+                    report.routes.len()
+                );
+                for (phase, pattern, location) in report.routes {
+                    println!("  {phase:8} {pattern:40} {location}");
                 }
-                Err(e) => {
-                    eprintln!("{e}");
+                for (location, finding) in &report.findings {
+                    eprintln!("{location}: {finding}");
+                }
+                if report.findings.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
                     ExitCode::FAILURE
                 }
             }
-        }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

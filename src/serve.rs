@@ -337,7 +337,7 @@ pub enum StartError {
     Bind(#[from] BindError),
     #[error("--control: {0}")]
     Control(BindError),
-    #[error("{0}")]
+    #[error("{}", .0.detail())]
     Scripts(#[from] crate::Error),
     #[error("--state: {0}")]
     State(String),

@@ -352,7 +352,87 @@ fn check_reports_errors_with_file_and_line() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("throws.lua:2"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("throws.lua:2"), "{err}");
+    // One "luastrip:" is enough.
+    assert!(!err.contains("luastrip: luastrip:"), "{err}");
+    assert!(err.starts_with("luastrip: script error at "), "{err}");
+}
+
+/// `return { status = 403, message = "…" }` loads and runs, but the client would get a bare
+/// 403 (the docker CLI reports it as an API version problem): check flags it with file:line, and
+/// at run time it is a script error naming the hook, never a silent 403.
+#[test]
+fn reply_tables_with_ignored_keys_are_flagged() {
+    let dir = support::temp_dir("replykeys");
+    let script = dir.join("deny.lua");
+    std::fs::write(
+        &script,
+        "-- deny every create\nroute.pre(\"POST /containers/create\", function(req)\n  \
+         return { status = 403, message = \"no creates here\" }\nend)\n",
+    )
+    .unwrap();
+    let out = support::output(
+        Command::new(env!("CARGO_BIN_EXE_luastrip"))
+            .arg("check")
+            .arg(&script),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("deny.lua:3: this response table has the key \"message\"")
+            && err.contains("json = { message"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 problem"));
+    // Served anyway, the hook fails closed with a message that says why.
+    let gw = Gateway::start_with(
+        &support::Daemon::shared().socket,
+        &["--scripts", script.to_str().unwrap()],
+    );
+    let out = support::output(gw.docker().args(["create", IMAGE, "true"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("deny.lua:2")
+            && err.contains("the key \"message\", which the gateway ignores"),
+        "{err}"
+    );
+}
+
+/// `luastrip check adapters.yml` reads it as Powerstrip's config, not as Lua.
+#[test]
+fn check_reads_adapters_yml_as_a_powerstrip_config() {
+    let out = support::output(
+        Command::new(env!("CARGO_BIN_EXE_luastrip"))
+            .arg("check")
+            .arg(example("../powerstrip/adapters.yml")),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ok, 1 routes") && text.contains("POST /*/containers/create"),
+        "{text}"
+    );
+    let dir = support::temp_dir("checkyml");
+    let bad = dir.join("adapters.yaml");
+    std::fs::write(
+        &bad,
+        "version: 1\nendpoints:\n  \"POST /*/containers/create\":\n    pre: [nope]\nadapters: {}\n",
+    )
+    .unwrap();
+    let out = support::output(
+        Command::new(env!("CARGO_BIN_EXE_luastrip"))
+            .arg("check")
+            .arg(&bad),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("adapters.yaml:4: adapter \"nope\" is not defined")
+            && !err.contains("unexpected symbol"),
+        "{err}"
+    );
 }
 
 #[test]

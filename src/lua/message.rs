@@ -518,6 +518,44 @@ fn set_length(headers: &mut HeaderMap, len: usize) {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 }
 
+/// The keys a response table may have.
+pub const RESPONSE_KEYS: [&str; 4] = ["status", "json", "body", "headers"];
+
+/// A response table with a key the gateway would ignore (`{status = 403, message = "…"}`, which
+/// would reach the client as a bare 403 with no message), or with both `json` and `body`, is a
+/// script error: the author meant something else.
+fn check_response_keys(t: &Table) -> Result<(), String> {
+    let mut has_json = false;
+    let mut has_body = false;
+    for pair in t.pairs::<Value, Value>() {
+        let (k, _) = pair.map_err(|e| e.to_string())?;
+        let key = match &k {
+            Value::String(s) => s.to_string_lossy(),
+            other => format!("[{}]", other.type_name()),
+        };
+        match key.as_str() {
+            "json" => has_json = true,
+            "body" => has_body = true,
+            k if RESPONSE_KEYS.contains(&k) => {}
+            _ => {
+                let hint = if key == "message" {
+                    " (a Docker error is json = { message = \"…\" })"
+                } else {
+                    ""
+                };
+                return Err(format!(
+                    "the response table has the key {key:?}, which the gateway ignores: a response \
+                     is {{ status = N, json = T }} or {{ status = N, body = S, headers = H }}{hint}"
+                ));
+            }
+        }
+    }
+    if has_json && has_body {
+        return Err("the response table has both json and body: give one".into());
+    }
+    Ok(())
+}
+
 /// Turn a hook's response table into a response: `{status=, json=}` or
 /// `{status=, body=, headers=}`.
 pub fn response_from_lua(lua: &Lua, v: Value) -> Result<Response<Body>, String> {
@@ -530,6 +568,7 @@ pub fn response_from_lua(lua: &Lua, v: Value) -> Result<Response<Body>, String> 
             ))
         }
     };
+    check_response_keys(&t)?;
     let status: u16 = t
         .get::<Option<u16>>("status")
         .map_err(|e| format!("response status: {e}"))?

@@ -18,6 +18,8 @@
 //! * [`errors`] — Lua errors to [`crate::Error`], with `file:line`.
 //! * [`budget`] — the time budget of each hook, which `pcall` and coroutines cannot escape.
 //! * [`patterns`] — `string.find`/`match`/`gmatch`/`gsub` with bounded work.
+//! * [`lint`] — what `luastrip check` finds without running a script: reply tables with keys
+//!   the gateway would ignore.
 //! * [`on_event`] — the background task that follows `/events` while scripts have
 //!   `docker.on_event` handlers, and runs them once per event.
 //! * One module per Lua namespace, each with the same [`Register`] signature, all wired in
@@ -44,6 +46,7 @@ pub mod helper_fn;
 pub mod hooks;
 pub mod http;
 pub mod json;
+pub mod lint;
 pub mod log;
 pub mod message;
 pub mod on_event;
