@@ -43,6 +43,8 @@
 //! * [`testing`] — `luastrip test`: scripts run in an in-process gateway against a recording
 //!   (the daemon's answers taken from it), reported per call and compared with a saved
 //!   expectation; `*_test.lua` cases with the `luastrip.test` assertions.
+//! * [`scaffold`] — `luastrip init DIR`: a scripts directory to start from, with the type stubs
+//!   and `.luarc.json` an editor needs, a `*_test.lua` and a README.
 //! * [`console`] — `luastrip console`, the full-screen (ratatui) front end of the control socket:
 //!   live flows, detail tabs with the diff, intercept queue, edit, replay, curl export.
 //! * [`volumes`] — the volume helper: named volumes behind the `VolumeBackend` trait (ZFS,
@@ -79,6 +81,7 @@ pub mod plugin;
 pub mod powerstrip;
 pub mod repl;
 pub mod route;
+pub mod scaffold;
 pub mod serve;
 pub mod socket;
 pub mod testing;

@@ -56,6 +56,12 @@ enum Command {
         #[arg(long, requires = "expect")]
         update: bool,
     },
+    /// Make a scripts directory to start from: the commented default script, a *_test.lua,
+    /// the type stubs and .luarc.json for the editor, and a README.
+    Init {
+        /// The directory (made if missing); existing files are never overwritten.
+        dir: PathBuf,
+    },
     /// Load route scripts (or Powerstrip's adapters.yml) and report errors without serving;
     /// also flags reply tables with keys the gateway would ignore.
     Check {
@@ -418,6 +424,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Init { dir } => match luastrip::scaffold::init(&dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("  wrote {}", f.display());
+                }
+                println!(
+                    "next: luastrip check {d} && luastrip test {d}, then luastrip serve --scripts {d}",
+                    d = dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("luastrip init: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Check { path } => match luastrip::lua::lint::check(&path) {
             Ok(report) => {
                 let verdict = match report.findings.len() {

@@ -192,3 +192,60 @@ end)
         "{text}"
     );
 }
+
+/// `luastrip init DIR` gives a new user a directory that checks, tests and serves as it is,
+/// with the editor's stubs and settings inside it (an installed luastrip has no source tree);
+/// it never overwrites.
+#[test]
+fn init_makes_a_scripts_directory_that_checks_and_tests() {
+    let dir = support::temp_dir("init").join("scripts");
+    let d = dir.to_str().unwrap();
+    let luastrip = |args: &[&str]| {
+        output(
+            Command::new(env!("CARGO_BIN_EXE_luastrip"))
+                .args(args)
+                .env_remove("DOCKER_HOST"),
+        )
+    };
+    let out = luastrip(&["init", d]);
+    assert!(out.status.success(), "{out:?}");
+    for f in [
+        "default.lua",
+        "default_test.lua",
+        "README.md",
+        ".luastrip/types/luastrip.lua",
+        ".luastrip/types/luastrip.test.lua",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    // The editor's settings point at stubs that are there.
+    let luarc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(".luarc.json")).unwrap()).unwrap();
+    for lib in luarc["workspace.library"].as_array().unwrap() {
+        assert!(dir.join(lib.as_str().unwrap()).is_dir(), "{lib}");
+    }
+    let out = luastrip(&["check", d]);
+    assert!(out.status.success(), "{out:?}");
+    let (out, text) = luastrip_test(&[d]);
+    assert!(
+        out.status.success() && text.contains("1 cases, 1 passed"),
+        "{text}"
+    );
+    // The stubs are the repository's (one source for both).
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".luastrip/types/luastrip.lua")).unwrap(),
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("stdlib/types/luastrip.lua")
+        )
+        .unwrap()
+    );
+    // A second init changes nothing and says what is in the way.
+    std::fs::write(dir.join("default.lua"), "-- mine\n").unwrap();
+    let out = luastrip(&["init", d]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("default.lua exists"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("default.lua")).unwrap(),
+        "-- mine\n"
+    );
+}
