@@ -26,7 +26,6 @@ use http::{header, HeaderMap, HeaderValue, Method};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{copy_bidirectional, AsyncWriteExt};
-use tokio::net::UnixStream;
 
 /// How a call may turn into a raw tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -108,11 +107,14 @@ pub struct TunnelStats {
 
 /// Run a tunnel to its end: forward `early` (bytes the client sent right after its request head),
 /// then copy both ways with half-close.
-pub async fn tunnel(
-    mut client: UnixStream,
+pub async fn tunnel<S>(
+    mut client: S,
     early: Bytes,
     pending: PendingTunnel,
-) -> std::io::Result<TunnelStats> {
+) -> std::io::Result<TunnelStats>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let upgraded = pending
         .upstream
         .await

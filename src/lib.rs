@@ -18,6 +18,8 @@
 //!   route-kind table (which bodies and answers are streams), and `"METHOD /path"` patterns.
 //! * [`upstream`] — pooled HTTP/1 connections to the daemon's Unix socket.
 //! * [`hijack`] — `101 UPGRADED` and old-style `200` raw-stream tunnels with half-close.
+//! * [`tls`] — rustls configurations from PEM files, for TCP listeners (`--listen tcp://…`) and
+//!   a daemon reached over TCP.
 //! * [`body`] — the body type every layer passes around.
 //! * [`events`] — following the daemon's `/events` (reopened with `since=` after a break) for the
 //!   background services that must see what happens on the daemon directly, and dockerd's event
@@ -85,6 +87,7 @@ pub mod scaffold;
 pub mod serve;
 pub mod socket;
 pub mod testing;
+pub mod tls;
 pub mod upstream;
 pub mod volumes;
 

@@ -81,9 +81,10 @@ struct FlowArgs {
     #[arg(
         long,
         env = "LUASTRIP_LISTEN",
-        default_value = "unix:///run/luastrip.sock"
+        default_value = "unix:///run/luastrip.sock",
+        value_delimiter = ','
     )]
-    listen: String,
+    listen: Vec<String>,
     /// Read the calls recorded in this file (serve --record, record start) instead of a
     /// gateway: calls and show work, read-only.
     #[arg(long, short = 'f', conflicts_with = "control")]
@@ -91,28 +92,63 @@ struct FlowArgs {
 }
 
 impl FlowArgs {
+    /// The gateway's Unix socket: the `--listen` that is not `tcp://`.
+    fn socket(&self) -> PathBuf {
+        self.listen
+            .iter()
+            .find(|l| !l.starts_with("tcp://"))
+            .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), |l| unix_path(l))
+    }
+
     /// A recorded file, the `--control` socket, or the control socket beside `--listen`.
     fn flows(&self) -> Result<Flows, String> {
         Ok(match (&self.file, &self.control) {
             (Some(f), _) => Flows::open(f)?,
             (None, Some(c)) => Flows::Live(unix_path(c)),
-            (None, None) => Flows::Live(serve::control_path_for(&unix_path(&self.listen))),
+            (None, None) => Flows::Live(serve::control_path_for(&self.socket())),
         })
     }
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Socket clients connect to (set DOCKER_HOST to it).
+    /// Where clients connect (set DOCKER_HOST to it): a Unix socket, and TCP addresses for tools
+    /// that cannot use one (repeat, or separate with commas). tcp:// is plain on loopback
+    /// only; any other address needs --tls-cert, --tls-key and --tls-ca. The Unix socket
+    /// (/run/luastrip.sock unless one is given) is always served; the control socket sits
+    /// beside it.
     #[arg(
         long,
         env = "LUASTRIP_LISTEN",
-        default_value = "unix:///run/luastrip.sock"
+        default_value = "unix:///run/luastrip.sock",
+        value_delimiter = ','
     )]
-    listen: String,
-    /// The Docker daemon socket. Defaults to DOCKER_HOST, then unix:///var/run/docker.sock.
+    listen: Vec<String>,
+    /// The certificate (PEM) TCP listeners present.
+    #[arg(long, env = "LUASTRIP_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "LUASTRIP_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs client certificates: TCP clients must present one (dockerd's
+    /// --tlsverify).
+    #[arg(long, env = "LUASTRIP_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The Docker daemon: unix:///path or tcp://HOST:PORT. Defaults to DOCKER_HOST, then
+    /// unix:///var/run/docker.sock. TCP uses TLS when DOCKER_TLS_VERIFY or DOCKER_CERT_PATH is
+    /// set or an --upstream-tls-* flag is given (as the docker CLI); plain TCP only to loopback.
     #[arg(long, env = "LUASTRIP_UPSTREAM")]
     upstream: Option<String>,
+    /// The CA (PEM) that signed the daemon's certificate. Default: ca.pem in DOCKER_CERT_PATH
+    /// (or ~/.docker with DOCKER_TLS_VERIFY), as the docker CLI reads it.
+    #[arg(long, env = "LUASTRIP_UPSTREAM_TLS_CA")]
+    upstream_tls_ca: Option<PathBuf>,
+    /// The client certificate (PEM) shown to the daemon. Default: cert.pem there.
+    #[arg(long, env = "LUASTRIP_UPSTREAM_TLS_CERT")]
+    upstream_tls_cert: Option<PathBuf>,
+    /// Its key (PEM). Default: key.pem there.
+    #[arg(long, env = "LUASTRIP_UPSTREAM_TLS_KEY")]
+    upstream_tls_key: Option<PathBuf>,
     /// Permission bits of the listen socket, in octal.
     #[arg(long, env = "LUASTRIP_SOCKET_MODE", default_value = "660", value_parser = parse_mode)]
     socket_mode: u32,
@@ -380,7 +416,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Console { flows } => {
-            let socket = unix_path(&flows.listen);
+            let socket = flows.socket();
             match flows
                 .flows()
                 .and_then(|f| luastrip::console::run(f, &socket))
@@ -472,23 +508,128 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve_cmd(args: ServeArgs) -> Result<(), String> {
-    let listen = args
-        .listen
-        .strip_prefix("unix://")
-        .unwrap_or(&args.listen)
-        .to_string();
-    if !listen.starts_with('/') {
-        return Err(format!(
-            "--listen {:?}: use unix:///absolute/path.sock",
-            args.listen
-        ));
+/// The Unix socket `serve` listens on when `--listen` names none.
+const DEFAULT_SOCKET: &str = "/run/luastrip.sock";
+
+/// `--listen` values: the one Unix socket (the default if none is named) and the TCP addresses,
+/// each with the TLS the flags give; plain TCP only on loopback, and any other address only
+/// with client certificates verified.
+fn listeners(args: &ServeArgs) -> Result<(PathBuf, Vec<serve::TcpListen>), String> {
+    let tls_files = luastrip::tls::TlsFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        ca: args.tls_ca.clone(),
+    };
+    let tls_given = tls_files != luastrip::tls::TlsFiles::default();
+    let mut unix = None;
+    let mut tcp = Vec::new();
+    for l in &args.listen {
+        if let Some(rest) = l.strip_prefix("tcp://") {
+            tcp.push((l, tcp_addr(rest).map_err(|e| format!("--listen {l}: {e}"))?));
+            continue;
+        }
+        let path = unix_path(l);
+        if !path.is_absolute() || l.contains("://") && !l.starts_with("unix://") {
+            return Err(format!(
+                "--listen {l:?}: use unix:///absolute/path.sock or tcp://HOST:PORT"
+            ));
+        }
+        if unix.replace(path).is_some() {
+            return Err("--listen: one Unix socket at most".into());
+        }
     }
+    if tls_given && tcp.is_empty() {
+        return Err("--tls-cert, --tls-key and --tls-ca are for --listen tcp://…".into());
+    }
+    let tls = if tls_given {
+        Some(luastrip::tls::server_config(&tls_files, "--tls")?)
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    for (given, addr) in tcp {
+        if !addr.ip().is_loopback() && tls_files.ca.is_none() {
+            return Err(format!(
+                "--listen {given}: an address other than loopback needs --tls-cert, --tls-key and \
+                 --tls-ca (client certificates verified, as dockerd's --tlsverify): whoever \
+                 reaches that port would otherwise be root on this host"
+            ));
+        }
+        out.push(serve::TcpListen {
+            addr,
+            tls: tls.clone(),
+        });
+    }
+    Ok((unix.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)), out))
+}
+
+/// `HOST:PORT` of a `tcp://` address: an IP address, or a name (`localhost`) resolved now.
+fn tcp_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let s = s.trim_end_matches('/');
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("{e} (use HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| "the name resolves to no address".into())
+}
+
+/// TLS to a TCP daemon, as the docker CLI decides it: with DOCKER_TLS_VERIFY or DOCKER_CERT_PATH
+/// set, or any --upstream-tls-* flag; files from the flags, else from DOCKER_CERT_PATH (or
+/// ~/.docker). Plain TCP is for a daemon on loopback only.
+fn upstream_tls(args: &ServeArgs, upstream: UpstreamAddr) -> Result<UpstreamAddr, String> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    let flags = luastrip::tls::TlsFiles {
+        cert: args.upstream_tls_cert.clone(),
+        key: args.upstream_tls_key.clone(),
+        ca: args.upstream_tls_ca.clone(),
+    };
+    let verify = env("DOCKER_TLS_VERIFY").is_some();
+    let cert_path = env("DOCKER_CERT_PATH").map(PathBuf::from).or_else(|| {
+        verify
+            .then(|| env("HOME").map(|h| PathBuf::from(h).join(".docker")))
+            .flatten()
+    });
+    let wanted = flags != luastrip::tls::TlsFiles::default() || cert_path.is_some();
+    if upstream.unix_path().is_some() {
+        if flags != luastrip::tls::TlsFiles::default() {
+            return Err("--upstream-tls-* are for --upstream tcp://…".into());
+        }
+        return Ok(upstream);
+    }
+    if !wanted {
+        if !upstream.is_loopback() {
+            return Err(format!(
+                "--upstream {upstream}: plain TCP only to a daemon on loopback; give its CA \
+                 (--upstream-tls-ca, or DOCKER_CERT_PATH with DOCKER_TLS_VERIFY=1) to use TLS"
+            ));
+        }
+        return Ok(upstream);
+    }
+    let from_env = cert_path
+        .as_deref()
+        .map(luastrip::tls::TlsFiles::docker_cert_path)
+        .unwrap_or_default();
+    let files = luastrip::tls::TlsFiles {
+        cert: flags.cert.or(from_env.cert),
+        key: flags.key.or(from_env.key),
+        ca: flags.ca.or(from_env.ca),
+    };
+    let config = luastrip::tls::client_config(&files, "--upstream-tls")?;
+    Ok(upstream.with_tls(config))
+}
+
+fn serve_cmd(args: ServeArgs) -> Result<(), String> {
+    let (listen, tcp) = listeners(&args)?;
     let upstream = args
         .upstream
+        .clone()
         .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
     let upstream = UpstreamAddr::parse(&upstream).map_err(|e| format!("--upstream: {e}"))?;
+    let upstream = upstream_tls(&args, upstream)?;
     let config = Config {
         socket_mode: args.socket_mode,
         // The docker group where it exists (as docker.sock has it); "" keeps the process's.
@@ -530,6 +671,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
         journal_file: args.journal,
         record: args.record,
         redact_env: args.redact_env,
+        tcp,
         ..Config::new(listen, upstream)
     };
     // This runtime accepts connections and runs the background services; serve::run starts the

@@ -47,12 +47,13 @@ use crate::upstream::{Upstream, UpstreamAddr};
 /// How long in-flight calls (and open streams) may run on after shutdown is asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Where and how to listen.
 /// Everything `luastrip serve` is told (each field is a flag with a `LUASTRIP_*` twin).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The socket clients connect to.
+    /// The Unix socket clients connect to (always served; the control socket goes beside it).
     pub listen: PathBuf,
+    /// TCP addresses served too (`--listen tcp://…`), for tools that cannot use a socket.
+    pub tcp: Vec<TcpListen>,
     /// The daemon.
     pub upstream: UpstreamAddr,
     /// Permission bits of the listen socket.
@@ -108,6 +109,15 @@ pub fn control_path_for(listen: &std::path::Path) -> PathBuf {
     listen.with_extension("ctl")
 }
 
+/// A TCP address the Docker API is served on, with TLS when configured.
+#[derive(Debug, Clone)]
+pub struct TcpListen {
+    pub addr: std::net::SocketAddr,
+    /// The server side of TLS (`--tls-cert`, `--tls-key`, `--tls-ca`); `None`: plain, which
+    /// `main` allows on loopback addresses only.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// How the overlay helper is set up.
 #[derive(Debug, Clone)]
 pub struct OverlayConfig {
@@ -153,6 +163,7 @@ impl Config {
     pub fn new(listen: impl Into<PathBuf>, upstream: UpstreamAddr) -> Config {
         Config {
             listen: listen.into(),
+            tcp: Vec::new(),
             upstream,
             socket_mode: 0o660,
             socket_group: None,
@@ -329,8 +340,8 @@ impl Background {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "--upstream {upstream} is this gateway's own listen socket: it would forward every call \
-         to itself (is DOCKER_HOST pointing at luastrip? pass --upstream unix:///var/run/docker.sock)"
+        "--upstream {upstream} is this gateway's own listen socket (or TCP address): it would \
+         forward every call to itself (is DOCKER_HOST pointing at luastrip? pass --upstream unix:///var/run/docker.sock)"
     )]
     ForwardsToItself { upstream: String },
     #[error("{0}")]
@@ -345,6 +356,8 @@ pub enum StartError {
     Helper(String),
     #[error("{0}")]
     Record(String),
+    #[error("{0}")]
+    Tcp(String),
     #[error("cannot watch {path}: {reason}")]
     Watch { path: String, reason: String },
     #[error("{0}")]
@@ -368,7 +381,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             config.listen = l.path().to_path_buf();
         }
     }
-    refuse_self_forwarding(&config.upstream, &config.listen)?;
+    refuse_self_forwarding(&config.upstream, &config.listen, &config.tcp)?;
     let workers = config.workers();
     let background = Background::default();
     // Scripts and adapters load before the socket appears: a broken script never leaves a
@@ -523,6 +536,14 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             warn!(error = %e, "the control socket failed");
         }
     });
+    let mut tcp = Vec::new();
+    for t in &config.tcp {
+        let bound = std::net::TcpListener::bind(t.addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| StartError::Tcp(format!("--listen tcp://{}: {e}", t.addr)))?;
+        info!(listen = %t.addr, tls = t.tls.is_some(), "serving the Docker API on TCP");
+        tcp.push((bound, t.tls.clone().map(tokio_rustls::TlsAcceptor::from)));
+    }
     // Last: the listen socket appears once everything behind it is ready (one systemd passed
     // exists already; clients that connected early wait in its backlog until now).
     let listener = match activated {
@@ -533,7 +554,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             group: config.socket_group.clone(),
         })?,
     };
-    refuse_self_forwarding(&config.upstream, listener.path())?;
+    refuse_self_forwarding(&config.upstream, listener.path(), &config.tcp)?;
     let upstream = gateway.upstream.clone();
     background.spawn("daemon check", move |_| async move {
         warn_unless_daemon_answers(&upstream).await
@@ -564,7 +585,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             _ = quit_rx.wait_for(|q| *q) => {}
         }
     };
-    let served = run_gateway(listener, gateway, workers, stop).await;
+    let served = run_gateway(listener, tcp, gateway, workers, stop).await;
     background.shutdown().await;
     served.map_err(StartError::Io)
 }
@@ -754,7 +775,34 @@ fn raise_fd_limit() {
 
 /// Refuse an upstream that is the listen socket itself: the same path, or (once bound) the same
 /// socket file under another name.
-fn refuse_self_forwarding(upstream: &UpstreamAddr, listen: &Path) -> Result<(), StartError> {
+fn refuse_self_forwarding(
+    upstream: &UpstreamAddr,
+    listen: &Path,
+    tcp: &[TcpListen],
+) -> Result<(), StartError> {
+    let refused = || {
+        Err(StartError::ForwardsToItself {
+            upstream: upstream.to_string(),
+        })
+    };
+    let Some(path) = upstream.unix_path() else {
+        // A TCP daemon: not one of our own TCP listeners.
+        if let crate::upstream::DaemonAt::Tcp { host, port } = &upstream.at {
+            use std::net::ToSocketAddrs;
+            let ips: Vec<std::net::IpAddr> = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map(|a| a.map(|a| a.ip()).collect())
+                .unwrap_or_default();
+            let ours = tcp.iter().any(|t| {
+                t.addr.port() == *port
+                    && (t.addr.ip().is_unspecified() || ips.contains(&t.addr.ip()))
+            });
+            if ours {
+                return refused();
+            }
+        }
+        return Ok(());
+    };
     let canonical = |p: &Path| -> PathBuf {
         match (p.parent(), p.file_name()) {
             (Some(dir), Some(name)) => std::fs::canonicalize(dir)
@@ -763,15 +811,13 @@ fn refuse_self_forwarding(upstream: &UpstreamAddr, listen: &Path) -> Result<(), 
             _ => p.to_path_buf(),
         }
     };
-    let same_path = canonical(&upstream.path) == canonical(listen);
-    let same_file = match (std::fs::metadata(&upstream.path), std::fs::metadata(listen)) {
+    let same_path = canonical(path) == canonical(listen);
+    let same_file = match (std::fs::metadata(path), std::fs::metadata(listen)) {
         (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => false,
     };
     if same_path || same_file {
-        return Err(StartError::ForwardsToItself {
-            upstream: upstream.to_string(),
-        });
+        return refused();
     }
     Ok(())
 }
@@ -811,6 +857,7 @@ async fn warn_unless_daemon_answers(upstream: &Upstream) {
 /// shutting down.
 pub async fn run_gateway(
     listener: Listener,
+    tcp: Vec<(std::net::TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
     gateway: Arc<Gateway>,
     threads: usize,
     shutdown: impl Future<Output = ()>,
@@ -844,51 +891,90 @@ pub async fn run_gateway(
     }
 
     // One acceptor deals connections round-robin: a shared accept would let one worker win
-    // most of them and leave the other core idle.
+    // most of them and leave the other core idle. TCP listeners accept in tasks of their own on
+    // this thread and hand their connections to the same dealer.
     let accept = UnixListener::from_std(listener.std_listener().try_clone()?)?;
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<ClientConn>(64);
+    let mut tcp_tasks = Vec::new();
+    for (l, tls) in tcp {
+        let l = tokio::net::TcpListener::from_std(l)?;
+        let tx = tcp_tx.clone();
+        tcp_tasks.push(tokio::spawn(async move {
+            let mut failing = AcceptFailures::default();
+            loop {
+                match l.accept().await {
+                    Ok((stream, _)) => {
+                        failing.recovered();
+                        let _ = stream.set_nodelay(true);
+                        match stream.into_std() {
+                            Ok(s) => {
+                                if tx.send(ClientConn::Tcp(s, tls.clone())).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => warn!(error = %e, "cannot hand a connection over"),
+                        }
+                    }
+                    Err(e) => tokio::time::sleep(failing.failed(&e)).await,
+                }
+            }
+        }));
+    }
+    drop(tcp_tx);
     let mut next = 0;
     let mut checkup = tokio::time::interval(Duration::from_millis(250));
     let mut failing = AcceptFailures::default();
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let conn = tokio::select! {
             _ = &mut shutdown => break,
-            _ = checkup.tick() => health.checkup(&gateway),
-            accepted = accept.accept() => match accepted {
-                Ok((stream, _)) => {
+            _ = checkup.tick() => { health.checkup(&gateway); continue }
+            Some(conn) = tcp_rx.recv() => conn,
+            accepted = accept.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
+                Ok(stream) => {
                     failing.recovered();
-                    let open = gateway.open_connections.load(std::sync::atomic::Ordering::Relaxed);
-                    if open >= gateway.max_connections as u64 {
-                        tokio::spawn(refuse(stream, format!(
-                            "luastrip: {open} connections are open, the most it serves at once \
-                             (--max-connections); try again later"
-                        )));
-                        continue;
-                    }
-                    // The next worker that is not stuck; with all of them stuck, a clear 503.
-                    let n = workers.len();
-                    let pick = (0..n).map(|i| (next + i) % n).find(|&w| !health.stuck(w, &gateway));
-                    match (pick, stream.into_std()) {
-                        (Some(w), Ok(stream)) => {
-                            let _ = workers[w].send(stream);
-                            next = (w + 1) % n;
-                        }
-                        (None, Ok(stream)) => match UnixStream::from_std(stream) {
-                            Ok(stream) => {
-                                tokio::spawn(refuse(stream, "luastrip: every worker is stuck \
-                                    running a script past its budget; try again later".into()));
-                            }
-                            Err(e) => warn!(error = %e, "cannot answer a connection"),
-                        },
-                        (_, Err(e)) => warn!(error = %e, "cannot hand a connection over"),
-                    }
+                    ClientConn::Unix(stream)
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, log once a second.
                     tokio::time::sleep(failing.failed(&e)).await;
+                    continue;
                 }
+            },
+        };
+        let open = gateway
+            .open_connections
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if open >= gateway.max_connections as u64 {
+            tokio::spawn(conn.refuse(format!(
+                "luastrip: {open} connections are open, the most it serves at once \
+                 (--max-connections); try again later"
+            )));
+            continue;
+        }
+        // The next worker that is not stuck; with all of them stuck, a clear 503.
+        let n = workers.len();
+        match (0..n)
+            .map(|i| (next + i) % n)
+            .find(|&w| !health.stuck(w, &gateway))
+        {
+            Some(w) => {
+                let _ = workers[w].send(conn);
+                next = (w + 1) % n;
+            }
+            None => {
+                tokio::spawn(
+                    conn.refuse(
+                        "luastrip: every worker is stuck running a script past its budget; try \
+                     again later"
+                            .into(),
+                    ),
+                );
             }
         }
+    }
+    for t in tcp_tasks {
+        t.abort();
     }
     info!("shutting down: no new connections; finishing calls in flight");
     crate::socket::notify_systemd("STOPPING=1");
@@ -922,7 +1008,7 @@ pub async fn run_gateway(
 /// calls in flight up to [`SHUTDOWN_GRACE`].
 async fn worker(
     index: usize,
-    mut incoming: mpsc::UnboundedReceiver<std::os::unix::net::UnixStream>,
+    mut incoming: mpsc::UnboundedReceiver<ClientConn>,
     gateway: Arc<Gateway>,
     mut stop: watch::Receiver<bool>,
     health: Arc<Health>,
@@ -940,13 +1026,11 @@ async fn worker(
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            stream = incoming.recv() => match stream {
-                Some(stream) => match UnixStream::from_std(stream) {
-                    Ok(stream) => {
-                        tracker.spawn(connection(stream, worker.clone(), stop.clone()));
-                    }
-                    Err(e) => warn!(error = %e, "cannot register a client connection"),
-                },
+            conn = incoming.recv() => match conn {
+                Some(conn) => {
+                    let (worker, stop) = (worker.clone(), stop.clone());
+                    tracker.spawn(async move { conn.serve(worker, stop).await });
+                }
                 None => break,
             }
         }
@@ -1021,9 +1105,80 @@ impl Health {
     }
 }
 
+/// A client connection on its way from the acceptor to a worker.
+enum ClientConn {
+    Unix(std::os::unix::net::UnixStream),
+    /// With the listener's TLS, if it has one (the handshake runs on the worker).
+    Tcp(std::net::TcpStream, Option<tokio_rustls::TlsAcceptor>),
+}
+
+/// How long a TLS client has for its handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+impl ClientConn {
+    /// Serve the connection on this (the worker's) thread.
+    async fn serve(self, worker: Arc<Worker>, stop: watch::Receiver<bool>) {
+        match self {
+            ClientConn::Unix(s) => match UnixStream::from_std(s) {
+                Ok(s) => connection(s, worker, stop).await,
+                Err(e) => warn!(error = %e, "cannot register a client connection"),
+            },
+            ClientConn::Tcp(s, tls) => {
+                let s = match tokio::net::TcpStream::from_std(s) {
+                    Ok(s) => s,
+                    Err(e) => return warn!(error = %e, "cannot register a client connection"),
+                };
+                let Some(tls) = tls else {
+                    return connection(s, worker, stop).await;
+                };
+                // A handshake in progress counts as an open connection (--max-connections).
+                let handshake = {
+                    let gateway = worker.gateway.clone();
+                    let _open = Gauge::up(&gateway.open_connections);
+                    tokio::time::timeout(TLS_HANDSHAKE, tls.accept(s)).await
+                };
+                match handshake {
+                    Ok(Ok(s)) => connection(s, worker, stop).await,
+                    Ok(Err(e)) => info!(error = %e, "a TLS client was refused"),
+                    Err(_) => info!("a TLS client did not finish its handshake in time"),
+                }
+            }
+        }
+    }
+
+    /// Answer with a Docker JSON 503 (after the TLS handshake, on a TLS listener).
+    async fn refuse(self, message: String) {
+        match self {
+            ClientConn::Unix(s) => {
+                if let Ok(s) = UnixStream::from_std(s) {
+                    refuse(s, message).await
+                }
+            }
+            ClientConn::Tcp(s, tls) => {
+                let Ok(s) = tokio::net::TcpStream::from_std(s) else {
+                    return;
+                };
+                match tls {
+                    None => refuse(s, message).await,
+                    Some(tls) => {
+                        if let Ok(Ok(s)) =
+                            tokio::time::timeout(Duration::from_secs(1), tls.accept(s)).await
+                        {
+                            refuse(s, message).await
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Answer a connection the gateway cannot serve now with a Docker JSON 503 and close it (its
 /// request head is read first, within a second, so that the client sees the answer).
-async fn refuse(mut stream: UnixStream, message: String) {
+async fn refuse<S>(mut stream: S, message: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let mut head = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut head)).await;
@@ -1085,7 +1240,10 @@ impl Drop for Gauge<'_> {
 }
 
 /// One client connection: HTTP/1 calls until it closes, then possibly a hijack tunnel.
-async fn connection(stream: UnixStream, worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+async fn connection<S>(stream: S, worker: Arc<Worker>, mut stop: watch::Receiver<bool>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let gateway = worker.gateway.clone();
     let _open = Gauge::up(&gateway.open_connections);
     let tunnels = TunnelSlot::default();

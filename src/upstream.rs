@@ -1,70 +1,249 @@
-//! The Docker daemon side: pooled HTTP/1 connections to the daemon's Unix socket.
+//! The Docker daemon side: pooled HTTP/1 connections to the daemon, on its Unix socket or over
+//! TCP (with TLS, as the docker CLI's `DOCKER_HOST=tcp://…:2376` with `DOCKER_TLS_VERIFY`).
 //!
 //! hyper-util's pooled client does the bookkeeping a proxy gets wrong by hand: a connection goes
 //! back to the pool only once its response body is finished, a connection the daemon closed is
 //! dropped, and a `101` response hands its connection over to [`hyper::upgrade::on`] instead of
-//! the pool. This module only adds the Unix-socket connector and maps connection failures to
-//! [`Error::DaemonUnreachable`].
+//! the pool. This module only adds the connector ([`DaemonConnector`]) and maps connection
+//! failures to [`Error::DaemonUnreachable`].
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::body::Body;
 use crate::error::Error;
-use crate::outbound::{unix_authority, UnixConnector};
+use crate::outbound::CONNECT_TIMEOUT;
 
-/// Where the daemon listens, as given on the command line.
+/// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonAt {
+    Unix(PathBuf),
+    Tcp { host: String, port: u16 },
+}
+
+/// Where the daemon listens, as given on the command line, and the TLS to reach it with.
+#[derive(Debug, Clone)]
 pub struct UpstreamAddr {
-    /// The socket path.
-    pub path: PathBuf,
+    pub at: DaemonAt,
+    /// TLS for a TCP daemon (its certificate verified); `None`: plain.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl PartialEq for UpstreamAddr {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at && self.tls.is_some() == other.tls.is_some()
+    }
 }
 
 impl UpstreamAddr {
-    /// Parse `unix:///path` or a bare absolute path.
+    /// Parse `unix:///path`, a bare absolute path, or `tcp://HOST:PORT` (plain until
+    /// [`UpstreamAddr::with_tls`]).
     pub fn parse(addr: &str) -> Result<Self, String> {
+        if let Some(rest) = addr.strip_prefix("tcp://") {
+            let rest = rest.trim_end_matches('/');
+            let (host, port) = rest
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .ok_or_else(|| format!("{addr:?}: use tcp://HOST:PORT"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err(format!("{addr:?} has no host"));
+            }
+            return Ok(UpstreamAddr {
+                at: DaemonAt::Tcp {
+                    host: host.to_string(),
+                    port,
+                },
+                tls: None,
+            });
+        }
         let path = if let Some(p) = addr.strip_prefix("unix://") {
             p
         } else if addr.starts_with('/') {
             addr
         } else {
             return Err(format!(
-                "unsupported Docker daemon address {addr:?}: luastrip talks to the daemon over a \
-                 Unix socket; use unix:///path/to/docker.sock"
+                "unsupported Docker daemon address {addr:?}: use unix:///path/to/docker.sock or \
+                 tcp://HOST:PORT"
             ));
         };
         if !path.starts_with('/') {
             return Err(format!("the socket path in {addr:?} must be absolute"));
         }
-        Ok(UpstreamAddr { path: path.into() })
+        Ok(UpstreamAddr {
+            at: DaemonAt::Unix(path.into()),
+            tls: None,
+        })
+    }
+
+    /// The same daemon over TLS (TCP only).
+    pub fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The daemon's socket path, if it listens on one.
+    pub fn unix_path(&self) -> Option<&Path> {
+        match &self.at {
+            DaemonAt::Unix(p) => Some(p),
+            DaemonAt::Tcp { .. } => None,
+        }
+    }
+
+    /// Whether plain TCP to this daemon stays on this machine (loopback).
+    pub fn is_loopback(&self) -> bool {
+        match &self.at {
+            DaemonAt::Unix(_) => true,
+            DaemonAt::Tcp { host, .. } => {
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
     }
 }
 
 impl std::fmt::Display for UpstreamAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "unix://{}", self.path.display())
+        match &self.at {
+            DaemonAt::Unix(p) => write!(f, "unix://{}", p.display()),
+            DaemonAt::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp://[{host}]:{port}")
+            }
+            DaemonAt::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+        }
     }
 }
 
-/// A pooled client for the daemon socket. Cheap to clone.
+/// Connects to the one daemon of an [`UpstreamAddr`], whatever the URI says (its authority only
+/// keys the pool).
+#[derive(Clone)]
+pub struct DaemonConnector(Arc<UpstreamAddr>);
+
+impl tower_service::Service<Uri> for DaemonConnector {
+    type Response = TokioIo<DaemonStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let addr = self.0.clone();
+        Box::pin(async move {
+            let connect = async {
+                match &addr.at {
+                    DaemonAt::Unix(path) => UnixStream::connect(path).await.map(DaemonStream::Unix),
+                    DaemonAt::Tcp { host, port } => {
+                        let tcp = TcpStream::connect((host.as_str(), *port)).await?;
+                        let _ = tcp.set_nodelay(true);
+                        let Some(tls) = &addr.tls else {
+                            return Ok(DaemonStream::Tcp(tcp));
+                        };
+                        let name = rustls::pki_types::ServerName::try_from(host.clone())
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                        tokio_rustls::TlsConnector::from(tls.clone())
+                            .connect(name, tcp)
+                            .await
+                            .map(|s| DaemonStream::Tls(Box::new(s)))
+                    }
+                }
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                Ok(s) => Ok(TokioIo::new(s?)),
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            }
+        })
+    }
+}
+
+/// A connection to the daemon.
+pub enum DaemonStream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Connection for DaemonStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for DaemonStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            DaemonStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            DaemonStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            DaemonStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for DaemonStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            DaemonStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            DaemonStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            DaemonStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            DaemonStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            DaemonStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            DaemonStream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            DaemonStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            DaemonStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            DaemonStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A pooled client for the daemon. Cheap to clone.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<UnixConnector, Body>,
+    client: Client<DaemonConnector, Body>,
     addr: Arc<UpstreamAddr>,
-    /// `http://<socket path in hex>`: the URI authority the connector reads the path from.
+    /// The URI authority requests carry for the pooled client (never sent: the client's Host
+    /// header goes through).
     authority: Arc<str>,
 }
 
 impl Upstream {
     /// A client for the daemon at `addr`. Connections are opened lazily.
     pub fn new(addr: UpstreamAddr) -> Self {
-        let connector = UnixConnector;
+        let addr = Arc::new(addr);
+        let connector = DaemonConnector(addr.clone());
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             // Idle pooled connections only; an open stream is never timed out.
@@ -77,8 +256,8 @@ impl Upstream {
             .build(connector);
         Upstream {
             client,
-            authority: unix_authority(&addr.path).into(),
-            addr: Arc::new(addr),
+            authority: "http://docker".into(),
+            addr,
         }
     }
 
@@ -265,16 +444,34 @@ mod tests {
         assert_eq!(
             UpstreamAddr::parse("unix:///var/run/docker.sock")
                 .unwrap()
-                .path,
-            PathBuf::from("/var/run/docker.sock")
+                .unix_path(),
+            Some(Path::new("/var/run/docker.sock"))
         );
+        let tcp = UpstreamAddr::parse("tcp://127.0.0.1:2376").unwrap();
+        assert_eq!(
+            tcp.at,
+            DaemonAt::Tcp {
+                host: "127.0.0.1".into(),
+                port: 2376
+            }
+        );
+        assert!(tcp.is_loopback() && tcp.unix_path().is_none());
+        assert_eq!(tcp.to_string(), "tcp://127.0.0.1:2376");
+        assert!(!UpstreamAddr::parse("tcp://10.1.2.3:2376")
+            .unwrap()
+            .is_loopback());
+        assert_eq!(
+            UpstreamAddr::parse("tcp://[::1]:2375").unwrap().to_string(),
+            "tcp://[::1]:2375"
+        );
+        assert!(UpstreamAddr::parse("tcp://host").is_err());
         assert_eq!(
             UpstreamAddr::parse("/tmp/d.sock").unwrap().to_string(),
             "unix:///tmp/d.sock"
         );
-        assert!(UpstreamAddr::parse("tcp://127.0.0.1:2375")
+        assert!(UpstreamAddr::parse("http://127.0.0.1:2375")
             .unwrap_err()
-            .contains("Unix socket"));
+            .contains("tcp://HOST:PORT"));
         assert!(UpstreamAddr::parse("unix://rel.sock").is_err());
     }
 }

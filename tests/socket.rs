@@ -122,7 +122,16 @@ fn sigterm_and_sigint_remove_the_socket_and_exit_cleanly() {
 #[test]
 fn bad_flags_are_clear_errors() {
     for (flag, value, says) in [
-        ("--upstream", "tcp://127.0.0.1:2375", "Unix socket"),
+        (
+            "--upstream",
+            "http://127.0.0.1:2375",
+            "use unix:///path/to/docker.sock or tcp://",
+        ),
+        (
+            "--upstream",
+            "tcp://10.9.8.7:2375",
+            "plain TCP only to a daemon on loopback",
+        ),
         ("--socket-mode", "999", "octal"),
         ("--socket-group", "no-such-group-here", "no such group"),
         ("--listen", "relative.sock", "absolute"),

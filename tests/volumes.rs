@@ -549,14 +549,6 @@ fn the_volume_plugin_serves_dockerd_itself() {
 }
 
 /// A free loopback port (bound, then released for the gateway to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Two "hosts" on one machine: two pools, two gateways (h1, h2) in front of the shared dockerd,
 /// peers of each other, sharing one cluster store; each with the Flocker module and `script`.
 struct TwoHosts {
@@ -572,7 +564,7 @@ fn two_hosts(script: &str) -> TwoHosts {
     let token = dir.join("token");
     std::fs::write(&token, "a-token-of-thirty-two-characters\n").unwrap();
     let pools = [Pool::new(512), Pool::new(512)];
-    let ports = [free_port(), free_port()];
+    let ports = [support::free_port(), support::free_port()];
     let start = |i: usize| {
         let other = 1 - i;
         let listen = format!("127.0.0.1:{}", ports[i]);
@@ -904,7 +896,7 @@ fn the_two_host_example_runs() {
     support::ensure_zfs_fuse();
     let pid = std::process::id();
     let run = support::temp_dir("example-flocker");
-    let ports = format!("{} {}", free_port(), free_port());
+    let ports = format!("{} {}", support::free_port(), support::free_port());
     let out = output(
         Command::new("bash")
             .arg(concat!(

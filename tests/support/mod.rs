@@ -134,18 +134,23 @@ impl Daemon {
 
     /// Start a dockerd with everything under `dir`, and wait until it answers.
     pub fn start(dir: &Path) -> Daemon {
-        Daemon::start_in(dir, None)
+        Daemon::start_in(dir, None, &[])
+    }
+
+    /// The same with more dockerd flags (say, a TLS TCP listener besides its socket).
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_in(dir, None, extra)
     }
 
     /// The same, inside the network namespace `netns` if given (a second "host"), with
     /// [`IMAGE`] loaded.
     pub fn start_in_netns(dir: &Path, netns: &str) -> Daemon {
-        let d = Daemon::start_in(dir, Some(netns));
+        let d = Daemon::start_in(dir, Some(netns), &[]);
         d.import_busybox();
         d
     }
 
-    fn start_in(dir: &Path, netns: Option<&str>) -> Daemon {
+    fn start_in(dir: &Path, netns: Option<&str>, extra: &[&str]) -> Daemon {
         require_root();
         require_tool("dockerd", "docker.io");
         require_tool("docker", "docker.io");
@@ -166,6 +171,7 @@ impl Daemon {
             .arg("--bridge=none")
             .arg("--iptables=false")
             .arg("--ip-masq=false")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("dockerd.log")).unwrap())
             .stderr(std::fs::File::create(dir.join("dockerd.err")).unwrap());
@@ -1096,4 +1102,13 @@ impl Drop for Tmux {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// A TCP port on loopback that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
