@@ -207,6 +207,36 @@ impl Url {
             host: authority.into(),
         })
     }
+
+    /// The container an adapter URL names, and its port: a bare host name — no dot, not
+    /// `localhost`, not an address — as Powerstrip's `adapters.yml` named adapter containers
+    /// through Docker links (`http://weave/extension`).
+    pub fn container(&self) -> Option<(&str, u16)> {
+        let Target::Tcp { addr } = &self.target else {
+            return None;
+        };
+        let (host, port) = addr.rsplit_once(':')?;
+        let port = port.parse().ok()?;
+        let bare = !host.is_empty()
+            && host != "localhost"
+            && !host.contains(['.', ':', '['])
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && host.parse::<std::net::IpAddr>().is_err();
+        bare.then_some((host, port))
+    }
+
+    /// The same URL sent to `ip` instead (the `Host` header stays what the URL says).
+    pub fn at(&self, ip: std::net::IpAddr, port: u16) -> Url {
+        Url {
+            target: Target::Tcp {
+                addr: std::net::SocketAddr::new(ip, port).to_string(),
+            },
+            path: self.path.clone(),
+            host: self.host.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +274,39 @@ mod tests {
         assert_eq!(u.path, "/v1/hook");
         assert_eq!(Url::parse("unix:///run/a.sock").unwrap().path, "/");
         assert!(Url::parse("https://example.com/").is_err());
+        // Bare names are containers; addresses, localhost and DNS names are not.
+        assert_eq!(
+            Url::parse("http://weave/extension").unwrap().container(),
+            Some(("weave", 80))
+        );
+        assert_eq!(
+            Url::parse("http://my_adapter-2:9000/x")
+                .unwrap()
+                .container(),
+            Some(("my_adapter-2", 9000))
+        );
+        for not in [
+            "http://localhost:9000/",
+            "http://127.0.0.1:9000/",
+            "http://adapter.example:80/",
+            "http://[::1]:80/",
+            "unix:///run/a.sock:/x",
+        ] {
+            assert_eq!(Url::parse(not).unwrap().container(), None, "{not}");
+        }
+        let at = Url::parse("http://weave/extension")
+            .unwrap()
+            .at("10.2.1.5".parse().unwrap(), 80);
+        assert_eq!(
+            at.target,
+            Target::Tcp {
+                addr: "10.2.1.5:80".into()
+            }
+        );
+        assert_eq!(
+            (at.host.as_str(), at.path.as_str()),
+            ("weave", "/extension")
+        );
         assert!(Url::parse("unix://rel.sock:/x").is_err());
         assert_eq!(
             unhex(&hex("/run/a b.sock")).as_deref(),

@@ -399,3 +399,126 @@ fn the_python_example_adapter_labels_containers() {
     assert_eq!(label.trim(), "label_adapter.py");
     run_ok(gw.docker().args(["rm", &id]));
 }
+
+/// Removes containers, a network and an image when dropped, so that a failing test leaves
+/// nothing behind on the shared daemon.
+struct DaemonLeftovers {
+    containers: Vec<String>,
+    /// Containers with this label (`KEY=VALUE`) go too.
+    label: String,
+    network: String,
+    image: String,
+}
+
+impl Drop for DaemonLeftovers {
+    fn drop(&mut self) {
+        let d = Daemon::shared();
+        let labelled = support::output(d.docker().args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={}", self.label),
+        ]));
+        let labelled = String::from_utf8_lossy(&labelled.stdout).into_owned();
+        for c in self
+            .containers
+            .iter()
+            .map(String::as_str)
+            .chain(labelled.split_whitespace())
+        {
+            let _ = support::output(d.docker().args(["rm", "-f", c]));
+        }
+        let _ = support::output(d.docker().args(["network", "rm", &self.network]));
+        let _ = support::output(d.docker().args(["rmi", "-f", &self.image]));
+    }
+}
+
+/// Powerstrip's adapters ran as containers, named by host name in adapters.yml. The example
+/// adapter (examples/powerstrip/container: the busybox image plus a static CGI script) runs as
+/// a container on a Docker network; adapters.yml names it; luastrip finds it through the daemon
+/// before each call, also after it restarts, and a stopped or unknown container is an error
+/// naming it.
+#[test]
+fn an_adapter_runs_as_a_container_named_in_adapters_yml() {
+    let d = Daemon::shared();
+    let pid = std::process::id();
+    let name = format!("lsadapter-{pid}");
+    let left = DaemonLeftovers {
+        containers: vec![name.clone()],
+        // What the adapter labels the creates with.
+        label: "example.adapter=container".into(),
+        network: format!("lsadapter-net-{pid}"),
+        image: format!("luastrip-test/adapter:{pid}"),
+    };
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/powerstrip/container");
+    run_ok(d.docker().args([
+        "build",
+        "-q",
+        "--build-arg",
+        &format!("BASE={IMAGE}"),
+        "-t",
+        &left.image,
+        example,
+    ]));
+    run_ok(d.docker().args(["network", "create", &left.network]));
+    run_ok(d.docker().args([
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        &left.network,
+        &left.image,
+    ]));
+    let (gw, _) = with_config(
+        &d.socket,
+        &format!(
+            "version: 1\nendpoints:\n  \"POST /*/containers/create\":\n    pre: [labeller]\n\
+             adapters:\n  labeller: http://{name}/cgi-bin/adapter\n"
+        ),
+    );
+    let create = |gw: &Gateway| support::output(gw.docker().args(["create", IMAGE, "true"]));
+    let labelled = |out: &std::process::Output| {
+        assert!(out.status.success(), "{out:?}\n{}", gw.log_text());
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        run_ok(d.docker().args([
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"example.adapter\"}}",
+            &id,
+        ]))
+    };
+    support::wait_until("httpd in the adapter", Duration::from_secs(10), || {
+        create(&gw).status.success()
+    });
+    assert_eq!(labelled(&create(&gw)).trim(), "container");
+    // Stopped: the create fails closed, naming the container.
+    run_ok(d.docker().args(["stop", "-t", "1", &name]));
+    let out = create(&gw);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the adapter container {name} is not running")),
+        "{err}"
+    );
+    // Started again (with whatever address it gets now): found again.
+    run_ok(d.docker().args(["start", &name]));
+    support::wait_until("the restarted adapter", Duration::from_secs(10), || {
+        create(&gw).status.success()
+    });
+    assert_eq!(labelled(&create(&gw)).trim(), "container");
+    // A name no container has: a clear error.
+    let gw2 = Gateway::with_script(
+        &format!(
+            "route.pre(\"POST /containers/create\", powerstrip.adapter(\"http://nosuch-{pid}/x\"))"
+        ),
+        &[],
+    );
+    let out = create(&gw2);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("no container named nosuch-{pid}")),
+        "{err}"
+    );
+}

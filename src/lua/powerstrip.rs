@@ -27,6 +27,17 @@ use crate::route::{query, NormalPath};
 pub fn register(lua: &Lua, services: &Services) -> Result<()> {
     let body_limit = services.limits.body;
     let client = Outbound::new();
+    // Adapter containers are looked up through the daemon (this VM's own pool).
+    let containers = services
+        .upstream
+        .clone()
+        .map(|addr| crate::powerstrip::Containers {
+            daemon: crate::upstream::Upstream::new(addr),
+            overlay_network: services
+                .overlay
+                .as_ref()
+                .map(|o| o.settings.network.clone()),
+        });
     let t = lua.create_table()?;
     t.set(
         "adapter",
@@ -35,13 +46,14 @@ pub fn register(lua: &Lua, services: &Services) -> Result<()> {
                 Some(o) => o.get::<Option<f64>>("timeout")?.unwrap_or(10.0),
                 None => 10.0,
             };
-            let adapter = Adapter::new(
+            let mut adapter = Adapter::new(
                 &url,
                 client.clone(),
                 Duration::from_secs_f64(timeout.max(0.001)),
                 body_limit,
             )
             .map_err(|e| mlua::Error::runtime(format!("powerstrip.adapter: {e}")))?;
+            adapter.containers = containers.clone();
             let adapter = Arc::new(adapter);
             lua.create_async_function(move |lua, (req, res): (Table, Option<Table>)| {
                 let adapter = adapter.clone();

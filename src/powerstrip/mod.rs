@@ -10,6 +10,13 @@
 //! version — is an error naming the adapter and the reason within the timeout, so the call fails
 //! closed instead of hanging the client. Scripts use adapters through `powerstrip.adapter(url)`
 //! (see `lua::powerstrip`).
+//!
+//! Adapters ran as containers, and `adapters.yml` named them by host name through Docker links
+//! (`weave: http://weave/extension`). A URL whose host is a bare name (no dot, not `localhost`,
+//! not an address) names a container: before each call it is looked up through the daemon
+//! ([`Containers`]) and reached at its overlay address, else at its address on a Docker network
+//! — so a restarted container (a new address) is found again. An unknown or stopped container is
+//! an error naming it.
 
 pub mod config;
 
@@ -22,6 +29,70 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::body::full;
 use crate::outbound::{Outbound, Url};
+use crate::upstream::Upstream;
+
+/// How adapter containers are found: through the daemon, preferring the overlay network.
+#[derive(Clone)]
+pub struct Containers {
+    pub daemon: Upstream,
+    /// The overlay helper's network name (`--overlay-network`): its networks (that name, and
+    /// `NAME-10.2.1.0-24`) come first.
+    pub overlay_network: Option<String>,
+}
+
+impl Containers {
+    /// Where container `name` listens now.
+    pub async fn address(&self, name: &str) -> Result<std::net::IpAddr, String> {
+        let c = self
+            .daemon
+            .get_json_found(&format!("/containers/{name}/json"))
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot look up the adapter container {name}: {}",
+                    e.detail()
+                )
+            })?
+            .ok_or_else(|| {
+                format!(
+                    "no container named {name} (the bare host of an adapter URL names a \
+                     container; use an address, or a DNS name with a dot, for another host)"
+                )
+            })?;
+        if c["State"]["Running"] != true {
+            return Err(format!(
+                "the adapter container {name} is not running ({})",
+                c["State"]["Status"].as_str().unwrap_or("stopped")
+            ));
+        }
+        if c["HostConfig"]["NetworkMode"] == "host" {
+            return Ok(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let networks = c["NetworkSettings"]["Networks"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(net, n)| {
+                let ip = n["IPAddress"].as_str()?.parse::<std::net::IpAddr>().ok()?;
+                Some((net.as_str(), ip))
+            });
+        let overlay = |net: &str| {
+            self.overlay_network.as_deref().is_some_and(|o| {
+                net == o || net.strip_prefix(o).is_some_and(|r| r.starts_with('-'))
+            })
+        };
+        let (mut first, mut on_overlay) = (None, None);
+        for (net, ip) in networks {
+            if overlay(net) && on_overlay.is_none() {
+                on_overlay = Some(ip);
+            }
+            first.get_or_insert(ip);
+        }
+        on_overlay.or(first).ok_or_else(|| {
+            format!("the adapter container {name} has no address on a network luastrip can reach")
+        })
+    }
+}
 
 /// The client's request as adapters see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +150,8 @@ pub struct Adapter {
     pub timeout: Duration,
     /// Largest answer accepted.
     pub body_limit: usize,
+    /// How a URL that names a container is resolved; without it, its host is a DNS name.
+    pub containers: Option<Containers>,
 }
 
 impl Adapter {
@@ -95,6 +168,7 @@ impl Adapter {
             client,
             timeout,
             body_limit,
+            containers: None,
         })
     }
 
@@ -152,7 +226,15 @@ impl Adapter {
         );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let exchange = async {
-            let res = self.client.send(&self.parsed, req, self.timeout).await?;
+            let at;
+            let target = match (self.parsed.container(), &self.containers) {
+                (Some((name, port)), Some(containers)) => {
+                    at = self.parsed.at(containers.address(name).await?, port);
+                    &at
+                }
+                _ => &self.parsed,
+            };
+            let res = self.client.send(target, req, self.timeout).await?;
             let status = res.status();
             let bytes = Limited::new(res.into_body(), self.body_limit)
                 .collect()
