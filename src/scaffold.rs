@@ -60,8 +60,8 @@ t.case("a create passes through unchanged", function()
   }
   t.eq(res.status, 201)
   t.eq(res.json.Id, "0123456789ab")
-  t.ok(res.forwarded, "the call reached the daemon")
-  t.eq(res.forwarded.json.Image, "busybox")
+  local forwarded = assert(res.forwarded, "the call did not reach the daemon")
+  t.eq(forwarded.json.Image, "busybox")
 end)
 "#;
 

@@ -32,6 +32,13 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# EmmyLua's checker, for the type-stub test (tests/stubs.rs): lua-language-server is in no
+# registry this project reaches. Built once (a few minutes), then kept in cargo's bin directory.
+if ! command -v emmylua_check >/dev/null 2>&1; then
+    echo "tools/test.sh: installing emmylua_check (cargo install)" >&2
+    cargo install --quiet --locked emmylua_check --version 0.25.1
+fi
+
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 # The binary as users build it (cargo build, cargo install): without the features dev-dependencies

@@ -69,10 +69,11 @@ local function volume_for(source)
       return nil, ("luastrip.flocker: volume %s is owned by %s and could not be moved here: %s")
         :format(v.name, tostring(v.owner), tostring(why):match("^[^\n]*"))
     end
-    v = zfs.volume(v.name)
-    if not v.owned then
-      return nil, ("luastrip.flocker: volume %s is still owned by %s"):format(v.name, tostring(v.owner))
+    local moved = zfs.volume(v.name)
+    if not moved.owned then
+      return nil, ("luastrip.flocker: volume %s is still owned by %s"):format(moved.name, tostring(moved.owner))
     end
+    v = moved
   end
   return v
 end

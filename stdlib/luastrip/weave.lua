@@ -108,19 +108,19 @@ function weave.rewrite(spec)
   local got, networks = {}, {}
   for _, e in ipairs(entries) do
     local ok, err, a = pcall(overlay.allocate, owner, e ~= "" and e or nil)
-    if not ok then a = err end
-    if ok and networks[a.network] then
-      ok, a = false, ("%s and %s are both on network %s: one address per subnet (each entry is one interface)")
+    if ok and a and networks[a.network] then
+      ok, err = false, ("%s and %s are both on network %s: one address per subnet (each entry is one interface)")
         :format(networks[a.network], a.address, a.network)
     end
-    if not ok then
+    if not ok or not a then
       pcall(overlay.release, owner)
-      return nil, ("%s=%s: %s"):format(weave.env, value or "", tostring(a):match("^[^\n]*"))
+      return nil, ("%s=%s: %s"):format(weave.env, value or "", tostring(err):match("^[^\n]*"))
     end
     networks[a.network] = a.address
     got[#got + 1] = a
   end
   local first = got[1]
+  if not first then return false end
   spec.HostConfig = type(spec.HostConfig) == "table" and spec.HostConfig or json.object()
   spec.HostConfig.NetworkMode = first.network
   spec.NetworkingConfig = {
