@@ -320,3 +320,40 @@ fn adapter_hooks(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every function of every luastrip namespace a script can reach has its LuaLS stub, so
+    /// an editor completes and checks all of it (a new API function without a stub fails here).
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_namespace_function_has_a_stub() {
+        let stubs = include_str!("../../stdlib/types/luastrip.lua");
+        let engine = Engine::load(None, 1, Services::default()).unwrap();
+        let (names, _) = engine
+            .eval(
+                "local out = {}
+                 for _, ns in ipairs({'route', 'json', 'log', 'store', 'docker', 'http',
+                                      'powerstrip', 'zfs', 'overlay'}) do
+                   for k, v in pairs(_G[ns]) do
+                     if type(v) == 'function' then out[#out + 1] = ns .. '.' .. k end
+                   end
+                 end
+                 table.sort(out)
+                 return out",
+            )
+            .await
+            .unwrap();
+        let names: Vec<String> = serde_json::from_value(names).unwrap();
+        assert!(names.len() > 30, "{names:?}");
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                !stubs.contains(&format!("function {n}("))
+                    && !stubs.contains(&format!("{n} = "))
+            })
+            .collect();
+        assert!(missing.is_empty(), "no stub in stdlib/types/luastrip.lua for {missing:?}");
+    }
+}
