@@ -368,6 +368,16 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Check { .. } | Command::Init { .. } | Command::Test { .. }
+    ) {
+        // A report piped into `head` ends quietly, as other command-line tools do (Rust ignores
+        // SIGPIPE, which would make every print after the reader left a panic). The server
+        // keeps ignoring it: a client that goes away must not stop the gateway.
+        // SAFETY: restoring a signal's default disposition, before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // With the REPL on the same terminal, per-call log lines would bury the prompt.
     let default_level = match &cli.command {
         Command::Serve(a) if a.repl => "warn",

@@ -350,10 +350,12 @@ mod tests {
         let missing: Vec<&String> = names
             .iter()
             .filter(|n| {
-                !stubs.contains(&format!("function {n}("))
-                    && !stubs.contains(&format!("{n} = "))
+                !stubs.contains(&format!("function {n}(")) && !stubs.contains(&format!("{n} = "))
             })
             .collect();
-        assert!(missing.is_empty(), "no stub in stdlib/types/luastrip.lua for {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "no stub in stdlib/types/luastrip.lua for {missing:?}"
+        );
     }
 }
