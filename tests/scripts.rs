@@ -1004,3 +1004,25 @@ fn on_die_example_notes_failed_containers_started_anywhere() {
     });
     assert!(gw.log_text().contains(&format!("{name} exited with 3")));
 }
+
+/// `luastrip check … | head` ends quietly when the reader leaves, as command-line tools do.
+#[test]
+fn check_piped_into_head_ends_quietly() {
+    let dir = support::temp_dir("checkpipe");
+    let script = dir.join("many.lua");
+    let routes: String = (0..3000)
+        .map(|i| format!("route.pre(\"GET /luastrip/route-number-{i}\", function() end)\n"))
+        .collect();
+    std::fs::write(&script, routes).unwrap();
+    let out = support::output(Command::new("sh").arg("-c").arg(format!(
+        "{} check {} | head -1",
+        env!("CARGO_BIN_EXE_luastrip"),
+        script.display()
+    )));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 3000 routes"));
+}
