@@ -55,6 +55,11 @@ fn default_mode_is_0660() {
     let gw = Gateway::start_with(&nowhere(), &[]);
     let meta = std::fs::metadata(&gw.socket).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    // Its log goes to a file here, not a terminal: no colour codes in it.
+    support::wait_until("a log line", std::time::Duration::from_secs(5), || {
+        gw.log_text().contains("luastrip is serving")
+    });
+    assert!(!gw.log_text().contains('\x1b'), "{:?}", gw.log_text());
 }
 
 #[test]
