@@ -65,30 +65,7 @@ impl Containers {
                 c["State"]["Status"].as_str().unwrap_or("stopped")
             ));
         }
-        if c["HostConfig"]["NetworkMode"] == "host" {
-            return Ok(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        let networks = c["NetworkSettings"]["Networks"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(net, n)| {
-                let ip = n["IPAddress"].as_str()?.parse::<std::net::IpAddr>().ok()?;
-                Some((net.as_str(), ip))
-            });
-        let overlay = |net: &str| {
-            self.overlay_network.as_deref().is_some_and(|o| {
-                net == o || net.strip_prefix(o).is_some_and(|r| r.starts_with('-'))
-            })
-        };
-        let (mut first, mut on_overlay) = (None, None);
-        for (net, ip) in networks {
-            if overlay(net) && on_overlay.is_none() {
-                on_overlay = Some(ip);
-            }
-            first.get_or_insert(ip);
-        }
-        on_overlay.or(first).ok_or_else(|| {
+        pick_address(&c, self.overlay_network.as_deref()).ok_or_else(|| {
             format!("the adapter container {name} has no address on a network luastrip can reach")
         })
     }
@@ -254,6 +231,29 @@ impl Adapter {
     }
 }
 
+/// Where a running container (its `docker inspect`) is reached: loopback with the host's
+/// network; else its address on the overlay (networks named `overlay`, or `overlay-…`); else
+/// its address on the first network (by name) that gave it one.
+fn pick_address(c: &serde_json::Value, overlay: Option<&str>) -> Option<std::net::IpAddr> {
+    if c["HostConfig"]["NetworkMode"] == "host" {
+        return Some(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let on_overlay = |net: &str| {
+        overlay.is_some_and(|o| net == o || net.strip_prefix(o).is_some_and(|r| r.starts_with('-')))
+    };
+    let networks: Vec<(&str, std::net::IpAddr)> = c["NetworkSettings"]["Networks"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(net, n)| Some((net.as_str(), n["IPAddress"].as_str()?.parse().ok()?)))
+        .collect();
+    networks
+        .iter()
+        .find(|(net, _)| on_overlay(net))
+        .or(networks.first())
+        .map(|(_, ip)| *ip)
+}
+
 fn check_version(v: Option<u32>) -> Result<(), String> {
     match v {
         Some(1) => Ok(()),
@@ -265,6 +265,28 @@ fn check_version(v: Option<u32>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adapter_containers_are_reached_on_the_overlay_first() {
+        let c = serde_json::json!({
+            "HostConfig": {"NetworkMode": "adapters"},
+            "NetworkSettings": {"Networks": {
+                "adapters": {"IPAddress": "172.20.0.2"},
+                "bridge": {"IPAddress": ""},
+                "luastrip-10.2.1.0-24": {"IPAddress": "10.2.1.7"},
+                "luastripper": {"IPAddress": "10.9.9.9"}
+            }}
+        });
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(pick_address(&c, Some("luastrip")), ip("10.2.1.7"));
+        // Without the overlay helper, the first network (by name) with an address.
+        assert_eq!(pick_address(&c, None), ip("172.20.0.2"));
+        let host = serde_json::json!({"HostConfig": {"NetworkMode": "host"}});
+        assert_eq!(pick_address(&host, Some("luastrip")), ip("127.0.0.1"));
+        let none = serde_json::json!({"HostConfig": {"NetworkMode": "none"},
+                                      "NetworkSettings": {"Networks": {"none": {"IPAddress": ""}}}});
+        assert_eq!(pick_address(&none, None), None);
+    }
 
     #[test]
     fn wire_format_uses_powerstrip_names() {
