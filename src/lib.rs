@@ -21,6 +21,8 @@
 //! * [`tls`] — rustls configurations from PEM files, for TCP listeners (`--listen tcp://…`) and
 //!   a daemon reached over TCP.
 //! * [`body`] — the body type every layer passes around.
+//! * [`stream`] — the byte stream of every connection, accepted or to the daemon: Unix, TCP or
+//!   TLS.
 //! * [`events`] — following the daemon's `/events` (reopened with `since=` after a break) for the
 //!   background services that must see what happens on the daemon directly, and dockerd's event
 //!   filters.
@@ -86,6 +88,7 @@ pub mod route;
 pub mod scaffold;
 pub mod serve;
 pub mod socket;
+pub mod stream;
 pub mod testing;
 pub mod tls;
 pub mod upstream;

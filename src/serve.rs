@@ -42,6 +42,7 @@ use crate::control::{self, intercept::Intercept, Control};
 use crate::hijack::{self, TunnelSlot};
 use crate::lua::{store::Store, Engine, Limits, Services};
 use crate::socket::{bind, BindError, ListenOptions, Listener};
+use crate::stream::Stream;
 use crate::upstream::{Upstream, UpstreamAddr};
 
 /// How long in-flight calls (and open streams) may run on after shutdown is asked for.
@@ -1029,7 +1030,16 @@ async fn worker(
             conn = incoming.recv() => match conn {
                 Some(conn) => {
                     let (worker, stop) = (worker.clone(), stop.clone());
-                    tracker.spawn(async move { conn.serve(worker, stop).await });
+                    tracker.spawn(async move {
+                        // A TLS handshake in progress counts as an open connection.
+                        let stream = {
+                            let _open = Gauge::up(&worker.gateway.open_connections);
+                            conn.open(TLS_HANDSHAKE).await
+                        };
+                        if let Some(stream) = stream {
+                            connection(stream, worker, stop).await
+                        }
+                    });
                 }
                 None => break,
             }
@@ -1116,69 +1126,45 @@ enum ClientConn {
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 impl ClientConn {
-    /// Serve the connection on this (the worker's) thread.
-    async fn serve(self, worker: Arc<Worker>, stop: watch::Receiver<bool>) {
-        match self {
-            ClientConn::Unix(s) => match UnixStream::from_std(s) {
-                Ok(s) => connection(s, worker, stop).await,
-                Err(e) => warn!(error = %e, "cannot register a client connection"),
-            },
-            ClientConn::Tcp(s, tls) => {
-                let s = match tokio::net::TcpStream::from_std(s) {
-                    Ok(s) => s,
-                    Err(e) => return warn!(error = %e, "cannot register a client connection"),
-                };
-                let Some(tls) = tls else {
-                    return connection(s, worker, stop).await;
-                };
-                // A handshake in progress counts as an open connection (--max-connections).
-                let handshake = {
-                    let gateway = worker.gateway.clone();
-                    let _open = Gauge::up(&gateway.open_connections);
-                    tokio::time::timeout(TLS_HANDSHAKE, tls.accept(s)).await
-                };
-                match handshake {
-                    Ok(Ok(s)) => connection(s, worker, stop).await,
-                    Ok(Err(e)) => info!(error = %e, "a TLS client was refused"),
-                    Err(_) => info!("a TLS client did not finish its handshake in time"),
+    /// The connection as a stream, after its TLS handshake (within `limit`) on a TLS listener;
+    /// `None`, logged, when it cannot be had.
+    async fn open(self, limit: Duration) -> Option<Stream> {
+        let opened = match self {
+            ClientConn::Unix(s) => UnixStream::from_std(s).map(Stream::Unix),
+            ClientConn::Tcp(s, None) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
+            ClientConn::Tcp(s, Some(tls)) => match tokio::net::TcpStream::from_std(s) {
+                Ok(s) => {
+                    return match tokio::time::timeout(limit, tls.accept(s)).await {
+                        Ok(Ok(s)) => Some(Stream::Tls(Box::new(s.into()))),
+                        Ok(Err(e)) => {
+                            info!(error = %e, "a TLS client was refused");
+                            None
+                        }
+                        Err(_) => {
+                            info!("a TLS client did not finish its handshake in time");
+                            None
+                        }
+                    }
                 }
-            }
-        }
+                Err(e) => Err(e),
+            },
+        };
+        opened
+            .map_err(|e| warn!(error = %e, "cannot register a client connection"))
+            .ok()
     }
 
     /// Answer with a Docker JSON 503 (after the TLS handshake, on a TLS listener).
     async fn refuse(self, message: String) {
-        match self {
-            ClientConn::Unix(s) => {
-                if let Ok(s) = UnixStream::from_std(s) {
-                    refuse(s, message).await
-                }
-            }
-            ClientConn::Tcp(s, tls) => {
-                let Ok(s) = tokio::net::TcpStream::from_std(s) else {
-                    return;
-                };
-                match tls {
-                    None => refuse(s, message).await,
-                    Some(tls) => {
-                        if let Ok(Ok(s)) =
-                            tokio::time::timeout(Duration::from_secs(1), tls.accept(s)).await
-                        {
-                            refuse(s, message).await
-                        }
-                    }
-                }
-            }
+        if let Some(s) = self.open(Duration::from_secs(1)).await {
+            refuse(s, message).await
         }
     }
 }
 
 /// Answer a connection the gateway cannot serve now with a Docker JSON 503 and close it (its
 /// request head is read first, within a second, so that the client sees the answer).
-async fn refuse<S>(mut stream: S, message: String)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+async fn refuse(mut stream: Stream, message: String) {
     use tokio::io::AsyncReadExt;
     let mut head = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut head)).await;
@@ -1240,10 +1226,7 @@ impl Drop for Gauge<'_> {
 }
 
 /// One client connection: HTTP/1 calls until it closes, then possibly a hijack tunnel.
-async fn connection<S>(stream: S, worker: Arc<Worker>, mut stop: watch::Receiver<bool>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+async fn connection(stream: Stream, worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     let gateway = worker.gateway.clone();
     let _open = Gauge::up(&gateway.open_connections);
     let tunnels = TunnelSlot::default();

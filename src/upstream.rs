@@ -17,15 +17,14 @@ use std::time::Duration;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::body::Body;
 use crate::error::Error;
 use crate::outbound::CONNECT_TIMEOUT;
+use crate::stream::Stream;
 
 /// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +134,7 @@ impl std::fmt::Display for UpstreamAddr {
 pub struct DaemonConnector(Arc<UpstreamAddr>);
 
 impl tower_service::Service<Uri> for DaemonConnector {
-    type Response = TokioIo<DaemonStream>;
+    type Response = TokioIo<Stream>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -148,19 +147,19 @@ impl tower_service::Service<Uri> for DaemonConnector {
         Box::pin(async move {
             let connect = async {
                 match &addr.at {
-                    DaemonAt::Unix(path) => UnixStream::connect(path).await.map(DaemonStream::Unix),
+                    DaemonAt::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
                     DaemonAt::Tcp { host, port } => {
                         let tcp = TcpStream::connect((host.as_str(), *port)).await?;
                         let _ = tcp.set_nodelay(true);
                         let Some(tls) = &addr.tls else {
-                            return Ok(DaemonStream::Tcp(tcp));
+                            return Ok(Stream::Tcp(tcp));
                         };
                         let name = rustls::pki_types::ServerName::try_from(host.clone())
                             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                         tokio_rustls::TlsConnector::from(tls.clone())
                             .connect(name, tcp)
                             .await
-                            .map(|s| DaemonStream::Tls(Box::new(s)))
+                            .map(|s| Stream::Tls(Box::new(s.into())))
                     }
                 }
             };
@@ -169,63 +168,6 @@ impl tower_service::Service<Uri> for DaemonConnector {
                 Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
             }
         })
-    }
-}
-
-/// A connection to the daemon.
-pub enum DaemonStream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Connection for DaemonStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl AsyncRead for DaemonStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            DaemonStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            DaemonStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            DaemonStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for DaemonStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            DaemonStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            DaemonStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            DaemonStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            DaemonStream::Unix(s) => Pin::new(s).poll_flush(cx),
-            DaemonStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            DaemonStream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            DaemonStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            DaemonStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            DaemonStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
     }
 }
 
