@@ -83,10 +83,11 @@ describe the whole Lua API, the bundled modules (`luastrip.policy`, `luastrip.fl
 "#;
 
 /// Write the scaffold into `dir` (made if missing). Refuses, before writing anything, if one of
-/// the files exists. Returns the files written.
+/// the files exists (a symbolic link too, even one that points nowhere); each file is created
+/// new (`O_EXCL`), so nothing is ever written through a link. Returns the files written.
 pub fn init(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let targets: Vec<PathBuf> = FILES.iter().map(|(name, _)| dir.join(name)).collect();
-    if let Some(there) = targets.iter().find(|p| p.exists()) {
+    if let Some(there) = targets.iter().find(|p| p.symlink_metadata().is_ok()) {
         return Err(format!(
             "{} exists; init writes only into a new or empty scripts directory and never \
              overwrites",
@@ -98,7 +99,13 @@ pub fn init(dir: &Path) -> Result<Vec<PathBuf>, String> {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot make {}: {e}", parent.display()))?;
         }
-        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(targets)
 }

@@ -248,4 +248,13 @@ fn init_makes_a_scripts_directory_that_checks_and_tests() {
         std::fs::read_to_string(dir.join("default.lua")).unwrap(),
         "-- mine\n"
     );
+    // A link where a file would go — even one that points nowhere — is refused, and nothing is
+    // written through it.
+    let other = support::temp_dir("init-link");
+    let victim = other.join("victim");
+    std::os::unix::fs::symlink(&victim, other.join("README.md")).unwrap();
+    let out = luastrip(&["init", other.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("README.md exists"));
+    assert!(!victim.exists());
 }

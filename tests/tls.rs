@@ -182,6 +182,11 @@ fn a_tls_listener_serves_the_docker_cli_and_refuses_clients_without_a_certificat
         String::from_utf8_lossy(&out.stderr).contains("certificate required"),
         "{out:?}"
     );
+    // A certificate from another CA is refused too.
+    let rogue = support::temp_dir("rogue");
+    certificates(&rogue);
+    let out = output(docker_tls(&tcp, Some(&rogue)).arg("version"));
+    assert!(!out.status.success(), "{out:?}");
     // Plain HTTP to the TLS port gets nothing served.
     let out = output(docker_tls(&tcp, None).arg("version"));
     assert!(!out.status.success());
