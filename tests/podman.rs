@@ -66,6 +66,19 @@ impl Drop for Podman {
         let _ = output(Podman::command(&self.dir).args(["rm", "-af", "-t", "0"]));
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // conmon keeps an exec session's monitor for 5 minutes after it ends (--exit-delay):
+        // end every process that still works in this Podman's directories.
+        let ours = self.dir.to_string_lossy().into_owned();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&ours) {
+                // SAFETY: plain kill(2) of a process this test's Podman started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 
