@@ -602,9 +602,10 @@ fn upstream_tls(args: &ServeArgs, upstream: UpstreamAddr) -> Result<UpstreamAddr
             .then(|| env("HOME").map(|h| PathBuf::from(h).join(".docker")))
             .flatten()
     });
-    let wanted = flags != luastrip::tls::TlsFiles::default() || cert_path.is_some();
+    let flagged = flags != luastrip::tls::TlsFiles::default();
+    let wanted = flagged || cert_path.is_some();
     if upstream.unix_path().is_some() {
-        if flags != luastrip::tls::TlsFiles::default() {
+        if flagged {
             return Err("--upstream-tls-* are for --upstream tcp://…".into());
         }
         return Ok(upstream);

@@ -892,56 +892,30 @@ pub async fn run_gateway(
     }
 
     // One acceptor deals connections round-robin: a shared accept would let one worker win
-    // most of them and leave the other core idle. TCP listeners accept in tasks of their own on
-    // this thread and hand their connections to the same dealer.
-    let accept = UnixListener::from_std(listener.std_listener().try_clone()?)?;
-    let (tcp_tx, mut tcp_rx) = mpsc::channel::<ClientConn>(64);
-    let mut tcp_tasks = Vec::new();
+    // most of them and leave the other core idle. Each listener (the Unix socket, each TCP
+    // address) accepts in a task of its own on this thread and hands its connections to it.
+    let (accepted_tx, mut accepted) = mpsc::channel::<ClientConn>(64);
+    let mut accepting = vec![accept_into(
+        UnixListener::from_std(listener.std_listener().try_clone()?)?,
+        accepted_tx.clone(),
+        |s| s.into_std().map(ClientConn::Unix),
+    )];
     for (l, tls) in tcp {
-        let l = tokio::net::TcpListener::from_std(l)?;
-        let tx = tcp_tx.clone();
-        tcp_tasks.push(tokio::spawn(async move {
-            let mut failing = AcceptFailures::default();
-            loop {
-                match l.accept().await {
-                    Ok((stream, _)) => {
-                        failing.recovered();
-                        let _ = stream.set_nodelay(true);
-                        match stream.into_std() {
-                            Ok(s) => {
-                                if tx.send(ClientConn::Tcp(s, tls.clone())).await.is_err() {
-                                    break;
-                                }
-                            }
-                            Err(e) => warn!(error = %e, "cannot hand a connection over"),
-                        }
-                    }
-                    Err(e) => tokio::time::sleep(failing.failed(&e)).await,
-                }
-            }
-        }));
+        accepting.push(accept_into(
+            tokio::net::TcpListener::from_std(l)?,
+            accepted_tx.clone(),
+            move |s| s.into_std().map(|s| ClientConn::Tcp(s, tls.clone())),
+        ));
     }
-    drop(tcp_tx);
+    drop(accepted_tx);
     let mut next = 0;
     let mut checkup = tokio::time::interval(Duration::from_millis(250));
-    let mut failing = AcceptFailures::default();
     tokio::pin!(shutdown);
     loop {
         let conn = tokio::select! {
             _ = &mut shutdown => break,
             _ = checkup.tick() => { health.checkup(&gateway); continue }
-            Some(conn) = tcp_rx.recv() => conn,
-            accepted = accept.accept() => match accepted.and_then(|(s, _)| s.into_std()) {
-                Ok(stream) => {
-                    failing.recovered();
-                    ClientConn::Unix(stream)
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, log once a second.
-                    tokio::time::sleep(failing.failed(&e)).await;
-                    continue;
-                }
-            },
+            Some(conn) = accepted.recv() => conn,
         };
         let open = gateway
             .open_connections
@@ -974,13 +948,13 @@ pub async fn run_gateway(
             }
         }
     }
-    for t in tcp_tasks {
+    // Stop accepting (the listeners close with their tasks).
+    for t in accepting {
         t.abort();
     }
     info!("shutting down: no new connections; finishing calls in flight");
     crate::socket::notify_systemd("STOPPING=1");
     // Remove the socket first so that no client connects to a gateway that is going away.
-    drop(accept);
     drop(listener);
     drop(workers);
     let _ = stop_tx.send(true);
@@ -1113,6 +1087,29 @@ impl Health {
         }
         gateway.stuck_workers.store(stuck, Relaxed);
     }
+}
+
+/// Accept on `listener` until the dealer goes away, handing each connection over as `wrap`
+/// makes it. A failed accept (out of file descriptors, say) backs off, logged once a second.
+fn accept_into<L: crate::socket::Accept>(
+    listener: L,
+    to: mpsc::Sender<ClientConn>,
+    wrap: impl Fn(L::Stream) -> io::Result<ClientConn> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failing = AcceptFailures::default();
+        loop {
+            match listener.accept().await.and_then(|(s, _)| wrap(s)) {
+                Ok(conn) => {
+                    failing.recovered();
+                    if to.send(conn).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => tokio::time::sleep(failing.failed(&e)).await,
+            }
+        }
+    })
 }
 
 /// A client connection on its way from the acceptor to a worker.
