@@ -336,7 +336,8 @@ impl VolumeArgs {
 
 #[derive(clap::Args)]
 struct LimitArgs {
-    /// Wall-clock budget of one hook call, in milliseconds.
+    /// Time budget of one hook call, in milliseconds of running (waits and time off the CPU
+    /// are not charged).
     #[arg(long, env = "LUASTRIP_HOOK_TIMEOUT_MS", default_value_t = 100)]
     hook_timeout_ms: u64,
     /// Memory cap of each Lua VM, in MiB.

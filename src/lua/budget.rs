@@ -12,7 +12,13 @@
 //!
 //! The budget counts time spent running Lua, not time spent waiting for the daemon: the async
 //! API functions (`docker.*`, `http.*`, reading the body) call [`pause`] around their await, which
-//! moves the deadline by the time waited.
+//! moves the deadline by the time waited. Nor does it count time the hook's thread spent off the
+//! CPU: on a loaded machine (fifty `docker run`s starting at once on two cores) the kernel may
+//! set the gateway's thread aside for longer than the whole budget in the middle of a hook. So a
+//! budget has two clocks. The wall clock (cheap to read) runs while the hook is polled, less its
+//! waits and less the time it was parked; the thread's CPU clock (a system call) runs only while
+//! the hook's own code is on the CPU. The second never runs ahead of the first, so it is read
+//! only once the first is past the limit, and the budget is spent when both are.
 //!
 //! A worker runs many calls on one thread, so a hook that computes for a long time would make
 //! every other call on its worker wait. The same instruction hook therefore *preempts*: once a
@@ -61,6 +67,36 @@ struct Budget {
     hog: Mutex<Hog>,
     /// Why the budget is spent, when it is not time.
     why: Mutex<Option<String>>,
+    /// The CPU time charged.
+    cpu: Mutex<Cpu>,
+}
+
+/// CPU time charged to one hook run: `used` in earlier polls, plus this thread's CPU time since
+/// `since` (the current poll began), less `credit` (spent inside [`pause`]d waits).
+#[derive(Default)]
+struct Cpu {
+    used: Duration,
+    since: Option<Duration>,
+    credit: Duration,
+}
+
+impl Cpu {
+    /// The CPU time charged so far, or None when the thread's CPU clock cannot be read.
+    fn charged(&self) -> Option<Duration> {
+        let running = match self.since {
+            Some(since) => thread_cpu()?.saturating_sub(since),
+            None => Duration::ZERO,
+        };
+        Some((self.used + running).saturating_sub(self.credit))
+    }
+}
+
+/// The CPU time the calling thread has used.
+fn thread_cpu() -> Option<Duration> {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .ok()
+        .map(Duration::from)
 }
 
 #[derive(Default)]
@@ -83,7 +119,26 @@ impl Budget {
             preempted: AtomicBool::new(false),
             hog: Mutex::default(),
             why: Mutex::default(),
+            cpu: Mutex::default(),
         })
+    }
+
+    /// A poll of the hook begins (or, for a script loading, its one run): its CPU time counts.
+    fn begin_poll(&self) {
+        self.cpu.lock().unwrap_or_else(|e| e.into_inner()).since = thread_cpu();
+    }
+
+    /// The poll is over: what it used is charged.
+    fn end_poll(&self) {
+        let mut cpu = self.cpu.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(since) = cpu.since.take() {
+            cpu.used += thread_cpu().map_or(Duration::ZERO, |now| now.saturating_sub(since));
+        }
+    }
+
+    /// CPU time spent inside a [`pause`]d wait, which is not the hook's.
+    fn credit(&self, cpu: Duration) {
+        self.cpu.lock().unwrap_or_else(|e| e.into_inner()).credit += cpu;
     }
 
     /// Whether the running coroutine should yield now, to let the worker's other calls run.
@@ -141,11 +196,17 @@ impl Budget {
         if self.spent.load(Ordering::Relaxed) {
             return true;
         }
-        let over = Instant::now() > *self.deadline.lock().unwrap_or_else(|e| e.into_inner());
-        if over {
-            self.spent.store(true, Ordering::Relaxed);
+        // The wall clock first: the CPU clock never runs ahead of it and costs a system call.
+        if Instant::now() <= *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) {
+            return false;
         }
-        over
+        let cpu = self.cpu.lock().unwrap_or_else(|e| e.into_inner()).charged();
+        // Without a CPU clock, the wall clock alone decides.
+        if cpu.is_some_and(|c| c <= self.limit) {
+            return false;
+        }
+        self.spent.store(true, Ordering::Relaxed);
+        true
     }
 
     fn error(&self, location: String) -> mlua::Error {
@@ -436,7 +497,9 @@ impl<F: Future> Future for Budgeted<'_, F> {
         let waker = Waker::from(this.relay.clone());
         let before = set_current(this.lua, Some(this.budget.clone()));
         this.relay.in_poll.store(true, Ordering::SeqCst);
+        this.budget.begin_poll();
         let out = this.fut.as_mut().poll(&mut Context::from_waker(&waker));
+        this.budget.end_poll();
         this.relay.in_poll.store(false, Ordering::SeqCst);
         set_current(this.lua, before);
         if this.relay.woken_in_poll.swap(false, Ordering::SeqCst) && out.is_pending() {
@@ -480,7 +543,9 @@ pub async fn call_async<R: FromLuaMulti>(
 /// Run `func()` to completion without awaiting (script loading): async API calls are refused.
 pub fn call_sync(lua: &Lua, func: &Function, limit: Duration) -> mlua::Result<()> {
     let thread = lua.create_thread(func.clone())?;
-    let before = set_current(lua, Some(Budget::new(limit, None)));
+    let budget = Budget::new(limit, None);
+    budget.begin_poll();
+    let before = set_current(lua, Some(budget));
     let result = thread.resume::<()>(());
     set_current(lua, before);
     let suspended = thread.status() == ThreadStatus::Resumable;
@@ -493,11 +558,25 @@ pub fn call_sync(lua: &Lua, func: &Function, limit: Duration) -> mlua::Result<()
     Ok(())
 }
 
-/// Await `fut` from an async API function without charging the wait to the calling hook.
+/// Await `fut` from an async API function without charging the wait to the calling hook: neither
+/// the time waited nor the CPU time spent polling `fut` (the daemon client's work, not the
+/// script's).
 pub async fn pause<F: Future>(lua: &Lua, fut: F) -> F::Output {
     let budget = current(lua);
     let t = Instant::now();
-    let out = fut.await;
+    let mut fut = std::pin::pin!(fut);
+    let out = std::future::poll_fn(|cx| {
+        let Some(b) = &budget else {
+            return fut.as_mut().poll(cx);
+        };
+        let start = thread_cpu();
+        let out = fut.as_mut().poll(cx);
+        if let (Some(start), Some(now)) = (start, thread_cpu()) {
+            b.credit(now.saturating_sub(start));
+        }
+        out
+    })
+    .await;
     if let Some(b) = budget {
         b.extend(t.elapsed());
     }
@@ -512,6 +591,49 @@ mod tests {
         let lua = Lua::new();
         install(&lua, usize::MAX).unwrap();
         lua
+    }
+
+    #[tokio::test]
+    async fn time_off_the_cpu_is_not_charged_but_running_is() {
+        let lua = vm();
+        // `off_cpu()` stands for the kernel setting the gateway's thread aside mid-hook (a
+        // loaded machine): 150 ms pass on the wall clock and none on the thread's CPU clock.
+        let off_cpu = lua
+            .create_function(|_, ()| {
+                std::thread::sleep(Duration::from_millis(150));
+                Ok(())
+            })
+            .unwrap();
+        lua.globals().set("off_cpu", off_cpu).unwrap();
+        let hook: Function = lua
+            .load(
+                r#"return function(spin)
+                  off_cpu()
+                  local x = 0 for i = 1, 10000 do x = x + i end
+                  while spin do end
+                  return x
+                end"#,
+            )
+            .eval()
+            .unwrap();
+        let limit = Duration::from_millis(100);
+        let n = call_async::<i64>(&lua, &hook, limit, false).await.unwrap();
+        assert_eq!(n, 10000 * 10001 / 2);
+        // Running is charged: after the same nap, a spinning hook still ends on its budget,
+        // having run (not merely waited) for it.
+        let t = Instant::now();
+        let e = call_async::<i64>(&lua, &hook, limit, true)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("time budget of 100 ms"), "{e}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+        // Loading a script is timed the same way.
+        let load: Function = lua.load("off_cpu() return 1").into_function().unwrap();
+        call_sync(&lua, &load, limit).unwrap();
     }
 
     #[tokio::test]

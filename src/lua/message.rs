@@ -186,7 +186,10 @@ pub async fn read_body(lua: &Lua, t: &Table) -> mlua::Result<Option<mlua::String
     let Some((pending, cap)) = pending else {
         return Ok(None);
     };
-    match pending.read(cap).await.map_err(raise)? {
+    match super::budget::pause(lua, pending.read(cap))
+        .await
+        .map_err(raise)?
+    {
         Some(bytes) => {
             let s = lua.create_string(&bytes)?;
             t.raw_set("body", &s)?;
