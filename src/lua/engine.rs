@@ -18,7 +18,7 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use mlua::{Function, Lua, LuaOptions, LuaSerdeExt, StdLib, Table};
+use mlua::{Function, Lua, LuaOptions, StdLib, Table};
 
 use super::errors::{eval_error, script_error};
 use super::route::{self, Hook, Phase, Registry};
@@ -164,7 +164,7 @@ impl Engine {
         let values: mlua::MultiValue = ran.map_err(|e| eval_error(&e))?;
         let mut out: Vec<serde_json::Value> = Vec::new();
         for v in values {
-            let j = match lua.from_value::<serde_json::Value>(v.clone()) {
+            let j = match super::json::to_json(lua, &v, "eval") {
                 Ok(j) => j,
                 Err(_) => serde_json::Value::String(
                     v.to_string().unwrap_or_else(|_| v.type_name().to_string()),

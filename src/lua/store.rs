@@ -129,13 +129,7 @@ fn persist(path: &Path, map: &BTreeMap<String, Json>) -> std::io::Result<()> {
 }
 
 fn to_json(lua: &Lua, v: Value) -> Result<Json> {
-    lua.from_value_with(
-        v,
-        mlua::DeserializeOptions::new()
-            .deny_unsupported_types(true)
-            .deny_recursive_tables(true),
-    )
-    .map_err(|e| mlua::Error::runtime(format!("store: values must be JSON-able: {e}")))
+    super::json::to_json(lua, &v, "store: values must be JSON-able")
 }
 
 fn to_lua(lua: &Lua, v: &Json) -> Result<Value> {
@@ -265,6 +259,12 @@ mod tests {
             .exec()
             .unwrap_err();
         assert!(err.to_string().contains("not an integer"), "{err}");
+        // A table too deep for JSON is refused, not recursed into until the stack overflows.
+        let err = a
+            .load("local t = {} for i = 1, 200000 do t = { t } end store.set('deep', t)")
+            .exec()
+            .unwrap_err();
+        assert!(err.to_string().contains("nested deeper than 128"), "{err}");
         std::fs::write(&path, b"{not json").unwrap();
         let err = Store::open(&path, DEFAULT_CAP).err().unwrap();
         assert!(err.contains("not a luastrip state file"), "{err}");

@@ -24,7 +24,8 @@
 //!
 //! Keys that are not Docker fields at all pass: dockerd ignores them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 
 /// Why a body is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +88,7 @@ fn check_value(body: &[u8], ctx: Context, create: bool, swarm: bool) -> Result<(
         return Ok(());
     }
     let mut p = Parser {
+        text,
         s: text.as_bytes(),
         i: 0,
         depth: 0,
@@ -122,6 +124,8 @@ enum Context {
 const MAX_DEPTH: usize = 128;
 
 struct Parser<'a> {
+    /// The body (valid UTF-8), and the same as bytes.
+    text: &'a str,
     s: &'a [u8],
     i: usize,
     depth: usize,
@@ -129,7 +133,7 @@ struct Parser<'a> {
     swarm: bool,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn err(&self, what: &str) -> JsonError {
         JsonError::Syntax(format!("{what} at byte {}", self.i))
     }
@@ -149,7 +153,12 @@ impl Parser<'_> {
         }
     }
 
-    fn value(&mut self, at: &mut Vec<String>, ctx: Context, create: bool) -> Result<(), JsonError> {
+    fn value(
+        &mut self,
+        at: &mut Vec<&'a str>,
+        ctx: Context,
+        create: bool,
+    ) -> Result<(), JsonError> {
         match self.s.get(self.i) {
             Some(b'{') => self.object(at, ctx, create),
             Some(b'[') => {
@@ -191,13 +200,14 @@ impl Parser<'_> {
 
     fn object(
         &mut self,
-        at: &mut Vec<String>,
+        at: &mut Vec<&'a str>,
         ctx: Context,
         create: bool,
     ) -> Result<(), JsonError> {
         self.enter()?;
         self.i += 1;
-        let mut seen: HashSet<String> = HashSet::new();
+        let mut seen = Seen::new();
+        let mut buf = [0u8; FOLD_MAX];
         self.ws();
         if !self.eat(b'}') {
             loop {
@@ -207,38 +217,46 @@ impl Parser<'_> {
                 }
                 let (key, escaped) = self.string()?;
                 let here = || display_path(at);
-                let folded = fold(&key);
+                let folded = fold(key, &mut buf);
                 if escaped || key.chars().any(folds_to_ascii) {
-                    return Err(JsonError::Disguised { at: here(), key });
+                    return Err(JsonError::Disguised {
+                        at: here(),
+                        key: key.to_string(),
+                    });
                 }
                 // Two keys Go would read as one: exact repeats, and (in structs) folded repeats.
-                let slot = match (ctx, &folded) {
-                    (Context::Struct, Some(f)) => f.clone(),
-                    _ => key.clone(),
+                let slot = Slot {
+                    key,
+                    folded: ctx == Context::Struct && foldable(key),
                 };
                 if !seen.insert(slot) {
-                    return Err(JsonError::Repeated { at: here(), key });
+                    return Err(JsonError::Repeated {
+                        at: here(),
+                        key: key.to_string(),
+                    });
                 }
                 if ctx == Context::Struct {
-                    if let Some(field) = folded.as_deref().and_then(|f| field_for(f, self.swarm)) {
+                    if let Some(field) = folded.and_then(|f| field_for(f, self.swarm)) {
                         if field != key {
                             return Err(JsonError::Folded {
                                 at: here(),
-                                key,
+                                key: key.to_string(),
                                 field,
                             });
                         }
                     }
                 }
-                if create && at.is_empty() && is_host_config_field(&key) {
-                    return Err(JsonError::LegacyPlace { key });
+                if create && at.is_empty() && is_host_config_field(key) {
+                    return Err(JsonError::LegacyPlace {
+                        key: key.to_string(),
+                    });
                 }
                 self.ws();
                 if !self.eat(b':') {
                     return Err(self.err("expected ':'"));
                 }
                 self.ws();
-                let inner = if ctx == Context::Struct && is_map_field(at, &key) {
+                let inner = if ctx == Context::Struct && is_map_field(at, key) {
                     Context::Map
                 } else {
                     Context::Struct
@@ -260,7 +278,7 @@ impl Parser<'_> {
     }
 
     /// A string; returns its text (escapes left as written) and whether it had escapes.
-    fn string(&mut self) -> Result<(String, bool), JsonError> {
+    fn string(&mut self) -> Result<(&'a str, bool), JsonError> {
         self.i += 1;
         let start = self.i;
         let mut escaped = false;
@@ -286,7 +304,8 @@ impl Parser<'_> {
                 Some(_) => self.i += 1,
             }
         }
-        let text = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
+        // Both ends are at ASCII quotes, so the slice is whole characters.
+        let text = &self.text[start..self.i];
         self.i += 1;
         Ok((text, escaped))
     }
@@ -334,7 +353,7 @@ impl Parser<'_> {
     }
 }
 
-fn display_path(at: &[String]) -> String {
+fn display_path(at: &[&str]) -> String {
     if at.is_empty() {
         "the body".to_string()
     } else {
@@ -347,17 +366,122 @@ fn folds_to_ascii(c: char) -> bool {
     matches!(c, '\u{017F}' | '\u{212A}')
 }
 
-/// A key as Go's field matching compares it: ASCII upper-cased, `ſ` as `S`, the Kelvin sign as
-/// `K`. `None` for keys with other non-ASCII characters (they can never match a field name).
-fn fold(key: &str) -> Option<String> {
-    key.chars()
-        .map(|c| match c {
-            '\u{017F}' => Some('S'),
-            '\u{212A}' => Some('K'),
-            c if c.is_ascii() => Some(c.to_ascii_uppercase()),
-            _ => None,
+/// One character as Go's field matching compares it: ASCII upper-cased, `ſ` as `S`, the Kelvin
+/// sign as `K`; `None` for any other non-ASCII character (a key with one never matches a field).
+fn fold_char(c: char) -> Option<u8> {
+    match c {
+        '\u{017F}' => Some(b'S'),
+        '\u{212A}' => Some(b'K'),
+        c if c.is_ascii() => Some(c.to_ascii_uppercase() as u8),
+        _ => None,
+    }
+}
+
+/// Whether every character of `key` folds (see [`fold_char`]).
+fn foldable(key: &str) -> bool {
+    key.chars().all(|c| fold_char(c).is_some())
+}
+
+/// Longer than any Docker field name: a key this long folded never matches one.
+const FOLD_MAX: usize = 64;
+
+/// A key as Go's field matching compares it (see [`fold_char`]), written into `buf`. `None` for
+/// keys that can never match a field name: with other non-ASCII characters, or too long.
+fn fold<'b>(key: &str, buf: &'b mut [u8; FOLD_MAX]) -> Option<&'b str> {
+    let mut n = 0;
+    for c in key.chars() {
+        *buf.get_mut(n)? = fold_char(c)?;
+        n += 1;
+    }
+    std::str::from_utf8(&buf[..n]).ok()
+}
+
+/// A key in the set of one object's keys: `folded` keys (in structs, where every character
+/// folds) are equal when they fold alike, as Go would read them as one field; others when they
+/// are the same text.
+struct Slot<'a> {
+    key: &'a str,
+    folded: bool,
+}
+
+impl Slot<'_> {
+    /// The key's characters as compared: folded to bytes (every one folds) or as they are.
+    fn chars(&self) -> impl Iterator<Item = u32> + '_ {
+        let folded = self.folded;
+        self.key.chars().map(move |c| match fold_char(c) {
+            Some(b) if folded => u32::from(b),
+            _ => u32::from(c),
         })
-        .collect()
+    }
+}
+
+impl PartialEq for Slot<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.folded, other.folded) {
+            (false, false) => self.key == other.key,
+            (true, true) if self.key.is_ascii() && other.key.is_ascii() => {
+                self.key.eq_ignore_ascii_case(other.key)
+            }
+            (true, true) => self.chars().eq(other.chars()),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Slot<'_> {}
+
+impl std::hash::Hash for Slot<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        if !self.folded {
+            return self.key.hash(h);
+        }
+        // Every character folds to one byte: hash those, a buffer at a time.
+        let mut buf = [0u8; FOLD_MAX];
+        let mut n = 0;
+        for c in self.chars() {
+            if n == buf.len() {
+                h.write(&buf);
+                n = 0;
+            }
+            buf[n] = c as u8;
+            n += 1;
+        }
+        h.write(&buf[..n]);
+        h.write_u8(0xff);
+    }
+}
+
+/// The keys one object has had so far: a short list, then (past [`Seen::FEW`]) a hash set.
+enum Seen<'a> {
+    Few(Vec<Slot<'a>>),
+    Many(HashSet<Slot<'a>>),
+}
+
+impl<'a> Seen<'a> {
+    const FEW: usize = 12;
+
+    fn new() -> Self {
+        Seen::Few(Vec::new())
+    }
+
+    /// Add `slot`; false if the object already had it.
+    fn insert(&mut self, slot: Slot<'a>) -> bool {
+        match self {
+            Seen::Few(list) if list.contains(&slot) => false,
+            Seen::Few(list) if list.len() < Self::FEW => {
+                list.push(slot);
+                true
+            }
+            Seen::Few(list) => {
+                let mut set: HashSet<Slot<'a>> = HashSet::with_capacity(4 * Self::FEW);
+                set.extend(list.drain(..));
+                set.insert(slot);
+                *self = Seen::Many(set);
+                true
+            }
+            Seen::Many(set) => set.insert(slot),
+        }
+    }
 }
 
 /// The Docker field name `folded` (see [`fold`]) stands for, if any.
@@ -369,7 +493,16 @@ fn field_for(folded: &str, swarm: bool) -> Option<&'static str> {
             return Some(f);
         }
     }
-    FIELDS.iter().chain(HOST_CONFIG).find(spelled).copied()
+    static BY_FOLD: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
+    let by_fold = BY_FOLD.get_or_init(|| {
+        let mut m = HashMap::new();
+        for f in FIELDS.iter().chain(HOST_CONFIG) {
+            // The first spelling listed wins, as a search of the lists in order would find.
+            m.entry(f.to_ascii_uppercase()).or_insert(*f);
+        }
+        m
+    });
+    by_fold.get(folded).copied()
 }
 
 /// Fields swarm's structs (services, tasks) spell differently from the container's.
@@ -386,7 +519,7 @@ fn is_swarm_route(path: &str) -> bool {
 
 /// Whether the object under `key` (at `parent`) is a free-form map: its keys are the user's
 /// (label names, option names, paths, ports, network names), not Docker's field names.
-fn is_map_field(parent: &[String], key: &str) -> bool {
+fn is_map_field(parent: &[&str], key: &str) -> bool {
     match key {
         "Labels" | "Options" | "DriverOpts" | "Sysctls" | "StorageOpt" | "Tmpfs" | "Volumes"
         | "ExposedPorts" | "PortBindings" | "Annotations" | "EndpointsConfig" | "AuxAddress"
@@ -394,17 +527,18 @@ fn is_map_field(parent: &[String], key: &str) -> bool {
         // LogConfig.Config / LogDriver's options are a map; every other "Config" is a struct.
         "Config" => parent
             .last()
-            .is_some_and(|p| p == "LogConfig" || p == "LogDriver"),
+            .is_some_and(|p| *p == "LogConfig" || *p == "LogDriver"),
         _ => false,
     }
 }
 
 /// HostConfig fields dockerd still reads at the top level of a create body (its legacy place).
 fn is_host_config_field(key: &str) -> bool {
-    let Some(folded) = fold(key) else {
+    let mut buf = [0u8; FOLD_MAX];
+    let Some(folded) = fold(key, &mut buf) else {
         return false;
     };
-    HOST_CONFIG.iter().any(|f| f.eq_ignore_ascii_case(&folded)) || folded == "CPUSET"
+    HOST_CONFIG.iter().any(|f| f.eq_ignore_ascii_case(folded)) || folded == "CPUSET"
 }
 
 /// Fields of `HostConfig` (with its embedded `Resources`), as dockerd 20.10+ reads them.
@@ -758,6 +892,36 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn repeats_are_found_in_large_objects_too() {
+        // Past a dozen keys an object's keys move from a list to a hash set: a repeat is found
+        // on either side of the move, folded in structs and exact in maps.
+        let keys = |n: usize| (0..n).map(|i| format!("\"x{i}\":1,")).collect::<String>();
+        for (n, last) in [(5, "X3"), (12, "X3"), (13, "X12"), (40, "X39"), (40, "X0")] {
+            let body = format!("{{{}\"{last}\":2}}", keys(n));
+            match create(&body) {
+                Err(JsonError::Repeated { key, .. }) => assert_eq!(key, last),
+                other => panic!("{n} keys, then {last}: {other:?}"),
+            }
+            // In a map, "X3" and "x3" are two different keys (a label's name is the user's).
+            let map = format!(
+                "{{\"Labels\":{{{}\"{last}\":\"2\"}}}}",
+                keys(n).replace(":1", ":\"1\"")
+            );
+            assert!(create(&map).is_ok(), "{map}");
+            let again = format!(
+                "{{\"Labels\":{{{}\"{}\":\"2\"}}}}",
+                keys(n).replace(":1", ":\"1\""),
+                last.to_lowercase()
+            );
+            assert!(
+                matches!(create(&again), Err(JsonError::Repeated { .. })),
+                "{again}"
+            );
+        }
+        assert!(create(&format!("{{{}\"y\":1}}", keys(100))).is_ok());
     }
 
     #[test]
