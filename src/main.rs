@@ -536,7 +536,7 @@ fn listeners(args: &ServeArgs) -> Result<(PathBuf, Vec<serve::TcpListen>), Strin
     let mut tcp = Vec::new();
     for l in &args.listen {
         if let Some(rest) = l.strip_prefix("tcp://") {
-            tcp.push((l, tcp_addr(rest).map_err(|e| format!("--listen {l}: {e}"))?));
+            tcp.push(tcp_addr(rest).map_err(|e| format!("--listen {l}: {e}"))?);
             continue;
         }
         let path = unix_path(l);
@@ -557,20 +557,14 @@ fn listeners(args: &ServeArgs) -> Result<(PathBuf, Vec<serve::TcpListen>), Strin
     } else {
         None
     };
-    let mut out = Vec::new();
-    for (given, addr) in tcp {
-        if !addr.ip().is_loopback() && tls_files.ca.is_none() {
-            return Err(format!(
-                "--listen {given}: an address other than loopback needs --tls-cert, --tls-key and \
-                 --tls-ca (client certificates verified, as dockerd's --tlsverify): whoever \
-                 reaches that port would otherwise be root on this host"
-            ));
-        }
-        out.push(serve::TcpListen {
+    // Which addresses may go without TLS or client certificates is serve::run's to decide.
+    let out = tcp
+        .into_iter()
+        .map(|addr| serve::TcpListen {
             addr,
             tls: tls.clone(),
-        });
-    }
+        })
+        .collect();
     Ok((unix.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)), out))
 }
 
@@ -589,7 +583,7 @@ fn tcp_addr(s: &str) -> Result<std::net::SocketAddr, String> {
 
 /// TLS to a TCP daemon, as the docker CLI decides it: with DOCKER_TLS_VERIFY or DOCKER_CERT_PATH
 /// set, or any --upstream-tls-* flag; files from the flags, else from DOCKER_CERT_PATH (or
-/// ~/.docker). Plain TCP is for a daemon on loopback only.
+/// ~/.docker). Plain TCP is for a daemon on loopback only (`serve::run` refuses it elsewhere).
 fn upstream_tls(args: &ServeArgs, upstream: UpstreamAddr) -> Result<UpstreamAddr, String> {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     let flags = luastrip::tls::TlsFiles {
@@ -612,12 +606,7 @@ fn upstream_tls(args: &ServeArgs, upstream: UpstreamAddr) -> Result<UpstreamAddr
         return Ok(upstream);
     }
     if !wanted {
-        if !upstream.is_loopback() {
-            return Err(format!(
-                "--upstream {upstream}: plain TCP only to a daemon on loopback; give its CA \
-                 (--upstream-tls-ca, or DOCKER_CERT_PATH with DOCKER_TLS_VERIFY=1) to use TLS"
-            ));
-        }
+        // Plain: serve::run refuses it to a daemon off loopback.
         return Ok(upstream);
     }
     let from_env = cert_path

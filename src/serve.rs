@@ -115,8 +115,8 @@ pub fn control_path_for(listen: &std::path::Path) -> PathBuf {
 pub struct TcpListen {
     pub addr: std::net::SocketAddr,
     /// The server side of TLS (`--tls-cert`, `--tls-key`, `--tls-ca`); `None`: plain, which
-    /// `main` allows on loopback addresses only.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// [`run`] allows on loopback addresses only.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// How the overlay helper is set up.
@@ -346,6 +346,8 @@ pub enum StartError {
     )]
     ForwardsToItself { upstream: String },
     #[error("{0}")]
+    Exposed(String),
+    #[error("{0}")]
     Bind(#[from] BindError),
     #[error("--control: {0}")]
     Control(BindError),
@@ -382,6 +384,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             config.listen = l.path().to_path_buf();
         }
     }
+    refuse_exposure(&config.upstream, &config.tcp)?;
     refuse_self_forwarding(&config.upstream, &config.listen, &config.tcp)?;
     let workers = config.workers();
     let background = Background::default();
@@ -543,7 +546,12 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| StartError::Tcp(format!("--listen tcp://{}: {e}", t.addr)))?;
         info!(listen = %t.addr, tls = t.tls.is_some(), "serving the Docker API on TCP");
-        tcp.push((bound, t.tls.clone().map(tokio_rustls::TlsAcceptor::from)));
+        tcp.push((
+            bound,
+            t.tls
+                .as_ref()
+                .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone())),
+        ));
     }
     // Last: the listen socket appears once everything behind it is ready (one systemd passed
     // exists already; clients that connected early wait in its backlog until now).
@@ -776,6 +784,31 @@ fn raise_fd_limit() {
 
 /// Refuse an upstream that is the listen socket itself: the same path, or (once bound) the same
 /// socket file under another name.
+/// Whoever reaches the Docker API is root on the daemon's host. So a TCP listener off loopback
+/// must ask every client for a certificate from its CA (as dockerd's `--tlsverify`), and a TCP
+/// daemon off loopback is reached over TLS (its certificate verified), never in plain text.
+/// Checked here, not where the flags are parsed, so that every way of starting a gateway is
+/// held to it.
+fn refuse_exposure(upstream: &UpstreamAddr, tcp: &[TcpListen]) -> Result<(), StartError> {
+    for t in tcp {
+        if !t.addr.ip().is_loopback() && !t.tls.as_ref().is_some_and(|t| t.verifies_clients) {
+            return Err(StartError::Exposed(format!(
+                "--listen tcp://{}: an address other than loopback needs --tls-cert, --tls-key \
+                 and --tls-ca (client certificates verified, as dockerd's --tlsverify): whoever \
+                 reaches that port would otherwise be root on this host",
+                t.addr
+            )));
+        }
+    }
+    if upstream.unix_path().is_none() && upstream.tls.is_none() && !upstream.is_loopback() {
+        return Err(StartError::Exposed(format!(
+            "--upstream {upstream}: plain TCP only to a daemon on loopback; give its CA \
+             (--upstream-tls-ca, or DOCKER_CERT_PATH with DOCKER_TLS_VERIFY=1) to use TLS"
+        )));
+    }
+    Ok(())
+}
+
 fn refuse_self_forwarding(
     upstream: &UpstreamAddr,
     listen: &Path,
@@ -1291,5 +1324,37 @@ async fn connection(stream: Stream, worker: Arc<Worker>, mut stop: watch::Receiv
             let _ = io.shutdown().await;
         }
         (Err(e), _) => debug!(error = %e, "client connection ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_is_never_exposed_off_loopback_in_plain_text() {
+        let unix = UpstreamAddr::parse("unix:///run/docker.sock").unwrap();
+        let plain = |addr: &str| TcpListen {
+            addr: addr.parse().unwrap(),
+            tls: None,
+        };
+        assert!(refuse_exposure(&unix, &[plain("127.0.0.1:2375"), plain("[::1]:2375")]).is_ok());
+        for off in ["0.0.0.0:2375", "[::]:2375", "192.0.2.1:2375"] {
+            let e = refuse_exposure(&unix, &[plain("127.0.0.1:1"), plain(off)]).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("needs --tls-cert, --tls-key and --tls-ca"),
+                "{e}"
+            );
+        }
+        let local = UpstreamAddr::parse("tcp://127.0.0.1:2375").unwrap();
+        assert!(refuse_exposure(&local, &[]).is_ok());
+        let far = UpstreamAddr::parse("tcp://192.0.2.1:2375").unwrap();
+        let e = refuse_exposure(&far, &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("plain TCP only to a daemon on loopback"),
+            "{e}"
+        );
     }
 }

@@ -76,7 +76,7 @@ fn roots(flag: &str, path: &Path) -> Result<Arc<RootCertStore>, String> {
 
 /// A listener's TLS: its certificate and key, and with `ca`, client certificates required and
 /// verified against it. `prefix` names the flags in messages (`--tls`).
-pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<ServerTls, String> {
     let (Some(cert), Some(key_file)) = (&files.cert, &files.key) else {
         return Err(format!("{prefix}-cert and {prefix}-key go together"));
     };
@@ -103,7 +103,18 @@ pub fn server_config(files: &TlsFiles, prefix: &str) -> Result<Arc<ServerConfig>
         .map_err(|e| format!("{prefix}-cert/{prefix}-key: {e}"))?;
     // The Docker API is HTTP/1.1 (hijacked sessions need it).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ServerTls {
+        config: Arc::new(config),
+        verifies_clients: files.ca.is_some(),
+    })
+}
+
+/// The server side of TLS, and whether it asks every client for a certificate signed by the CA
+/// (what makes a listener safe off loopback).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub config: Arc<ServerConfig>,
+    pub verifies_clients: bool,
 }
 
 /// TLS to a daemon: its certificate verified against `ca` (required: luastrip never talks to
