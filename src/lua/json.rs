@@ -4,7 +4,6 @@
 //! comes back as `{}`. Here decoded arrays carry mlua's array metatable, so `[]` stays `[]`, empty
 //! objects stay `{}`, `null` is the `json.null` sentinel (not a hole in the table), and integers
 //! are Lua 5.4's 64-bit integers, exact.
-
 //!
 //! Bodies go straight between JSON bytes and Lua values, without an intermediate
 //! `serde_json::Value`: the JSON hook is the one most often written, and building and dropping a
@@ -101,12 +100,22 @@ struct Build<'a> {
 
 impl Build<'_> {
     fn vm<T, E: de::Error>(&self, r: Result<T>) -> std::result::Result<T, E> {
-        r.map_err(|e| {
-            let msg = e.to_string();
-            *self.failed.borrow_mut() = Some(e);
-            E::custom(msg)
-        })
+        keep(self.failed, r, E::custom)
     }
+}
+
+/// A VM error met while converting, kept in `failed` (to be raised as the VM raised it) and
+/// passed on to serde as text.
+fn keep<T, E>(
+    failed: &RefCell<Option<mlua::Error>>,
+    r: Result<T>,
+    custom: fn(String) -> E,
+) -> std::result::Result<T, E> {
+    r.map_err(|e| {
+        let msg = e.to_string();
+        *failed.borrow_mut() = Some(e);
+        custom(msg)
+    })
 }
 
 impl<'de> DeserializeSeed<'de> for Build<'_> {
@@ -185,11 +194,7 @@ struct Out<'a> {
 
 impl Out<'_> {
     fn vm<T, E: ser::Error>(&self, r: Result<T>) -> std::result::Result<T, E> {
-        r.map_err(|e| {
-            let msg = e.to_string();
-            *self.failed.borrow_mut() = Some(e);
-            E::custom(msg)
-        })
+        keep(self.failed, r, E::custom)
     }
 
     fn nested<'b>(&'b self, v: &'b Value) -> Out<'b> {
