@@ -26,7 +26,8 @@
 //! * [`events`] — following the daemon's `/events` (reopened with `since=` after a break) for the
 //!   background services that must see what happens on the daemon directly, and dockerd's event
 //!   filters.
-//! * [`journal`] — call records (cancelled ones too) in a byte-capped ring, broadcast to watchers;
+//! * [`journal`] — call records (cancelled ones too) in a byte-capped ring, handed to observers
+//!   (metrics) and broadcast to watchers;
 //!   what the hooks changed and its line-by-line diff; recordings to NDJSON files with secrets
 //!   redacted (`--record`, `record start`, `--journal` across restarts).
 //! * [`error`] — the one error type, recording its source, and its Docker JSON form.

@@ -528,7 +528,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     })
     .map_err(StartError::Control)?;
     let control = Arc::new(Control {
-        stats: control::stats::Stats::follow(&gateway.journal),
+        stats: control::stats::Stats::observe(&gateway.journal),
         gateway: gateway.clone(),
         engine,
         intercept,

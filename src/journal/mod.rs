@@ -1,12 +1,13 @@
 //! The journal: a record of every call, for the REPL, the control socket and the logs.
 //!
 //! Each finished call becomes a [`CallRecord`]. The last `capacity` records stay in a ring buffer
-//! (`calls`, `show ID`), and every record is broadcast to live watchers (`tail`). The journal never
+//! (`calls`, `show ID`), observers (the metrics) see every record on the call's thread, and
+//! every record is broadcast to live watchers (`tail`). The journal never
 //! blocks a call: a watcher that falls behind loses records rather than slowing the gateway.
 //! A record also keeps what the hooks changed ([`Before`]); [`diff`] turns that into lines.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
@@ -343,7 +344,12 @@ pub struct Journal {
     recorders: Mutex<Vec<(Recorder, bool)>>,
     /// Whether `recorders` has any.
     recording: std::sync::atomic::AtomicBool,
+    /// Called with every record on the call's own thread ([`Journal::observe`]).
+    observers: RwLock<Vec<Observer>>,
 }
+
+/// What [`Journal::observe`] calls with each record.
+pub type Observer = Box<dyn Fn(&CallRecord) + Send + Sync>;
 
 #[derive(Default)]
 struct Ring {
@@ -384,7 +390,19 @@ impl Journal {
             events,
             recorders: Mutex::new(Vec::new()),
             recording: std::sync::atomic::AtomicBool::new(false),
+            observers: RwLock::default(),
         }
+    }
+
+    /// Call `f` with every record from now on, on the thread that records it, before watchers
+    /// see it. For aggregates that must see every call (metrics): unlike a watcher it never
+    /// falls behind, and no thread is woken per call to run it. It holds up the call's worker,
+    /// so it must be quick.
+    pub fn observe(&self, f: Observer) {
+        self.observers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(f);
     }
 
     /// Write every record from now on to `recorder`'s file too; `journal` marks the journal's
@@ -485,6 +503,14 @@ impl Journal {
             .iter()
         {
             r.send(&rec);
+        }
+        for f in self
+            .observers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            f(&rec);
         }
         // No watcher is not an error.
         let _ = self.watchers.send(rec);
