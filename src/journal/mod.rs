@@ -353,7 +353,8 @@ pub type Observer = Box<dyn Fn(&CallRecord) + Send + Sync>;
 
 #[derive(Default)]
 struct Ring {
-    records: VecDeque<Arc<CallRecord>>,
+    /// Each record with its weight (as it was when it came in).
+    records: VecDeque<(Arc<CallRecord>, usize)>,
     /// Sum of the records' weights.
     bytes: usize,
 }
@@ -362,11 +363,12 @@ impl Ring {
     /// Add the newest record, then let the oldest go while over either cap; the newest always
     /// stays, even alone over the byte cap.
     fn push(&mut self, rec: Arc<CallRecord>, capacity: usize, byte_cap: usize) {
-        self.bytes += rec.weight();
-        self.records.push_back(rec);
+        let weight = rec.weight();
+        self.bytes += weight;
+        self.records.push_back((rec, weight));
         while self.records.len() > 1 && (self.records.len() > capacity || self.bytes > byte_cap) {
-            if let Some(old) = self.records.pop_front() {
-                self.bytes -= old.weight();
+            if let Some((_, weight)) = self.records.pop_front() {
+                self.bytes -= weight;
             }
         }
     }
@@ -520,13 +522,21 @@ impl Journal {
     pub fn recent(&self, limit: usize) -> Vec<Arc<CallRecord>> {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let skip = ring.records.len().saturating_sub(limit);
-        ring.records.iter().skip(skip).cloned().collect()
+        ring.records
+            .iter()
+            .skip(skip)
+            .map(|(r, _)| r.clone())
+            .collect()
     }
 
     /// One call by id, if still in the ring.
     pub fn get(&self, id: u64) -> Option<Arc<CallRecord>> {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.records.iter().rev().find(|r| r.id == id).cloned()
+        ring.records
+            .iter()
+            .rev()
+            .find(|(r, _)| r.id == id)
+            .map(|(r, _)| r.clone())
     }
 
     /// Announce a long call that has not been answered yet.
