@@ -523,8 +523,8 @@ fn main() -> ExitCode {
 const DEFAULT_SOCKET: &str = "/run/luastrip.sock";
 
 /// `--listen` values: the one Unix socket (the default if none is named) and the TCP addresses,
-/// each with the TLS the flags give; plain TCP only on loopback, and any other address only
-/// with client certificates verified.
+/// each with the TLS the flags give (`serve::run` allows plain TCP only on loopback, and any
+/// other address only with client certificates verified).
 fn listeners(args: &ServeArgs) -> Result<(PathBuf, Vec<serve::TcpListen>), String> {
     let tls_files = luastrip::tls::TlsFiles {
         cert: args.tls_cert.clone(),

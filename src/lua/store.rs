@@ -132,16 +132,6 @@ fn to_json(lua: &Lua, v: Value) -> Result<Json> {
     super::json::to_json(lua, &v, "store: values must be JSON-able")
 }
 
-fn to_lua(lua: &Lua, v: &Json) -> Result<Value> {
-    lua.to_value_with(
-        v,
-        mlua::SerializeOptions::new()
-            .set_array_metatable(true)
-            .serialize_none_to_null(true)
-            .serialize_unit_to_null(true),
-    )
-}
-
 /// Install `store` as a global backed by `store`.
 pub fn register(lua: &Lua, services: &super::Services) -> Result<()> {
     let store = services.store.clone();
@@ -150,7 +140,7 @@ pub fn register(lua: &Lua, services: &super::Services) -> Result<()> {
     t.set(
         "get",
         lua.create_function(move |lua, key: String| match s.get(&key) {
-            Some(v) => to_lua(lua, &v),
+            Some(v) => super::json::to_lua(lua, &v),
             None => Ok(Value::Nil),
         })?,
     )?;
