@@ -357,3 +357,32 @@ fn the_systemd_units_verify() {
     assert!(dropin.contains("ListenStream=\nListenStream=/run/docker.real.sock"));
     assert!(dropin.contains("SocketMode=0600"));
 }
+
+/// The harness itself: a command that hangs is killed with everything it started and reported
+/// with what it printed, never waited on until CI's limit.
+#[test]
+fn a_hung_command_is_killed_and_reported() {
+    let started = std::time::Instant::now();
+    let err = support::try_output_within(
+        Command::new("sh").args(["-c", "echo before; sleep 60 & echo $! ; wait"]),
+        std::time::Duration::from_secs(1),
+    )
+    .unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(err.contains("did not finish in 1s"), "{err}");
+    assert!(err.contains("stdout so far: before"), "{err}");
+    // The background `sleep` (its pid is the line after "before") went with the group.
+    let pid: u32 = err
+        .lines()
+        .nth(2)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {err}"));
+    support::wait_until(
+        "the hung command's child is gone",
+        std::time::Duration::from_secs(5),
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.contains(") Z "))
+        },
+    );
+}

@@ -89,11 +89,33 @@ build_luastrip() {
     fi
 }
 
-# stop_all PID … — SIGTERM each and wait for them.
+# stop_all PID … — SIGTERM each and wait for them: up to 10 s, then SIGKILL. luastrip exits within
+# its 5 s grace, so a kill here means something is stuck: it is said, and never waited on forever.
 stop_all() {
     local p
     for p in "$@"; do kill "$p" 2>/dev/null || true; done
+    for _ in $(seq 100); do
+        running "$@" || break
+        sleep 0.1
+    done
+    for p in "$@"; do
+        if running "$p"; then
+            echo "stop_all: $p did not stop after SIGTERM; killing it" >&2
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
     wait "$@" 2>/dev/null || true
+}
+
+# running PID … — whether any of them still runs (an exited child not yet waited for does not).
+running() {
+    local p state
+    for p in "$@"; do
+        # The state follows the command name, which is in brackets and may hold spaces.
+        state=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f1)
+        [ -n "$state" ] && [ "$state" != Z ] && return 0
+    done
+    return 1
 }
 
 # unmount_under DIR — lazily unmount whatever is still mounted below DIR (deepest first).

@@ -57,9 +57,26 @@ fi
 kill %1 && wait %1 || true
 rm -rf "$smoke"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log" "$log.done"' EXIT
+# A hang must not run on into CI's limit with nothing said: past TEST_LIMIT seconds, the stuck
+# processes are printed and the test binaries killed, so cargo reports the failure.
+TEST_LIMIT=${TEST_LIMIT:-1500}
+watchdog() {
+    local deadline=$((SECONDS + TEST_LIMIT))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        sleep 2
+        [ -e "$log.done" ] && return 0
+    done
+    echo "tools/test.sh: cargo test ran past ${TEST_LIMIT}s; the processes now:" >&2
+    ps -eo pid,ppid,stat,wchan:24,etimes,args --sort pid >&2
+    pkill -KILL -f "^$PWD/target/debug/deps/" || true
+}
+watchdog &
+watchdog_pid=$!
 status=0
 cargo test 2>&1 | tee "$log" || status=$?
+touch "$log.done"
+wait "$watchdog_pid" || true
 # One closing line for every test binary together.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' \
     "$log"

@@ -23,8 +23,8 @@ start_zfs_fuse() {
 # a moment ago can keep a pool busy briefly.
 destroy_pool() {
     for _ in $(seq 20); do
-        zpool list "$1" >/dev/null 2>&1 || return 0
-        zpool destroy -f "$1" 2>/dev/null && return 0
+        timeout 30 zpool list "$1" >/dev/null 2>&1 || return 0
+        timeout 30 zpool destroy -f "$1" 2>/dev/null && return 0
         sleep 0.3
     done
 }

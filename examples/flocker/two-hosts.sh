@@ -18,8 +18,7 @@ build_luastrip
 W=$(mktemp -d /tmp/luastrip-flocker.XXXXXX)
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_all "${PIDS[@]}"
     destroy_pool "${POOL}1"
     destroy_pool "${POOL}2"
     rm -rf "$W"
@@ -29,7 +28,7 @@ trap cleanup EXIT
 head -c 24 /dev/urandom | base64 > "$W/token"
 for i in 1 2; do
     truncate -s 1G "$W/pool$i.img"
-    zpool create -m "$W/mnt$i" "$POOL$i" "$W/pool$i.img"
+    timeout 60 zpool create -m "$W/mnt$i" "$POOL$i" "$W/pool$i.img"
 done
 for i in 1 2; do
     other=$((3 - i))
@@ -45,9 +44,10 @@ for i in 1 2; do
     for _ in $(seq 100); do [ -S "$RUN/luastrip-h$i.sock" ] && break; sleep 0.1; done
 done
 
+# (Each step is bounded: a stuck step is an error, not a script that never ends.)
 set -x
-docker -H "unix://$RUN/luastrip-h1.sock" run --rm -v /flocker/db:/data "$IMAGE" sh -c 'echo hello from h1 > /data/f'
-docker -H "unix://$RUN/luastrip-h2.sock" run --rm -v /flocker/db:/data "$IMAGE" cat /data/f
-curl -s --unix-socket "$RUN/luastrip-h2.sock" http://d/luastrip/volumes/db
+timeout 120 docker -H "unix://$RUN/luastrip-h1.sock" run --rm -v /flocker/db:/data "$IMAGE" sh -c 'echo hello from h1 > /data/f'
+timeout 120 docker -H "unix://$RUN/luastrip-h2.sock" run --rm -v /flocker/db:/data "$IMAGE" cat /data/f
+curl -s --max-time 30 --unix-socket "$RUN/luastrip-h2.sock" http://d/luastrip/volumes/db
 set +x
 grep -h "push:" "$W"/h*.log || true

@@ -546,29 +546,144 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Run a command with no stdin and capture its output.
+/// How long one command a test runs may take. Longer is a hang (a stuck `zfs`, a daemon that
+/// stopped answering): the command is killed and the test fails with what the machine was doing,
+/// rather than the suite running into CI's limit with nothing said.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(240);
+
+/// Run a command with no stdin and capture its output, within [`COMMAND_DEADLINE`].
 pub fn output(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+    output_within(cmd, COMMAND_DEADLINE)
 }
 
-/// Run a command feeding `input` on stdin; return its output.
+/// [`output`] with its own deadline.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    try_output_within(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`output_within`], with a hang as an error rather than a panic (for clean-up in `drop`).
+pub fn try_output_within(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
+    bounded(cmd.stdin(Stdio::null()), None, limit)
+}
+
+/// Run a command feeding `input` on stdin; return its output (within [`COMMAND_DEADLINE`]).
 pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    bounded(cmd.stdin(Stdio::piped()), Some(input), COMMAND_DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Spawn `cmd` in its own process group with stdout and stderr captured, feed it `input`, and
+/// wait up to `limit` for it to exit and for its output to end. Past the limit the whole group is
+/// killed and the error names the command, what it printed so far, and the machine's stuck
+/// processes. Output still open after the command exited means it left a process behind holding
+/// it: that is an error too.
+fn bounded(cmd: &mut Command, input: Option<&[u8]>, limit: Duration) -> Result<Output, String> {
+    let started = Instant::now();
     let mut child = cmd
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let taken = |o: &Drained| std::mem::take(&mut *o.1.lock().unwrap());
+    let group = format!("-{}", child.id());
+    let give_up = |why: String| {
+        let stuck = stuck_processes();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        Err(format!(
+            "{cmd:?} {why}\nstdout so far: {}\nstderr so far: {}\n{stuck}",
+            String::from_utf8_lossy(&taken(&stdout)),
+            String::from_utf8_lossy(&taken(&stderr)),
+        ))
+    };
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            return give_up(format!("did not finish in {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The command is gone; its output ends at once unless something it started still holds it.
+    for (done, _) in [&stdout, &stderr] {
+        if done.recv_timeout(Duration::from_secs(20)).is_err() {
+            return give_up(format!(
+                "exited ({status}) but left a process holding its output open"
+            ));
+        }
+    }
+    Ok(Output {
+        status,
+        stdout: taken(&stdout),
+        stderr: taken(&stderr),
+    })
+}
+
+/// What a reader thread has read so far, and a channel that says when it reached the end.
+type Drained = (
+    std::sync::mpsc::Receiver<()>,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+);
+
+/// Read `r` to its end on a thread of its own.
+fn drain(r: Option<impl Read + Send + 'static>) -> Drained {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        if let Some(mut r) = r {
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = r.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }
+        let _ = tx.send(());
     });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+    (rx, out)
+}
+
+/// The processes worth seeing when a command hangs: those in uninterruptible sleep, and the
+/// daemons and tools these tests drive, with where in the kernel each waits.
+pub fn stuck_processes() -> String {
+    let ps = Command::new("ps")
+        .args(["-eo", "pid,ppid,stat,wchan:24,etimes,args", "--sort", "pid"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("ps: {e}"));
+    let mut lines = ps.lines();
+    let head = lines.next().unwrap_or("");
+    let wanted = [
+        "zfs",
+        "zpool",
+        "docker",
+        "containerd",
+        "luastrip",
+        "runc",
+        "ip ",
+        "bash",
+    ];
+    let picked: Vec<&str> = lines
+        .filter(|l| {
+            let stat = l.split_whitespace().nth(2).unwrap_or("");
+            stat.starts_with('D') || wanted.iter().any(|w| l.contains(w))
+        })
+        .collect();
+    format!(
+        "processes (D = uninterruptible):\n{head}\n{}",
+        picked.join("\n")
+    )
 }
 
 // ---- one raw-HTTP client ----------------------------------------------------------------------
@@ -906,11 +1021,11 @@ impl Drop for Pool {
         // A mount released a moment ago (a container just removed) can keep it busy briefly.
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
-            let destroyed = Command::new("zpool")
-                .args(["destroy", "-f", &self.name])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
+            let destroyed = try_output_within(
+                Command::new("zpool").args(["destroy", "-f", &self.name]),
+                Duration::from_secs(60),
+            )
+            .is_ok_and(|o| o.status.success());
             if destroyed {
                 break;
             }
@@ -927,13 +1042,16 @@ impl Drop for Pool {
 pub fn ensure_zfs_fuse() {
     static STARTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+    // Bounded: a wedged zfs-fuse (it has deadlocked under load before) is a failure that shows
+    // the stuck processes, not a hang.
     let answers = || {
-        Command::new("zpool")
-            .args(["list", "-H"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        try_output_within(
+            Command::new("zpool").args(["list", "-H"]),
+            Duration::from_secs(15),
+        )
+        .unwrap_or_else(|e| panic!("zfs-fuse does not answer: {e}"))
+        .status
+        .success()
     };
     if answers() {
         return;
@@ -972,7 +1090,10 @@ fn destroy_dead_pools() {
             continue;
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("zpool").args(["destroy", "-f", name]).status();
+            let _ = try_output_within(
+                Command::new("zpool").args(["destroy", "-f", name]),
+                Duration::from_secs(60),
+            );
         }
     }
 }
