@@ -443,6 +443,10 @@ fn faulty_hooks_fail_only_their_own_calls_and_a_reload_storm_never_serves_half_a
             scripts.to_str().unwrap(),
             "--vm-memory-mb",
             "32",
+            // A long budget, so that the bound below is far from both what a loaded machine
+            // adds to a ping and what a ping would wait without preemption.
+            "--hook-timeout-ms",
+            "1000",
         ],
     );
     let ping = |n: usize| -> Vec<Duration> {
@@ -511,10 +515,11 @@ fn faulty_hooks_fail_only_their_own_calls_and_a_reload_storm_never_serves_half_a
     let faulty: u32 = faults.into_iter().map(|f| f.join().unwrap()).sum();
     println!(
         "script faults: {faulty} faulty calls (throw, loop, alloc, hung http) failed alone; \
-         /_ping p99 {quiet:?} quiet, {busy:?} beside them (hook budget 100 ms); \
+         /_ping p99 {quiet:?} quiet, {busy:?} beside them (hook budget 1 s); \
          reload storm: {answers} calls during 60 rewrites, all whole"
     );
     // A hook that spins is preempted every millisecond, so the calls dealt to its worker do not
-    // wait for its budget to run out: p99 stays well under one budget (100 ms).
-    assert!(busy < Duration::from_millis(60), "p99 {busy:?}");
+    // wait for its budget to run out: p99 stays well under one budget (1 s). (Measured here:
+    // 14-20 ms; a busy CI machine once took one to 176 ms.)
+    assert!(busy < Duration::from_millis(400), "p99 {busy:?}");
 }
