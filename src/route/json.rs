@@ -538,7 +538,10 @@ fn is_host_config_field(key: &str) -> bool {
     let Some(folded) = fold(key, &mut buf) else {
         return false;
     };
-    HOST_CONFIG.iter().any(|f| f.eq_ignore_ascii_case(folded)) || folded == "CPUSET"
+    static BY_FOLD: OnceLock<HashSet<String>> = OnceLock::new();
+    let by_fold =
+        BY_FOLD.get_or_init(|| HOST_CONFIG.iter().map(|f| f.to_ascii_uppercase()).collect());
+    by_fold.contains(folded) || folded == "CPUSET"
 }
 
 /// Fields of `HostConfig` (with its embedded `Resources`), as dockerd 20.10+ reads them.
@@ -1021,6 +1024,9 @@ mod tests {
             r#"{"Image":"bb","Privileged":true}"#,
             r#"{"Image":"bb","Binds":["/:/host"]}"#,
             r#"{"Image":"bb","Cpuset":"0"}"#,
+            r#"{"Image":"bb","PidMode":"host"}"#,
+            r#"{"Image":"bb","CapAdd":["ALL"]}"#,
+            r#"{"Image":"bb","DeviceCgroupRules":["a *:* rwm"]}"#,
         ] {
             assert!(
                 matches!(create(bad), Err(JsonError::LegacyPlace { .. })),
