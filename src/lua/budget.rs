@@ -28,9 +28,9 @@
 //! coroutine is preempted (a coroutine the script made itself would see the yield as its own),
 //! and only while the VM uses at most half its memory cap: a parked hook keeps what it holds,
 //! so that the others always find half the VM free. A hook that holds more than that cannot be
-//! set aside; it runs on for at most [`HOG_GRACE`] and is then ended, so the calls behind it
-//! wait that long at most. Code inside a coroutine the script made is not preempted (it runs
-//! until it yields, or to the budget).
+//! set aside; it runs on for at most [`HOG_GRACE`] (of running time) and is then ended, so the
+//! calls behind it wait that long at most. Code inside a coroutine the script made is not
+//! preempted (it runs until it yields, or to the budget).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,11 +44,14 @@ use mlua::{FromLuaMulti, Function, HookTriggers, IntoLuaMulti, Lua, ThreadStatus
 use super::errors::raise;
 use crate::error::Error;
 
-/// How long a hook runs before it lets the other calls on its worker have a turn.
+/// How long a hook runs before it lets the other calls on its worker have a turn. On the wall
+/// clock: a slice cut short by time off the CPU only means an early turn for the others.
 pub const SLICE: Duration = Duration::from_millis(1);
 
 /// How long a hook may run on while it holds more than half its VM's memory cap (when it cannot
-/// be preempted, and so holds up every other call on its worker) before it is ended.
+/// be preempted, and so holds up every other call on its worker) before it is ended. Counted on
+/// the thread's CPU clock, like the budget: time the kernel keeps the thread off the CPU holds up
+/// the other calls as much, and is not the hook's doing.
 pub const HOG_GRACE: Duration = Duration::from_millis(10);
 
 /// The budget of one hook run.
@@ -102,9 +105,28 @@ fn thread_cpu() -> Option<Duration> {
 #[derive(Default)]
 struct Hog {
     /// Since when the hook has held more than half the VM's memory cap.
-    since: Option<Instant>,
+    since: Option<Mark>,
     /// When the VM's garbage was last collected to find out.
     collected: Option<Instant>,
+}
+
+/// A moment on the wall clock and on the thread's CPU clock (when it can be read).
+#[derive(Clone, Copy)]
+struct Mark(Instant, Option<Duration>);
+
+impl Mark {
+    fn now() -> Mark {
+        Mark(Instant::now(), thread_cpu())
+    }
+
+    /// The time this thread has run since the mark; the wall clock's time where the CPU clock
+    /// cannot be read.
+    fn ran(&self) -> Duration {
+        match (self.1, thread_cpu()) {
+            (Some(then), Some(now)) => now.saturating_sub(then),
+            _ => self.0.elapsed(),
+        }
+    }
 }
 
 impl Budget {
@@ -168,8 +190,9 @@ impl Budget {
                 hog.collected = Some(Instant::now());
             }
             if lua.used_memory() > cap / 2 {
-                let since = *hog.since.get_or_insert_with(Instant::now);
-                if since.elapsed() > HOG_GRACE {
+                // Running time, as for the budget: the calls behind it wait only while it runs.
+                let since = *hog.since.get_or_insert_with(Mark::now);
+                if since.ran() > HOG_GRACE {
                     *self.why.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
                         "hook held more than half of its VM's memory cap (--vm-memory-mb {}) \
                          for over {} ms; a hook that large cannot be set aside to let other \
@@ -711,6 +734,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 2 * (300000 * 300001 / 2));
+    }
+
+    #[tokio::test]
+    async fn a_hook_holding_half_the_vm_is_not_ended_for_time_off_the_cpu() {
+        let lua = Lua::new();
+        install(&lua, 8 << 20).unwrap();
+        lua.set_memory_limit(8 << 20).unwrap();
+        // As in the budget's test: the kernel sets the thread aside for 50 ms, past HOG_GRACE.
+        let off_cpu = lua
+            .create_function(|_, ()| {
+                std::thread::sleep(Duration::from_millis(50));
+                Ok(())
+            })
+            .unwrap();
+        lua.globals().set("off_cpu", off_cpu).unwrap();
+        let hog: Function = lua
+            .load(
+                r#"return function()
+                  local t = {} for i = 1, 5 do t[i] = string.rep("x", 1 << 20) end
+                  for i = 1, 3000 do end -- long enough to be seen holding it
+                  off_cpu()
+                  local x = 0 for i = 1, 2000 do x = x + i end
+                  return x
+                end"#,
+            )
+            .eval()
+            .unwrap();
+        let thread = lua.create_thread(hog).unwrap();
+        let budget = Budget::new(Duration::from_secs(20), Some(thread.to_pointer() as usize));
+        set_current(&lua, Some(budget.clone()));
+        *budget.poll_started.lock().unwrap() = Instant::now() - SLICE * 10;
+        assert_eq!(thread.resume::<i64>(()).unwrap(), 2000 * 2001 / 2);
+        assert!(budget.hog.lock().unwrap().since.is_some(), "it was a hog");
+        set_current(&lua, None);
     }
 
     #[tokio::test]
