@@ -39,6 +39,10 @@ pub trait Follower: Send + Sync + 'static {
         Box::pin(async {})
     }
 
+    /// The stream broke or ended; it is reopened after a back-off (and [`Follower::opened`]
+    /// called again). Until then, nothing is heard of the daemon.
+    fn closed(&self) {}
+
     /// One event, in the order the daemon sent them.
     fn event<'a>(&'a self, ev: &'a Value) -> FollowFuture<'a>;
 }
@@ -56,18 +60,30 @@ pub async fn follow(upstream: Upstream, f: Arc<dyn Follower>, stop: impl Future<
         };
         match stream {
             Ok(body) => {
-                backoff = Duration::from_millis(200);
+                let opened = std::time::Instant::now();
                 let read = async {
                     f.opened().await;
                     read(f.as_ref(), body).await
                 };
                 tokio::select! {
                     last = read => {
+                        f.closed();
                         since = last.or(since).or(Some(opened_at));
                         debug!(follower = f.name(), ?since, "the events stream ended; reconnecting");
                     }
                     _ = &mut stop => return,
                 }
+                // A stream that ends as soon as it opens (something that is not dockerd answers
+                // the socket) is retried with the same back-off as a refusal, never in a loop.
+                if opened.elapsed() > Duration::from_secs(5) {
+                    backoff = Duration::from_millis(200);
+                    continue;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut stop => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
                 debug!(follower = f.name(), error = %e, "cannot follow the daemon's events");
@@ -199,6 +215,49 @@ impl Filter {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    struct Quiet;
+
+    impl Follower for Quiet {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+
+        fn event<'a>(&'a self, _: &'a Value) -> FollowFuture<'a> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_at_once_is_reopened_with_a_back_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Something that is not dockerd on the socket: every request gets an empty 200.
+        let dir = std::env::temp_dir().join(format!("luastrip-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = opened.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        let upstream =
+            Upstream::new(crate::upstream::UpstreamAddr::parse(path.to_str().unwrap()).unwrap());
+        let stop = tokio::time::sleep(Duration::from_millis(1500));
+        follow(upstream, Arc::new(Quiet), stop).await;
+        // 0, 0.2, 0.6 and 1.4 s: four, where a loop would have made thousands.
+        let n = opened.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((2..=5).contains(&n), "{n} opens in 1.5 s");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn filter(pairs: &[(&str, &[&str])]) -> Filter {
         Filter::new(

@@ -38,7 +38,8 @@
 //!   scripts cannot escape (budget, memory, bounded patterns, read-only built-ins), the `req`/`res`
 //!   tables, one module per Lua namespace (`route`, `json`, `log`, `store`, `docker`, `http`,
 //!   `powerstrip`, `zfs`, `overlay`) wired in one list. It implements [`call::Hooks`].
-//! * [`powerstrip`] — the Powerstrip protocol v1 client and `adapters.yml`.
+//! * [`powerstrip`] — the Powerstrip protocol v1 client, `adapters.yml`, and the addresses of
+//!   adapter containers.
 //! * [`outbound`] — pooled HTTP to services other than the daemon (`http.request`, adapters,
 //!   replays, the REPL).
 //! * [`control`] — the control socket (HTTP/JSON): calls, tail, filters, routes, reload, eval,

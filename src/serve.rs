@@ -447,6 +447,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             Some(path) => Store::open(path, config.store_limit).map_err(StartError::State)?,
             None => Store::memory(config.store_limit),
         };
+        let adapter_addresses = Arc::<crate::powerstrip::Addresses>::default();
         let services = Services {
             upstream: Some(config.upstream.clone()),
             store: Arc::new(store),
@@ -454,6 +455,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             limits: config.limits.clone(),
             volumes: volumes.clone(),
             overlay: overlay.clone(),
+            adapter_addresses: adapter_addresses.clone(),
         };
         let loaded = Arc::new(Engine::load(config.scripts.as_deref(), workers, services)?);
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -473,6 +475,21 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         let upstream = Upstream::new(config.upstream.clone());
         background.spawn("docker.on_event follower", move |stop| {
             crate::lua::on_event::follow(on_events, upstream, stop)
+        });
+        // Adapter containers' addresses are kept while this follower hears of no change. It
+        // starts when the first is looked up.
+        let upstream = Upstream::new(config.upstream.clone());
+        background.spawn("adapter containers follower", move |mut stop| async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            tokio::pin!(stopped);
+            tokio::select! {
+                _ = adapter_addresses.first_wanted() => {}
+                _ = &mut stopped => return,
+            }
+            let follower = Arc::new(crate::powerstrip::AddressFollower(adapter_addresses));
+            crate::events::follow(upstream, follower, stopped).await
         });
         gateway = gateway.with_hooks(loaded.clone());
         engine = Some(loaded);

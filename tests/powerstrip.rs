@@ -433,11 +433,63 @@ impl Drop for DaemonLeftovers {
     }
 }
 
+/// A relay in front of dockerd's socket (the real daemon behind it) that counts the requests
+/// whose bytes contain `needle`; its socket, and the count so far.
+fn counting_relay(daemon: &std::path::Path, needle: String) -> (PathBuf, impl Fn() -> usize) {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let path = support::temp_dir("relay").join("docker.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    // What each connection's client sent, whole (a needle may span two reads).
+    type Sent = Arc<Mutex<Vec<u8>>>;
+    let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
+    let all = sent.clone();
+    let daemon = daemon.to_path_buf();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(up) = UnixStream::connect(&daemon) else {
+                continue;
+            };
+            let mine = Arc::new(Mutex::new(Vec::new()));
+            all.lock().unwrap().push(mine.clone());
+            let (mut from_client, mut to_daemon) =
+                (client.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                    mine.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if to_daemon.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_daemon.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut from_daemon, mut to_client) = (up, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from_daemon, &mut to_client);
+                let _ = to_client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let count = move || {
+        sent.lock()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let c = c.lock().unwrap();
+                c.windows(needle.len())
+                    .filter(|w| *w == needle.as_bytes())
+                    .count()
+            })
+            .sum()
+    };
+    (path, count)
+}
+
 /// Powerstrip's adapters ran as containers, named by host name in adapters.yml. The example
 /// adapter (examples/powerstrip/container: the busybox image plus a static CGI script) runs as
-/// a container on a Docker network; adapters.yml names it; luastrip finds it through the daemon
-/// before each call, also after it restarts, and a stopped or unknown container is an error
-/// naming it.
+/// a container on a Docker network; adapters.yml names it; luastrip finds it through the daemon,
+/// and again after it restarts, and a stopped or unknown container is an error naming it.
 #[test]
 fn an_adapter_runs_as_a_container_named_in_adapters_yml() {
     let d = Daemon::shared();
@@ -470,8 +522,10 @@ fn an_adapter_runs_as_a_container_named_in_adapters_yml() {
         &left.network,
         &left.image,
     ]));
+    // The gateway reaches dockerd through a relay that counts the lookups of the adapter.
+    let (relay, lookups) = counting_relay(&d.socket, format!("/containers/{name}/json "));
     let (gw, _) = with_config(
-        &d.socket,
+        &relay,
         &format!(
             "version: 1\nendpoints:\n  \"POST /*/containers/create\":\n    pre: [labeller]\n\
              adapters:\n  labeller: http://{name}/cgi-bin/adapter\n"
@@ -492,21 +546,34 @@ fn an_adapter_runs_as_a_container_named_in_adapters_yml() {
         create(&gw).status.success()
     });
     assert_eq!(labelled(&create(&gw)).trim(), "container");
-    // Stopped: the create fails closed, naming the container.
-    run_ok(d.docker().args(["stop", "-t", "1", &name]));
-    let out = create(&gw);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // The address found is kept while the daemon says nothing changed: no lookup per call.
+    let before = lookups();
+    for _ in 0..5 {
+        assert!(create(&gw).status.success());
+    }
     assert!(
-        err.contains(&format!("the adapter container {name} is not running")),
-        "{err}"
+        lookups() <= before + 1,
+        "{} lookups for 5 calls",
+        lookups() - before
     );
-    // Started again (with whatever address it gets now): found again.
+    // Stopped: the create fails closed, naming the container. (Once the gateway has heard the
+    // daemon's `die` event, which it may hear a moment after `docker stop` returns: until then
+    // it tries the old address, and that fails closed too.)
+    run_ok(d.docker().args(["stop", "-t", "1", &name]));
+    let not_running = format!("the adapter container {name} is not running");
+    support::wait_until("the stopped adapter named", Duration::from_secs(10), || {
+        let out = create(&gw);
+        assert!(!out.status.success(), "a create passed a stopped adapter");
+        String::from_utf8_lossy(&out.stderr).contains(&not_running)
+    });
+    // Started again (with whatever address it gets now): found again, by a new lookup.
+    let before = lookups();
     run_ok(d.docker().args(["start", &name]));
     support::wait_until("the restarted adapter", Duration::from_secs(10), || {
         create(&gw).status.success()
     });
     assert_eq!(labelled(&create(&gw)).trim(), "container");
+    assert!(lookups() > before);
     // A name no container has: a clear error.
     let gw2 = Gateway::with_script(
         &format!(

@@ -108,6 +108,8 @@ pub struct Services {
     pub volumes: Option<Arc<crate::volumes::Volumes>>,
     /// The overlay helper (`overlay.*`), when a `--network-plugin` is configured.
     pub overlay: Option<Arc<crate::overlay::Overlay>>,
+    /// Adapter containers' addresses, kept for every VM while the daemon's events are followed.
+    pub adapter_addresses: Arc<crate::powerstrip::Addresses>,
 }
 
 impl Default for Services {
@@ -119,6 +121,7 @@ impl Default for Services {
             limits: Limits::default(),
             volumes: None,
             overlay: None,
+            adapter_addresses: Arc::default(),
         }
     }
 }

@@ -27,7 +27,9 @@ use crate::route::{query, NormalPath};
 pub fn register(lua: &Lua, services: &Services) -> Result<()> {
     let body_limit = services.limits.body;
     let client = Outbound::new();
-    // Adapter containers are looked up through the daemon (this VM's own pool).
+    // Adapter containers are looked up through the daemon (this VM's own pool), and looked up
+    // again after a reload.
+    services.adapter_addresses.forget(None);
     let containers = services
         .upstream
         .clone()
@@ -37,6 +39,7 @@ pub fn register(lua: &Lua, services: &Services) -> Result<()> {
                 .overlay
                 .as_ref()
                 .map(|o| o.settings.network.clone()),
+            known: services.adapter_addresses.clone(),
         });
     let t = lua.create_table()?;
     t.set(

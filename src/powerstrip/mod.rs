@@ -13,13 +13,18 @@
 //!
 //! Adapters ran as containers, and `adapters.yml` named them by host name through Docker links
 //! (`weave: http://weave/extension`). A URL whose host is a bare name (no dot, not `localhost`,
-//! not an address) names a container: before each call it is looked up through the daemon
-//! ([`Containers`]) and reached at its overlay address, else at its address on a Docker network
-//! — so a restarted container (a new address) is found again. An unknown or stopped container is
-//! an error naming it.
+//! not an address) names a container: it is looked up through the daemon ([`Containers`]) and
+//! reached at its overlay address, else at its address on a Docker network. The address found is
+//! kept ([`Addresses`]) until the daemon's events say a container started, stopped, went or was
+//! renamed, or a network connection changed ([`AddressFollower`]), and until the scripts reload;
+//! so a restarted container (a new address) is found again, and a call costs no lookup
+//! otherwise. An unknown or stopped container is an error naming it.
 
 pub mod config;
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,11 +43,24 @@ pub struct Containers {
     /// The overlay helper's network name (`--overlay-network`): its networks (that name, and
     /// `NAME-10.2.1.0-24`) come first.
     pub overlay_network: Option<String>,
+    /// The addresses found, shared by every VM.
+    pub known: Arc<Addresses>,
 }
 
 impl Containers {
-    /// Where container `name` listens now.
-    pub async fn address(&self, name: &str) -> Result<std::net::IpAddr, String> {
+    /// Where container `name` listens now: as last found, while nothing has changed since.
+    pub async fn address(&self, name: &str) -> Result<IpAddr, String> {
+        let generation = match self.known.get(name) {
+            Ok(ip) => return Ok(ip),
+            Err(generation) => generation,
+        };
+        let ip = self.look_up(name).await?;
+        self.known.keep(name, ip, generation);
+        Ok(ip)
+    }
+
+    /// Where container `name` listens, asked of the daemon.
+    async fn look_up(&self, name: &str) -> Result<IpAddr, String> {
         let c = self
             .daemon
             .get_json_found(&format!("/containers/{name}/json"))
@@ -68,6 +86,104 @@ impl Containers {
         pick_address(&c, self.overlay_network.as_deref()).ok_or_else(|| {
             format!("the adapter container {name} has no address on a network luastrip can reach")
         })
+    }
+}
+
+/// Adapter containers' addresses as last looked up. They are used only while the daemon's events
+/// are followed ([`AddressFollower`]) and nothing that could change an address has happened
+/// since: every such event, a broken stream and a reload forget them all. A lookup that was under
+/// way when they were forgotten is not kept (the generation tells).
+#[derive(Default)]
+pub struct Addresses {
+    known: Mutex<Known>,
+    /// Told when an address is asked for while the events are not followed: the follower starts
+    /// then (a gateway with no adapter container never opens the stream).
+    wanted: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Known {
+    /// The events stream is open: an address change would be heard of.
+    following: bool,
+    /// Counts the times everything was forgotten.
+    generation: u64,
+    by_name: HashMap<String, IpAddr>,
+}
+
+impl Addresses {
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The kept address of `name`, or the generation to hand [`Addresses::keep`] with the
+    /// address looked up.
+    fn get(&self, name: &str) -> Result<IpAddr, u64> {
+        let k = self.known();
+        if !k.following {
+            self.wanted.notify_one();
+        }
+        match k.by_name.get(name) {
+            Some(ip) if k.following => Ok(*ip),
+            _ => Err(k.generation),
+        }
+    }
+
+    /// Resolves once an address has been asked for (at once, if one was asked for already).
+    pub async fn first_wanted(&self) {
+        self.wanted.notified().await
+    }
+
+    #[cfg(test)]
+    fn generation_for_test(&self) -> u64 {
+        self.known().generation
+    }
+
+    fn keep(&self, name: &str, ip: IpAddr, generation: u64) {
+        let mut k = self.known();
+        if k.following && k.generation == generation {
+            k.by_name.insert(name.to_string(), ip);
+        }
+    }
+
+    /// Forget every address; `following` says whether the events stream is open now.
+    pub fn forget(&self, following: Option<bool>) {
+        let mut k = self.known();
+        k.generation += 1;
+        k.by_name.clear();
+        if let Some(f) = following {
+            k.following = f;
+        }
+    }
+}
+
+/// Follows the daemon's events for [`Addresses`]: what could give a container another address
+/// (or none) forgets them.
+pub struct AddressFollower(pub Arc<Addresses>);
+
+impl crate::events::Follower for AddressFollower {
+    fn name(&self) -> &'static str {
+        "adapter containers"
+    }
+
+    fn filters(&self) -> Option<String> {
+        Some(
+            r#"{"type":["container","network"],"event":["start","die","destroy","rename","connect","disconnect"]}"#
+                .into(),
+        )
+    }
+
+    fn opened(&self) -> crate::events::FollowFuture<'_> {
+        self.0.forget(Some(true));
+        Box::pin(async {})
+    }
+
+    fn closed(&self) {
+        self.0.forget(Some(false));
+    }
+
+    fn event<'a>(&'a self, _: &'a serde_json::Value) -> crate::events::FollowFuture<'a> {
+        self.0.forget(None);
+        Box::pin(async {})
     }
 }
 
@@ -234,14 +350,14 @@ impl Adapter {
 /// Where a running container (its `docker inspect`) is reached: loopback with the host's
 /// network; else its address on the overlay (networks named `overlay`, or `overlay-…`); else
 /// its address on the first network (by name) that gave it one.
-fn pick_address(c: &serde_json::Value, overlay: Option<&str>) -> Option<std::net::IpAddr> {
+fn pick_address(c: &serde_json::Value, overlay: Option<&str>) -> Option<IpAddr> {
     if c["HostConfig"]["NetworkMode"] == "host" {
         return Some(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let on_overlay = |net: &str| {
         overlay.is_some_and(|o| net == o || net.strip_prefix(o).is_some_and(|r| r.starts_with('-')))
     };
-    let networks: Vec<(&str, std::net::IpAddr)> = c["NetworkSettings"]["Networks"]
+    let networks: Vec<(&str, IpAddr)> = c["NetworkSettings"]["Networks"]
         .as_object()
         .into_iter()
         .flatten()
@@ -265,6 +381,31 @@ fn check_version(v: Option<u32>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_kept_only_while_the_events_are_followed_and_quiet() {
+        let known = Addresses::default();
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        // Not following the events yet: nothing is kept.
+        let g = known.get("a").unwrap_err();
+        known.keep("a", ip, g);
+        assert!(known.get("a").is_err());
+        // Following: kept.
+        known.forget(Some(true));
+        let g = known.get("a").unwrap_err();
+        known.keep("a", ip, g);
+        assert_eq!(known.get("a"), Ok(ip));
+        // An event forgets it, and a lookup begun before the event is not kept.
+        let before = known.generation_for_test();
+        known.forget(None);
+        known.keep("a", ip, before);
+        assert!(known.get("a").is_err());
+        // The stream broke: nothing is kept until it is open again.
+        known.forget(Some(false));
+        let g = known.get("a").unwrap_err();
+        known.keep("a", ip, g);
+        assert!(known.get("a").is_err());
+    }
 
     #[test]
     fn adapter_containers_are_reached_on_the_overlay_first() {
