@@ -97,7 +97,7 @@ impl Hooks for Engine {
                     }
                 }
             }
-            message::apply_req(call, &req).map_err(le)?;
+            message::apply_req(lua, call, &req).map_err(le)?;
             call.state.insert(CallState {
                 vm: vm.clone(),
                 req,

@@ -126,11 +126,6 @@ fn lazy_key() -> mlua::LightUserData {
 /// The `req` table of `docs/lua-api.md`. Its body, when the route's body is JSON, moves into the
 /// table (read on first access) until [`apply_req`] gives it back to the call.
 pub fn new_req(lua: &Lua, call: &mut Call, cap: usize) -> mlua::Result<Table> {
-    let req = lua.create_table_with_capacity(0, 8)?;
-    req.raw_set("id", call.id)?;
-    req.raw_set("method", call.head.method.as_str())?;
-    req.raw_set("path", call.path.as_str())?;
-    req.raw_set("version", call.path.version())?;
     let body = match call.request_body_kind() {
         RequestBody::Json => call.body.take().map(|b| PendingBody::new(b, call)),
         RequestBody::Stream => None,
@@ -141,10 +136,38 @@ pub fn new_req(lua: &Lua, call: &mut Call, cap: usize) -> mlua::Result<Table> {
         body,
         cap,
     };
-    req.raw_set(lazy_key(), lua.create_userdata(lazy)?)?;
-    set_object_meta(lua, &req)?;
-    Ok(req)
+    // One call into Lua builds the whole table (a call per field costs a protected call each).
+    req_fns(lua)?.make.call((
+        call.id,
+        call.head.method.as_str(),
+        call.path.as_str(),
+        call.path.version(),
+        lua.create_userdata(lazy)?,
+    ))
 }
+
+/// Lua functions that build a `req` table and read back its fields, in one call each; made
+/// once per VM (app data).
+struct ReqFns {
+    make: Function,
+    read: Function,
+}
+
+fn req_fns(lua: &Lua) -> mlua::Result<mlua::AppDataRef<'_, ReqFns>> {
+    lua.app_data_ref::<ReqFns>()
+        .ok_or_else(|| mlua::Error::runtime("luastrip: VM without object methods"))
+}
+
+/// The fields of `req` that [`apply_req`] reads, as they are in the table (never built lazily).
+type ReqFields = (
+    mlua::String,
+    mlua::String,
+    Option<mlua::String>,
+    Option<Table>,
+    Option<Table>,
+    Option<mlua::AnyUserData>,
+    Option<mlua::String>,
+);
 
 /// The `res` table of `docs/lua-api.md`.
 pub fn new_res(
@@ -275,6 +298,29 @@ pub fn install_object_meta(lua: &Lua) -> mlua::Result<()> {
         .call((methods, lazy))?;
     let mt = lua.create_table()?;
     mt.set("__index", index)?;
+    let (make, read): (Function, Function) = lua
+        .load(
+            r#"
+            local mt, LAZY, setmetatable, rawget = ...
+            local function make(id, method, path, version, lazy)
+              return setmetatable(
+                { id = id, method = method, path = path, version = version, [LAZY] = lazy }, mt)
+            end
+            local function read(req)
+              return rawget(req, "method"), rawget(req, "path"), rawget(req, "version"),
+                rawget(req, "query"), rawget(req, "headers"), rawget(req, LAZY),
+                rawget(req, "body")
+            end
+            return make, read"#,
+        )
+        .set_name("=luastrip")
+        .call((
+            &mt,
+            lazy_key(),
+            lua.globals().get::<Function>("setmetatable")?,
+            lua.globals().get::<Function>("rawget")?,
+        ))?;
+    lua.set_app_data(ReqFns { make, read });
     lua.set_app_data(ObjectMeta(mt));
     Ok(())
 }
@@ -402,17 +448,24 @@ pub fn string_pairs(t: Option<Table>) -> mlua::Result<Vec<(String, String)>> {
 
 /// Apply the pre hooks' edits of `req` to the call: only what differs from the call. The body
 /// goes back to the call: the client's stream if no hook read it, else the bytes the hooks left.
-pub fn apply_req(call: &mut Call, req: &Table) -> mlua::Result<()> {
-    let method: String = req.raw_get("method")?;
-    if method != call.head.method.as_str() {
-        let m = method.to_ascii_uppercase();
+pub fn apply_req(lua: &Lua, call: &mut Call, req: &Table) -> mlua::Result<()> {
+    let (method, path, version, query, headers, lazy, now): ReqFields =
+        req_fns(lua)?.read.call(req)?;
+    if *method.as_bytes() != *call.head.method.as_str().as_bytes() {
+        let m = method.to_str()?.to_ascii_uppercase();
         call.head.method = Method::from_bytes(m.as_bytes())
             .map_err(|_| mlua::Error::runtime(format!("req.method {m:?} is not a method")))?;
     }
-    let path: String = req.raw_get("path")?;
-    let version: Option<String> = req.raw_get("version")?;
-    if path != call.path.as_str() || version.as_deref() != call.path.version() {
-        let np = NormalPath::parse(&path).map_err(mlua::Error::runtime)?;
+    let same_version = match (&version, call.path.version()) {
+        (None, None) => true,
+        (Some(v), Some(was)) => *v.as_bytes() == *was.as_bytes(),
+        _ => false,
+    };
+    if *path.as_bytes() != *call.path.as_str().as_bytes() || !same_version {
+        let version = version
+            .map(|v| v.to_str().map(|v| v.to_string()))
+            .transpose()?;
+        let np = NormalPath::parse(&path.to_str()?).map_err(mlua::Error::runtime)?;
         let np = match np.version() {
             Some(_) => np,
             None => np.with_version(version).map_err(mlua::Error::runtime)?,
@@ -420,17 +473,17 @@ pub fn apply_req(call: &mut Call, req: &Table) -> mlua::Result<()> {
         call.path = np;
     }
     // Headers and query exist in the table only if a script looked at them.
-    if let Some(qt) = req.raw_get::<Option<Table>>("query")? {
+    if let Some(qt) = query {
         if !query_unchanged(&qt, call.query().unwrap_or(""))? {
             call.set_query(&encode_query(&qt)?).map_err(raise)?;
         }
     }
-    if let Some(ht) = req.raw_get::<Option<Table>>("headers")? {
+    if let Some(ht) = headers {
         if !headers_unchanged(&ht, &call.head.headers)? {
             call.head.headers = header_map(&string_pairs(Some(ht))?)?;
         }
     }
-    let pending = match req.raw_get::<Option<mlua::AnyUserData>>(lazy_key())? {
+    let pending = match lazy {
         Some(ud) => ud.borrow::<Lazy>()?.body.clone(),
         None => None,
     };
@@ -438,7 +491,6 @@ pub fn apply_req(call: &mut Call, req: &Table) -> mlua::Result<()> {
     if let Some(Err(read)) = &left {
         call.note_received_body(read);
     }
-    let now: Option<mlua::String> = req.raw_get("body")?;
     let new_body = match (left, now) {
         // Nobody read or wrote it: the client's stream goes on untouched.
         (Some(Ok(stream)), None) => {
