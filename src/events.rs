@@ -1,12 +1,14 @@
 //! Following the daemon's `/events` stream, for the background services that must see what
 //! happens on the daemon directly (a `docker rm` sent to dockerd, a restart-policy restart, a
-//! `--rm` container ending): the overlay helper's follower and the scripts' `docker.on_event`.
+//! `--rm` container ending): the overlay helper's follower, the scripts' `docker.on_event`, and
+//! the keeper of adapter containers' addresses.
 //!
 //! [`follow`] opens the stream, tells its [`Follower`] (which may catch up on what it could have
 //! missed: the stream is opened first, so nothing that happens meanwhile is lost), hands it every
-//! event, and when the stream breaks (the daemon restarts) reopens it with `since=` the last
-//! event's `timeNano`, backing off up to 5 s. [`Filter`] matches events as dockerd's `filters`
-//! do.
+//! event, tells it when the stream ends, and reopens it with `since=` the last event's
+//! `timeNano`: at once after a stream that ran a while (the daemon restarted), else after a
+//! back-off of up to 5 s (a refusal, or a stream that ends as it opens). [`Filter`] matches
+//! events as dockerd's `filters` do.
 
 use std::collections::BTreeMap;
 use std::future::Future;
