@@ -928,6 +928,32 @@ mod tests {
     }
 
     #[test]
+    fn keys_that_fold_alike_hash_alike() {
+        use std::hash::BuildHasher;
+        let state = std::collections::hash_map::RandomState::new();
+        let long = "k".repeat(FOLD_MAX);
+        for (a, b) in [
+            ("ſecurityOpt".to_string(), "SECURITYOPT".to_string()),
+            ("\u{212A}ey".to_string(), "key".to_string()),
+            (format!("{long}ſ"), format!("{}S", long.to_uppercase())),
+            (String::new(), String::new()),
+        ] {
+            let (sa, sb) = (
+                Slot {
+                    key: &a,
+                    folded: true,
+                },
+                Slot {
+                    key: &b,
+                    folded: true,
+                },
+            );
+            assert!(sa == sb, "{a} {b}");
+            assert_eq!(state.hash_one(&sa), state.hash_one(&sb), "{a} {b}");
+        }
+    }
+
+    #[test]
     fn disguised_keys_are_refused() {
         for bad in [
             r#"{"HostConfig":{"Privil\u0065ged":true}}"#,
