@@ -607,14 +607,14 @@ fn bounded(cmd: &mut Command, input: Option<&[u8]>, limit: Duration) -> Result<O
             String::from_utf8_lossy(&taken(&stderr)),
         ))
     };
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > limit {
-            return give_up(format!("did not finish in {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    // Waited for on a thread of its own, so that its exit is seen at once.
+    let (exited, status) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited.send(child.wait());
+    });
+    let status = match status.recv_timeout(limit.saturating_sub(started.elapsed())) {
+        Ok(status) => status.unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}")),
+        Err(_) => return give_up(format!("did not finish in {limit:?}")),
     };
     // The command is gone; its output ends at once unless something it started still holds it.
     for (done, _) in [&stdout, &stderr] {
