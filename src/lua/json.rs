@@ -5,16 +5,18 @@
 //! objects stay `{}`, `null` is the `json.null` sentinel (not a hole in the table), and integers
 //! are Lua 5.4's 64-bit integers, exact.
 //!
-//! Bodies go straight between JSON bytes and Lua values, without an intermediate
-//! `serde_json::Value`: the JSON hook is the one most often written, and building and dropping a
-//! Rust tree on each side was half its cost. Encoding writes object keys in sorted order, so that
-//! the same table always gives the same bytes.
+//! Bodies go between JSON bytes and Lua values without an intermediate `serde_json::Value`: the
+//! JSON hook is the one most often written, and building and dropping a Rust tree on each side
+//! was half its cost. Decoding reads the bytes into a flat list of tokens, then builds the tables
+//! in one protected call into the VM (the only raw Lua C API in luastrip, see [`decode`]).
+//! Encoding writes object keys in sorted order, so that the same table always gives the same
+//! bytes.
 
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::fmt;
 
-use mlua::{Lua, LuaSerdeExt, Result, Table, Value};
+use mlua::{ffi, Lua, LuaSerdeExt, Result, Table, Value};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::ser::{self, Serialize, SerializeMap, SerializeSeq, Serializer};
 
@@ -31,20 +33,183 @@ fn to_lua_options() -> mlua::SerializeOptions {
 }
 
 /// Decode JSON bytes into a Lua value.
+///
+/// In two steps: the bytes are read into a flat list of [`Tok`]ens (serde_json's parser, its
+/// errors and its nesting limit), then the tables are built from that list in one protected call
+/// into the VM ([`build`]). Building them through mlua's API cost a protected call per string
+/// and per field, most of a JSON hook's time.
 pub fn decode(lua: &Lua, bytes: &[u8]) -> Result<Value> {
-    let failed = RefCell::new(None);
+    let toks = RefCell::new(Vec::new());
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let out = Build {
-        lua,
-        failed: &failed,
+    Toks(&toks)
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| mlua::Error::runtime(format!("json.decode: {e}")))?;
+    let toks = toks.into_inner();
+    // SAFETY: `build` only calls the Lua C API on the stack it is given, with room checked
+    // first; a Lua error it raises (out of memory) unwinds only through frames that own nothing
+    // to drop (indices and a borrowed slice) to the protected call `exec_raw` makes.
+    unsafe {
+        lua.exec_raw::<Value>(lua.array_metatable(), |state| {
+            let array_mt = ffi::lua_gettop(state);
+            let mut at = 0;
+            build(state, &toks, &mut at, array_mt);
+            ffi::lua_remove(state, array_mt);
+        })
     }
-    .deserialize(&mut de)
-    .and_then(|v| de.end().map(|()| v));
-    match (out, failed.into_inner()) {
-        (Ok(v), _) => Ok(v),
-        // The VM's own error (its memory cap), as the VM raised it.
-        (Err(_), Some(e)) => Err(e),
-        (Err(e), None) => Err(mlua::Error::runtime(format!("json.decode: {e}"))),
+}
+
+/// One piece of a JSON text, in document order: a container is its length, then its items (an
+/// object's as key, value, key, value…).
+enum Tok<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(std::borrow::Cow<'a, str>),
+    Array(usize),
+    Object(usize),
+}
+
+/// Pushes on `state` the value that starts at `toks[*at]`, and moves `at` past it. Arrays get
+/// `array_mt` (the stack index of the VM's array metatable).
+///
+/// # Safety
+/// `state` is a running Lua state inside a protected call; `toks` is a whole value as [`Toks`]
+/// writes it (at most serde_json's 128 levels deep).
+unsafe fn build(state: *mut ffi::lua_State, toks: &[Tok], at: &mut usize, array_mt: i32) {
+    // A table, a key and a value per level at most: room for this level and the next.
+    ffi::luaL_checkstack(state, 4, c"JSON nested too deep".as_ptr());
+    let tok = &toks[*at];
+    *at += 1;
+    match tok {
+        Tok::Null => ffi::lua_pushlightuserdata(state, std::ptr::null_mut()),
+        Tok::Bool(b) => ffi::lua_pushboolean(state, i32::from(*b)),
+        Tok::Int(n) => ffi::lua_pushinteger(state, *n),
+        Tok::Float(f) => ffi::lua_pushnumber(state, *f),
+        Tok::Str(s) => {
+            ffi::lua_pushlstring(state, s.as_ptr().cast(), s.len());
+        }
+        Tok::Array(n) => {
+            ffi::lua_createtable(state, i32::try_from(*n).unwrap_or(i32::MAX), 0);
+            ffi::lua_pushvalue(state, array_mt);
+            ffi::lua_setmetatable(state, -2);
+            for i in 1..=*n {
+                build(state, toks, at, array_mt);
+                ffi::lua_rawseti(state, -2, i as ffi::lua_Integer);
+            }
+        }
+        Tok::Object(n) => {
+            ffi::lua_createtable(state, 0, i32::try_from(*n).unwrap_or(i32::MAX));
+            for _ in 0..*n {
+                build(state, toks, at, array_mt);
+                build(state, toks, at, array_mt);
+                ffi::lua_rawset(state, -3);
+            }
+        }
+    }
+}
+
+/// Reads a JSON value into [`Tok`]s.
+#[derive(Clone, Copy)]
+struct Toks<'a, 'v>(&'v RefCell<Vec<Tok<'a>>>);
+
+impl<'a> Toks<'a, '_> {
+    fn push(&self, t: Tok<'a>) {
+        self.0.borrow_mut().push(t);
+    }
+
+    /// Begin a container; [`Toks::close`] writes its length.
+    fn open(&self, t: Tok<'a>) -> usize {
+        let mut v = self.0.borrow_mut();
+        v.push(t);
+        v.len() - 1
+    }
+
+    fn close(&self, at: usize, n: usize) {
+        let mut v = self.0.borrow_mut();
+        match &mut v[at] {
+            Tok::Array(len) | Tok::Object(len) => *len = n,
+            _ => unreachable!("a container's length goes on its own token"),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Toks<'de, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Toks<'de, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
+        self.push(Tok::Null);
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> std::result::Result<(), E> {
+        self.push(Tok::Bool(b));
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> std::result::Result<(), E> {
+        self.push(Tok::Int(n));
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> std::result::Result<(), E> {
+        // Beyond Lua's integers, a float (as Lua's own tonumber does).
+        self.push(i64::try_from(n).map_or(Tok::Float(n as f64), Tok::Int));
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> std::result::Result<(), E> {
+        self.push(Tok::Float(n));
+        Ok(())
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> std::result::Result<(), E> {
+        self.push(Tok::Str(std::borrow::Cow::Borrowed(s)));
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<(), E> {
+        self.push(Tok::Str(std::borrow::Cow::Owned(s.to_string())));
+        Ok(())
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> std::result::Result<(), E> {
+        self.push(Tok::Str(std::borrow::Cow::Owned(s)));
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let at = self.open(Tok::Array(0));
+        let mut n = 0;
+        while seq.next_element_seed(self)?.is_some() {
+            n += 1;
+        }
+        self.close(at, n);
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let at = self.open(Tok::Object(0));
+        let mut n = 0;
+        while map.next_key_seed(self)?.is_some() {
+            map.next_value_seed(self)?;
+            n += 1;
+        }
+        self.close(at, n);
+        Ok(())
     }
 }
 
@@ -90,20 +255,6 @@ fn write<S: Serializer>(lua: &Lua, value: &Value, what: &str, s: S) -> Result<S:
     }
 }
 
-/// Builds Lua values as serde_json reads the bytes. An error of the VM (its memory cap) is kept
-/// in `failed`, to be raised as it is rather than as text.
-#[derive(Clone, Copy)]
-struct Build<'a> {
-    lua: &'a Lua,
-    failed: &'a RefCell<Option<mlua::Error>>,
-}
-
-impl Build<'_> {
-    fn vm<T, E: de::Error>(&self, r: Result<T>) -> std::result::Result<T, E> {
-        keep(self.failed, r, E::custom)
-    }
-}
-
 /// A VM error met while converting, kept in `failed` (to be raised as the VM raised it) and
 /// passed on to serde as text.
 fn keep<T, E>(
@@ -116,67 +267,6 @@ fn keep<T, E>(
         *failed.borrow_mut() = Some(e);
         custom(msg)
     })
-}
-
-impl<'de> DeserializeSeed<'de> for Build<'_> {
-    type Value = Value;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Build<'_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> std::result::Result<Value, E> {
-        Ok(Value::NULL)
-    }
-
-    fn visit_bool<E: de::Error>(self, b: bool) -> std::result::Result<Value, E> {
-        Ok(Value::Boolean(b))
-    }
-
-    fn visit_i64<E: de::Error>(self, n: i64) -> std::result::Result<Value, E> {
-        Ok(Value::Integer(n))
-    }
-
-    fn visit_u64<E: de::Error>(self, n: u64) -> std::result::Result<Value, E> {
-        // Beyond Lua's integers, a float (as Lua's own tonumber does).
-        Ok(i64::try_from(n).map_or(Value::Number(n as f64), Value::Integer))
-    }
-
-    fn visit_f64<E: de::Error>(self, n: f64) -> std::result::Result<Value, E> {
-        Ok(Value::Number(n))
-    }
-
-    fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<Value, E> {
-        self.vm(self.lua.create_string(s)).map(Value::String)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
-        let t = self.vm(self.lua.create_table())?;
-        self.vm(t.set_metatable(Some(self.lua.array_metatable())))?;
-        let mut i = 1;
-        while let Some(v) = seq.next_element_seed(self)? {
-            self.vm(t.raw_set(i, v))?;
-            i += 1;
-        }
-        Ok(Value::Table(t))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
-        let t = self.vm(self.lua.create_table())?;
-        while let Some(k) = map.next_key_seed(self)? {
-            let v = map.next_value_seed(self)?;
-            self.vm(t.raw_set(k, v))?;
-        }
-        Ok(Value::Table(t))
-    }
 }
 
 /// Writes a Lua value as JSON: a table with the array mark or a non-empty sequence part is an
@@ -444,6 +534,39 @@ mod tests {
         );
         let e = decode(&capped, body.as_bytes()).unwrap_err();
         assert!(crate::lua::errors::is_memory_error(&e), "{e:?}");
+    }
+
+    #[test]
+    fn decoding_at_any_depth_or_memory_cap_ends_cleanly() {
+        let lua = Lua::new();
+        // As deep as serde_json reads (128 levels), arrays and objects mixed.
+        let deep = |n: usize| format!("{}1{}", r#"[{"a":"#.repeat(n), "}]".repeat(n));
+        let v = decode(&lua, deep(63).as_bytes()).unwrap();
+        assert_eq!(encode(&lua, v).unwrap(), deep(63).into_bytes());
+        let e = decode(&lua, deep(200).as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("recursion limit"), "{e}");
+        // Out of memory at every stage of building (a table, a string, a store): the VM's own
+        // error each time, and the VM goes on.
+        let body = format!(
+            "[{}]",
+            vec![r#"{"key":"0123456789abcdef","n":[1,2,{"x":null}]}"#; 2_000].join(",")
+        );
+        let base = lua.used_memory();
+        let mut failed = 0;
+        for extra in (4..400).step_by(7) {
+            lua.set_memory_limit(base + extra * 1024).unwrap();
+            if let Err(e) = decode(&lua, body.as_bytes()) {
+                assert!(crate::lua::errors::is_memory_error(&e), "{e:?}");
+                failed += 1;
+            }
+            lua.set_memory_limit(0).unwrap();
+            lua.gc_collect().unwrap();
+            let n: i64 = lua.load("return 40 + 2").eval().unwrap();
+            assert_eq!(n, 42);
+        }
+        assert!(failed > 10, "{failed}");
+        // With room, the same body decodes.
+        assert!(decode(&lua, body.as_bytes()).is_ok());
     }
 
     fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
