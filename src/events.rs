@@ -75,27 +75,23 @@ pub async fn follow(upstream: Upstream, f: Arc<dyn Follower>, stop: impl Future<
                     }
                     _ = &mut stop => return,
                 }
-                // A stream that ends as soon as it opens (something that is not dockerd answers
-                // the socket) is retried with the same back-off as a refusal, never in a loop.
+                // A stream that ran a while is reopened at once. One that ends as soon as it
+                // opens (something that is not dockerd answers the socket) waits the back-off,
+                // as a refusal does, and is never reopened in a loop.
                 if opened.elapsed() > Duration::from_secs(5) {
                     backoff = Duration::from_millis(200);
                     continue;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = &mut stop => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
                 debug!(follower = f.name(), error = %e, "cannot follow the daemon's events");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = &mut stop => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut stop => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
