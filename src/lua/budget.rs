@@ -616,18 +616,23 @@ mod tests {
         lua
     }
 
-    #[tokio::test]
-    async fn time_off_the_cpu_is_not_charged_but_running_is() {
-        let lua = vm();
-        // `off_cpu()` stands for the kernel setting the gateway's thread aside mid-hook (a
-        // loaded machine): 150 ms pass on the wall clock and none on the thread's CPU clock.
+    /// `off_cpu()` for scripts: it stands for the kernel setting the gateway's thread aside (a
+    /// loaded machine), `ms` on the wall clock and none on the thread's CPU clock.
+    fn give_off_cpu(lua: &Lua, ms: u64) {
         let off_cpu = lua
-            .create_function(|_, ()| {
-                std::thread::sleep(Duration::from_millis(150));
+            .create_function(move |_, ()| {
+                std::thread::sleep(Duration::from_millis(ms));
                 Ok(())
             })
             .unwrap();
         lua.globals().set("off_cpu", off_cpu).unwrap();
+    }
+
+    #[tokio::test]
+    async fn time_off_the_cpu_is_not_charged_but_running_is() {
+        let lua = vm();
+        // The kernel sets the gateway's thread aside mid-hook for 150 ms.
+        give_off_cpu(&lua, 150);
         let hook: Function = lua
             .load(
                 r#"return function(spin)
@@ -741,14 +746,8 @@ mod tests {
         let lua = Lua::new();
         install(&lua, 8 << 20).unwrap();
         lua.set_memory_limit(8 << 20).unwrap();
-        // As in the budget's test: the kernel sets the thread aside for 50 ms, past HOG_GRACE.
-        let off_cpu = lua
-            .create_function(|_, ()| {
-                std::thread::sleep(Duration::from_millis(50));
-                Ok(())
-            })
-            .unwrap();
-        lua.globals().set("off_cpu", off_cpu).unwrap();
+        // The kernel sets the thread aside for 50 ms, past HOG_GRACE.
+        give_off_cpu(&lua, 50);
         let hog: Function = lua
             .load(
                 r#"return function()
