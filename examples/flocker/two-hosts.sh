@@ -30,6 +30,8 @@ for i in 1 2; do
     truncate -s 1G "$W/pool$i.img"
     timeout 60 zpool create -m "$W/mnt$i" "$POOL$i" "$W/pool$i.img"
 done
+# One host after the other: both gateways create their datasets as they start, and zfs-fuse
+# (one daemon for both "hosts" here) can deadlock when two start at the same moment.
 for i in 1 2; do
     other=$((3 - i))
     "$BIN" serve --listen "unix://$RUN/luastrip-h$i.sock" --upstream "$UPSTREAM" \
@@ -39,9 +41,8 @@ for i in 1 2; do
         --peer-listen "127.0.0.1:${PORTS[i-1]}" --peer "h$other=http://127.0.0.1:${PORTS[other-1]}" \
         2> "$W/h$i.log" &
     PIDS+=($!)
-done
-for i in 1 2; do
     for _ in $(seq 100); do [ -S "$RUN/luastrip-h$i.sock" ] && break; sleep 0.1; done
+    [ -S "$RUN/luastrip-h$i.sock" ] || { echo "h$i did not start; its log:" >&2; cat "$W/h$i.log" >&2; exit 1; }
 done
 
 # (Each step is bounded: a stuck step is an error, not a script that never ends.)
