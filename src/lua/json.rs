@@ -25,8 +25,8 @@ use serde::ser::{self, Serialize, SerializeMap, SerializeSeq, Serializer};
 const MAX_DEPTH: usize = 128;
 
 /// Options that keep arrays marked and nulls as `json.null`.
-fn to_lua_options() -> mlua::SerializeOptions {
-    mlua::SerializeOptions::new()
+fn to_lua_options() -> mlua::serde::SerializeOptions {
+    mlua::serde::SerializeOptions::new()
         .set_array_metatable(true)
         .serialize_none_to_null(true)
         .serialize_unit_to_null(true)
@@ -306,7 +306,7 @@ impl Out<'_> {
             }
             return seq.end();
         }
-        let mut pairs: Vec<(mlua::String, Value)> = Vec::new();
+        let mut pairs: Vec<(mlua::LuaString, Value)> = Vec::new();
         for pair in t.pairs::<Value, Value>() {
             let (k, v) = self.vm(pair)?;
             match k {
@@ -375,7 +375,7 @@ pub fn register(lua: &Lua, _: &super::Services) -> Result<()> {
     let json = lua.create_table()?;
     json.set(
         "decode",
-        lua.create_function(|lua, s: mlua::String| decode(lua, &s.as_bytes()))?,
+        lua.create_function(|lua, s: mlua::LuaString| decode(lua, &s.as_bytes()))?,
     )?;
     json.set(
         "encode",

@@ -160,13 +160,13 @@ fn req_fns(lua: &Lua) -> mlua::Result<mlua::AppDataRef<'_, ReqFns>> {
 
 /// The fields of `req` that [`apply_req`] reads, as they are in the table (never built lazily).
 type ReqFields = (
-    mlua::String,
-    mlua::String,
-    Option<mlua::String>,
+    mlua::LuaString,
+    mlua::LuaString,
+    Option<mlua::LuaString>,
     Option<Table>,
     Option<Table>,
     Option<mlua::AnyUserData>,
-    Option<mlua::String>,
+    Option<mlua::LuaString>,
 );
 
 /// The `res` table of `docs/lua-api.md`.
@@ -195,8 +195,8 @@ pub fn new_res(
 
 /// `req.body`, reading it from the client first if no hook has (Rust callers, such as adapters,
 /// use this: a plain table read from Rust cannot wait for the client).
-pub async fn read_body(lua: &Lua, t: &Table) -> mlua::Result<Option<mlua::String>> {
-    if let Some(b) = t.raw_get::<Option<mlua::String>>("body")? {
+pub async fn read_body(lua: &Lua, t: &Table) -> mlua::Result<Option<mlua::LuaString>> {
+    if let Some(b) = t.raw_get::<Option<mlua::LuaString>>("body")? {
         return Ok(Some(b));
     }
     let pending = match t.raw_get::<Option<mlua::AnyUserData>>(lazy_key())? {
@@ -382,7 +382,7 @@ fn query_unchanged(t: &Table, raw: &str) -> mlua::Result<bool> {
         }
     }
     let mut n = 0;
-    for pair in t.pairs::<mlua::String, mlua::String>() {
+    for pair in t.pairs::<mlua::LuaString, mlua::LuaString>() {
         let (k, v) = pair?;
         n += 1;
         let same = orig.iter().any(|(ok, ov)| {
@@ -407,7 +407,7 @@ pub fn encode_query(t: &Table) -> mlua::Result<String> {
 /// repeated headers joined with ", ").
 fn headers_unchanged(t: &Table, orig: &HeaderMap) -> mlua::Result<bool> {
     let mut n = 0;
-    for pair in t.pairs::<mlua::String, mlua::String>() {
+    for pair in t.pairs::<mlua::LuaString, mlua::LuaString>() {
         let (k, v) = pair?;
         n += 1;
         let k = k.as_bytes();
@@ -529,7 +529,7 @@ pub fn apply_res(
         }
     }
     if !streaming {
-        let now: Option<mlua::String> = t.raw_get("body")?;
+        let now: Option<mlua::LuaString> = t.raw_get("body")?;
         let sent = if body_changed(&now, body.as_ref()) {
             let b = now
                 .map(|b| Bytes::copy_from_slice(&b.as_bytes()))
@@ -548,7 +548,7 @@ pub fn apply_res(
 }
 
 /// Whether `now` (a Lua `body` field) differs from the body the hooks were given.
-fn body_changed(now: &Option<mlua::String>, given: Option<&Bytes>) -> bool {
+fn body_changed(now: &Option<mlua::LuaString>, given: Option<&Bytes>) -> bool {
     match (now, given) {
         (Some(n), Some(g)) => n.as_bytes()[..] != g[..],
         (None, None) => false,
@@ -651,7 +651,7 @@ pub fn response_from_lua(lua: &Lua, v: Value) -> Result<Response<Body>, String> 
         Bytes::from(b)
     } else {
         match t
-            .get::<Option<mlua::String>>("body")
+            .get::<Option<mlua::LuaString>>("body")
             .map_err(|e| e.to_string())?
         {
             Some(s) => Bytes::copy_from_slice(&s.as_bytes()),

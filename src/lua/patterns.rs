@@ -436,7 +436,7 @@ fn values(lua: &Lua, caps: &[Capture], src: &[u8]) -> mlua::Result<MultiValue> {
 
 fn find_aux(
     lua: &Lua,
-    (s, p, init, plain): (mlua::String, mlua::String, Option<i64>, Option<bool>),
+    (s, p, init, plain): (mlua::LuaString, mlua::LuaString, Option<i64>, Option<bool>),
     find: bool,
 ) -> mlua::Result<MultiValue> {
     let (src, pat) = (s.as_bytes(), p.as_bytes());
@@ -485,7 +485,7 @@ fn find_aux(
 
 fn gmatch(
     lua: &Lua,
-    (s, p, init): (mlua::String, mlua::String, Option<i64>),
+    (s, p, init): (mlua::LuaString, mlua::LuaString, Option<i64>),
 ) -> mlua::Result<Function> {
     let src = s.as_bytes().to_vec();
     let pat = p.as_bytes().to_vec();
@@ -514,7 +514,7 @@ fn gmatch(
 
 fn gsub(
     lua: &Lua,
-    (s, p, repl, max): (mlua::String, mlua::String, Value, Option<i64>),
+    (s, p, repl, max): (mlua::LuaString, mlua::LuaString, Value, Option<i64>),
 ) -> mlua::Result<(Value, i64)> {
     let (src, pat) = (s.as_bytes(), p.as_bytes());
     match &repl {
@@ -653,7 +653,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     string.set(
         "match",
         lua.create_function(
-            |lua, (s, p, init): (mlua::String, mlua::String, Option<i64>)| {
+            |lua, (s, p, init): (mlua::LuaString, mlua::LuaString, Option<i64>)| {
                 find_aux(lua, (s, p, init, None), false)
             },
         )?,

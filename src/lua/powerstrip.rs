@@ -117,7 +117,7 @@ fn client_request(req: &Table) -> Result<ClientRequest> {
         request.push_str(&query);
     }
     let body = req
-        .get::<Option<mlua::String>>("body")?
+        .get::<Option<mlua::LuaString>>("body")?
         .map(|b| String::from_utf8_lossy(&b.as_bytes()).into_owned())
         .filter(|b| !b.is_empty());
     Ok(ClientRequest {
@@ -134,7 +134,7 @@ fn server_response(res: &Table) -> Result<ServerResponse> {
             .get::<Option<String>>("content-type")?
             .unwrap_or_default(),
         body: res
-            .get::<Option<mlua::String>>("body")?
+            .get::<Option<mlua::LuaString>>("body")?
             .map(|b| String::from_utf8_lossy(&b.as_bytes()).into_owned())
             .unwrap_or_default(),
         code: res.get("status")?,

@@ -259,7 +259,7 @@ fn headers_from(t: Option<Table>) -> mlua::Result<HeaderMap> {
 fn body_from(lua: &Lua, t: &Table, headers: &mut HeaderMap) -> mlua::Result<Bytes> {
     match t.get::<Value>("json")? {
         Value::Nil => Ok(t
-            .get::<Option<mlua::String>>("body")?
+            .get::<Option<mlua::LuaString>>("body")?
             .map(|s| Bytes::copy_from_slice(&s.as_bytes()))
             .unwrap_or_default()),
         v => {
