@@ -296,6 +296,11 @@ struct VolumeArgs {
     /// The dataset below the pool that holds the volumes: POOL/ROOT/NAME.
     #[arg(long, env = "LUASTRIP_ZFS_ROOT", default_value = "luastrip")]
     zfs_root: String,
+    /// The longest one zfs command may run (send and receive excepted) before it is killed and
+    /// its call fails with an error naming it.
+    #[arg(long, env = "LUASTRIP_ZFS_TIMEOUT_S", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    zfs_timeout_s: u64,
     /// Also serve the Docker volume plugin protocol as this driver name (docker volume create
     /// -d NAME), on PLUGIN_DIR/NAME.sock.
     #[arg(long, env = "LUASTRIP_VOLUME_PLUGIN")]
@@ -326,6 +331,7 @@ impl VolumeArgs {
             backend,
             zfs_pool: self.zfs_pool,
             zfs_root: self.zfs_root,
+            zfs_timeout: std::time::Duration::from_secs(self.zfs_timeout_s),
             plugin: self.volume_plugin,
             peers: self.peers,
             peer_listen: self.peer_listen,

@@ -149,6 +149,8 @@ pub struct VolumeConfig {
     pub zfs_pool: Option<String>,
     /// `--zfs-root`: volumes are `POOL/ROOT/NAME`.
     pub zfs_root: String,
+    /// `--zfs-timeout-s`: the bound on one `zfs` command.
+    pub zfs_timeout: Duration,
     /// `--volume-plugin`: also serve the Docker volume plugin protocol under this name.
     pub plugin: Option<String>,
     /// `--peer NAME=http://HOST:PORT`: other gateways volumes move to and from.
@@ -289,8 +291,8 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(300);
 /// A client that has not sent its whole request head after this long is disconnected.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Background services (reloaders, the control socket, later the helpers' followers and
-/// listeners): one tracked set, told to stop together and awaited at shutdown.
+/// Background services (reloaders, the control socket, the events followers, the plugin servers
+/// and the peer listener): one tracked set, told to stop together and awaited at shutdown.
 pub struct Background {
     tasks: TaskTracker,
     stop: watch::Sender<bool>,
@@ -717,7 +719,7 @@ async fn volume_helper(
                 StartError::Helper("--volume-backend zfs needs --zfs-pool POOL".into())
             })?;
             Arc::new(
-                crate::volumes::zfs::Zfs::open(pool, &config.zfs_root)
+                crate::volumes::zfs::Zfs::open(pool, &config.zfs_root, config.zfs_timeout)
                     .await
                     .map_err(|e| StartError::Helper(e.to_string()))?,
             )

@@ -335,6 +335,78 @@ fn a_volume_owned_elsewhere_is_read_only_here() {
     assert!(stderr(&out).contains("owned by h2"), "{}", stderr(&out));
 }
 
+/// zfs-fuse 0.7 deadlocks when datasets are created or mounted side by side (issue 19): a dozen
+/// `docker run`s with a dozen new Flocker volumes at once through one gateway, for several
+/// rounds, all succeed (the gateway runs the pool's changes one at a time). And a zfs that stops
+/// answering (its daemon stopped) fails the call within `--zfs-timeout-s` with a Docker error
+/// naming the command, instead of hanging it; the gateway then goes on serving.
+#[test]
+fn concurrent_flocker_volumes_and_a_zfs_that_stops_answering() {
+    let _zfs = zfs_one_at_a_time();
+    let pool = Pool::new(256);
+    let cluster = support::temp_dir("volumes-concurrent").join("cluster.json");
+    let gw = gateway_with(&pool, "h1", "", &cluster, &["--zfs-timeout-s", "5"]);
+    for round in 0..4 {
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..12)
+                .map(|i| {
+                    let gw = &gw;
+                    s.spawn(move || {
+                        sh_in(
+                            gw,
+                            &format!("r{round}v{i}"),
+                            "echo x > /data/f && cat /data/f",
+                        )
+                    })
+                })
+                .collect();
+            for run in runs {
+                assert_eq!(run.join().unwrap(), "x\n", "round {round}");
+            }
+        });
+    }
+    let listed = pool.zfs(&["list", "-H", "-o", "name", "-r", &pool.name]);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("/luastrip/r")).count(),
+        48
+    );
+
+    // The zfs-fuse daemon stops answering (SIGSTOP; SIGCONT again however the test ends).
+    let daemon = run_ok(Command::new("pidof").arg("zfs-fuse"));
+    let pid: i32 = daemon.split_whitespace().next().unwrap().parse().unwrap();
+    struct Resume(i32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let resume = Resume(pid);
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let t = std::time::Instant::now();
+    let out =
+        output(
+            gw.docker()
+                .args(["run", "--rm", "-v", "/flocker/stuck:/data", IMAGE, "true"]),
+        );
+    let took = t.elapsed();
+    drop(resume);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("Error response from daemon")
+            && err.contains("zfs ")
+            && err.contains("did not finish in 5s"),
+        "{err}"
+    );
+    // One bound, not one per command the call would have run (nor the docker CLI's patience).
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+    // zfs answers again, and so does the gateway, volumes included.
+    assert_eq!(
+        sh_in(&gw, "stuck", "echo back > /data/f && cat /data/f"),
+        "back\n"
+    );
+}
+
 #[test]
 fn a_missing_pool_or_backend_is_a_clear_start_up_error() {
     let _zfs = zfs_one_at_a_time();

@@ -5,14 +5,23 @@
 //!
 //! Works with Debian's zfs-fuse (pool version 23): no resumable send, no `recv -o`, no
 //! bookmarks, which this backend does not use.
+//!
+//! Every command has a bound (`--zfs-timeout-s`): one that does not finish in time is killed and
+//! fails its call with an error naming the command, and while a killed command has not exited
+//! (a process stuck in the kernel cannot be killed), the commands after it fail at once instead
+//! of piling up behind it. zfs-fuse 0.7 deadlocks when datasets are created, mounted or
+//! received side by side (a `zfs create` stuck in D state in `fuse_get_req`), so on zfs-fuse
+//! the commands that change datasets run one at a time per pool ([`Gate`]); reads (`get`) and
+//! `send` still run beside them. With the kernel module nothing is serialised.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncRead;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 use super::name::{Tag, VolumeName};
 use super::{BackendFuture, BackendVolume, ByteStream, Snapshot, VolumeBackend};
@@ -21,12 +30,81 @@ use crate::Error;
 /// The tag of luastrip's `zfs hold` on a push base.
 const HOLD_TAG: &str = "luastrip-push-base";
 
-/// The longest a `zfs` command may take (`send`/`recv` are streams and exempt).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest a `zfs` command may take by default (`--zfs-timeout-s`); `send` and `recv` are
+/// streams and bounded by their peer instead.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Zfs {
     /// `POOL/ROOT`: every volume is a child of it.
     root: String,
+    /// The bound on one command.
+    timeout: Duration,
+    gate: Arc<Gate>,
+}
+
+/// What the commands on one pool share: whether they must run one at a time (zfs-fuse), and
+/// the command that was killed for running past its bound and has not exited yet.
+#[derive(Default)]
+struct Gate {
+    /// Held by a command that changes datasets, on zfs-fuse only.
+    serial: Option<tokio::sync::Mutex<()>>,
+    stuck: Mutex<Option<(String, Instant)>>,
+}
+
+impl Gate {
+    /// The gate of `pool`: one per pool in this process, however many backends use it.
+    fn of(pool: &str, serial: bool) -> Arc<Gate> {
+        static GATES: OnceLock<Mutex<HashMap<String, Arc<Gate>>>> = OnceLock::new();
+        let mut gates = GATES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        gates
+            .entry(pool.to_string())
+            .or_insert_with(|| {
+                Arc::new(Gate {
+                    serial: serial.then(|| tokio::sync::Mutex::new(())),
+                    stuck: Mutex::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// An error while a killed command has not exited: zfs is wedged, and one more command
+    /// would only wait behind it.
+    fn check_stuck(&self) -> Result<(), Error> {
+        match &*self.stuck.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((cmd, since)) => Err(helper(format!(
+                "zfs is not answering: `{cmd}` ran past its bound and has not exited for {} s \
+                 (a process stuck in the kernel; with zfs-fuse, restart the zfs-fuse daemon)",
+                since.elapsed().as_secs()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// `child` was killed for running past its bound: until it exits, the pool is stuck.
+    fn reap(self: &Arc<Self>, cmd: String, mut child: Child) {
+        let _ = child.start_kill();
+        *self.stuck.lock().unwrap_or_else(|e| e.into_inner()) = Some((cmd, Instant::now()));
+        let gate = self.clone();
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            *gate.stuck.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        });
+    }
+}
+
+/// Whether the `zfs` commands here drive zfs-fuse rather than the kernel module: the kernel
+/// module shows itself in `/sys/module/zfs`.
+fn is_zfs_fuse() -> bool {
+    !std::path::Path::new("/sys/module/zfs").exists()
+}
+
+/// Whether a `zfs` subcommand changes datasets (creates, destroys, mounts, receives, sets
+/// properties or takes snapshots): the ones zfs-fuse cannot run side by side.
+fn changes_datasets(subcommand: &str) -> bool {
+    !matches!(subcommand, "get" | "list" | "send")
 }
 
 fn helper(reason: impl Into<String>) -> Error {
@@ -50,7 +128,7 @@ fn check_dataset_path(flag: &str, s: &str) -> Result<(), Error> {
 impl Zfs {
     /// The backend on `pool`, keeping volumes under `pool/root` (created if missing). A missing
     /// `zfs` command or pool is a clear error naming the flag.
-    pub async fn open(pool: &str, root: &str) -> Result<Zfs, Error> {
+    pub async fn open(pool: &str, root: &str, timeout: Duration) -> Result<Zfs, Error> {
         check_dataset_path("--zfs-pool", pool)?;
         if pool.contains('/') {
             return Err(helper(format!(
@@ -58,11 +136,20 @@ impl Zfs {
             )));
         }
         check_dataset_path("--zfs-root", root)?;
-        match Command::new("zpool")
-            .args(["list", "-H", "-o", "name", pool])
-            .output()
-            .await
-        {
+        let listed = tokio::time::timeout(
+            timeout,
+            Command::new("zpool")
+                .args(["list", "-H", "-o", "name", pool])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| {
+            helper(format!(
+                "zpool list {pool} did not finish in {timeout:?}: is the zfs daemon (zfs-fuse) stuck?"
+            ))
+        })?;
+        match listed {
             Err(e) => {
                 return Err(helper(format!(
                     "--volume-backend zfs needs the zpool and zfs commands ({e}); \
@@ -79,6 +166,8 @@ impl Zfs {
         }
         let zfs = Zfs {
             root: format!("{pool}/{root}"),
+            timeout,
+            gate: Gate::of(pool, is_zfs_fuse()),
         };
         zfs.run(&["create", "-p", &zfs.root]).await?;
         Ok(zfs)
@@ -88,28 +177,80 @@ impl Zfs {
         format!("{}/{}", self.root, name)
     }
 
-    /// Run `zfs ARGS…`; its stdout, or an error naming the command and what it said.
+    /// Run `zfs ARGS…` within the bound (one at a time per pool on zfs-fuse, when it changes
+    /// datasets); its stdout, or an error naming the command and what it said.
     async fn run(&self, args: &[&str]) -> Result<String, Error> {
-        let out = tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            Command::new("zfs").args(args).kill_on_drop(true).output(),
-        )
-        .await
-        .map_err(|_| {
-            helper(format!(
-                "zfs {} did not finish in {COMMAND_TIMEOUT:?}",
-                args.join(" ")
-            ))
-        })?
-        .map_err(|e| helper(format!("cannot run zfs: {e}")))?;
-        if !out.status.success() {
+        let cmd = format!("zfs {}", args.join(" "));
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let _turn = self.turn(args[0], &cmd, deadline).await?;
+        let mut child = Command::new("zfs")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| helper(format!("cannot run zfs: {e}")))?;
+        let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+        let read = async {
+            use tokio::io::AsyncReadExt;
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            if let (Some(o), Some(e)) = (stdout.as_mut(), stderr.as_mut()) {
+                let _ = tokio::join!(o.read_to_end(&mut out), e.read_to_end(&mut err));
+            }
+            let status = child.wait().await;
+            (status, out, err)
+        };
+        let (status, out, err) = match tokio::time::timeout_at(deadline, read).await {
+            Ok(done) => done,
+            Err(_) => {
+                self.gate.reap(cmd.clone(), child);
+                return Err(helper(format!(
+                    "{cmd} did not finish in {:?} (--zfs-timeout-s); it was killed",
+                    self.timeout
+                )));
+            }
+        };
+        let status = status.map_err(|e| helper(format!("{cmd}: {e}")))?;
+        if !status.success() {
             return Err(helper(format!(
-                "zfs {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
+                "{cmd}: {}",
+                String::from_utf8_lossy(&err).trim()
             )));
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Wait for this command's turn: at once for a read, or with the kernel module; behind the
+    /// pool's other changes on zfs-fuse. Fails at once while a killed command has not exited,
+    /// and when the turn does not come before `deadline`.
+    async fn turn(
+        &self,
+        subcommand: &str,
+        cmd: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, Error> {
+        self.gate.check_stuck()?;
+        let Some(serial) = self
+            .gate
+            .serial
+            .as_ref()
+            .filter(|_| changes_datasets(subcommand))
+        else {
+            return Ok(None);
+        };
+        let guard = tokio::time::timeout_at(deadline, serial.lock())
+            .await
+            .map_err(|_| {
+                helper(format!(
+                    "{cmd} waited {:?} (--zfs-timeout-s) for the pool's other zfs commands, \
+                     which zfs-fuse runs one at a time",
+                    self.timeout
+                ))
+            })?;
+        // The command before it may have been killed while this one waited.
+        self.gate.check_stuck()?;
+        Ok(Some(guard))
     }
 
     /// Properties of `target` and everything below it (snapshots included), by name. zfs-fuse's
@@ -317,6 +458,12 @@ impl VolumeBackend for Zfs {
     ) -> BackendFuture<'a, ()> {
         Box::pin(async move {
             let dataset = self.dataset(name);
+            // A receive creates and mounts the dataset: on zfs-fuse, the pool's other changes
+            // wait for it (its stream is bounded by the peer's, not by --zfs-timeout-s).
+            let cmd = format!("zfs recv -F {dataset}");
+            let turn = self
+                .turn("recv", &cmd, tokio::time::Instant::now() + self.timeout)
+                .await?;
             let mut child = Command::new("zfs")
                 .args(["recv", "-F", &dataset])
                 .stdin(Stdio::piped())
@@ -342,6 +489,7 @@ impl VolumeBackend for Zfs {
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
+            drop(turn);
             // Mount it afresh: zfs-fuse leaves the kernel's cache of the old files in place
             // after an incremental receive, so readers would see the data from before it.
             self.run(&["unmount", &dataset]).await?;
