@@ -5,9 +5,13 @@
 //! (non-zero if it failed), for scripts and tests.
 //!
 //! Commands: `calls [FILTER]`, `show ID [diff|json]`, `tail [FILTER]` (until Ctrl-C), `routes`, `reload`,
-//! `intercept`, `resume`, `drop`, `edit`, `replay`, `stats`, `help`, `quit`; anything else is
-//! Lua evaluated in the gateway (`= expr` prints a value, `nil` too), and a plain word that is
-//! neither is an unknown command. A session that turned intercept on turns it off when it ends.
+//! `intercept`, `resume`, `drop`, `edit`, `replay`, `stats`, `help`, `quit` (or `exit`); anything
+//! else is Lua evaluated in the gateway (`= expr` prints a value, `nil` too). A line that starts
+//! with a plain word and is neither, or is one lone word (`rotues`: as Lua, an expression whose
+//! value nobody asked for), is an unknown command, and the nearest command is suggested. Lua that
+//! is not finished yet (`for i = 1, 3 do`) continues on the next line under a `...>` prompt, as
+//! `lua` and Python do; Ctrl-C abandons it. A session that turned intercept on turns it off when
+//! it ends.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -40,7 +44,7 @@ drop ID|all      refuse a held call, or all (the client gets a 403)
 edit ID          edit a held call in $EDITOR (method, path, headers, body), then let it go on
 replay ID [JSON] send a journaled call again, optionally edited ({\"body\": …})
 help             this text
-quit             leave
+quit, exit       leave
 anything else    Lua, run in the gateway (= expr prints a value), e.g. = store.get(\"pings\")";
 
 /// The words that are REPL commands rather than Lua.
@@ -60,7 +64,12 @@ const COMMANDS: &[&str] = &[
     "record",
     "help",
     "quit",
+    "exit",
 ];
+
+/// The prompts: a new line, and a line that continues unfinished Lua.
+const PROMPT: &str = "luastrip> ";
+const CONTINUE: &str = "     ...> ";
 
 /// Tab completion (commands, call ids, Lua globals and table keys from the live VM) and
 /// multi-line Lua input (a chunk that ends too early continues on the next line).
@@ -165,24 +174,9 @@ impl rustyline::completion::Completer for Helper {
     }
 }
 
-impl rustyline::validate::Validator for Helper {
-    fn validate(
-        &self,
-        ctx: &mut rustyline::validate::ValidationContext,
-    ) -> rustyline::Result<rustyline::validate::ValidationResult> {
-        use rustyline::validate::ValidationResult;
-        let input = ctx.input();
-        let first = input.split_whitespace().next().unwrap_or("");
-        if input.trim().is_empty() || COMMANDS.contains(&first) {
-            return Ok(ValidationResult::Valid(None));
-        }
-        if lua_input(input) == LuaInput::Unfinished {
-            Ok(ValidationResult::Incomplete)
-        } else {
-            Ok(ValidationResult::Valid(None))
-        }
-    }
-}
+/// Every line is taken as typed: the loop in [`run`] keeps an unfinished Lua block and asks for
+/// the rest under its own prompt.
+impl rustyline::validate::Validator for Helper {}
 
 impl rustyline::hint::Hinter for Helper {
     type Hint = String;
@@ -244,12 +238,27 @@ const LUA_KEYWORDS: &[&str] = &[
     "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while",
 ];
 
-/// A line that is neither a command nor Lua, and starts with a plain word: a mistyped command.
+/// A mistyped command: a line that starts with a plain word (not a command, not a Lua keyword)
+/// and is not Lua, or is that one word alone (`rotues`, `clear`), which Lua would read as an
+/// expression nobody asked the value of (`= name` asks for it).
 fn unknown_command(line: &str) -> Option<&str> {
     let word = line.split_whitespace().next()?;
     let plain = word.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    (plain && !LUA_KEYWORDS.contains(&word) && lua_input(line) == LuaInput::Broken).then_some(word)
+    if !plain || LUA_KEYWORDS.contains(&word) || COMMANDS.contains(&word) {
+        return None;
+    }
+    (line.trim() == word || lua_input(line) == LuaInput::Broken).then_some(word)
+}
+
+/// The command nearest to a mistyped `word` (a letter or two off, or two swapped), if any.
+fn nearest_command(word: &str) -> Option<&'static str> {
+    COMMANDS
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), *c))
+        .filter(|(d, c)| *d <= 2 && *d < c.len())
+        .min()
+        .map(|(_, c)| c)
 }
 
 /// Where log lines go while an interactive REPL owns the terminal: printed above its prompt,
@@ -371,13 +380,25 @@ pub fn run(flows: Flows, command: Option<&str>, out: &mut dyn Write) -> Result<b
     // of the gateway is left waiting on a REPL that is gone.
     let mut intercepting = false;
     let mut notices: Option<HeldNotices> = None;
+    // An unfinished Lua block, kept until the line that finishes it.
+    let mut block = String::new();
     loop {
-        match editor.readline("luastrip> ") {
+        let prompt = if block.is_empty() { PROMPT } else { CONTINUE };
+        match editor.readline(prompt) {
             Ok(line) => {
-                let line = line.trim();
-                if line.is_empty() {
+                if block.is_empty() && line.trim().is_empty() {
                     continue;
                 }
+                if !block.is_empty() {
+                    block.push('\n');
+                }
+                block.push_str(&line);
+                let first = block.split_whitespace().next().unwrap_or("");
+                if !COMMANDS.contains(&first) && lua_input(&block) == LuaInput::Unfinished {
+                    continue;
+                }
+                let text = std::mem::take(&mut block);
+                let line = text.trim();
                 let _ = editor.add_history_entry(line);
                 if line == "quit" || line == "exit" {
                     break;
@@ -391,7 +412,8 @@ pub fn run(flows: Flows, command: Option<&str>, out: &mut dyn Write) -> Result<b
                     }
                 }
             }
-            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            // Ctrl-C abandons an unfinished block (or the line being typed), as `lua` does.
+            Err(rustyline::error::ReadlineError::Interrupted) => block.clear(),
             Err(_) => break,
         }
     }
@@ -529,10 +551,17 @@ async fn execute(control: &Flows, line: &str, out: &mut dyn Write) -> bool {
                     let _ = writeln!(out, "{word}: {id}");
                 })
         }
+        // Leaving is the interactive loop's; under -c there is nothing to leave.
+        "quit" | "exit" => Ok(()),
         _ => match unknown_command(line) {
-            Some(w) => Err(format!(
-                "unknown command {w:?} (help lists them; Lua runs as a statement, or = expr)"
-            )),
+            Some(w) => Err(match nearest_command(w) {
+                Some(c) => format!(
+                    "unknown command {w:?}: did you mean {c}? (help lists them; Lua runs as a statement, or = expr)"
+                ),
+                None => format!(
+                    "unknown command {w:?} (help lists them; Lua runs as a statement, or = expr)"
+                ),
+            }),
             None => control.call(Method::POST, "/eval", line).await.map(|v| {
                 let _ = write!(out, "{}", v["printed"].as_str().unwrap_or_default());
                 if !v["result"].is_null() {
@@ -870,9 +899,28 @@ mod tests {
         }
         assert_eq!(unknown_command("bogus command"), Some("bogus"));
         assert_eq!(unknown_command("shwo 3"), Some("shwo"));
-        for lua in ["x = 1", "local x = ", "return 1 +", "if x then", "1 + "] {
+        // One lone word is a command or a typo, never Lua worth running.
+        for typo in ["rotues", "clear", "  routs  "] {
+            assert_eq!(unknown_command(typo), Some(typo.trim()), "{typo}");
+        }
+        for lua in [
+            "x = 1",
+            "local x = ",
+            "return 1 +",
+            "if x then",
+            "1 + ",
+            "= x",
+            "f()",
+        ] {
             assert_eq!(unknown_command(lua), None, "{lua}");
         }
+        for command in ["routes", "exit", "quit", "show 3"] {
+            assert_eq!(unknown_command(command), None, "{command}");
+        }
+        assert_eq!(super::nearest_command("rotues"), Some("routes"));
+        assert_eq!(super::nearest_command("shwo"), Some("show"));
+        assert_eq!(super::nearest_command("clear"), None);
+        assert_eq!(super::nearest_command("x"), None);
     }
 
     #[test]

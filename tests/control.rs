@@ -231,6 +231,11 @@ fn eval_and_repl_commands_see_the_live_gateway() {
         ok && text.contains(r#"{\"list\":[],\"ok\":true}"#),
         "{text}"
     );
+    let (ok, text) = repl(&gw, "rotues");
+    assert!(
+        !ok && text.contains("error: unknown command \"rotues\": did you mean routes?"),
+        "{text}"
+    );
     let (ok, text) = repl(&gw, "error('nope')");
     assert!(!ok && text.contains("eval:1: nope"), "{text}");
     let (ok, text) = repl(&gw, "calls ~u _ping & ~s 200");
@@ -460,9 +465,9 @@ fn the_repl_on_a_terminal_completes_continues_lua_and_stops_tail_on_ctrl_c() {
     tmux.wait_for("= store.get");
     tmux.keys(&["(\"pings\")", "Enter"]);
     tmux.wait_for("\n1\n");
-    // An unfinished chunk continues on the next line.
+    // An unfinished chunk continues on the next line, under a continuation prompt.
     tmux.keys(&["= (40 +", "Enter"]);
-    std::thread::sleep(Duration::from_millis(200));
+    tmux.wait_for("\n     ...>");
     tmux.keys(&["2)", "Enter"]);
     tmux.wait_for("42");
     // So does a statement (`for … do` until its `end`), and print shows here.
@@ -481,7 +486,20 @@ fn the_repl_on_a_terminal_completes_continues_lua_and_stops_tail_on_ctrl_c() {
     tmux.keys(&["C-c"]);
     tmux.keys(&["routes", "Enter"]);
     tmux.wait_for("* /_ping");
-    tmux.keys(&["quit", "Enter"]);
+    // A one-word typo is an unknown command, with the nearest one suggested.
+    tmux.keys(&["rotues", "Enter"]);
+    tmux.wait_for("error: unknown command \"rotues\": did you mean routes?");
+    tmux.keys(&["clear", "Enter"]);
+    tmux.wait_for("error: unknown command \"clear\" (help lists them");
+    // Ctrl-C abandons an unfinished block: the next line starts afresh.
+    tmux.keys(&["if true then", "Enter"]);
+    tmux.wait_for("\n     ...>");
+    tmux.keys(&["C-c"]);
+    tmux.keys(&["= 6 * 7 + 1", "Enter"]);
+    tmux.wait_for("43");
+    // exit leaves, as quit does.
+    tmux.keys(&["exit", "Enter"]);
+    tmux.wait_until_gone();
 }
 
 /// Whether `line` matches `pattern`, where `…` stands for any text.

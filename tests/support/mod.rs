@@ -1194,6 +1194,25 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Wait (15 s at most) until the program in the terminal has exited (its session ends).
+    pub fn wait_until_gone(&self) {
+        let t = Instant::now();
+        while Command::new("tmux")
+            .args(["-L", &self.server, "has-session", "-t", "t"])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(15),
+                "still running:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Wait (15 s at most) until `text` is on screen; the screen then.
     pub fn wait_for(&self, text: &str) -> String {
         self.wait_until(text, |s| s.contains(text))
