@@ -74,7 +74,8 @@ watchdog() {
 watchdog &
 watchdog_pid=$!
 status=0
-cargo test 2>&1 | tee "$log" || status=$?
+# --no-fail-fast: one failing test binary never hides the results of the others.
+cargo test --no-fail-fast 2>&1 | tee "$log" || status=$?
 touch "$log.done"
 wait "$watchdog_pid" || true
 # One closing line for every test binary together.
