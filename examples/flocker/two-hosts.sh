@@ -10,6 +10,22 @@ PORTS=(${PORTS:-7101 7102})
 POOL=${POOL:-flk}
 [ "$(id -u)" = 0 ] || { echo "run as root (zpool, dockerd)" >&2; exit 1; }
 command -v zpool >/dev/null || { echo "install ZFS: apt-get install -y zfs-fuse" >&2; exit 1; }
+# The daemon both gateways front, and the image the containers run: say what to set when either
+# is missing, rather than let the first docker command fail.
+case "$UPSTREAM" in
+unix://*) sock=${UPSTREAM#unix://} ;;
+*) echo "UPSTREAM=$UPSTREAM: give the daemon's socket as unix:///PATH" >&2; exit 1 ;;
+esac
+if ! curl -sf --max-time 5 --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
+    echo "no Docker daemon answers at $UPSTREAM: set UPSTREAM=unix:///PATH/docker.sock to the" \
+         "daemon the two gateways front (BIN=PATH/luastrip uses that binary instead of building one)" >&2
+    exit 1
+fi
+if ! curl -sf --max-time 5 --unix-socket "$sock" "http://d/images/$IMAGE/json" >/dev/null 2>&1; then
+    echo "the daemon at $UPSTREAM has no image $IMAGE: set IMAGE to one with sh" \
+         "(docker import or docker pull one first)" >&2
+    exit 1
+fi
 . tools/hosts.sh
 . tools/zfs-fuse.sh
 start_zfs_fuse
