@@ -1,5 +1,5 @@
-//! What several hosts must agree on (who owns a volume; later, address allocations and live
-//! gateways) goes through one small interface with compare-and-swap semantics, so that two
+//! What several hosts must agree on (who owns a volume, the overlay's address allocations, and
+//! which gateways are alive) goes through one small interface with compare-and-swap semantics, so that two
 //! gateways racing for the same record cannot both win: [`Cluster::create`] only if the key is
 //! absent, [`Cluster::swap`] only if the record is still at the revision the caller read.
 //!

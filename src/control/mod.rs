@@ -1,5 +1,5 @@
-//! The control socket: HTTP/JSON on a Unix socket (mode 0600 — it can reload and, later, run
-//! code in the gateway) for watching and steering a running gateway. `luastrip repl` and curl
+//! The control socket: HTTP/JSON on a Unix socket (mode 0600 — it can reload the scripts and run
+//! code in the gateway, `POST /eval`) for watching and steering a running gateway. `luastrip repl` and curl
 //! are its clients.
 //!
 //! | call | answer |

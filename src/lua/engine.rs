@@ -6,7 +6,8 @@
 //! control socket's `eval`. A worker only ever enters its own VM, so no lock is contended and both
 //! cores run scripts; a call keeps the VM it started with from its pre to its post phase, even
 //! across a reload. What VMs share lives outside them ([`Services`]): the `store`, the daemon
-//! address each VM opens its own `docker.*` pool to, and (later) the helpers' state.
+//! address each VM opens its own `docker.*` pool to, and the helpers' state (volumes, overlay,
+//! adapter addresses).
 //!
 //! # Reload
 //!

@@ -16,6 +16,11 @@
 //! * [`message`] — the `req` / `res` tables: lazy fields (headers, query, the request body) and
 //!   writing a script's edits back to the call.
 //! * [`errors`] — Lua errors to [`crate::Error`], with `file:line`.
+//! * [`exchange`] — what `docker.*` and `http.*` share: an options table to a request, the
+//!   answer to a result table, a bounded wait not charged to the hook.
+//! * [`helper_fn`] — what `zfs.*` and `overlay.*` share: async functions, waits not charged, a
+//!   clear error naming the flag when the helper is off.
+//! * [`reload`] — reloading on file changes (debounced), on `SIGHUP` and on the REPL's `reload`.
 //! * [`budget`] — the time budget of each hook, which `pcall` and coroutines cannot escape.
 //! * [`patterns`] — `string.find`/`match`/`gmatch`/`gsub` with bounded work.
 //! * [`lint`] — what `luastrip check` finds without running a script: reply tables with keys

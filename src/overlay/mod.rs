@@ -2,7 +2,7 @@
 //! Linux bridge, with the interface in place before its process runs, and keeps it for as long
 //! as the container exists.
 //!
-//! The design has two faces, as DESIGN.md asks of every helper:
+//! The design has two faces, as every helper does (`docs/architecture.md`):
 //!
 //! * **The plugin face.** luastrip serves libnetwork's remote NetworkDriver and IpamDriver
 //!   ([`crate::plugin::network`]), so dockerd itself calls `Join` before *every* start of a

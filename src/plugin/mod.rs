@@ -7,8 +7,9 @@
 //! and hands every `/Driver.Method` call to the driver that implements it; anything else is a
 //! 404. Bodies are JSON (`application/vnd.docker.plugins.v1.2+json`), read up to 1 MiB.
 //!
-//! Drivers: [`volume::VolumeDriver`] (`VolumeDriver.*`) and [`network::NetworkDriver`]
-//! (`NetworkDriver.*`, libnetwork's remote driver). Drivers given the same plugin name share one
+//! Drivers: [`volume::VolumeDriver`] (`VolumeDriver.*`), [`network::NetworkDriver`]
+//! (`NetworkDriver.*`, libnetwork's remote driver) and [`network::IpamDriver`] (`IpamDriver.*`,
+//! libnetwork's remote IPAM). Drivers given the same plugin name share one
 //! socket.
 
 pub mod network;

@@ -1,12 +1,12 @@
 //! Portable volumes: the storage half of luastrip. A volume is a named dataset on this host
 //! (behind the [`VolumeBackend`] trait; ZFS is the first backend) that can be snapshotted,
-//! rolled back, and later moved to another host. Which host owns a volume is recorded in the
+//! rolled back, and moved to another host (Flocker's two-phase push, [`push`]). Which host owns a volume is recorded in the
 //! [`Cluster`] store; a copy this host does not own is read-only (Flocker's rule, so that copies
 //! cannot diverge and break an incremental receive).
 //!
 //! [`Volumes`] is the helper's state. It lives outside the Lua VMs (they are rebuilt per worker
-//! and per reload) and is shared by the `zfs.*` Lua namespace, `GET /luastrip/volumes` and,
-//! later, the volume plugin and the peer listener.
+//! and per reload) and is shared by the `zfs.*` Lua namespace, `GET /luastrip/volumes`, the
+//! volume plugin ([`crate::plugin::volume`]) and the peer listener ([`peers`]).
 
 pub mod endpoint;
 pub mod name;
