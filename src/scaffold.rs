@@ -77,7 +77,7 @@ luastrip serve --scripts . --listen unix:///run/luastrip.sock --upstream unix://
 
 `default.lua` explains hooks in its comments. Your editor completes and checks the scripts with
 the Lua language server (LuaLS): `.luarc.json` points it at the type stubs in `.luastrip/types/`.
-`luastrip --help` lists every command; luastrip's README and docs/lua-api.md (in its source)
+`luastrip --help` lists every command; luastrip's README, docs/scripts.md and docs/lua-api.md (in its source)
 describe the whole Lua API, the bundled modules (`luastrip.policy`, `luastrip.flocker`,
 `luastrip.weave`) and the helpers.
 "#;

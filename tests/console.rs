@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::{output, Daemon, Gateway, Tmux, IMAGE};
 
-/// The README's walkthrough runs with the example that labels every create.
+/// The console walkthrough of docs/control.md runs with the example that labels every create.
 fn label_inject() -> Gateway {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -527,10 +527,10 @@ fn glob_line(pattern: &str, line: &str) -> bool {
 #[test]
 fn the_readme_repl_transcript_is_what_the_repl_prints() {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/control.md")).unwrap();
     let start = readme
-        .find("### A REPL session")
-        .expect("the README has its REPL session");
+        .find("## A REPL session")
+        .expect("docs/control.md has its REPL session");
     let block = &readme[start..];
     let block = &block[block.find("```text\n").unwrap() + 8..];
     let block = &block[..block.find("```").unwrap()];
@@ -572,6 +572,68 @@ fn the_readme_repl_transcript_is_what_the_repl_prints() {
         }
     }
     run_ok(gw.docker().args(["rm", &id]));
+}
+
+/// The README's quick start, run as it says (against the test daemon and image): the example
+/// policy lets an ordinary run through, refuses a privileged one with the very line the README
+/// shows, and `calls ~s 403` lists the refusal.
+#[test]
+fn the_readme_quick_start_prints_what_it_shows() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("## Quick start")
+        .expect("the README has a quick start");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").unwrap() + 3];
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/scripts/deny-privileged.lua");
+    assert!(section.contains("--scripts examples/scripts/deny-privileged.lua"));
+    let gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", script.to_str().unwrap()],
+    );
+    // Each `$ command` of the console blocks, with the lines it should print.
+    let mut steps: Vec<(String, Vec<String>)> = Vec::new();
+    let mut rest = section;
+    while let Some(i) = rest.find("```console\n") {
+        let block = &rest[i + 11..];
+        let end = block.find("```").unwrap();
+        for line in block[..end].lines() {
+            match line.strip_prefix("$ ") {
+                Some(cmd) => steps.push((cmd.to_string(), Vec::new())),
+                None => steps.last_mut().unwrap().1.push(line.to_string()),
+            }
+        }
+        rest = &block[end..];
+    }
+    assert!(steps.len() >= 4, "{steps:?}");
+    for (cmd, want) in steps {
+        let got = if cmd.starts_with("export DOCKER_HOST=") {
+            continue;
+        } else if let Some(args) = cmd.strip_prefix("docker ") {
+            let args: Vec<&str> = args
+                .split_whitespace()
+                .map(|a| if a == "busybox" { IMAGE } else { a })
+                .collect();
+            let out = output(gw.docker().args(&args));
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        } else if let Some((_, c)) = cmd.split_once(" -c ") {
+            repl(&gw, c.trim_matches('\'')).1
+        } else {
+            panic!("the quick start runs {cmd:?}, which this test does not know");
+        };
+        for w in &want {
+            assert!(
+                got.lines().any(|g| glob_line(w, g.trim_end())),
+                "`{cmd}` printed no line like {w:?}:\n{got}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -476,21 +476,42 @@ fn a_gateway_refuses_to_forward_to_itself() {
 
 #[test]
 fn the_readme_commands_need_no_sudo() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    assert!(
-        !readme.contains("sudo "),
-        "a fresh Debian has no sudo; say 'as root' instead"
-    );
-    // Every script the README tells you to run is in the repository.
-    for word in readme.split_whitespace() {
-        let w = word.trim_matches(|c: char| "`()[],.;:".contains(c));
-        if (w.starts_with("tools/") || w.starts_with("bench/") || w.starts_with(".ci/"))
-            && w.ends_with(".sh")
-        {
+    // The README and the docs it points to.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        files.push(e.unwrap().path());
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file.strip_prefix(&root).unwrap().display().to_string();
+        assert!(
+            !text.contains("sudo "),
+            "{name}: a fresh Debian has no sudo; say 'as root' instead"
+        );
+        // Every script it tells you to run is in the repository.
+        for word in text.split_whitespace() {
+            let w = word.trim_matches(|c: char| "`()[],.;:".contains(c));
+            if (w.starts_with("tools/") || w.starts_with("bench/") || w.starts_with(".ci/"))
+                && w.ends_with(".sh")
+            {
+                assert!(
+                    root.join(w).exists(),
+                    "{name} names {w}, which does not exist"
+                );
+            }
+        }
+        // Every document a link points to is in the repository.
+        for (i, _) in text.match_indices("](") {
+            let target = &text[i + 2..];
+            let target = &target[..target.find(')').unwrap_or(0)];
+            let path = target.split('#').next().unwrap();
+            if path.is_empty() || path.contains("://") {
+                continue;
+            }
             assert!(
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(w).exists(),
-                "README names {w}, which does not exist"
+                file.parent().unwrap().join(path).exists(),
+                "{name} links to {target}, which does not exist"
             );
         }
     }

@@ -83,12 +83,12 @@ fn a_policy_change_is_reviewed_against_a_recording() {
         "{denied}"
     );
     assert!(report.contains("/version → 200\n"), "{report}");
-    // The README shows this report; it must be what the tool prints.
-    let readme = include_str!("../README.md");
+    // docs/control.md shows this report; it must be what the tool prints.
+    let readme = include_str!("../docs/control.md");
     for line in report.lines() {
         assert!(
             readme.contains(line),
-            "README.md lacks the report line {line:?}"
+            "docs/control.md lacks the report line {line:?}"
         );
     }
 

@@ -65,7 +65,7 @@ pub fn draw(f: &mut Frame, app: &mut App) {
     }
 }
 
-/// The `?` screen (the README shows it too; a test keeps them the same).
+/// The `?` screen (docs/control.md shows it too; a test keeps them the same).
 pub const HELP: &str = "\
 List
   j/k ↑/↓ PgUp/PgDn g/G   move (mouse wheel too; a click selects)
@@ -569,10 +569,10 @@ mod tests {
 
     #[test]
     fn the_readme_shows_the_help_screen_as_it_is() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../docs/control.md");
         assert!(
             readme.contains(HELP),
-            "README.md's console keys differ from HELP"
+            "docs/control.md's console keys differ from HELP"
         );
     }
 
