@@ -378,12 +378,50 @@ pub async fn handle(
         Ok(res) => (res, None),
         Err(err) => (err.to_response(), Some(err)),
     };
+    // Answered before its body was read (a deny, an endpoint, an error): the rest is read and
+    // dropped in the background, so that the client finishes sending and then reads the answer.
+    if let Some(Either::Left(body)) = record.call.as_mut().and_then(|c| c.body.take()) {
+        linger(body);
+    }
     let streaming = record.finish(&res, err);
     if streaming && gw.journal.is_recording() {
         // The connection driver counts what the stream carries, for the recording.
         res.extensions_mut().insert(CountStream(id));
     }
     res
+}
+
+/// How much of an unread request body [`linger`] reads, and for how long, before it lets the
+/// connection close (nginx's lingering close reads for up to 30 s).
+const LINGER_BYTES: usize = 64 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Read and drop what is left of a request body that the call was answered without. Closing a
+/// connection with unread data resets it: a client still sending (a `docker build` context, an
+/// image to load) would see a broken pipe instead of the answer, such as a policy's refusal.
+fn linger(body: Incoming) {
+    use hyper::body::Body as _;
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let read = async {
+            let mut body = std::pin::pin!(body);
+            let mut seen = 0usize;
+            while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                match frame {
+                    Ok(f) => {
+                        seen += f.data_ref().map_or(0, |d| d.len());
+                        if seen > LINGER_BYTES {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, read).await;
+    });
 }
 
 /// On a streamed answer while calls are recorded: count its bytes for call `.0`

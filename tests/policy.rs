@@ -93,6 +93,10 @@ fn every_way_to_host_power_through_the_cli_is_refused() {
         &["--security-opt", "seccomp=unconfined"],
         &["--security-opt", "apparmor=unconfined"],
         &["--security-opt", "label=disable"],
+        // MaskedPaths and ReadonlyPaths sent empty: a writable /proc/sys (core_pattern).
+        &["--security-opt", "systempaths=unconfined"],
+        &["--cgroup-parent", "/"],
+        &["--cgroup-parent", "system.slice"],
         &["--device", "/dev/null"],
         &["--device-cgroup-rule", "c 1:3 rwm"],
         &["--pid", "host"],
@@ -165,6 +169,143 @@ fn every_way_to_host_power_through_the_cli_is_refused() {
             .docker()
             .args(["volume", "rm", "luastrip-policy-vol"]),
     );
+}
+
+/// What the CLI can only spell as a body field: MaskedPaths / ReadonlyPaths that drop one of
+/// dockerd's defaults (adding is fine), and a build in the host's network.
+#[test]
+fn unmasked_proc_paths_and_host_network_builds_are_refused() {
+    let gw = guarded();
+    for (field, paths, allowed) in [
+        ("MaskedPaths", r#"[]"#, false),
+        ("ReadonlyPaths", r#"[]"#, false),
+        (
+            "ReadonlyPaths",
+            r#"["/proc/bus","/proc/fs","/proc/irq","/proc/sysrq-trigger"]"#,
+            false,
+        ),
+        // A path spelt another way is the same path.
+        (
+            "ReadonlyPaths",
+            r#"["/proc/bus","/proc/fs","/proc/irq","/proc//sys/.","/proc/sysrq-trigger"]"#,
+            true,
+        ),
+        (
+            "ReadonlyPaths",
+            r#"["/proc/bus","/proc/fs","/proc/irq","/proc/sys","/proc/sysrq-trigger","/srv"]"#,
+            true,
+        ),
+        ("MaskedPaths", "null", true),
+    ] {
+        let name = unique("paths");
+        let body =
+            format!(r#"{{"Image":"{IMAGE}","Cmd":["true"],"HostConfig":{{"{field}":{paths}}}}}"#);
+        let resp = support::post_json(
+            &gw.socket,
+            &format!("/v1.41/containers/create?name={name}"),
+            &body,
+        );
+        if allowed {
+            assert!(resp.starts_with("HTTP/1.1 201"), "{field} {paths}: {resp}");
+            run_ok(Daemon::shared().docker().args(["rm", &name]));
+        } else {
+            assert!(resp.starts_with("HTTP/1.1 403"), "{field} {paths}: {resp}");
+            assert!(resp.contains("systempaths=unconfined"), "{resp}");
+            assert!(
+                !daemon_has("container", &name),
+                "{field} {paths} created {name}"
+            );
+        }
+    }
+    // docker build --network host (the classic builder; BuildKit sends the same query).
+    let tag = unique("build").to_lowercase();
+    for network in ["host", "HOST", "container:anything"] {
+        let out = support::run_with_stdin(
+            gw.docker().env("DOCKER_BUILDKIT", "0").args([
+                "build",
+                "--network",
+                network,
+                "-t",
+                &tag,
+                "-",
+            ]),
+            format!("FROM {IMAGE}\nRUN true\n").as_bytes(),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{network}: built");
+        assert!(
+            err.contains("luastrip policy: building"),
+            "{network}: {err}"
+        );
+        assert!(!daemon_has("image", &tag));
+    }
+}
+
+/// `allow_binds` allows exactly what it names, compared cleaned, and a tree only when asked
+/// for with `/**`: no `..` climbs out of an allowance, and no link planted below an allowed
+/// directory leads a bind elsewhere.
+#[test]
+fn bind_allowances_are_exact_and_cleaned() {
+    let dir = support::temp_dir("allow-binds");
+    let (exact, tree) = (dir.join("exact"), dir.join("tree"));
+    std::fs::create_dir_all(exact.join("sub")).unwrap();
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    // A link a container could have planted in a directory it can write to.
+    std::os::unix::fs::symlink("/", exact.join("hostroot")).unwrap();
+    let script = dir.join("policy.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "require('luastrip.policy').guard {{ allow_binds = {{ {:?}, {:?} }} }}\n",
+            exact.display().to_string(),
+            format!("{}/**", tree.display())
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", script.to_str().unwrap()],
+    );
+    let (e, t) = (exact.display().to_string(), tree.display().to_string());
+    for (source, ok) in [
+        (e.clone(), true),
+        (format!("{e}/"), true),
+        (format!("{e}/./"), true),
+        (format!("{e}/sub"), false),
+        (format!("{e}/hostroot"), false),
+        (format!("{e}/hostroot/etc"), false),
+        (format!("{e}/../../../../etc"), false),
+        (format!("{e}/sub/.."), true),
+        (format!("{t}/sub"), true),
+        (t.clone(), true),
+        (format!("{t}/../exact/hostroot"), false),
+        (format!("{t}/sub/../../../../../etc"), false),
+    ] {
+        for how in ["-v", "--mount"] {
+            let name = unique("bind");
+            let spec = if how == "-v" {
+                format!("{source}:/x")
+            } else {
+                format!("type=bind,source={source},target=/x")
+            };
+            let out = output(
+                gw.docker()
+                    .args(["create", "--name", &name, how, &spec, IMAGE, "true"]),
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            if ok {
+                assert!(out.status.success(), "{how} {source}: {err}");
+                run_ok(Daemon::shared().docker().args(["rm", &name]));
+            } else {
+                assert!(!out.status.success(), "{how} {source} was allowed");
+                assert!(
+                    err.contains("luastrip policy: a bind mount of the host path"),
+                    "{how} {source}: {err}"
+                );
+                assert!(!daemon_has("container", &name));
+            }
+        }
+    }
 }
 
 #[test]

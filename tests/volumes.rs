@@ -335,6 +335,91 @@ fn a_volume_owned_elsewhere_is_read_only_here() {
     assert!(stderr(&out).contains("owned by h2"), "{}", stderr(&out));
 }
 
+/// Flocker behind the example policy's guard (issue 20): the guard allows exactly the mountpoints
+/// the Flocker rewrite produced for the call, and nothing else under the pool. A client cannot
+/// bind a volume's mountpoint directly (around Flocker's ownership check), climb out of it with
+/// `..`, or follow a link a container planted inside it.
+#[test]
+fn the_guard_allows_exactly_what_flocker_produced() {
+    let _zfs = zfs_one_at_a_time();
+    let pool = Pool::new(128);
+    let (gw, _) = gateway(&pool, "h1", "require('luastrip.policy').guard()\n");
+    // Through /flocker/ it works, by -v and by --mount; the container plants a link to /.
+    assert_eq!(
+        sh_in(
+            &gw,
+            "db",
+            "echo hi > /data/f && ln -s / /data/hostroot && cat /data/f"
+        ),
+        "hi\n"
+    );
+    assert_eq!(
+        run_ok(gw.docker().args([
+            "run",
+            "--rm",
+            "--mount",
+            "type=bind,source=/flocker/db,target=/data",
+            IMAGE,
+            "cat",
+            "/data/f",
+        ])),
+        "hi\n"
+    );
+    let mp = pool
+        .zfs(&[
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "mountpoint",
+            &format!("{}/luastrip/db", pool.name),
+        ])
+        .trim()
+        .to_string();
+    let marker = format!("/etc/luastrip-attack-{}", std::process::id());
+    let attacks = [
+        ("-v", format!("{mp}:/x")),
+        ("-v", format!("{mp}/:/x")),
+        ("-v", format!("{mp}/../../../../../../etc:/x")),
+        (
+            "--mount",
+            format!("type=bind,source={mp}/../../../../../..,target=/x"),
+        ),
+        ("-v", format!("{mp}/hostroot:/x")),
+        ("-v", format!("{mp}/hostroot/etc:/x")),
+        (
+            "-v",
+            format!("{}/luastrip:/x", mp.rsplit_once("/luastrip/").unwrap().0),
+        ),
+    ];
+    for (i, (how, spec)) in attacks.iter().enumerate() {
+        // Alone; and beside the volume's own Flocker bind, whose mountpoint exactly (the first
+        // two, the same volume) is then allowed, but nothing climbing out of it or below it.
+        for beside in [&[][..], &["-v", "/flocker/db:/data"][..]] {
+            if !beside.is_empty() && i < 2 {
+                continue;
+            }
+            let out = output(
+                gw.docker()
+                    .args(["run", "--rm"])
+                    .args(beside)
+                    .args([*how, spec.as_str(), IMAGE, "sh", "-c"])
+                    .arg(format!("touch /x{marker}")),
+            );
+            let err = stderr(&out);
+            assert!(!out.status.success(), "{beside:?} {how} {spec} ran");
+            assert!(
+                err.contains("luastrip policy: a bind mount of the host path"),
+                "{beside:?} {how} {spec}: {err}"
+            );
+            assert!(
+                !std::path::Path::new(&marker).exists(),
+                "{how} {spec} wrote {marker}"
+            );
+        }
+    }
+}
+
 /// zfs-fuse 0.7 deadlocks when datasets are created or mounted side by side (issue 19): a dozen
 /// `docker run`s with a dozen new Flocker volumes at once through one gateway, for several
 /// rounds, all succeed (the gateway runs the pool's changes one at a time). And a zfs that stops

@@ -8,4 +8,5 @@ local policy = require "luastrip.policy"
 
 policy.guard()
 
--- To allow some host paths:  policy.guard { allow_binds = { "/srv/shared" } }
+-- To allow a host path:  policy.guard { allow_binds = { "/srv/shared" } }  (exactly that one;
+-- "/srv/shared/**" for anything below it, if no container can plant a link there)

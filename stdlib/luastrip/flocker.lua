@@ -78,9 +78,12 @@ local function volume_for(source)
   return v
 end
 
---- Rewrite the `/flocker/NAME` binds and bind mounts of a create body in place.
+--- Rewrite the `/flocker/NAME` binds and bind mounts of a create body in place, and note each
+--- mountpoint it put there in `produced` (a set, when given): luastrip.policy's guard allows
+--- exactly those host paths.
 --- Returns true if anything changed, or nil and a message naming what was refused.
-function flocker.rewrite(spec)
+function flocker.rewrite(spec, produced)
+  produced = produced or {}
   local hc = type(spec) == "table" and spec.HostConfig
   if type(hc) ~= "table" then return false end
   local changed = false
@@ -93,6 +96,7 @@ function flocker.rewrite(spec)
           local v, why = volume_for(source)
           if not v then return nil, why end
           hc.Binds[i] = v.mountpoint .. (rest or "")
+          produced[v.mountpoint] = true
           changed = true
         end
       end
@@ -104,6 +108,7 @@ function flocker.rewrite(spec)
         local v, why = volume_for(m.Source)
         if not v then return nil, why end
         m.Source = v.mountpoint
+        produced[v.mountpoint] = true
         changed = true
       end
     end
@@ -111,13 +116,18 @@ function flocker.rewrite(spec)
   return changed
 end
 
---- Install the create hook.
+--- Install the create hook. The mountpoints it binds are listed in the call's
+--- `req.ctx.luastrip_binds`, for luastrip.policy's guard (loaded after it) to allow exactly.
 function flocker.enable()
   route.pre("POST /containers/create", function(req)
     local spec = req:json()
-    local changed, why = flocker.rewrite(spec)
+    local produced = type(req.ctx.luastrip_binds) == "table" and req.ctx.luastrip_binds or {}
+    local changed, why = flocker.rewrite(spec, produced)
     if changed == nil then return deny(why) end
-    if changed then req:set_json(spec) end
+    if changed then
+      req.ctx.luastrip_binds = produced
+      req:set_json(spec)
+    end
   end)
 end
 

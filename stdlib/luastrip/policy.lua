@@ -2,8 +2,9 @@
 -- and a guard that refuses all of it.
 --
 --   local policy = require "luastrip.policy"
---   policy.guard()                                  -- refuse every way to host power
---   policy.guard { allow_binds = { "/srv/data" } }  -- but allow binds under /srv/data
+--   policy.guard()                                     -- refuse every way to host power
+--   policy.guard { allow_binds = { "/srv/data" } }     -- but allow a bind of /srv/data itself
+--   policy.guard { allow_binds = { "/srv/data/**" } }  -- or of anything below it (see below)
 --
 -- or, piece by piece:
 --
@@ -62,12 +63,60 @@ function policy.host_capability(caps)
   return nil
 end
 
--- Whether `path` is under one of the allowed host paths.
-local function allowed(path, allow)
-  for _, prefix in ipairs(list(allow)) do
-    if path == prefix or path:sub(1, #prefix + 1) == prefix .. "/" then return true end
+--- A host path as the kernel reaches it, spelt plainly (Go's filepath.Clean, which dockerd uses):
+--- empty and "." segments dropped, ".." taking one back, so "/srv/data/../../etc" is "/etc".
+function policy.clean_path(path)
+  local parts = {}
+  for seg in tostring(path):gmatch("[^/]+") do
+    if seg == ".." then
+      parts[#parts] = nil
+    elseif seg ~= "." then
+      parts[#parts + 1] = seg
+    end
+  end
+  return "/" .. table.concat(parts, "/")
+end
+
+-- Whether a bind of the host path `path` is allowed: exactly a path a helper produced for this
+-- call (`ctx.luastrip_binds`, set by luastrip.flocker's rewrite: a volume's mountpoint), exactly
+-- an allowed path, or below an allowed "DIR/**". Paths are compared cleaned, so no ".." climbs
+-- out of an allowance. A prefix is never implied: a link planted below an allowed directory
+-- (by a container that can write there) would lead the bind anywhere on the host.
+local function allowed(path, opts, ctx)
+  local p = policy.clean_path(path)
+  local made = object(object(ctx).luastrip_binds)
+  if made[p] == true then return true end
+  for _, a in ipairs(list(opts.allow_binds)) do
+    local tree = tostring(a):match("^(.*)/%*%*$")
+    if tree then
+      tree = policy.clean_path(tree)
+      if tree == "/" or p == tree or p:sub(1, #tree + 1) == tree .. "/" then return true end
+    elseif p == policy.clean_path(a) then
+      return true
+    end
   end
   return false
+end
+
+-- What dockerd masks and makes read-only in /proc and /sys by default. A create body that lists
+-- MaskedPaths or ReadonlyPaths replaces these (`--security-opt systempaths=unconfined` sends
+-- both empty): a writable /proc/sys reaches the host's kernel.core_pattern, which is host root.
+local DEFAULT_MASKED = {
+  "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+  "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+}
+local DEFAULT_READONLY = { "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger" }
+
+-- The first default path a given MaskedPaths/ReadonlyPaths list leaves out, or nil (nil or null
+-- keeps dockerd's defaults; a list may add paths, never drop one).
+local function dropped(given, defaults)
+  if type(given) ~= "table" then return nil end
+  local has = {}
+  for _, p in ipairs(given) do has[policy.clean_path(p)] = true end
+  for _, p in ipairs(defaults) do
+    if not has[p] then return p end
+  end
+  return nil
 end
 
 --- Why volume driver options reach into the host (local driver: bind, or a device), or nil.
@@ -100,11 +149,11 @@ function policy.host_binds(spec)
 end
 
 -- Why a list of Mounts reaches into the host, or nil.
-local function mounts_power(mounts, opts)
+local function mounts_power(mounts, opts, ctx)
   for _, m in ipairs(list(mounts)) do
     m = object(m)
     local kind = lower(m.Type)
-    if kind == "bind" and not allowed(tostring(m.Source), opts.allow_binds) then
+    if kind == "bind" and not allowed(tostring(m.Source), opts, ctx) then
       return "a bind mount of the host path " .. tostring(m.Source)
     end
     if kind == "npipe" then return "a named pipe of the host" end
@@ -118,8 +167,10 @@ local function mounts_power(mounts, opts)
 end
 
 --- Why a HostConfig (from a create body, or an old API's start body) gives the container power
---- over the host, or nil. `opts.allow_binds` lists host paths that may be bind-mounted.
-function policy.host_power(host, opts)
+--- over the host, or nil. `opts.allow_binds` lists host paths that may be bind-mounted (exactly,
+--- or below "DIR/**"), `opts.allow_cgroup_parents` the cgroup parents that may be named; `ctx`
+--- is the call's `req.ctx`, where a helper lists the paths it produced (`luastrip_binds`).
+function policy.host_power(host, opts, ctx)
   host, opts = object(host), object(opts)
   if host.Privileged == true then return "privileged containers are not allowed" end
   local cap = policy.host_capability(host.CapAdd)
@@ -138,12 +189,28 @@ function policy.host_power(host, opts)
   end
   for _, bind in ipairs(list(host.Binds)) do
     local source = tostring(bind):match("^([^:]*)") or ""
-    if source:find("/", 1, true) and not allowed(source, opts.allow_binds) then
+    if source:find("/", 1, true) and not allowed(source, opts, ctx) then
       return "a bind mount of the host path " .. source .. " is not allowed"
     end
   end
-  local why = mounts_power(host.Mounts, opts)
+  local why = mounts_power(host.Mounts, opts, ctx)
   if why then return why .. " is not allowed" end
+  local unmasked = dropped(host.MaskedPaths, DEFAULT_MASKED)
+  if unmasked then
+    return "unmasking " .. unmasked .. " (MaskedPaths, --security-opt systempaths=unconfined) is not allowed"
+  end
+  local writable = dropped(host.ReadonlyPaths, DEFAULT_READONLY)
+  if writable then
+    return "a writable " .. writable .. " (ReadonlyPaths, --security-opt systempaths=unconfined) is not allowed"
+  end
+  local parent = host.CgroupParent
+  if type(parent) == "string" and parent ~= "" then
+    local ok = false
+    for _, p in ipairs(list(opts.allow_cgroup_parents)) do
+      if p == parent then ok = true end
+    end
+    if not ok then return "the cgroup parent " .. parent .. " (--cgroup-parent) is not allowed" end
+  end
   if next(object(host.Sysctls)) ~= nil and lower(host.NetworkMode) == "host" then
     return "sysctls with the host network are not allowed"
   end
@@ -172,7 +239,7 @@ function policy.service_power(spec, opts)
   if object(object(c.Privileges).SELinuxContext).Disable == true then
     return "disabling SELinux labels is not allowed"
   end
-  local why = mounts_power(c.Mounts, object(opts))
+  local why = mounts_power(c.Mounts, object(opts), nil)
   if why then return why .. " is not allowed" end
   for _, n in ipairs(list(task.Networks)) do
     if lower(object(n).Target) == "host" then return "the host network is not allowed" end
@@ -184,22 +251,39 @@ local function refuse(why)
   return policy.deny("luastrip policy: " .. why)
 end
 
+--- Why the options of a `docker build` give its build containers host power, or nil.
+function policy.build_power(query)
+  local mode = lower(object(query).networkmode)
+  if mode == "host" then return "building with the host network (--network host) is not allowed" end
+  if mode:sub(1, 10) == "container:" then
+    return "building in another container's network (--network " .. mode .. ") is not allowed"
+  end
+  return nil
+end
+
 --- Register hooks that refuse every way to host power the policy knows: containers (create,
---- old-API start, update), exec, volumes, plugins and swarm services. `opts.allow_binds` lists
---- host paths that may be bind-mounted.
+--- old-API start, update), exec, builds, volumes, plugins and swarm services.
+--- `opts.allow_binds` lists host paths that may be bind-mounted (exactly, or below "DIR/**");
+--- `opts.allow_cgroup_parents` the cgroup parents a container may name. Load luastrip.flocker
+--- (or another helper that rewrites binds) before it: the guard allows exactly the paths such a
+--- helper produced for the call.
 function policy.guard(opts)
   opts = object(opts)
   route.pre("POST /containers/create", function(req)
-    local why = policy.host_power(object(req:json()).HostConfig, opts)
+    local why = policy.host_power(object(req:json()).HostConfig, opts, req.ctx)
     if why then return refuse(why) end
   end)
   -- API < 1.24 still read a HostConfig from the start body.
   route.pre("POST /containers/{id}/start", function(req)
     local body = req:json()
     if type(body) == "table" then
-      local why = policy.host_power(body, opts)
+      local why = policy.host_power(body, opts, req.ctx)
       if why then return refuse(why) end
     end
+  end)
+  route.pre("POST /build", function(req)
+    local why = policy.build_power(req.query)
+    if why then return refuse(why) end
   end)
   route.pre("POST /containers/{id}/update", function(req)
     local why = policy.update_power(req:json())

@@ -10,10 +10,12 @@ local flocker = {}
 ---the body is left as it was. Bad names, sub-paths and volumes another gateway owns are a 400.
 function flocker.enable() end
 
----Rewrite a create body's `/flocker/NAME` binds and mounts in place.
+---Rewrite a create body's `/flocker/NAME` binds and mounts in place; each mountpoint it put
+---there is set to true in `produced`, when given.
 ---@param spec table  the create body (req:json())
+---@param produced table<string, boolean>|nil
 ---@return boolean|nil changed  nil when refused
 ---@return string|nil why
-function flocker.rewrite(spec) end
+function flocker.rewrite(spec, produced) end
 
 return flocker

@@ -2,13 +2,15 @@
 -- LuaLS stubs for the bundled `require "luastrip.policy"` (see docs/SECURITY.md).
 
 ---@class luastrip.policy.Options
----@field allow_binds string[]|nil  host paths that may be bind-mounted (and anything under them)
+---@field allow_binds string[]|nil  host paths that may be bind-mounted: exactly, or anything below "DIR/**" (compared cleaned)
+---@field allow_cgroup_parents string[]|nil  cgroup parents (--cgroup-parent) a container may name
 
 ---@class luastrip.policy
 local policy = {}
 
 ---Register hooks that refuse every way to host power the policy knows: containers (create,
----old-API start, update), exec, volumes, plugins and swarm services.
+---old-API start, update), exec, builds, volumes, plugins and swarm services. Load
+---luastrip.flocker before it: the guard allows exactly the mountpoints Flocker's rewrite produced.
 ---@param opts luastrip.policy.Options|nil
 function policy.guard(opts) end
 
@@ -31,8 +33,19 @@ function policy.host_binds(spec) end
 ---Why a HostConfig gives the container power over the host, or nil.
 ---@param host table|nil
 ---@param opts luastrip.policy.Options|nil
+---@param ctx table|nil  the call's req.ctx: `luastrip_binds` lists the paths a helper produced
 ---@return string|nil
-function policy.host_power(host, opts) end
+function policy.host_power(host, opts, ctx) end
+
+---Why the query of a `POST /build` gives its build containers host power (the host network), or nil.
+---@param query table|nil  req.query
+---@return string|nil
+function policy.build_power(query) end
+
+---A host path as the kernel reaches it, spelt plainly (Go's filepath.Clean): "/a/./b/../c" is "/a/c".
+---@param path string
+---@return string
+function policy.clean_path(path) end
 
 ---Why a `docker update` body gives host power (devices), or nil.
 ---@param update table|nil
