@@ -30,7 +30,7 @@ start_dockerd "$D/dockerd"
 export DOCKER_HOST="unix://$D/dockerd/docker.sock"
 import_busybox luastrip-bench/busybox "$D"
 
-head -c 24 /dev/urandom | base64 > "$D/token"
+(umask 077 && head -c 24 /dev/urandom | base64 > "$D/token")
 cat > "$D/push.lua" <<'LUA'
 require("luastrip.flocker").enable()
 route.endpoint("POST /luastrip/push/{name}", function(req)

@@ -420,6 +420,122 @@ fn the_guard_allows_exactly_what_flocker_produced() {
     }
 }
 
+/// A peer's stream never chooses where it lands (issue 20): a stream that carries the dataset's
+/// properties (`zfs send -p`, `-R`, made from a dataset with `mountpoint=` a host directory) is
+/// refused before zfs reads it, and nothing is mounted there; the same data as a plain stream
+/// lands under the pool, whatever mountpoint it had on the sender. A token file others can read
+/// is refused at start-up.
+#[test]
+fn a_peer_stream_never_chooses_where_it_is_mounted() {
+    let _zfs = zfs_one_at_a_time();
+    let (pool, src) = (Pool::new(128), Pool::new(128));
+    let dir = support::temp_dir("peer-stream");
+    let token = dir.join("token");
+    std::fs::write(&token, "a-token-of-thirty-two-characters\n").unwrap();
+    let cluster = dir.join("cluster.json");
+    let port = support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // Readable by others: refused, naming the fix.
+    let out = output(
+        Command::new(env!("CARGO_BIN_EXE_luastrip"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("unix://{}", dir.join("s.sock").display()),
+            ])
+            .args([
+                "--upstream",
+                &format!("unix://{}", Daemon::shared().socket.display()),
+            ])
+            .args(["--volume-backend", "zfs", "--zfs-pool", &pool.name])
+            .args([
+                "--cluster-file",
+                cluster.to_str().unwrap(),
+                "--peer-listen",
+                &listen,
+            ])
+            .args(["--peer-token-file", token.to_str().unwrap()]),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let _gw = gateway_with(
+        &pool,
+        "h1",
+        "",
+        &cluster,
+        &[
+            "--peer-listen",
+            &listen,
+            "--peer-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    // On the sending side: a dataset mounted at a host directory of the attacker's choosing.
+    let target = dir.join("chosen");
+    let evil = format!("{}/evil", src.name);
+    src.zfs(&[
+        "create",
+        "-o",
+        &format!("mountpoint={}", target.display()),
+        &evil,
+    ]);
+    std::fs::write(target.join("planted"), "x").unwrap();
+    src.zfs(&["snapshot", &format!("{evil}@s")]);
+    src.zfs(&["unmount", &evil]);
+    std::fs::remove_dir(&target).unwrap();
+    let guid = src.zfs(&["get", "-H", "-o", "value", "guid", &format!("{evil}@s")]);
+    let put = |flags: &[&str], name: &str| {
+        let file = dir.join(format!("stream-{name}"));
+        let stream = output(
+            Command::new("zfs")
+                .arg("send")
+                .args(flags)
+                .arg(format!("{evil}@s")),
+        );
+        assert!(stream.status.success(), "{}", stderr(&stream));
+        std::fs::write(&file, &stream.stdout).unwrap();
+        run_ok(Command::new("curl").args([
+            "-s",
+            "-X",
+            "PUT",
+            "-H",
+            "Authorization: Bearer a-token-of-thirty-two-characters",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!(
+                "http://{listen}/luastrip/peer/v1/volumes/{name}/stream?tag=s&guid={}",
+                guid.trim()
+            ),
+        ]))
+    };
+    for (flags, name) in [(&["-p"][..], "withprops"), (&["-R"][..], "replicated")] {
+        let answer = put(flags, name);
+        assert!(
+            answer.contains("carries the dataset's properties"),
+            "{flags:?}: {answer}"
+        );
+        assert!(
+            !target.exists(),
+            "{flags:?}: {} was mounted",
+            target.display()
+        );
+        let listed = pool.zfs(&["list", "-H", "-o", "name", "-r", &pool.name]);
+        assert!(!listed.contains(name), "{flags:?}: {listed}");
+    }
+    // The same data as a plain stream: received, under the pool.
+    let answer = put(&[], "plain");
+    assert!(answer.contains(guid.trim()), "{answer}");
+    assert!(!target.exists());
+    let ds = format!("{}/luastrip/plain", pool.name);
+    let mountpoint = pool.zfs(&["get", "-H", "-o", "value", "mountpoint", &ds]);
+    assert!(
+        std::fs::read_to_string(PathBuf::from(mountpoint.trim()).join("planted")).unwrap() == "x",
+        "{mountpoint}"
+    );
+    assert!(!mountpoint.contains("chosen"), "{mountpoint}");
+}
+
 /// zfs-fuse 0.7 deadlocks when datasets are created or mounted side by side (issue 19): a dozen
 /// `docker run`s with a dozen new Flocker volumes at once through one gateway, for several
 /// rounds, all succeed (the gateway runs the pool's changes one at a time). And a zfs that stops
@@ -720,6 +836,7 @@ fn two_hosts(script: &str) -> TwoHosts {
     let cluster = dir.join("cluster.json");
     let token = dir.join("token");
     std::fs::write(&token, "a-token-of-thirty-two-characters\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let pools = [Pool::new(512), Pool::new(512)];
     let ports = [support::free_port(), support::free_port()];
     let start = |i: usize| {

@@ -70,8 +70,23 @@ impl Peers {
         Ok(Peers { token, peers: map })
     }
 
-    /// Read the token from `path` (its first line).
+    /// Read the token from `path` (its first line). A file that others than its owner may read
+    /// or write is refused: whoever reads the token can push streams to this host.
     pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("--peer-token-file {}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "--peer-token-file {}: mode {:o} lets others than its owner read or change the \
+                 token (whoever has it can push volumes here): chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            ));
+        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("--peer-token-file {}: {e}", path.display()))?;
         Ok(text.lines().next().unwrap_or("").trim().to_string())

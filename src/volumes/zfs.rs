@@ -20,7 +20,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 
 use super::name::{Tag, VolumeName};
@@ -105,6 +105,40 @@ fn is_zfs_fuse() -> bool {
 /// properties or takes snapshots): the ones zfs-fuse cannot run side by side.
 fn changes_datasets(subcommand: &str) -> bool {
     !matches!(subcommand, "get" | "list" | "send")
+}
+
+/// How much of a stream's first record [`check_stream_begin`] reads: up to the snapshot's name.
+const BEGIN_CHECKED: usize = 56;
+
+/// Check the first record of a replication stream from a peer, before `zfs recv` reads any of it:
+/// it must be a plain stream of one snapshot (what `zfs send [-i]` makes), never a compound
+/// stream (`zfs send -p`, `-R`) whose header carries the dataset's properties. A received
+/// property would choose where the dataset is mounted (`mountpoint=/root/.ssh`), and once zfs
+/// has received it, it has mounted it: checking afterwards is too late. zfs-fuse has no `recv -x`
+/// or `-o` to override them, so such streams are refused whole.
+///
+/// The record (`dmu_replay_record`, little-endian): `drr_type` (u32, 0 = BEGIN),
+/// `drr_payloadlen` (u32: the header's nvlist, 0 for a plain stream), then `drr_magic` (u64,
+/// 0x2F5BACBAC) and `drr_versioninfo` (u64, whose low two bits are 1 for a plain substream and
+/// 2 for a compound stream).
+fn check_stream_begin(begin: &[u8; BEGIN_CHECKED]) -> Result<(), String> {
+    let u32_at = |i: usize| u32::from_le_bytes(begin[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(begin[i..i + 8].try_into().expect("8 bytes"));
+    const MAGIC: u64 = 0x2_F5BA_CBAC;
+    if u64_at(8) == MAGIC.swap_bytes() {
+        return Err("the stream is from a host of the other byte order: refused".into());
+    }
+    if u32_at(0) != 0 || u64_at(8) != MAGIC {
+        return Err("not a zfs replication stream".into());
+    }
+    if u32_at(4) != 0 || u64_at(16) & 0b11 != 1 {
+        return Err(
+            "the stream carries the dataset's properties (a compound stream, zfs send -p or -R): \
+             refused, since a received property such as mountpoint would choose where it lands"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 fn helper(reason: impl Into<String>) -> Error {
@@ -193,7 +227,6 @@ impl Zfs {
             .map_err(|e| helper(format!("cannot run zfs: {e}")))?;
         let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
         let read = async {
-            use tokio::io::AsyncReadExt;
             let (mut out, mut err) = (Vec::new(), Vec::new());
             if let (Some(o), Some(e)) = (stdout.as_mut(), stderr.as_mut()) {
                 let _ = tokio::join!(o.read_to_end(&mut out), e.read_to_end(&mut err));
@@ -460,12 +493,23 @@ impl VolumeBackend for Zfs {
             let dataset = self.dataset(name);
             // A receive creates and mounts the dataset: on zfs-fuse, the pool's other changes
             // wait for it (its stream is bounded by the peer's, not by --zfs-timeout-s).
-            let cmd = format!("zfs recv -F {dataset}");
+            let cmd = format!("zfs recv {dataset}");
             let turn = self
                 .turn("recv", &cmd, tokio::time::Instant::now() + self.timeout)
                 .await?;
+            // The stream's first record says what it is, before zfs sees any of it.
+            let mut begin = [0u8; BEGIN_CHECKED];
+            stream
+                .read_exact(&mut begin)
+                .await
+                .map_err(|e| helper(format!("zfs recv {dataset}: the stream broke: {e}")))?;
+            check_stream_begin(&begin)
+                .map_err(|why| helper(format!("zfs recv {dataset}: {why}")))?;
+            let mut stream = std::io::Cursor::new(begin).chain(stream);
+            // No -F: a copy here that changed since the snapshot the stream starts from (ours are
+            // read-only, so it did not) fails the receive instead of being rolled back in silence.
             let mut child = Command::new("zfs")
-                .args(["recv", "-F", &dataset])
+                .args(["recv", &dataset])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -545,5 +589,49 @@ impl VolumeBackend for Zfs {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first 56 bytes of real zfs-fuse streams (`zfs send`, `send -i`, `send -p`, `send -R`).
+    fn begin(hex: &str) -> [u8; BEGIN_CHECKED] {
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let mut b = [0u8; BEGIN_CHECKED];
+        b[..bytes.len()].copy_from_slice(&bytes);
+        b
+    }
+
+    #[test]
+    fn only_plain_streams_without_properties_are_received() {
+        let full = "0000000000000000accbbaf5020000000100000000000000ca54156b00000000";
+        let incremental = "0000000000000000accbbaf50200000001000000000000008067";
+        let with_props = "0000000024020000accbbaf5020000000200000000000000";
+        let replicated = "0000000000020000accbbaf5020000000200000000000000";
+        assert_eq!(check_stream_begin(&begin(full)), Ok(()));
+        assert_eq!(check_stream_begin(&begin(incremental)), Ok(()));
+        for refused in [with_props, replicated] {
+            let e = check_stream_begin(&begin(refused)).unwrap_err();
+            assert!(e.contains("carries the dataset's properties"), "{e}");
+        }
+        // A compound header spelt without a payload is refused all the same.
+        let e = check_stream_begin(&begin("0000000000000000accbbaf5020000000200000000000000"))
+            .unwrap_err();
+        assert!(e.contains("properties"), "{e}");
+        assert!(
+            check_stream_begin(&begin("00000000000000000000000000000000"))
+                .unwrap_err()
+                .contains("not a zfs replication stream")
+        );
+        assert!(
+            check_stream_begin(&begin("000000000000000000000002f5bacbac"))
+                .unwrap_err()
+                .contains("other byte order")
+        );
     }
 }
