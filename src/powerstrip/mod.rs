@@ -54,13 +54,13 @@ impl Containers {
             Ok(ip) => return Ok(ip),
             Err(generation) => generation,
         };
-        let ip = self.look_up(name).await?;
-        self.known.keep(name, ip, generation);
+        let (ip, id) = self.look_up(name).await?;
+        self.known.keep(name, ip, id, generation);
         Ok(ip)
     }
 
-    /// Where container `name` listens, asked of the daemon.
-    async fn look_up(&self, name: &str) -> Result<IpAddr, String> {
+    /// Where container `name` listens, and its id, asked of the daemon.
+    async fn look_up(&self, name: &str) -> Result<(IpAddr, String), String> {
         let c = self
             .daemon
             .get_json_found(&format!("/containers/{name}/json"))
@@ -83,16 +83,20 @@ impl Containers {
                 c["State"]["Status"].as_str().unwrap_or("stopped")
             ));
         }
-        pick_address(&c, self.overlay_network.as_deref()).ok_or_else(|| {
+        let ip = pick_address(&c, self.overlay_network.as_deref()).ok_or_else(|| {
             format!("the adapter container {name} has no address on a network luastrip can reach")
-        })
+        })?;
+        Ok((ip, c["Id"].as_str().unwrap_or_default().to_string()))
     }
 }
 
 /// Adapter containers' addresses as last looked up. They are used only while the daemon's events
-/// are followed ([`AddressFollower`]) and nothing that could change an address has happened
-/// since: every such event, a broken stream and a reload forget them all. A lookup that was under
-/// way when they were forgotten is not kept (the generation tells).
+/// are followed ([`AddressFollower`]) and nothing that could change that container's address
+/// has happened since: an event about it (by id, or by name: another container may take the
+/// name) forgets it; a broken stream and a reload forget them all. Events about other containers
+/// leave the addresses be (a busy daemon's every start and stop would otherwise cost a lookup
+/// per call). A lookup under way when any event arrived is not kept (the generation tells): its
+/// container's id is not known yet.
 #[derive(Default)]
 pub struct Addresses {
     known: Mutex<Known>,
@@ -107,7 +111,8 @@ struct Known {
     following: bool,
     /// Counts the times everything was forgotten.
     generation: u64,
-    by_name: HashMap<String, IpAddr>,
+    /// Name → (address, container id).
+    by_name: HashMap<String, (IpAddr, String)>,
 }
 
 impl Addresses {
@@ -123,7 +128,7 @@ impl Addresses {
             self.wanted.notify_one();
         }
         match k.by_name.get(name) {
-            Some(ip) if k.following => Ok(*ip),
+            Some((ip, _)) if k.following => Ok(*ip),
             _ => Err(k.generation),
         }
     }
@@ -133,11 +138,38 @@ impl Addresses {
         self.wanted.notified().await
     }
 
-    fn keep(&self, name: &str, ip: IpAddr, generation: u64) {
+    fn keep(&self, name: &str, ip: IpAddr, id: String, generation: u64) {
         let mut k = self.known();
         if k.following && k.generation == generation {
-            k.by_name.insert(name.to_string(), ip);
+            k.by_name.insert(name.to_string(), (ip, id));
         }
+    }
+
+    /// A daemon event (container start, die, destroy, rename; network connect, disconnect):
+    /// forget the addresses of the containers it is about.
+    pub fn event(&self, ev: &serde_json::Value) {
+        let mut k = self.known();
+        k.generation += 1;
+        let attrs = &ev["Actor"]["Attributes"];
+        let (id, names) = match ev["Type"].as_str() {
+            Some("container") => (
+                ev["Actor"]["ID"].as_str(),
+                [attrs["name"].as_str(), attrs["oldName"].as_str()],
+            ),
+            Some("network") => (attrs["container"].as_str(), [None, None]),
+            // Not what the follower asked for: forget everything rather than guess.
+            _ => {
+                k.by_name.clear();
+                return;
+            }
+        };
+        k.by_name.retain(|name, (_, kept)| {
+            Some(kept.as_str()) != id
+                && names
+                    .iter()
+                    .flatten()
+                    .all(|n| n.trim_start_matches('/') != name)
+        });
     }
 
     /// Forget every address; `following` says whether the events stream is open now.
@@ -176,8 +208,8 @@ impl crate::events::Follower for AddressFollower {
         self.0.forget(Some(false));
     }
 
-    fn event<'a>(&'a self, _: &'a serde_json::Value) -> crate::events::FollowFuture<'a> {
-        self.0.forget(None);
+    fn event<'a>(&'a self, ev: &'a serde_json::Value) -> crate::events::FollowFuture<'a> {
+        self.0.event(ev);
         Box::pin(async {})
     }
 }
@@ -381,24 +413,70 @@ mod tests {
     fn addresses_are_kept_only_while_the_events_are_followed_and_quiet() {
         let known = Addresses::default();
         let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let id = || "c0ffee".to_string();
+        let event = |ty: &str, actor: &str, attrs: serde_json::Value| serde_json::json!({"Type": ty, "Action": "x", "Actor": {"ID": actor, "Attributes": attrs}});
         // Not following the events yet: nothing is kept.
         let g = known.get("a").unwrap_err();
-        known.keep("a", ip, g);
+        known.keep("a", ip, id(), g);
         assert!(known.get("a").is_err());
         // Following: kept.
         known.forget(Some(true));
-        let g = known.get("a").unwrap_err();
-        known.keep("a", ip, g);
+        let keep_a = || {
+            if let Err(g) = known.get("a") {
+                known.keep("a", ip, id(), g);
+            }
+            assert_eq!(known.get("a"), Ok(ip));
+        };
+        keep_a();
+        // Events about other containers leave it be ...
+        known.event(&event(
+            "container",
+            "other",
+            serde_json::json!({"name": "b"}),
+        ));
+        known.event(&event(
+            "network",
+            "net",
+            serde_json::json!({"container": "other", "name": "a"}),
+        ));
         assert_eq!(known.get("a"), Ok(ip));
-        // An event forgets it, and a lookup begun before the event is not kept.
-        let before = known.get("b").unwrap_err();
-        known.forget(None);
-        known.keep("a", ip, before);
+        // ... but not one about it, by id, by its network connections, or by its name.
+        for ev in [
+            event("container", "c0ffee", serde_json::json!({"name": "a"})),
+            event(
+                "network",
+                "net",
+                serde_json::json!({"container": "c0ffee", "name": "n"}),
+            ),
+            event(
+                "container",
+                "other",
+                serde_json::json!({"name": "a", "oldName": "/x"}),
+            ),
+            event(
+                "container",
+                "other",
+                serde_json::json!({"name": "y", "oldName": "/a"}),
+            ),
+            event("service", "s", serde_json::json!({})),
+        ] {
+            keep_a();
+            known.event(&ev);
+            assert!(known.get("a").is_err(), "{ev}");
+        }
+        // A lookup begun before any event is not kept: its container's id was not known yet.
+        let before = known.get("a").unwrap_err();
+        known.event(&event(
+            "container",
+            "other",
+            serde_json::json!({"name": "b"}),
+        ));
+        known.keep("a", ip, id(), before);
         assert!(known.get("a").is_err());
         // The stream broke: nothing is kept until it is open again.
         known.forget(Some(false));
         let g = known.get("a").unwrap_err();
-        known.keep("a", ip, g);
+        known.keep("a", ip, id(), g);
         assert!(known.get("a").is_err());
     }
 
