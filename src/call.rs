@@ -216,14 +216,14 @@ impl Call {
             )
     }
 
-    /// Check a JSON body of this call the way dockerd will read it ([`crate::route::json`]): what
-    /// Go's decoder would read differently from a hook is a 400 naming the key.
-    pub fn check_json_body(&self, body: &[u8]) -> Result<(), Error> {
-        Ok(crate::route::json::check(
-            self.head.method.as_str(),
-            self.path.as_str(),
-            body,
-        )?)
+    /// A JSON body of this call as dockerd will read it ([`crate::route::json::canonical`]): the
+    /// same bytes when they are canonical, else the canonical body (what the hooks must see and
+    /// the daemon get); what Go's decoder could read two ways is a 400 naming the key.
+    pub fn canonical_json_body(&self, body: &Bytes) -> Result<Bytes, Error> {
+        Ok(
+            crate::route::json::canonical(self.head.method.as_str(), self.path.as_str(), body)?
+                .map_or_else(|| body.clone(), Bytes::from),
+        )
     }
 
     /// Whether the daemon answers this call only when something happens: a stream, or a stop or

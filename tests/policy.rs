@@ -308,6 +308,191 @@ fn bind_allowances_are_exact_and_cleaned() {
     }
 }
 
+/// docker-py's whole create surface (every argument of `create_host_config` and
+/// `create_container`) behaves through a hook that reads every create body as it does directly:
+/// the same success or error, and the same container recorded. docker-py spells some fields its
+/// own way (`CPURealtimePeriod`) and puts `Runtime` at the top level; dockerd reads both, so
+/// the gateway canonicalises them rather than refusing them (issue 20).
+#[test]
+fn docker_py_creates_the_same_containers_through_a_body_reading_hook() {
+    assert!(
+        Path::new("/usr/bin/python3").exists(),
+        "/usr/bin/python3 is missing: apt-get install -y python3 python3-docker"
+    );
+    let dir = support::temp_dir("dockerpy");
+    let script = dir.join("reads.lua");
+    std::fs::write(
+        &script,
+        "route.pre('POST /containers/create', function(req) local spec = req:json() end)\n",
+    )
+    .unwrap();
+    let gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", script.to_str().unwrap()],
+    );
+    let out = output(
+        Command::new("/usr/bin/python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dockerpy/create_surface.py"))
+            .arg(&Daemon::shared().socket)
+            .arg(&gw.socket)
+            .arg(IMAGE)
+            .arg(&dir),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(" cases, 0 differ"), "{text}");
+    // The two that a body check used to refuse are created, as directly.
+    assert!(
+        text.contains("same cpu_rt_period: created") || text.contains("same cpu_rt_period: error"),
+        "{text}"
+    );
+    assert!(
+        text.contains("same runtime (create_container): created"),
+        "{text}"
+    );
+}
+
+/// A compose file that uses every service key that maps to a create field makes the same
+/// container directly and through a hook that reads every create body (compose v1 sends
+/// docker-py's bodies).
+#[test]
+fn compose_creates_the_same_containers_through_a_body_reading_hook() {
+    support::require_tool("docker-compose", "docker-compose");
+    let dir = support::temp_dir("compose-surface");
+    let script = dir.join("reads.lua");
+    std::fs::write(
+        &script,
+        "route.pre('POST /containers/create', function(req) local spec = req:json() end)\n",
+    )
+    .unwrap();
+    let gw = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", script.to_str().unwrap()],
+    );
+    let file = dir.join("all.yml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"version: "2.4"
+services:
+  all:
+    image: {IMAGE}
+    command: ["echo", "x"]
+    entrypoint: ["sh", "-c"]
+    network_mode: none
+    blkio_config:
+      weight: 500
+      weight_device: [{{path: /dev/null, weight: 10}}]
+      device_read_bps: [{{path: /dev/null, rate: 1000}}]
+      device_write_bps: [{{path: /dev/null, rate: 1000}}]
+      device_read_iops: [{{path: /dev/null, rate: 100}}]
+      device_write_iops: [{{path: /dev/null, rate: 100}}]
+    cap_add: [NET_ADMIN]
+    cap_drop: [MKNOD]
+    cgroup_parent: luastrip-test.slice
+    cpu_count: 1
+    cpu_percent: 50
+    cpu_shares: 512
+    cpu_quota: 50000
+    cpu_period: 100000
+    cpu_rt_period: 1000000
+    cpu_rt_runtime: 1000
+    cpuset: "0"
+    devices: ["/dev/null:/dev/xnull:rwm"]
+    device_cgroup_rules: ["c 1:3 rwm"]
+    dns: [192.0.2.53]
+    dns_opt: ["ndots:2"]
+    dns_search: [example.test]
+    domainname: example.test
+    environment: {{A: b}}
+    expose: ["80"]
+    extra_hosts: ["h.example.test:192.0.2.1"]
+    group_add: ["100"]
+    healthcheck: {{test: ["CMD", "true"], interval: 1s}}
+    hostname: h
+    init: true
+    ipc: shareable
+    isolation: default
+    labels: {{a: b}}
+    logging: {{driver: json-file, options: {{max-size: 1m}}}}
+    mac_address: "02:42:ac:11:00:02"
+    mem_limit: 64m
+    mem_reservation: 32m
+    memswap_limit: 128m
+    mem_swappiness: 10
+    oom_kill_disable: true
+    oom_score_adj: 100
+    pid: host
+    pids_limit: 100
+    privileged: true
+    read_only: true
+    restart: on-failure:3
+    runtime: runc
+    security_opt: [no-new-privileges]
+    shm_size: 32m
+    stdin_open: true
+    stop_grace_period: 5s
+    stop_signal: SIGKILL
+    sysctls: {{net.core.somaxconn: "1024"}}
+    tmpfs: ["/t:size=1m"]
+    tty: true
+    ulimits: {{nofile: {{soft: 1024, hard: 2048}}}}
+    user: nobody
+    userns_mode: host
+    volumes: ["/v", "{tmp}:/x:ro"]
+    working_dir: /w
+"#,
+            tmp = dir.display()
+        ),
+    )
+    .unwrap();
+    let created = |host: String, project: &str| {
+        let out = output(
+            Command::new("docker-compose")
+                .env("DOCKER_HOST", host)
+                .arg("-f")
+                .arg(&file)
+                .args(["-p", project, "up", "--no-start", "--no-color"]),
+        );
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = run_ok(Daemon::shared().docker().args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.compose.project={project}"),
+        ]));
+        let inspect = run_ok(Daemon::shared().docker().args(["inspect", id.trim()]));
+        run_ok(Daemon::shared().docker().args(["rm", "-f", id.trim()]));
+        let mut v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+        let mut c = v[0].take();
+        // Compose's own bookkeeping names the project; everything else must be the same.
+        c["Config"]["Labels"]
+            .as_object_mut()
+            .unwrap()
+            .retain(|k, _| !k.starts_with("com.docker.compose."));
+        (c["Config"].take(), c["HostConfig"].take())
+    };
+    let direct = created(
+        format!("unix://{}", Daemon::shared().socket.display()),
+        &unique("direct").replace('-', ""),
+    );
+    let through = created(gw.host(), &unique("gw").replace('-', ""));
+    assert_eq!(direct.0, through.0, "Config");
+    assert_eq!(direct.1, through.1, "HostConfig");
+    // And the fields a body check once refused are there.
+    assert_eq!(through.1["CpuRealtimePeriod"], 1000000, "{}", through.1);
+    assert_eq!(through.1["Runtime"], "runc");
+}
+
 #[test]
 fn privileges_asked_for_later_are_refused_too() {
     let gw = guarded();

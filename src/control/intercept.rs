@@ -256,9 +256,10 @@ async fn hold_body(call: &mut Call) -> Result<Option<String>, Error> {
                 format!("held call body: {e}"),
             )
         })?;
-    call.check_json_body(&bytes)?;
+    let seen = call.canonical_json_body(&bytes)?;
     call.note_received_body(&bytes);
-    call.replace_body(bytes.clone());
+    call.replace_body(seen.clone());
+    let bytes = seen;
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 

@@ -27,7 +27,8 @@ use crate::route::{query, NormalPath};
 
 /// A request body not read yet, shared between the `req` table (which may read it) and the
 /// engine (which gives it back to the call if nobody did). When read, it is checked the way
-/// dockerd will read it ([`crate::route::json`]) before any hook sees it.
+/// dockerd will read it ([`crate::route::json`]) before any hook sees it, and canonicalised:
+/// the hooks see (and the daemon gets) the body as dockerd reads it.
 #[derive(Clone)]
 pub struct PendingBody {
     state: Arc<tokio::sync::Mutex<BodyState>>,
@@ -38,8 +39,8 @@ pub struct PendingBody {
 enum BodyState {
     /// Still the client's stream.
     Unread(Body),
-    /// Read by a hook: these bytes.
-    Read(Bytes),
+    /// Read by a hook: the bytes the hooks see (canonical), and the client's own.
+    Read { seen: Bytes, sent: Bytes },
     /// Handed back to the call.
     Gone,
 }
@@ -60,26 +61,34 @@ impl PendingBody {
         let mut state = self.state.lock().await;
         match std::mem::replace(&mut *state, BodyState::Gone) {
             BodyState::Unread(body) => {
-                let bytes = read_capped(body, cap).await?;
+                let sent = read_capped(body, cap).await?;
                 let (method, path) = &*self.route;
-                crate::route::json::check(method, path, &bytes)?;
-                *state = BodyState::Read(bytes.clone());
-                Ok(Some(bytes))
+                let seen = crate::route::json::canonical(method, path, &sent)?
+                    .map_or_else(|| sent.clone(), Bytes::from);
+                *state = BodyState::Read {
+                    seen: seen.clone(),
+                    sent,
+                };
+                Ok(Some(seen))
             }
-            BodyState::Read(b) => {
-                *state = BodyState::Read(b.clone());
-                Ok(Some(b))
+            BodyState::Read { seen, sent } => {
+                *state = BodyState::Read {
+                    seen: seen.clone(),
+                    sent,
+                };
+                Ok(Some(seen))
             }
             BodyState::Gone => Ok(None),
         }
     }
 
-    /// Take what the hooks left: the unread stream, or the bytes they read.
-    fn take(&self) -> Option<Result<Body, Bytes>> {
+    /// Take what the hooks left: the unread stream, or the bytes they read (as seen, and as the
+    /// client sent them).
+    fn take(&self) -> Option<Result<Body, (Bytes, Bytes)>> {
         let mut state = self.state.try_lock().ok()?;
         match std::mem::replace(&mut *state, BodyState::Gone) {
             BodyState::Unread(body) => Some(Ok(body)),
-            BodyState::Read(b) => Some(Err(b)),
+            BodyState::Read { seen, sent } => Some(Err((seen, sent))),
             BodyState::Gone => None,
         }
     }
@@ -488,9 +497,12 @@ pub fn apply_req(lua: &Lua, call: &mut Call, req: &Table) -> mlua::Result<()> {
         None => None,
     };
     let left = pending.and_then(|p| p.take());
-    if let Some(Err(read)) = &left {
-        call.note_received_body(read);
-    }
+    let left = left.map(|l| {
+        l.map_err(|(seen, sent)| {
+            call.note_received_body(&sent);
+            seen
+        })
+    });
     let new_body = match (left, now) {
         // Nobody read or wrote it: the client's stream goes on untouched.
         (Some(Ok(stream)), None) => {

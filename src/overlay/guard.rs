@@ -59,9 +59,10 @@ async fn json_body(call: &mut Call) -> Result<Option<Value>, Error> {
     let bytes = crate::body::read_to_cap(body, BODY_CAP)
         .await
         .map_err(|e| Error::client(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}")))?;
-    call.check_json_body(&bytes)?;
+    let seen = call.canonical_json_body(&bytes)?;
     call.note_received_body(&bytes);
-    call.replace_body(bytes.clone());
+    call.replace_body(seen.clone());
+    let bytes = seen;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

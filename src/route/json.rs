@@ -11,18 +11,31 @@
 //! * the create body still has a **legacy place** for HostConfig fields: its top level;
 //! * the decoder stops after the first JSON value, and accepts invalid UTF-8.
 //!
-//! luastrip **rejects** what would be read differently, with a 400 naming the key, rather than
-//! rewriting it: every Docker client (the CLI, compose, docker-py) sends canonical bodies, so a
-//! body that needs folding or merging is a mistake or an attack. [`check`] refuses:
+//! Where dockerd's reading is unambiguous, luastrip **canonicalises** ([`canonical`]): the hooks
+//! see the body as dockerd will act on it, and that very body is what is forwarded. Real clients
+//! need this: docker-py sends `CPURealtimePeriod` (dockerd's field is `CpuRealtimePeriod`) and
+//! `Runtime` at the top level of a create body.
+//!
+//! * outside free-form maps (`Labels`, `Options`, `DriverOpts`, …, whose keys are the user's), a
+//!   key that differs from one of Docker's field names only in ASCII case is renamed to it;
+//! * in `POST /containers/create`, HostConfig fields at the top level (the wrapper's deprecated
+//!   place, and its `Cpuset`) are merged into `HostConfig` exactly as dockerd's `getHostConfig`
+//!   does: with no inner `HostConfig` (absent or `null`) the top-level fields are the HostConfig;
+//!   with one, only `Memory`, `MemorySwap`, `CpuShares`, `CpusetCpus` and `VolumeDriver` are
+//!   copied into it where it has them zero, and the rest are ignored; then `Cpuset` fills
+//!   `CpusetCpus` if that is still empty. The top-level copies are then removed.
+//!
+//! What two readers could read differently is **refused** with a 400 naming the key:
 //!
 //! * a body that is not exactly one JSON value in UTF-8;
-//! * a key repeated in one object, exactly or once folded;
-//! * a key written with escapes (`"Privil\u0065ged"`) or with a character that folds to ASCII;
-//! * outside free-form maps (`Labels`, `Options`, `DriverOpts`, …, whose keys are the user's), a
-//!   key that folds to one of Docker's field names without being spelled as it;
-//! * in `POST /containers/create`, HostConfig fields at the top level.
+//! * a key repeated in one object, exactly or once folded (Go merges or overwrites; serde keeps
+//!   the last);
+//! * a key written with escapes (`"Privil\u0065ged"`) or with a character that folds to ASCII
+//!   (`ſ`, the Kelvin sign).
 //!
-//! Keys that are not Docker fields at all pass: dockerd ignores them.
+//! Keys that are not Docker fields at all pass: dockerd ignores them. The JSON values in a
+//! `POST /build` query ([`check_query`]) are refused rather than renamed, since the query is
+//! forwarded as the client wrote it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -48,17 +61,172 @@ pub enum JsonError {
         key: String,
         field: &'static str,
     },
-    #[error(
-        "{key:?} is a HostConfig field at the top level of the create body, a legacy place \
-         dockerd still reads; put it inside \"HostConfig\""
-    )]
-    LegacyPlace { key: String },
 }
 
 /// Check a JSON API body of `method path` (see the module docs). An empty body passes.
 pub fn check(method: &str, path: &str, body: &[u8]) -> Result<(), JsonError> {
+    canonical(method, path, body).map(|_| ())
+}
+
+/// A JSON API body of `method path` as dockerd will read it (see the module docs): `None` when
+/// it is canonical already (every real client's body, and no copy is made), else the canonical
+/// body, which is what the hooks see and the daemon gets. What could be read two ways is an
+/// error. An empty body passes.
+pub fn canonical(method: &str, path: &str, body: &[u8]) -> Result<Option<Vec<u8>>, JsonError> {
     let create = method == "POST" && path == "/containers/create";
-    check_value(body, Context::Struct, create, is_swarm_route(path))
+    let scan = scan_value(body, Context::Struct, create, is_swarm_route(path), true)?;
+    if scan.renames.is_empty() && !scan.legacy {
+        return Ok(None);
+    }
+    let mut text = String::with_capacity(body.len());
+    let mut from = 0;
+    // Keys hold no escapes (those were refused), so a rename is a plain splice.
+    let body = std::str::from_utf8(body).expect("checked UTF-8");
+    for (start, end, field) in &scan.renames {
+        text.push_str(&body[from..*start]);
+        text.push_str(field);
+        from = *end;
+    }
+    text.push_str(&body[from..]);
+    if scan.legacy {
+        text = merge_legacy_host_config(&text)?;
+    }
+    Ok(Some(text.into_bytes()))
+}
+
+/// The HostConfig fields dockerd copies from the top level of a create body into an inner
+/// `HostConfig` that has them zero (`getHostConfig`); it ignores the others there.
+const COPIED_INTO_INNER: &[&str] = &[
+    "Memory",
+    "MemorySwap",
+    "CpuShares",
+    "CpusetCpus",
+    "VolumeDriver",
+];
+
+/// Whether a JSON value's text is Go's zero for the fields in [`COPIED_INTO_INNER`] (or `null`,
+/// which leaves a field zero).
+fn is_zero(v: &str) -> bool {
+    matches!(v, "0" | "-0" | "\"\"" | "null")
+}
+
+/// `text` (a canonical create body with HostConfig fields at its top level) with them merged into
+/// `HostConfig` as dockerd's `getHostConfig` does (see the module docs).
+fn merge_legacy_host_config(text: &str) -> Result<String, JsonError> {
+    let pairs = object_pairs(text)?;
+    let mut inner: Option<&str> = None;
+    let mut cpuset: Option<&str> = None;
+    let mut legacy: Vec<(&str, &str)> = Vec::new();
+    for (k, v) in &pairs {
+        match *k {
+            "HostConfig" => inner = Some(v),
+            k if k.eq_ignore_ascii_case("Cpuset") => cpuset = Some(v),
+            k if is_host_config_field(k) => legacy.push((k, v)),
+            _ => {}
+        }
+    }
+    let mut hc: Option<Vec<(String, String)>> = match inner {
+        // Not an object: dockerd refuses the body, and so it stays as it is.
+        Some(v) if v != "null" && !v.starts_with('{') => return Ok(text.to_string()),
+        Some(v) if v.starts_with('{') => {
+            let mut hc: Vec<(String, String)> = object_pairs(v)?
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            for (k, v) in &legacy {
+                if !COPIED_INTO_INNER.contains(k) || is_zero(v) {
+                    continue;
+                }
+                match hc.iter_mut().find(|(hk, _)| hk == k) {
+                    Some((_, hv)) if is_zero(hv) => *hv = v.to_string(),
+                    Some(_) => {}
+                    None => hc.push((k.to_string(), v.to_string())),
+                }
+            }
+            Some(hc)
+        }
+        // No inner HostConfig: the top-level fields are the HostConfig, if there are any.
+        _ if legacy.is_empty() => None,
+        _ => Some(
+            legacy
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+    };
+    if let (Some(hc), Some(c)) = (hc.as_mut(), cpuset) {
+        if !is_zero(c) {
+            match hc.iter_mut().find(|(k, _)| k == "CpusetCpus") {
+                Some((_, v)) if is_zero(v) => *v = c.to_string(),
+                Some(_) => {}
+                None => hc.push(("CpusetCpus".into(), c.to_string())),
+            }
+        }
+    }
+    let render = |pairs: &mut dyn Iterator<Item = (&str, &str)>| {
+        let mut out = String::from("{");
+        for (i, (k, v)) in pairs.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(k);
+            out.push_str("\":");
+            out.push_str(v);
+        }
+        out.push('}');
+        out
+    };
+    let hc_text = hc.map(|hc| render(&mut hc.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+    let mut top: Vec<(&str, &str)> = Vec::new();
+    for (k, v) in &pairs {
+        match *k {
+            "HostConfig" => top.push((k, hc_text.as_deref().unwrap_or(v))),
+            k if k.eq_ignore_ascii_case("Cpuset") => {}
+            k if is_host_config_field(k) => {}
+            _ => top.push((k, v)),
+        }
+    }
+    if inner.is_none() {
+        if let Some(h) = hc_text.as_deref() {
+            top.push(("HostConfig", h));
+        }
+    }
+    Ok(render(&mut top.into_iter()))
+}
+
+/// The key/value pairs of the JSON object `text` (checked already), keys as written (without
+/// escapes) and values as their text.
+fn object_pairs(text: &str) -> Result<Vec<(&str, &str)>, JsonError> {
+    let mut p = Parser::new(text, false, false);
+    let mut pairs = Vec::new();
+    p.ws();
+    if !p.eat(b'{') {
+        return Err(p.err("expected an object"));
+    }
+    p.ws();
+    if p.eat(b'}') {
+        return Ok(pairs);
+    }
+    loop {
+        p.ws();
+        let (key, _) = p.string()?;
+        p.ws();
+        if !p.eat(b':') {
+            return Err(p.err("expected ':'"));
+        }
+        p.ws();
+        let start = p.i;
+        p.value(&mut Vec::new(), Context::Map, false)?;
+        pairs.push((key, &text[start..p.i]));
+        p.ws();
+        if p.eat(b'}') {
+            return Ok(pairs);
+        }
+        if !p.eat(b',') {
+            return Err(p.err("expected ',' or '}'"));
+        }
+    }
 }
 
 /// Check the JSON values `POST /build` carries in its query (`buildargs`, `labels`: maps;
@@ -73,7 +241,7 @@ pub fn check_query(method: &str, path: &str, pairs: &[(String, String)]) -> Resu
             "ulimits" | "cachefrom" => Context::Struct,
             _ => continue,
         };
-        check_value(v.as_bytes(), ctx, false, false).map_err(|e| match e {
+        scan_value(v.as_bytes(), ctx, false, false, false).map_err(|e| match e {
             JsonError::Syntax(m) => JsonError::Syntax(format!("in the query parameter {k}: {m}")),
             other => other,
         })?;
@@ -81,19 +249,30 @@ pub fn check_query(method: &str, path: &str, pairs: &[(String, String)]) -> Resu
     Ok(())
 }
 
-fn check_value(body: &[u8], ctx: Context, create: bool, swarm: bool) -> Result<(), JsonError> {
+/// What canonicalising a body takes: keys to rename, and whether HostConfig fields stand at the
+/// top of a create body.
+#[derive(Default)]
+struct Scan {
+    /// (start, end, field): the key's text between its quotes, and Docker's spelling of it.
+    renames: Vec<(usize, usize, &'static str)>,
+    legacy: bool,
+}
+
+/// Check `body` as dockerd reads it; with `rename`, keys in another ASCII case are noted for
+/// renaming rather than refused.
+fn scan_value(
+    body: &[u8],
+    ctx: Context,
+    create: bool,
+    swarm: bool,
+    rename: bool,
+) -> Result<Scan, JsonError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| JsonError::Syntax(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
     if is_blank(body) {
-        return Ok(());
+        return Ok(Scan::default());
     }
-    let mut p = Parser {
-        text,
-        s: text.as_bytes(),
-        i: 0,
-        depth: 0,
-        swarm,
-    };
+    let mut p = Parser::new(text, swarm, rename);
     p.ws();
     p.value(&mut Vec::new(), ctx, create)?;
     p.ws();
@@ -103,7 +282,7 @@ fn check_value(body: &[u8], ctx: Context, create: bool, swarm: bool) -> Result<(
             p.i
         )));
     }
-    Ok(())
+    Ok(p.scan)
 }
 
 /// Whether a body is empty but for JSON's white space (space, tab, CR, LF: not Rust's or Unicode's
@@ -131,9 +310,24 @@ struct Parser<'a> {
     depth: usize,
     /// The body is a swarm spec (see [`SWARM_SPELLINGS`]).
     swarm: bool,
+    /// Rename keys in another case (else refuse them).
+    rename: bool,
+    scan: Scan,
 }
 
 impl<'a> Parser<'a> {
+    fn new(text: &'a str, swarm: bool, rename: bool) -> Self {
+        Parser {
+            text,
+            s: text.as_bytes(),
+            i: 0,
+            depth: 0,
+            swarm,
+            rename,
+            scan: Scan::default(),
+        }
+    }
+
     fn err(&self, what: &str) -> JsonError {
         JsonError::Syntax(format!("{what} at byte {}", self.i))
     }
@@ -215,6 +409,7 @@ impl<'a> Parser<'a> {
                 if self.s.get(self.i) != Some(&b'"') {
                     return Err(self.err("expected a key"));
                 }
+                let key_start = self.i + 1;
                 let (key, escaped) = self.string()?;
                 let here = || display_path(at);
                 let folded = fold(key, &mut buf);
@@ -235,33 +430,40 @@ impl<'a> Parser<'a> {
                         key: key.to_string(),
                     });
                 }
+                // The key as dockerd reads it: Docker's spelling of a field written in another
+                // case (renamed in the canonical body), or the key itself.
+                let mut name = key;
                 if ctx == Context::Struct {
                     if let Some(field) = folded.and_then(|f| field_for(f, self.swarm)) {
                         if field != key {
-                            return Err(JsonError::Folded {
-                                at: here(),
-                                key: key.to_string(),
-                                field,
-                            });
+                            if !self.rename {
+                                return Err(JsonError::Folded {
+                                    at: here(),
+                                    key: key.to_string(),
+                                    field,
+                                });
+                            }
+                            self.scan
+                                .renames
+                                .push((key_start, key_start + key.len(), field));
+                            name = field;
                         }
                     }
                 }
-                if create && at.is_empty() && is_host_config_field(key) {
-                    return Err(JsonError::LegacyPlace {
-                        key: key.to_string(),
-                    });
+                if create && at.is_empty() && is_host_config_field(name) {
+                    self.scan.legacy = true;
                 }
                 self.ws();
                 if !self.eat(b':') {
                     return Err(self.err("expected ':'"));
                 }
                 self.ws();
-                let inner = if ctx == Context::Struct && is_map_field(at, key) {
+                let inner = if ctx == Context::Struct && is_map_field(at, name) {
                     Context::Map
                 } else {
                     Context::Struct
                 };
-                at.push(key);
+                at.push(name);
                 self.value(at, inner, false)?;
                 at.pop();
                 self.ws();
@@ -852,30 +1054,58 @@ mod tests {
         assert!(create("\u{c}").is_err());
     }
 
+    /// The canonical body of a create body (the input itself when it is canonical already).
+    fn canon(body: &str) -> String {
+        match canonical("POST", "/containers/create", body.as_bytes()).unwrap() {
+            Some(b) => String::from_utf8(b).unwrap(),
+            None => body.to_string(),
+        }
+    }
+
     #[test]
-    fn keys_dockerd_would_fold_are_refused_by_name() {
-        let e = create(r#"{"Image":"bb","hostconfig":{"Privileged":true}}"#).unwrap_err();
-        assert!(
-            matches!(
-                &e,
-                JsonError::Folded {
-                    field: "HostConfig",
-                    ..
-                }
+    fn keys_in_another_case_are_renamed_to_dockers_spelling() {
+        for (sent, seen) in [
+            (
+                r#"{"Image":"bb","hostconfig":{"Privileged":true}}"#,
+                r#"{"Image":"bb","HostConfig":{"Privileged":true}}"#,
             ),
-            "{e}"
+            (
+                r#"{"HostConfig":{"privileged":true}}"#,
+                r#"{"HostConfig":{"Privileged":true}}"#,
+            ),
+            (
+                r#"{"HostConfig":{"Mounts":[{"type":"bind","Source":"/","Target":"/h"}]}}"#,
+                r#"{"HostConfig":{"Mounts":[{"Type":"bind","Source":"/","Target":"/h"}]}}"#,
+            ),
+            // docker-py's spelling of the realtime scheduler's fields.
+            (
+                r#"{"HostConfig":{"CPURealtimePeriod":1000, "CPURealtimeRuntime":100}}"#,
+                r#"{"HostConfig":{"CpuRealtimePeriod":1000, "CpuRealtimeRuntime":100}}"#,
+            ),
+            // A renamed map field is a map: its keys are the user's own.
+            (
+                r#"{"labels":{"privileged":"x"}}"#,
+                r#"{"Labels":{"privileged":"x"}}"#,
+            ),
+        ] {
+            assert_eq!(canon(sent), seen, "{sent}");
+        }
+        // Canonical bodies are not copied.
+        assert_eq!(
+            canonical(
+                "POST",
+                "/containers/create",
+                br#"{"HostConfig":{"Privileged":true}}"#
+            ),
+            Ok(None)
         );
-        let e = create(r#"{"HostConfig":{"privileged":true}}"#).unwrap_err();
-        assert!(e.to_string().contains("HostConfig"), "{e}");
-        assert!(e.to_string().contains("\"Privileged\""), "{e}");
+        // Two spellings of one field in one object: Go would keep one of them; refused.
         for bad in [
-            r#"{"HostConfig":{"binds":["/:/host"]}}"#,
-            r#"{"HostConfig":{"Mounts":[{"type":"bind","Source":"/","Target":"/h"}]}}"#,
-            r#"{"HostConfig":{"CAPADD":["ALL"]}}"#,
-            r#"{"HostConfig":{"PidMode":"host","ipcmode":"host"}}"#,
+            r#"{"HostConfig":{"PidMode":"","pidmode":"host"}}"#,
+            r#"{"HostConfig":{"privileged":false,"PRIVILEGED":true}}"#,
         ] {
             assert!(
-                matches!(create(bad), Err(JsonError::Folded { .. })),
+                matches!(create(bad), Err(JsonError::Repeated { .. })),
                 "{bad}"
             );
         }
@@ -979,9 +1209,10 @@ mod tests {
             create(r#"{"NetworkingConfig":{"EndpointsConfig":{"privileged":{"Aliases":["a"]}}}}"#),
             Ok(())
         );
-        // ... but the structs inside a map are still checked.
-        assert!(
-            create(r#"{"NetworkingConfig":{"EndpointsConfig":{"n":{"aliases":["a"]}}}}"#).is_err()
+        // ... but the structs inside a map are still Docker's.
+        assert_eq!(
+            canon(r#"{"NetworkingConfig":{"EndpointsConfig":{"n":{"aliases":["a"]}}}}"#),
+            r#"{"NetworkingConfig":{"EndpointsConfig":{"n":{"Aliases":["a"]}}}}"#
         );
         // Keys that are no Docker field pass: dockerd ignores them.
         assert_eq!(create(r#"{"Image":"bb","luastrip-extra":1}"#), Ok(()));
@@ -1021,52 +1252,93 @@ mod tests {
     fn swarm_specs_keep_their_own_spellings() {
         let service = br#"{"Name":"s","TaskTemplate":{"ContainerSpec":{"Image":"bb","TTY":true,"HealthCheck":{"Test":["NONE"]}},"Resources":{"Limits":{"NanoCPUs":1000}}}}"#;
         assert_eq!(check("POST", "/services/create", service), Ok(()));
-        // ... and a container's body its own: swarm's spelling there is a folded key.
-        let e = create(r#"{"Image":"bb","TTY":true}"#).unwrap_err();
-        assert!(matches!(e, JsonError::Folded { field: "Tty", .. }), "{e}");
-        let e = create(r#"{"HostConfig":{"NanoCPUs":1}}"#).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                JsonError::Folded {
-                    field: "NanoCpus",
-                    ..
-                }
-            ),
-            "{e}"
+        // ... and a container's body its own: swarm's spelling there is renamed.
+        assert_eq!(
+            canon(r#"{"Image":"bb","TTY":true}"#),
+            r#"{"Image":"bb","Tty":true}"#
         );
-        let e = check(
+        assert_eq!(
+            canon(r#"{"HostConfig":{"NanoCPUs":1}}"#),
+            r#"{"HostConfig":{"NanoCpus":1}}"#
+        );
+        let b = canonical(
             "POST",
             "/services/create",
             br#"{"TaskTemplate":{"ContainerSpec":{"Tty":true}}}"#,
         )
-        .unwrap_err();
-        assert!(matches!(e, JsonError::Folded { field: "TTY", .. }), "{e}");
+        .unwrap()
+        .unwrap();
+        assert_eq!(b, br#"{"TaskTemplate":{"ContainerSpec":{"TTY":true}}}"#);
     }
 
     #[test]
-    fn host_config_fields_at_the_top_of_a_create_body_are_refused() {
-        for bad in [
-            r#"{"Image":"bb","Privileged":true}"#,
-            r#"{"Image":"bb","Binds":["/:/host"]}"#,
-            r#"{"Image":"bb","Cpuset":"0"}"#,
-            r#"{"Image":"bb","PidMode":"host"}"#,
-            r#"{"Image":"bb","CapAdd":["ALL"]}"#,
-            r#"{"Image":"bb","DeviceCgroupRules":["a *:* rwm"]}"#,
+    fn host_config_fields_at_the_top_are_merged_as_dockerd_does() {
+        for (sent, seen) in [
+            // No inner HostConfig: the top-level fields are the HostConfig.
+            (
+                r#"{"Image":"bb","Privileged":true}"#,
+                r#"{"Image":"bb","HostConfig":{"Privileged":true}}"#,
+            ),
+            (
+                r#"{"Image":"bb","Binds":["/:/host"],"HostConfig":null}"#,
+                r#"{"Image":"bb","HostConfig":{"Binds":["/:/host"]}}"#,
+            ),
+            (
+                r#"{"pidmode":"host","Image":"bb"}"#,
+                r#"{"Image":"bb","HostConfig":{"PidMode":"host"}}"#,
+            ),
+            // docker-py puts Runtime at the top level, beside an inner HostConfig: dockerd
+            // copies only five fields into the inner one and ignores the rest.
+            (
+                r#"{"Image":"bb","Runtime":"runc","HostConfig":{"NetworkMode":"none"}}"#,
+                r#"{"Image":"bb","HostConfig":{"NetworkMode":"none"}}"#,
+            ),
+            (
+                r#"{"Privileged":true,"CapAdd":["ALL"],"HostConfig":{}}"#,
+                r#"{"HostConfig":{}}"#,
+            ),
+            (
+                r#"{"Memory":64,"MemorySwap":128,"CpuShares":2,"CpusetCpus":"0","VolumeDriver":"v","HostConfig":{"Memory":0}}"#,
+                r#"{"HostConfig":{"Memory":64,"MemorySwap":128,"CpuShares":2,"CpusetCpus":"0","VolumeDriver":"v"}}"#,
+            ),
+            // The inner one's own values win where they are not zero.
+            (
+                r#"{"Memory":64,"HostConfig":{"Memory":32}}"#,
+                r#"{"HostConfig":{"Memory":32}}"#,
+            ),
+            // Cpuset fills CpusetCpus last, where it is still empty.
+            (
+                r#"{"Cpuset":"1","HostConfig":{"CpusetCpus":""}}"#,
+                r#"{"HostConfig":{"CpusetCpus":"1"}}"#,
+            ),
+            (
+                r#"{"Cpuset":"1","CpusetCpus":"0","HostConfig":{}}"#,
+                r#"{"HostConfig":{"CpusetCpus":"0"}}"#,
+            ),
+            (
+                r#"{"Cpuset":"1","Memory":0}"#,
+                r#"{"HostConfig":{"Memory":0,"CpusetCpus":"1"}}"#,
+            ),
+            // Without any HostConfig, Cpuset alone is ignored.
+            (r#"{"Image":"bb","Cpuset":"1"}"#, r#"{"Image":"bb"}"#),
+            // A HostConfig that is not an object: dockerd refuses the body; it stays as it is.
+            (
+                r#"{"Privileged":true,"HostConfig":"x"}"#,
+                r#"{"Privileged":true,"HostConfig":"x"}"#,
+            ),
         ] {
-            assert!(
-                matches!(create(bad), Err(JsonError::LegacyPlace { .. })),
-                "{bad}"
-            );
+            assert_eq!(canon(sent), seen, "{sent}");
+            // What is canonical stays so.
+            assert_eq!(canon(seen), seen, "{seen}");
         }
         // Elsewhere the same keys are plain fields (exec's Privileged, update's Memory).
         assert_eq!(
-            check(
+            canonical(
                 "POST",
                 "/containers/abc/exec",
                 br#"{"Privileged":true,"Cmd":["sh"]}"#
             ),
-            Ok(())
+            Ok(None)
         );
     }
 
@@ -1102,9 +1374,16 @@ mod tests {
                 proptest::sample::select(b"{}[]\":,\\ 0123456789-+.eEtrufalsn".to_vec()),
                 proptest::prelude::any::<u8>(),
             ], 0..64)) {
-            if check("POST", "/containers/create", &body).is_ok() && !is_blank(&body) {
-                proptest::prop_assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok(),
-                    "{:?}", String::from_utf8_lossy(&body));
+            if let Ok(canon) = canonical("POST", "/containers/create", &body) {
+                if !is_blank(&body) {
+                    proptest::prop_assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok(),
+                        "{:?}", String::from_utf8_lossy(&body));
+                }
+                // A canonical body is JSON, and canonical already.
+                if let Some(c) = canon {
+                    proptest::prop_assert!(serde_json::from_slice::<serde_json::Value>(&c).is_ok());
+                    proptest::prop_assert_eq!(canonical("POST", "/containers/create", &c), Ok(None));
+                }
             }
         }
     }
