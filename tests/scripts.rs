@@ -315,7 +315,7 @@ fn check_reports_errors_with_file_and_line() {
         .unwrap();
     assert!(ok.status.success(), "{ok:?}");
     let text = String::from_utf8_lossy(&ok.stdout);
-    assert!(text.contains("ok, 13 routes"), "{text}");
+    assert!(text.contains("ok, 14 routes"), "{text}");
     // The example's routes are registered by the bundled policy module.
     assert!(text.contains("POST /containers/create"), "{text}");
     assert!(text.contains("stdlib/luastrip/policy.lua:"), "{text}");
