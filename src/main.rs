@@ -505,8 +505,15 @@ fn main() -> ExitCode {
                     path.display(),
                     report.routes.len()
                 );
-                for (phase, pattern, location) in report.routes {
+                for (phase, pattern, location) in &report.routes {
                     println!("  {phase:8} {pattern:40} {location}");
+                }
+                if report.routes.is_empty() {
+                    eprintln!(
+                        "{}: warning: no routes: a gateway serving this passes every call \
+                         through unchecked",
+                        path.display()
+                    );
                 }
                 for (location, finding) in &report.findings {
                     eprintln!("{location}: {finding}");

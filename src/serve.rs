@@ -460,6 +460,16 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             adapter_addresses: adapter_addresses.clone(),
         };
         let loaded = Arc::new(Engine::load(config.scripts.as_deref(), workers, services)?);
+        // A policy that loaded nothing must not pass for one.
+        let routes = loaded.routes().len();
+        match &config.scripts {
+            Some(path) if routes == 0 => warn!(
+                scripts = %path.display(),
+                "the scripts register no routes: every call passes through unchecked"
+            ),
+            Some(path) => info!(scripts = %path.display(), routes, "scripts loaded"),
+            None => {}
+        }
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let on_hup = loaded.clone();
         background.spawn("reload on SIGHUP", move |stop| {

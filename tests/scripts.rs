@@ -306,6 +306,59 @@ end)
     run_ok(gw.docker().args(["rm", &id]));
 }
 
+/// A gateway with no policy says so (issue 20): an empty or mistyped scripts directory is an
+/// error for `serve` and `check`, and scripts that register no route are a warning from both.
+#[test]
+fn no_policy_is_never_silent() {
+    let dir = support::temp_dir("no-policy");
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("README.txt"), "not a script").unwrap();
+    let bin = env!("CARGO_BIN_EXE_luastrip");
+    let check = |path: &Path| Command::new(bin).arg("check").arg(path).output().unwrap();
+    let out = check(&empty);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no *.lua scripts in this directory"),
+        "{out:?}"
+    );
+    let sock = dir.join("s.sock");
+    let out = support::output(
+        Command::new(bin)
+            .args(["serve", "--listen", &format!("unix://{}", sock.display())])
+            .args([
+                "--upstream",
+                &format!("unix://{}", Daemon::shared().socket.display()),
+            ])
+            .arg("--scripts")
+            .arg(&empty),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no *.lua scripts"),
+        "{out:?}"
+    );
+    assert!(!sock.exists());
+    // Scripts without a route: a warning, from check and from serve.
+    let quiet = dir.join("quiet.lua");
+    std::fs::write(&quiet, "-- nothing registered\n").unwrap();
+    let out = check(&quiet);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("warning: no routes"),
+        "{out:?}"
+    );
+    let gw = with_scripts(&quiet);
+    support::wait_until("the warning", std::time::Duration::from_secs(10), || {
+        gw.log_text()
+            .contains("every call passes through unchecked")
+    });
+    let (gw, _) = with_script("one.lua", "route.pre('GET /_ping', function() end)\n");
+    support::wait_until("the count", std::time::Duration::from_secs(10), || {
+        gw.log_text().contains("scripts loaded") && gw.log_text().contains("routes=1")
+    });
+}
+
 #[test]
 fn check_reports_errors_with_file_and_line() {
     let ok = Command::new(env!("CARGO_BIN_EXE_luastrip"))

@@ -55,6 +55,15 @@ impl Scripts {
                 }
             }
             paths.sort();
+            // An empty (or mistyped) directory would quietly mean no policy at all.
+            if paths.is_empty() {
+                return Err(Error::Script {
+                    location: root.display().to_string(),
+                    reason: "no *.lua scripts in this directory (a gateway serving it would \
+                             check nothing)"
+                        .into(),
+                });
+            }
         } else {
             paths.push(root.to_path_buf());
         }
