@@ -493,6 +493,26 @@ services:
     assert_eq!(through.1["Runtime"], "runc");
 }
 
+/// The example policy ships with its test cases, and `luastrip test` passes them with no daemon
+/// (as the README's install path runs it).
+#[test]
+fn the_example_policy_passes_its_own_test_cases() {
+    let out = output(
+        Command::new(env!("CARGO_BIN_EXE_luastrip"))
+            .arg("test")
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scripts/deny-privileged.lua"),
+            ),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("4 cases, 4 passed, 0 failed"), "{text}");
+}
+
 #[test]
 fn privileges_asked_for_later_are_refused_too() {
     let gw = guarded();
