@@ -271,7 +271,9 @@ end)
         .trim()
         .to_string();
     run_ok(gw.docker().args(["rm", &ok]));
-    let file = path.display().to_string();
+    // Clients see the script's path below the scripts directory, never the server's layout.
+    let file = path.file_name().unwrap().to_string_lossy().to_string();
+    let server_dir = path.parent().unwrap().display().to_string();
     for (fault, want) in [
         ("loop", format!("{file}:6")),
         ("error", format!("{file}:4: boom")),
@@ -294,10 +296,20 @@ end)
             "{fault}: {err}"
         );
         assert!(err.contains(&want), "{fault}: want {want:?} in {err}");
+        assert!(
+            !err.contains(&server_dir),
+            "{fault}: the server's path in {err}"
+        );
         if fault == "loop" {
             assert!(err.contains("time budget of 100 ms"), "{err}");
         }
     }
+    // The log has the whole path.
+    assert!(
+        gw.log_text().contains(&format!("{}:4", path.display())),
+        "{}",
+        gw.log_text()
+    );
     assert_eq!(count(), before, "a failing hook let a create through");
     // The gateway keeps serving, hooks included.
     let id = run_ok(gw.docker().args(["create", IMAGE, "true"]))

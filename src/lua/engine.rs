@@ -35,6 +35,8 @@ pub struct Vm {
     pub(crate) events: Vec<super::docker::EventHandler>,
     /// Script paths, to find `file:line` in error messages.
     pub(crate) files: Vec<String>,
+    /// The scripts directory with a trailing `/`: clients are shown paths below it.
+    pub(crate) root: String,
 }
 
 impl Vm {
@@ -56,9 +58,31 @@ impl Vm {
             .collect()
     }
 
-    /// Turn a Lua error into the call's error (see [`script_error`]).
+    /// `file:line` as clients are shown it: below the scripts directory.
+    pub(crate) fn shown(&self, location: &str) -> String {
+        match location.strip_prefix(self.root.as_str()) {
+            Some(rel) if !self.root.is_empty() => rel.to_string(),
+            _ => location.to_string(),
+        }
+    }
+
+    /// Turn a Lua error into the call's error (see [`script_error`]). Clients are shown the
+    /// script's path below the scripts directory, never the server's layout; the log has it
+    /// whole.
     pub(crate) fn error(&self, e: &mlua::Error, fallback: &str, limits: &Limits) -> Error {
-        script_error(e, &self.files, fallback, limits)
+        match script_error(e, &self.files, fallback, limits) {
+            Error::Script { location, reason } => {
+                let shown = self.shown(&location);
+                if shown != location {
+                    tracing::warn!(script = %location, %reason, "script error");
+                }
+                Error::Script {
+                    location: shown,
+                    reason,
+                }
+            }
+            other => other,
+        }
     }
 }
 
@@ -291,11 +315,17 @@ fn build_vm(scripts: &Scripts, services: &Services) -> Result<Vm, Error> {
     if let Some(config) = &scripts.adapters {
         adapter_hooks(&lua, config, &mut hooks).map_err(lua_err)?;
     }
+    let root = scripts.dir().display().to_string();
     Ok(Vm {
         lua,
         hooks,
         events,
         files,
+        root: if root.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", root.trim_end_matches('/'))
+        },
     })
 }
 

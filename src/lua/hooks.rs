@@ -81,7 +81,7 @@ impl Hooks for Engine {
                 match out {
                     Value::Nil if hook.phase == Phase::Endpoint => {
                         return Err(Error::Script {
-                            location: hook.location.clone(),
+                            location: vm.shown(&hook.location),
                             reason: "the endpoint returned no response table".into(),
                         })
                     }
@@ -89,7 +89,7 @@ impl Hooks for Engine {
                     v => {
                         answer = Some(message::response_from_lua(lua, v).map_err(|e| {
                             Error::Script {
-                                location: hook.location.clone(),
+                                location: vm.shown(&hook.location),
                                 reason: e,
                             }
                         })?);
