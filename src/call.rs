@@ -258,7 +258,6 @@ impl Call {
     /// What the hooks changed, comparing what came in with what went on (see [`Before`]).
     fn before(&self, res: Option<&Response<Body>>) -> Option<Box<Before>> {
         let r = self.received.as_ref()?;
-        let forwarded = self.upstream_us.is_some();
         let mut b = Before::default();
         if r.method != self.head.method {
             b.method = Some(r.method.to_string());
@@ -271,8 +270,10 @@ impl Call {
             b.request_headers = Some(r.headers.clone());
         }
         if let Some(body) = &r.body {
-            // No layer replaced it: what was received went on.
-            if forwarded && self.buffered_body.as_ref().is_some_and(|b| b != body) {
+            // What the client sent, whenever a layer changed it: also when a later hook refused
+            // the call, so that the record (and an export "as the client sent it") is the
+            // client's, not the edit.
+            if self.buffered_body.as_ref().is_some_and(|b| b != body) {
                 b.request_body = Some(journal_body(body));
             }
         }

@@ -31,6 +31,38 @@ fn gateway_with(script: &str) -> (Gateway, PathBuf) {
     (gw, path)
 }
 
+/// An audit record is what the client sent: a hook edits the body (a label), a later hook
+/// refuses the call, and the record still has the client's body as `before`, and `show ID diff`
+/// the edit (issue 20).
+#[test]
+fn a_refused_call_keeps_what_the_client_sent() {
+    let (gw, _) = gateway_with(
+        r#"route.pre("POST /containers/create", function(req)
+  local spec = req:json()
+  spec.Labels = spec.Labels or json.object()
+  spec.Labels.team = "db"
+  req:set_json(spec)
+end)
+route.pre("POST /containers/create", function(req)
+  return { status = 403, json = { message = "no" } }
+end)
+"#,
+    );
+    let out = output(gw.docker().args(["create", IMAGE, "true"]));
+    assert!(!out.status.success());
+    let (_, calls) = ctl(&gw, "GET", "/calls?filter=~m%20POST");
+    let id = calls.as_array().unwrap().last().unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let (_, one) = ctl(&gw, "GET", &format!("/calls/{id}"));
+    let sent = one["before"]["request_body"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{one}"));
+    assert!(!sent.contains("team"), "{sent}");
+    let (ok, diff) = repl(&gw, &format!("show {id} diff"));
+    assert!(ok && diff.contains("request body Labels"), "{diff}");
+}
+
 #[test]
 fn calls_and_one_call_show_what_happened() {
     let (gw, _) = gateway_with("route.pre(\"POST /containers/create\", function(req) end)\n");
