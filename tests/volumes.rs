@@ -17,7 +17,8 @@ fn zfs_one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ZFS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A gateway on `pool` with the Flocker module and `extra` script text, as host `host`.
+/// A gateway on `pool` with the Flocker module (moving volumes here allowed) and `extra` script
+/// text, as host `host`.
 fn gateway(pool: &Pool, host: &str, script: &str) -> (Gateway, PathBuf) {
     let cluster = support::temp_dir("volumes").join("cluster.json");
     (gateway_with(pool, host, script, &cluster, &[]), cluster)
@@ -43,7 +44,7 @@ fn gateway_with(
     ];
     args.extend_from_slice(extra);
     Gateway::with_script(
-        &format!("require('luastrip.flocker').enable()\n{script}"),
+        &format!("require('luastrip.flocker').enable {{ may_pull = function() return true end }}\n{script}"),
         &args,
     )
 }
@@ -301,7 +302,9 @@ fn snapshots_rollback_and_destroy_from_lua() {
 fn a_volume_owned_elsewhere_is_read_only_here() {
     let _zfs = zfs_one_at_a_time();
     let pool = Pool::new(128);
-    let script = r#"route.endpoint("GET /luastrip/t/{name}", function(req) return { json = zfs.volume(req.params.name) } end)"#;
+    // No flocker.may_pull: the default, which moves nothing here.
+    let script = r#"require('luastrip.flocker').may_pull = nil
+route.endpoint("GET /luastrip/t/{name}", function(req) return { json = zfs.volume(req.params.name) } end)"#;
     let (gw, cluster) = gateway(&pool, "h1", script);
     // Another gateway claimed "theirs" first (as the shared cluster store would say).
     let mut saved: serde_json::Value = serde_json::from_str(
@@ -333,6 +336,11 @@ fn a_volume_owned_elsewhere_is_read_only_here() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("owned by h2"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("moves no volume here unless flocker.may_pull allows it"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Flocker behind the example policy's guard (issue 20): the guard allows exactly the mountpoints
@@ -883,6 +891,54 @@ impl TwoHosts {
 
 /// Flocker's "chicken" test: write through one host, remove the container, run on the other
 /// host: the data is there, moved by the hook (two-phase push), and ownership moved with it.
+/// Moving a volume takes it from the host that has it, so it needs the site's say (issue 20):
+/// with no `flocker.may_pull` nothing moves, and `may_pull` decides with the volume and the
+/// client's call, its reason reaching the client. The volume stays where it was.
+#[test]
+fn a_volume_moves_only_when_the_site_allows_it() {
+    let _zfs = zfs_one_at_a_time();
+    // (No may_pull at all is tried in a_volume_owned_elsewhere_is_read_only_here.)
+    let hosts = two_hosts(
+        r#"require('luastrip.flocker').may_pull = function(v, req)
+  if req.query.name == "allowed" then return v.owner == "h1" end
+  if req.query.name == "refused" then return false, "not on a Sunday" end
+  return false
+end
+"#,
+    );
+    let [gw1, gw2] = &hosts.gws;
+    sh_in(gw1, "kept", "echo here > /data/f");
+    let run = |gw: &Gateway, name: Option<&str>| {
+        let mut cmd = gw.docker();
+        cmd.args(["run", "--rm"]);
+        if let Some(n) = name {
+            cmd.args(["--name", n]);
+        }
+        output(cmd.args(["-v", "/flocker/kept:/data", IMAGE, "cat", "/data/f"]))
+    };
+    let out = run(gw2, None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("volume kept is owned by h1 and may not be moved here"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(gw2, Some("refused"));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("may not be moved here: not on a Sunday"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(hosts.volume(0, "kept")["owner"], "h1");
+    assert_eq!(hosts.volume(0, "kept")["owned"], true);
+    // Allowed: it moves, as Flocker's would.
+    let out = run(gw2, Some("allowed"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "here\n");
+    assert_eq!(hosts.volume(1, "kept")["owner"], "h2");
+}
+
 #[test]
 fn a_volume_follows_its_container_to_another_host() {
     let _zfs = zfs_one_at_a_time();
