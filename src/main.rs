@@ -314,6 +314,16 @@ struct VolumeArgs {
     /// A file whose first line is the token peers share (at least 16 characters).
     #[arg(long, env = "LUASTRIP_PEER_TOKEN_FILE")]
     peer_token_file: Option<PathBuf>,
+    /// This gateway's certificate for the peer API, shown to peers both ways (mutual TLS; with
+    /// --peer-tls-key and --peer-tls-ca, and peers named https://HOST:PORT).
+    #[arg(long, env = "LUASTRIP_PEER_TLS_CERT")]
+    peer_tls_cert: Option<PathBuf>,
+    /// The private key of --peer-tls-cert.
+    #[arg(long, env = "LUASTRIP_PEER_TLS_KEY")]
+    peer_tls_key: Option<PathBuf>,
+    /// The CA that signs every peer's certificate: peers are verified against it both ways.
+    #[arg(long, env = "LUASTRIP_PEER_TLS_CA")]
+    peer_tls_ca: Option<PathBuf>,
 }
 
 impl VolumeArgs {
@@ -336,6 +346,11 @@ impl VolumeArgs {
             peers: self.peers,
             peer_listen: self.peer_listen,
             peer_token_file: self.peer_token_file,
+            peer_tls: luastrip::tls::TlsFiles {
+                cert: self.peer_tls_cert,
+                key: self.peer_tls_key,
+                ca: self.peer_tls_ca,
+            },
         }))
     }
 }

@@ -159,6 +159,8 @@ pub struct VolumeConfig {
     pub peer_listen: Option<String>,
     /// `--peer-token-file`: the token peers share.
     pub peer_token_file: Option<PathBuf>,
+    /// `--peer-tls-cert`, `--peer-tls-key`, `--peer-tls-ca`: mutual TLS between peers.
+    pub peer_tls: crate::tls::TlsFiles,
 }
 
 impl Config {
@@ -535,13 +537,15 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     }
     if let (Some(v), Some(cfg)) = (&volumes, &config.volumes) {
         if let Some(addr) = &cfg.peer_listen {
+            let tls =
+                peer_tls(&cfg.peer_tls)?.map(|tls| tokio_rustls::TlsAcceptor::from(tls.config));
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| StartError::Helper(format!("--peer-listen {addr}: {e}")))?;
-            info!(listen = %addr, "serving the peer API");
+            info!(listen = %addr, tls = tls.is_some(), "serving the peer API");
             let v = v.clone();
             background.spawn("peer listener", move |stop| {
-                crate::volumes::peers::serve(listener, v, stop)
+                crate::volumes::peers::serve(listener, tls, v, stop)
             });
         }
     }
@@ -715,6 +719,20 @@ fn open_cluster(file: &Path) -> Result<Arc<dyn crate::cluster::Cluster>, StartEr
     Ok(Arc::new(cluster))
 }
 
+/// The peer API's TLS: none, or all three of `--peer-tls-cert`, `--peer-tls-key` and
+/// `--peer-tls-ca` (mutual: each side verifies the other's certificate against the CA).
+fn peer_tls(files: &crate::tls::TlsFiles) -> Result<Option<crate::tls::ServerTls>, StartError> {
+    match (&files.cert, &files.key, &files.ca) {
+        (None, None, None) => Ok(None),
+        (Some(_), Some(_), Some(_)) => crate::tls::server_config(files, "--peer-tls")
+            .map(Some)
+            .map_err(StartError::Helper),
+        _ => Err(StartError::Helper(
+            "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together (mutual TLS)".into(),
+        )),
+    }
+}
+
 /// The volume helper for `config`: its backend (checked now: a missing `zfs` command or pool is
 /// a start-up error naming the flag) and the cluster store.
 async fn volume_helper(
@@ -744,8 +762,12 @@ async fn volume_helper(
         Some(file) => {
             let token =
                 crate::volumes::peers::Peers::read_token(file).map_err(StartError::Helper)?;
+            let tls = peer_tls(&config.peer_tls)?
+                .map(|_| crate::tls::client_config(&config.peer_tls, "--peer-tls"))
+                .transpose()
+                .map_err(StartError::Helper)?;
             Some(
-                crate::volumes::peers::Peers::new(&config.peers, token)
+                crate::volumes::peers::Peers::new(&config.peers, token, tls)
                     .map_err(StartError::Helper)?,
             )
         }

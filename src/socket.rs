@@ -309,9 +309,32 @@ pub async fn serve_http<L, H, F, B>(
     what: &'static str,
     listener: L,
     handler: H,
+    stop: tokio::sync::watch::Receiver<bool>,
+) where
+    L: Accept,
+    H: Fn(http::Request<hyper::body::Incoming>, L::Peer) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = http::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_http_opened(what, listener, |s| std::future::ready(Ok(s)), handler, stop).await
+}
+
+/// [`serve_http`], with each accepted connection made ready by `open` (a TLS handshake) in its
+/// own task first, so that a slow client never holds up the next accept. A connection `open`
+/// fails is logged and closed.
+pub async fn serve_http_opened<L, O, OF, S, H, F, B>(
+    what: &'static str,
+    listener: L,
+    open: O,
+    handler: H,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) where
     L: Accept,
+    O: Fn(L::Stream) -> OF + Send + Sync + 'static,
+    OF: std::future::Future<Output = io::Result<S>> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Fn(http::Request<hyper::body::Incoming>, L::Peer) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = http::Response<B>> + Send + 'static,
     B: hyper::body::Body + Send + 'static,
@@ -325,7 +348,15 @@ pub async fn serve_http<L, H, F, B>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let handler = handler.clone();
+                    let opening = open(stream);
                     tokio::spawn(async move {
+                        let stream = match opening.await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::info!(socket = what, error = %e, "a connection was refused");
+                                return;
+                            }
+                        };
                         let service = hyper::service::service_fn(move |req| {
                             let answer = handler(req, peer.clone());
                             async move { Ok::<_, std::convert::Infallible>(answer.await) }

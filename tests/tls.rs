@@ -13,70 +13,21 @@ use support::{output, run_ok, run_with_stdin, Daemon, Gateway, IMAGE};
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir` with the docker
 /// CLI's names for the client side (`ca.pem`, `cert.pem`, `key.pem`).
 fn certificates(dir: &Path) {
-    support::require_tool("openssl", "openssl");
-    let openssl = |args: &[&str]| {
-        run_ok(Command::new("openssl").args(args).current_dir(dir));
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca-key.pem",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=luastrip test CA",
-    ]);
-    std::fs::write(
-        dir.join("server.ext"),
+    support::make_ca(dir);
+    support::make_cert(
+        dir,
+        "localhost",
+        "server-key.pem",
+        "server-cert.pem",
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (who, key, cert, ext) in [
-        (
-            "localhost",
-            "server-key.pem",
-            "server-cert.pem",
-            "server.ext",
-        ),
-        ("client", "key.pem", "cert.pem", "client.ext"),
-    ] {
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            key,
-            "-out",
-            "req.csr",
-            "-subj",
-            &format!("/CN={who}"),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "req.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-out",
-            cert,
-            "-days",
-            "2",
-            "-extfile",
-            ext,
-        ]);
-    }
+    );
+    support::make_cert(
+        dir,
+        "client",
+        "key.pem",
+        "cert.pem",
+        "extendedKeyUsage=clientAuth\n",
+    );
 }
 
 /// A docker CLI for `host` with the client certificates in `certs` (or none).

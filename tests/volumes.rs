@@ -840,6 +840,12 @@ struct TwoHosts {
 }
 
 fn two_hosts(script: &str) -> TwoHosts {
+    two_hosts_with(script, None)
+}
+
+/// Two hosts, their peer API over mutual TLS with the certificates in `tls` when given
+/// (`ca.pem`, and `peer-cert.pem`/`peer-key.pem` for both).
+fn two_hosts_with(script: &str, tls: Option<&std::path::Path>) -> TwoHosts {
     let dir = support::temp_dir("two-hosts");
     let cluster = dir.join("cluster.json");
     let token = dir.join("token");
@@ -847,12 +853,24 @@ fn two_hosts(script: &str) -> TwoHosts {
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let pools = [Pool::new(512), Pool::new(512)];
     let ports = [support::free_port(), support::free_port()];
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let tls_flags: Vec<String> = match tls {
+        Some(d) => [
+            ("--peer-tls-cert", "peer-cert.pem"),
+            ("--peer-tls-key", "peer-key.pem"),
+            ("--peer-tls-ca", "ca.pem"),
+        ]
+        .iter()
+        .flat_map(|(flag, file)| [flag.to_string(), d.join(file).display().to_string()])
+        .collect(),
+        None => Vec::new(),
+    };
     let start = |i: usize| {
         let other = 1 - i;
         let listen = format!("127.0.0.1:{}", ports[i]);
-        let peer = format!("h{}=http://127.0.0.1:{}", other + 1, ports[other]);
+        let peer = format!("h{}={scheme}://127.0.0.1:{}", other + 1, ports[other]);
         let host = format!("h{}", i + 1);
-        let extra = [
+        let mut extra = vec![
             "--peer-listen",
             &listen,
             "--peer",
@@ -860,6 +878,7 @@ fn two_hosts(script: &str) -> TwoHosts {
             "--peer-token-file",
             token.to_str().unwrap(),
         ];
+        extra.extend(tls_flags.iter().map(String::as_str));
         gateway_with(&pools[i], &host, script, &cluster, &extra)
     };
     let gws = [start(0), start(1)];
@@ -937,6 +956,90 @@ end
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "here\n");
     assert_eq!(hosts.volume(1, "kept")["owner"], "h2");
+}
+
+/// The peer API over mutual TLS (issue 20): a volume moves between peers that show each other
+/// certificates the CA signed, while a plain-HTTP client, a client without a certificate and one
+/// with a certificate from another CA do not get in, token or not.
+#[test]
+fn volumes_move_between_peers_over_mutual_tls() {
+    let _zfs = zfs_one_at_a_time();
+    let certs = support::temp_dir("peer-tls");
+    support::make_ca(&certs);
+    support::make_cert(
+        &certs,
+        "peer",
+        "peer-key.pem",
+        "peer-cert.pem",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    );
+    let other = support::temp_dir("peer-tls-other");
+    support::make_ca(&other);
+    support::make_cert(
+        &other,
+        "intruder",
+        "key.pem",
+        "cert.pem",
+        "extendedKeyUsage=clientAuth\n",
+    );
+    let hosts = two_hosts_with("", Some(&certs));
+    let [gw1, gw2] = &hosts.gws;
+    sh_in(gw1, "sealed", "echo secret > /data/f");
+    assert_eq!(sh_in(gw2, "sealed", "cat /data/f"), "secret\n");
+    assert_eq!(hosts.volume(1, "sealed")["owner"], "h2");
+    let url = format!(
+        "https://127.0.0.1:{}/luastrip/peer/v1/volumes/sealed/snapshots",
+        hosts.ports[0]
+    );
+    let token = "Authorization: Bearer a-token-of-thirty-two-characters";
+    let curl = |args: &[&str]| {
+        output(
+            Command::new("curl")
+                .args(["-s", "--max-time", "10", "-H", token])
+                .args(args),
+        )
+    };
+    let ca = certs.join("ca.pem").display().to_string();
+    let (cert, key) = (
+        certs.join("peer-cert.pem").display().to_string(),
+        certs.join("peer-key.pem").display().to_string(),
+    );
+    // A peer's certificate gets in (the control).
+    let ok = curl(&["--cacert", &ca, "--cert", &cert, "--key", &key, &url]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).starts_with('['),
+        "{ok:?}"
+    );
+    let plain = url.replace("https://", "http://");
+    let (ocert, okey) = (
+        other.join("cert.pem").display().to_string(),
+        other.join("key.pem").display().to_string(),
+    );
+    for (what, args) in [
+        ("plain HTTP", vec![plain.as_str()]),
+        (
+            "no client certificate",
+            vec!["--cacert", ca.as_str(), url.as_str()],
+        ),
+        (
+            "another CA's certificate",
+            vec![
+                "--cacert",
+                &ca,
+                "--cert",
+                &ocert,
+                "--key",
+                &okey,
+                url.as_str(),
+            ],
+        ),
+    ] {
+        let out = curl(&args);
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success() || body.is_empty(), "{what}: {out:?}");
+        assert!(!body.contains("tag"), "{what} got snapshots: {body}");
+    }
 }
 
 #[test]

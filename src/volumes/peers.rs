@@ -1,7 +1,10 @@
 //! Gateways talk to each other to move volumes: a small HTTP API on `--peer-listen`, guarded by a
 //! shared token (`--peer-token-file`, sent as `Authorization: Bearer …`; a missing or wrong
 //! token is a 401, and the token is never logged), and a client for the peers named with
-//! `--peer NAME=http://HOST:PORT`.
+//! `--peer NAME=http://HOST:PORT`. With `--peer-tls-cert`, `--peer-tls-key` and `--peer-tls-ca`
+//! it is mutual TLS instead (`NAME=https://HOST:PORT`): each side shows a certificate the CA
+//! signed and verifies the other's, so neither the token nor the volumes cross the network in
+//! the clear, and only holders of such a certificate reach the API at all.
 //!
 //! The API (all under `/luastrip/peer/v1/volumes/NAME/`):
 //! * `GET snapshots` — the volume's snapshots here (`[]` if there is no such volume);
@@ -31,6 +34,7 @@ use tracing::{debug, warn};
 
 use super::name::{Tag, VolumeName};
 use super::{helper, Snapshot, Volumes};
+use crate::stream::Stream;
 use crate::Error;
 
 /// How long a peer may take to answer a call that is not a stream.
@@ -43,11 +47,20 @@ pub struct Peers {
     token: String,
     /// Name → `host:port`.
     peers: BTreeMap<String, String>,
+    /// TLS to the peers (mutual), when configured.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Peers {
-    /// `peers` are `NAME=http://HOST:PORT`; the token is the first line of `token_file`.
-    pub fn new(peers: &[String], token: String) -> Result<Peers, String> {
+    /// `peers` are `NAME=http://HOST:PORT` (`https://` with `tls`); the token is the first line
+    /// of `token_file`.
+    pub fn new(
+        peers: &[String],
+        token: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Peers, String> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let form = format!("NAME={scheme}://HOST:PORT");
         if token.len() < 16 {
             return Err("--peer-token-file: the token must be at least 16 characters".into());
         }
@@ -55,19 +68,29 @@ impl Peers {
         for p in peers {
             let (name, url) = p
                 .split_once('=')
-                .ok_or_else(|| format!("--peer {p:?}: use NAME=http://HOST:PORT"))?;
+                .ok_or_else(|| format!("--peer {p:?}: use {form}"))?;
             VolumeName::parse(name).map_err(|e| format!("--peer {p:?}: {e}"))?;
             let addr = url
-                .strip_prefix("http://")
+                .strip_prefix(&format!("{scheme}://"))
                 .map(|a| a.trim_end_matches('/'))
                 .filter(|a| {
                     a.rsplit_once(':')
                         .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok())
                 })
-                .ok_or_else(|| format!("--peer {p:?}: use NAME=http://HOST:PORT"))?;
+                .ok_or_else(|| {
+                    if tls.is_some() {
+                        format!("--peer {p:?}: with --peer-tls-* the peers are {form}")
+                    } else {
+                        format!("--peer {p:?}: use {form} (https:// needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca)")
+                    }
+                })?;
             map.insert(name.to_string(), addr.to_string());
         }
-        Ok(Peers { token, peers: map })
+        Ok(Peers {
+            token,
+            peers: map,
+            tls,
+        })
     }
 
     /// Read the token from `path` (its first line). A file that others than its owner may read
@@ -101,6 +124,24 @@ impl Peers {
         })
     }
 
+    /// A connection to a peer at `addr` (`host:port`): TCP, then TLS when configured, the peer's
+    /// certificate verified against `--peer-tls-ca` for `host`.
+    async fn connect(&self, addr: &str) -> std::io::Result<Stream> {
+        let tcp = TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(Stream::Tcp(tcp));
+        };
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let s = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await?;
+        Ok(Stream::Tls(Box::new(s.into())))
+    }
+
     /// One call to `peer`: a fresh connection (pushes are rare and long), the body streamed.
     async fn call(
         &self,
@@ -113,11 +154,10 @@ impl Peers {
         let addr = self.addr(peer)?;
         let fail = |why: String| helper(format!("peer {peer} ({addr}): {method} {path}: {why}"));
         let exchange = async {
-            let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            let stream = tokio::time::timeout(Duration::from_secs(5), self.connect(addr))
                 .await
                 .map_err(|_| fail("cannot connect within 5 s".into()))?
                 .map_err(|e| fail(format!("cannot connect: {e}")))?;
-            let _ = stream.set_nodelay(true);
             let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| fail(e.to_string()))?;
@@ -272,13 +312,37 @@ fn error_reply(e: Error) -> Response<Full<Bytes>> {
     reply(e.status(), &json!({ "message": e.to_string() }))
 }
 
-/// Serve the peer API on `listener` until `stop` turns true.
-pub async fn serve(listener: TcpListener, volumes: Arc<Volumes>, stop: watch::Receiver<bool>) {
+/// How long a peer has for its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serve the peer API on `listener` until `stop` turns true; over TLS (mutual: a client must
+/// show a certificate the CA signed) when `tls` is given.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    volumes: Arc<Volumes>,
+    stop: watch::Receiver<bool>,
+) {
     let handler = move |req, from| {
         let volumes = volumes.clone();
         async move { handle(&volumes, req, from).await }
     };
-    crate::socket::serve_http("peer", listener, handler, stop).await
+    let open = move |tcp: TcpStream| {
+        let tls = tls.clone();
+        async move {
+            match tls {
+                None => Ok(Stream::Tcp(tcp)),
+                Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(tcp)).await {
+                    Ok(s) => Ok(Stream::Tls(Box::new(s?.into()))),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no TLS handshake in 10 s",
+                    )),
+                },
+            }
+        }
+    };
+    crate::socket::serve_http_opened("peer", listener, open, handler, stop).await
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
@@ -376,5 +440,35 @@ async fn handle(
     match result {
         Ok(v) => reply(StatusCode::OK, &v),
         Err(e) => error_reply(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_named_with_the_scheme_tls_calls_for() {
+        let token = || "a-token-of-thirty-two-characters".to_string();
+        let plain = Peers::new(&["h2=http://10.0.0.2:7101".into()], token(), None).unwrap();
+        assert_eq!(plain.addr("h2").unwrap(), "10.0.0.2:7101");
+        let e = Peers::new(&["h2=https://10.0.0.2:7101".into()], token(), None)
+            .err()
+            .unwrap();
+        assert!(e.contains("https:// needs --peer-tls-cert"), "{e}");
+        let tls = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        );
+        let e = Peers::new(&["h2=http://10.0.0.2:7101".into()], token(), Some(tls.clone()))
+            .err()
+            .unwrap();
+        assert!(e.contains("with --peer-tls-* the peers are NAME=https://HOST:PORT"), "{e}");
+        assert!(Peers::new(&["h2=https://10.0.0.2:7101".into()], token(), Some(tls)).is_ok());
     }
 }

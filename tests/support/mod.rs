@@ -1127,6 +1127,70 @@ pub fn remove_dead_plugin_sockets() {
     }
 }
 
+/// A test CA in `dir` (`ca.pem`, `ca-key.pem`), made with openssl, valid for two days.
+pub fn make_ca(dir: &Path) {
+    require_tool("openssl", "openssl");
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca-key.pem",
+            ])
+            .args([
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=luastrip test CA",
+            ])
+            .current_dir(dir),
+    );
+}
+
+/// A certificate for `cn` that the CA in `dir` ([`make_ca`]) signs, as `key` and `cert` in
+/// `dir`, with openssl's extension lines `ext` (subjectAltName, extendedKeyUsage).
+pub fn make_cert(dir: &Path, cn: &str, key: &str, cert: &str, ext: &str) {
+    let ext_file = format!("{cert}.ext");
+    std::fs::write(dir.join(&ext_file), ext).unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", "req.csr",
+            ])
+            .args(["-subj", &format!("/CN={cn}")])
+            .current_dir(dir),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "x509",
+                "-req",
+                "-in",
+                "req.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+            ])
+            .args([
+                "-CAcreateserial",
+                "-out",
+                cert,
+                "-days",
+                "2",
+                "-extfile",
+                &ext_file,
+            ])
+            .current_dir(dir),
+    );
+}
+
 /// A tmux session on a real pseudo-terminal, for the REPL and the console.
 pub struct Tmux {
     server: String,
