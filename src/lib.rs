@@ -21,6 +21,8 @@
 //! * [`tls`] — rustls configurations from PEM files, for TCP listeners (`--listen tcp://…`) and
 //!   a daemon reached over TCP.
 //! * [`body`] — the body type every layer passes around.
+//! * [`image_ref`] — image references normalised as Docker reads them (`busybox` is
+//!   `docker.io/library/busybox:latest`), for `docker.image_ref` and policies.
 //! * [`stream`] — the byte stream of every connection, accepted or to the daemon: Unix, TCP or
 //!   TLS.
 //! * [`events`] — following the daemon's `/events` (reopened with `since=` after a break) for the
@@ -79,6 +81,7 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod hijack;
+pub mod image_ref;
 pub mod journal;
 pub mod lua;
 pub mod outbound;

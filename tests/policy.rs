@@ -497,20 +497,28 @@ services:
 /// (as the README's install path runs it).
 #[test]
 fn the_example_policy_passes_its_own_test_cases() {
-    let out = output(
-        Command::new(env!("CARGO_BIN_EXE_luastrip"))
-            .arg("test")
-            .arg(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/scripts/deny-privileged.lua"),
-            ),
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains("4 cases, 4 passed, 0 failed"), "{text}");
+    // deny-privileged.lua, and allowed-images.lua (image references read as Docker reads them).
+    for example in ["deny-privileged.lua", "allowed-images.lua"] {
+        let out = output(
+            Command::new(env!("CARGO_BIN_EXE_luastrip"))
+                .arg("test")
+                .arg(
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("examples/scripts")
+                        .join(example),
+                ),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{example}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("4 cases, 4 passed, 0 failed"),
+            "{example}: {text}"
+        );
+    }
 }
 
 #[test]

@@ -9,6 +9,10 @@
 //! limit), so do not use it for streams such as `/events`; `timeout` (seconds, default 30) bounds
 //! every call.
 //!
+//! `docker.image_ref(name)` reads an image reference as Docker does: `{ registry, repository,
+//! tag, digest, name, familiar, canonical }` (`busybox` is `docker.io/library/busybox`, familiar
+//! `busybox`, canonical `docker.io/library/busybox:latest`), or nil and Docker's reason.
+//!
 //! `docker.on_event(filter, fn)` is for the daemon's events: while a script has such a handler, a
 //! background task follows `/events` ([`super::on_event`]) and calls `fn(event)` once per
 //! matching event, in order, in one VM (the control socket's), under the hook budget. `filter`
@@ -71,6 +75,24 @@ pub fn register(lua: &Lua, services: &Services) -> Result<()> {
     let upstream = services.upstream.clone().map(Upstream::new);
     let body_limit = services.limits.body;
     let t = lua.create_table()?;
+    crate::image_ref::warm();
+    t.set(
+        "image_ref",
+        lua.create_function(|lua, name: String| match crate::image_ref::parse(&name) {
+            Ok(r) => {
+                let out = lua.create_table()?;
+                out.set("registry", r.registry.as_str())?;
+                out.set("repository", r.repository.as_str())?;
+                out.set("tag", r.tag.as_deref())?;
+                out.set("digest", r.digest.as_deref())?;
+                out.set("name", r.name())?;
+                out.set("familiar", r.familiar_name())?;
+                out.set("canonical", r.canonical())?;
+                Ok((Value::Table(out), None))
+            }
+            Err(why) => Ok((Value::Nil, Some(why))),
+        })?,
+    )?;
     let up = upstream.clone();
     t.set(
         "request",

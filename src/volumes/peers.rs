@@ -465,10 +465,17 @@ mod tests {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth(),
         );
-        let e = Peers::new(&["h2=http://10.0.0.2:7101".into()], token(), Some(tls.clone()))
-            .err()
-            .unwrap();
-        assert!(e.contains("with --peer-tls-* the peers are NAME=https://HOST:PORT"), "{e}");
+        let e = Peers::new(
+            &["h2=http://10.0.0.2:7101".into()],
+            token(),
+            Some(tls.clone()),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.contains("with --peer-tls-* the peers are NAME=https://HOST:PORT"),
+            "{e}"
+        );
         assert!(Peers::new(&["h2=https://10.0.0.2:7101".into()], token(), Some(tls)).is_ok());
     }
 }

@@ -251,6 +251,31 @@ local function refuse(why)
   return policy.deny("luastrip policy: " .. why)
 end
 
+--- Whether the image `image` is one of `allowed`, compared as Docker reads references: "busybox"
+--- allows "busybox", "busybox:1.36", "docker.io/library/busybox:latest" and the same by digest;
+--- "busybox:1.36" allows only that tag; "registry.example/team/*" any image below team/ there.
+--- Returns true, or false and why.
+function policy.image_allowed(image, allowed)
+  local ref, why = docker.image_ref(tostring(image))
+  if not ref then return false, "the image " .. tostring(image) .. " (" .. tostring(why) .. ")" end
+  for _, entry in ipairs(list(allowed)) do
+    entry = tostring(entry)
+    local tree = entry:match("^(.*)/%*$")
+    if tree then
+      local base = docker.image_ref(tree .. "/x")
+      if base and ref.name:sub(1, #base.name - 1) == base.name:sub(1, -2) then return true end
+    else
+      local want = docker.image_ref(entry)
+      if want and want.name == ref.name
+          and (want.tag == nil or want.tag == ref.tag)
+          and (want.digest == nil or want.digest == ref.digest) then
+        return true
+      end
+    end
+  end
+  return false, "the image " .. ref.familiar .. (ref.tag and (":" .. ref.tag) or "") .. " is not allowed here"
+end
+
 --- Why the options of a `docker build` give its build containers host power, or nil.
 function policy.build_power(query)
   local mode = lower(object(query).networkmode)
@@ -264,15 +289,37 @@ end
 --- Register hooks that refuse every way to host power the policy knows: containers (create,
 --- old-API start, update), exec, builds, volumes, plugins and swarm services.
 --- `opts.allow_binds` lists host paths that may be bind-mounted (exactly, or below "DIR/**");
---- `opts.allow_cgroup_parents` the cgroup parents a container may name. Load luastrip.flocker
+--- `opts.allow_cgroup_parents` the cgroup parents a container may name; `opts.allow_images`,
+--- when given, the images containers may run and the daemon may pull (see
+--- `policy.image_allowed`). Load luastrip.flocker
 --- (or another helper that rewrites binds) before it: the guard allows exactly the paths such a
 --- helper produced for the call.
 function policy.guard(opts)
   opts = object(opts)
   route.pre("POST /containers/create", function(req)
-    local why = policy.host_power(object(req:json()).HostConfig, opts, req.ctx)
+    local spec = object(req:json())
+    local why = policy.host_power(spec.HostConfig, opts, req.ctx)
     if why then return refuse(why) end
+    if opts.allow_images ~= nil then
+      local ok, refusal = policy.image_allowed(spec.Image, opts.allow_images)
+      if not ok then return refuse(refusal) end
+    end
   end)
+  if opts.allow_images ~= nil then
+    -- docker pull: fromImage, with its tag in `tag` (or the reference), as dockerd joins them.
+    route.pre("POST /images/create", function(req)
+      local image = req.query.fromImage
+      if image == nil or image == "" then
+        return refuse("importing images (docker import) is not allowed with an image allow-list")
+      end
+      local tag = req.query.tag
+      if tag ~= nil and tag ~= "" then
+        image = image .. (tag:find("^[A-Za-z][A-Za-z0-9]*:") and "@" or ":") .. tag
+      end
+      local ok, refusal = policy.image_allowed(image, opts.allow_images)
+      if not ok then return refuse(refusal) end
+    end)
+  end
   -- API < 1.24 still read a HostConfig from the start body.
   route.pre("POST /containers/{id}/start", function(req)
     local body = req:json()

@@ -112,6 +112,21 @@ function docker.get(path) end
 function docker.post(path, body) end
 
 ---One of the daemon's events, as `/events` sends it.
+---@class luastrip.ImageRef
+---@field registry string    "docker.io", "registry.example:5000"
+---@field repository string  "library/busybox", "team/app"
+---@field tag string|nil
+---@field digest string|nil
+---@field name string        "docker.io/library/busybox"
+---@field familiar string    "busybox": the name as the docker CLI shows it
+---@field canonical string   "docker.io/library/busybox:latest": as docker pull reads it
+
+---An image reference read as Docker reads it, or nil and Docker's reason.
+---@param name string
+---@return luastrip.ImageRef|nil
+---@return string|nil why
+function docker.image_ref(name) end
+
 ---@class luastrip.Event
 ---@field Type string "container", "network", "volume", "image", …
 ---@field Action string "start", "die", "destroy", "exec_start: sh", …

@@ -4,6 +4,7 @@
 ---@class luastrip.policy.Options
 ---@field allow_binds string[]|nil  host paths that may be bind-mounted: exactly, or anything below "DIR/**" (compared cleaned)
 ---@field allow_cgroup_parents string[]|nil  cgroup parents (--cgroup-parent) a container may name
+---@field allow_images string[]|nil  when given, the only images containers may run and the daemon may pull ("busybox", "busybox:1.36", "registry.example/team/*")
 
 ---@class luastrip.policy
 local policy = {}
@@ -63,6 +64,14 @@ function policy.service_power(spec, opts) end
 ---@param opts table|nil
 ---@return string|nil
 function policy.volume_options_power(driver, opts) end
+
+---Whether `image` is one of `allowed`, compared as Docker reads references ("busybox" is
+---"docker.io/library/busybox:latest"); "REGISTRY/PATH/*" allows every image below PATH.
+---@param image string
+---@param allowed string[]
+---@return boolean allowed
+---@return string|nil why
+function policy.image_allowed(image, allowed) end
 
 ---The first capability in `caps` that gives host power, or nil.
 ---@param caps string[]|nil
