@@ -646,6 +646,49 @@ fn no_client_reaches_around_the_allocator() {
         ],
         "not from the IPAM driver other",
     );
+    // Networks of other drivers (issue 20): not on luastrip's bridge, not in its ranges.
+    refused(
+        &["-d", "bridge", "--subnet", "10.123.7.0/24", &evil],
+        "overlaps 10.123.0.0/16 (--overlay-cidr)",
+    );
+    refused(
+        &["-d", "bridge", "--subnet", "10.7.1.0/25", &evil],
+        "overlaps 10.7.1.0/24",
+    );
+    let on_bridge = format!("com.docker.network.bridge.name={}", o.bridge);
+    refused(
+        &[
+            "-d",
+            "bridge",
+            "-o",
+            &on_bridge,
+            "--subnet",
+            "10.200.9.0/24",
+            &evil,
+        ],
+        "is luastrip's overlay bridge",
+    );
+    refused(
+        &[
+            "-d",
+            "macvlan",
+            "-o",
+            &format!("parent={}", o.bridge),
+            &evil,
+        ],
+        "is luastrip's overlay bridge",
+    );
+    // Elsewhere a bridge network is anyone's.
+    run_ok(o.docker().args([
+        "network",
+        "create",
+        "-d",
+        "bridge",
+        "--subnet",
+        "10.201.9.0/24",
+        &evil,
+    ]));
+    run_ok(o.docker().args(["network", "rm", &evil]));
     run_ok(o.docker().args(["rm", "-f", &victim, &other]));
 }
 

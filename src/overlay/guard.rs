@@ -8,7 +8,8 @@
 //! * the owner label ([`OWNER_LABEL`]) is luastrip's: a create that sets it is refused;
 //! * `docker network create` with luastrip's IPAM must not overlap another of its subnets, and
 //!   luastrip's driver takes luastrip's IPAM (filled in when left out, refused when another is
-//!   named), so every address on an overlay bridge is one the allocator knows;
+//!   named), so every address on an overlay bridge is one the allocator knows; a network of
+//!   another driver may neither sit on luastrip's bridges nor overlap its ranges;
 //! * once a create succeeds, the owner token it carried (set here, or by a script such as
 //!   `luastrip.weave`) is handed to the new container's ID: ownership follows the container, and
 //!   the label copied into another container, or baked into an image, owns nothing.
@@ -181,7 +182,7 @@ impl Guard {
             spec["IPAM"]["Driver"] = json!(plugin);
             call.replace_body(Bytes::from(spec.to_string()));
         } else if ipam != plugin {
-            return Ok(());
+            return self.foreign_network(&spec).await;
         }
         let mut subnets = Vec::new();
         for c in spec["IPAM"]["Config"].as_array().into_iter().flatten() {
@@ -215,6 +216,65 @@ impl Guard {
             _networks: Some(Arc::new(lock)),
             ..State::default()
         });
+        Ok(())
+    }
+
+    /// A network of another driver and IPAM (`docker network create -d bridge`) must not sit
+    /// on luastrip's bridges (`com.docker.network.bridge.name`, a macvlan's `parent`) nor take
+    /// addresses from luastrip's ranges: its containers would be on the overlay, or hold its
+    /// addresses, with no allocator knowing.
+    async fn foreign_network(&self, spec: &Value) -> Result<(), Error> {
+        let plugin = self.0.settings.plugin.as_str();
+        let listed = self.0.upstream().get_json("/networks").await?;
+        let ours: Vec<&Value> = listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| {
+                n["Driver"].as_str() == Some(plugin) || n["IPAM"]["Driver"].as_str() == Some(plugin)
+            })
+            .collect();
+        let mut bridges = vec![self.0.settings.bridge.clone()];
+        bridges.extend(
+            ours.iter()
+                .filter_map(|n| n["Options"]["luastrip.bridge"].as_str().map(str::to_string)),
+        );
+        for option in ["com.docker.network.bridge.name", "parent"] {
+            if let Some(iface) = spec["Options"][option].as_str() {
+                if bridges.iter().any(|b| b == iface) {
+                    return Err(conflict(format!(
+                        "{iface} is luastrip's overlay bridge: a network of another driver \
+                         (-o {option}={iface}) would put its containers on the overlay, around \
+                         luastrip's allocator"
+                    )));
+                }
+            }
+        }
+        let mut ranges = vec![(self.0.settings.cidr, "--overlay-cidr".to_string())];
+        for n in &ours {
+            for c in n["IPAM"]["Config"].as_array().into_iter().flatten() {
+                if let Some(Ok(cidr)) = c["Subnet"].as_str().map(Cidr::parse) {
+                    let name = n["Name"].as_str().unwrap_or_default();
+                    ranges.push((cidr, format!("network {name}")));
+                }
+            }
+        }
+        for c in spec["IPAM"]["Config"].as_array().into_iter().flatten() {
+            let Some(subnet) = c["Subnet"].as_str() else {
+                continue;
+            };
+            // Not a subnet luastrip can read (IPv6, say): it is not one of luastrip's.
+            let Ok(subnet) = Cidr::parse(subnet) else {
+                continue;
+            };
+            if let Some((theirs, whose)) = ranges.iter().find(|(r, _)| r.overlaps(&subnet)) {
+                return Err(conflict(format!(
+                    "{subnet} overlaps {theirs} ({whose}), luastrip's overlay addresses: a \
+                     network of another driver there would hand them out around luastrip's \
+                     allocator"
+                )));
+            }
+        }
         Ok(())
     }
 
