@@ -678,6 +678,72 @@ fn no_client_reaches_around_the_allocator() {
         ],
         "is luastrip's overlay bridge",
     );
+    // luastrip's driver on an interface luastrip did not make (issue 20): a foreign bridge, a
+    // veth pair. Refused, and neither is touched; a new name gets a bridge of luastrip's own,
+    // removed with its network.
+    let n = std::process::id() % 100_000;
+    let (foreign, veth, peer, fresh) = (
+        format!("lsf{n}"),
+        format!("lsv{n}x"),
+        format!("lsw{n}x"),
+        format!("lsn{n}"),
+    );
+    struct Links(Vec<String>);
+    impl Drop for Links {
+        fn drop(&mut self) {
+            for l in &self.0 {
+                let _ = Command::new("ip").args(["link", "del", l]).output();
+            }
+        }
+    }
+    let _links = Links(vec![foreign.clone(), veth.clone(), fresh.clone()]);
+    run_ok(Command::new("ip").args(["link", "add", &foreign, "type", "bridge"]));
+    run_ok(Command::new("ip").args(["link", "add", &veth, "type", "veth", "peer", "name", &peer]));
+    for iface in [&foreign, &veth] {
+        let out = output(o.docker().args([
+            "network",
+            "create",
+            "-d",
+            &o.plugin,
+            "-o",
+            &format!("luastrip.bridge={iface}"),
+            "--subnet",
+            "10.250.77.0/24",
+            &evil,
+        ]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{iface}: {err}");
+        assert!(
+            err.contains("is an interface luastrip did not make"),
+            "{iface}: {err}"
+        );
+        let _ = output(o.docker().args(["network", "rm", &evil]));
+        assert!(
+            output(Command::new("ip").args(["link", "show", iface]))
+                .status
+                .success(),
+            "{iface} was deleted"
+        );
+    }
+    run_ok(o.docker().args([
+        "network",
+        "create",
+        "-d",
+        &o.plugin,
+        "-o",
+        &format!("luastrip.bridge={fresh}"),
+        "--subnet",
+        "10.250.78.0/24",
+        &evil,
+    ]));
+    assert!(
+        run_ok(Command::new("ip").args(["-o", "link", "show", &fresh]))
+            .contains("alias luastrip-overlay")
+    );
+    run_ok(o.docker().args(["network", "rm", &evil]));
+    assert!(!output(Command::new("ip").args(["link", "show", &fresh]))
+        .status
+        .success());
     // Elsewhere a bridge network is anyone's.
     run_ok(o.docker().args([
         "network",

@@ -72,11 +72,33 @@ pub async fn exists(name: &str) -> bool {
     ip(&["link", "show", "dev", name]).await.is_ok()
 }
 
-/// The bridge `name`, created and up.
-pub async fn ensure_bridge(name: &str) -> Result<(), Error> {
+/// The alias luastrip gives each bridge it makes. A bridge without it is someone else's:
+/// luastrip never joins a container to it (unless the operator named it with
+/// `--overlay-bridge`) and never deletes it.
+pub const MADE_BY: &str = "luastrip-overlay";
+
+/// Whether the link `name` is one luastrip made (its alias says so).
+pub async fn made_here(name: &str) -> Result<bool, Error> {
+    let shown = ip(&["-o", "link", "show", "dev", name]).await?;
+    Ok(shown
+        .split('\\')
+        .any(|part| part.trim() == format!("alias {MADE_BY}")))
+}
+
+/// The bridge `name`, created (marked as luastrip's) and up. An existing link is used only if
+/// luastrip made it, or if it is `trusted` (the operator's `--overlay-bridge`): a client's
+/// `-o luastrip.bridge=` must never put containers on a foreign bridge or interface.
+pub async fn ensure_bridge(name: &str, trusted: bool) -> Result<(), Error> {
     check_name("--overlay-bridge", name)?;
     if !exists(name).await {
         ip(&["link", "add", "name", name, "type", "bridge"]).await?;
+        ip(&["link", "set", "dev", name, "alias", MADE_BY]).await?;
+    } else if !trusted && !made_here(name).await? {
+        return Err(helper(format!(
+            "{name} is an interface luastrip did not make: a network of luastrip's driver takes \
+             a bridge luastrip makes (-o luastrip.bridge= a name no interface has), or the \
+             --overlay-bridge"
+        )));
     }
     ip(&["link", "set", "dev", name, "up"]).await.map(|_| ())
 }

@@ -525,15 +525,19 @@ impl Overlay {
     /// bridge and there are peers. Called at every `CreateNetwork` and `Join` (so a reboot or a
     /// changed `--overlay-peer` is caught up) and at start-up.
     pub async fn ensure_bridge(&self, bridge: &str) -> Result<(), Error> {
-        link::ensure_bridge(bridge).await?;
+        link::ensure_bridge(bridge, bridge == self.settings.bridge).await?;
         if let Some(v) = self.settings.vxlan_of(bridge) {
             link::ensure_vxlan(&v.device(), v.vni, &v.peers, bridge).await?;
         }
         Ok(())
     }
 
-    /// Remove the bridge `bridge` (and its VXLAN device) if no endpoint is attached to it.
+    /// Remove the bridge `bridge` (and its VXLAN device) if no endpoint is attached to it and
+    /// luastrip made it: a bridge (or any link) luastrip did not make is never deleted.
     pub async fn remove_bridge_if_unused(&self, bridge: &str) -> Result<(), Error> {
+        if !link::exists(bridge).await || !link::made_here(bridge).await? {
+            return Ok(());
+        }
         let vxlan = self.settings.vxlan_of(bridge).map(Vxlan::device);
         let ports = link::ports(bridge).await?;
         if ports.iter().any(|p| Some(p) != vxlan.as_ref()) {
