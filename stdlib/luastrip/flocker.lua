@@ -39,16 +39,13 @@ local function deny(message, status)
   return { status = status or 400, json = { message = message } }
 end
 
--- The segments of an absolute path as dockerd reads it (Go's filepath.Clean): empty and "."
--- segments dropped, ".." taking one back.
+-- The segments of an absolute path as dockerd reads it (Go's filepath.Clean, as
+-- luastrip.policy spells it): empty and "." segments dropped, ".." taking one back.
+local clean_path = require("luastrip.policy").clean_path
 local function segments(path)
   local parts = {}
-  for seg in path:gmatch("[^/]+") do
-    if seg == ".." then
-      parts[#parts] = nil
-    elseif seg ~= "." then
-      parts[#parts + 1] = seg
-    end
+  for seg in clean_path(path):gmatch("[^/]+") do
+    parts[#parts + 1] = seg
   end
   return parts
 end
