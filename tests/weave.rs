@@ -666,7 +666,7 @@ fn no_client_reaches_around_the_allocator() {
             "10.200.9.0/24",
             &evil,
         ],
-        "is luastrip's overlay bridge",
+        "luastrip's overlay bridge",
     );
     refused(
         &[
@@ -676,7 +676,41 @@ fn no_client_reaches_around_the_allocator() {
             &format!("parent={}", o.bridge),
             &evil,
         ],
-        "is luastrip's overlay bridge",
+        "luastrip's overlay bridge",
+    );
+    // The same with luastrip's IPAM behind another driver, on a VLAN of the bridge, and a
+    // subnet written with host bits or as a /31.
+    refused(
+        &[
+            "-d",
+            "bridge",
+            "--ipam-driver",
+            &o.plugin,
+            "-o",
+            &on_bridge,
+            "--subnet",
+            "10.251.9.0/24",
+            &evil,
+        ],
+        "luastrip's overlay bridge",
+    );
+    refused(
+        &[
+            "-d",
+            "macvlan",
+            "-o",
+            &format!("parent={}.10", o.bridge),
+            &evil,
+        ],
+        "luastrip's overlay bridge",
+    );
+    refused(
+        &["-d", "bridge", "--subnet", "10.7.1.4/31", &evil],
+        "overlaps 10.7.1.0/24",
+    );
+    refused(
+        &["-d", "bridge", "--subnet", "10.123.9.5/24", &evil],
+        "overlaps 10.123.0.0/16",
     );
     // luastrip's driver on an interface luastrip did not make (issue 20): a foreign bridge, a
     // veth pair. Refused, and neither is touched; a new name gets a bridge of luastrip's own,

@@ -44,6 +44,25 @@ struct State {
 /// The largest body this layer reads (create, connect and network bodies are a few KiB).
 const BODY_CAP: usize = 4 << 20;
 
+/// A subnet as a network create gives it, read only to compare with luastrip's ranges: any
+/// prefix /0 to /32, host bits ignored (dockerd takes `10.7.1.5/24` as `10.7.1.0/24`). `None`
+/// for IPv6; an error for what is not a subnet at all.
+fn subnet_for_overlap(s: &str) -> Option<Result<Cidr, Error>> {
+    if s.contains(':') {
+        return None;
+    }
+    let parsed = s.split_once('/').and_then(|(a, p)| {
+        let a: Ipv4Addr = a.parse().ok()?;
+        let p: u8 = p.parse().ok().filter(|p| *p <= 32)?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(p)).unwrap_or(0);
+        Some(Cidr {
+            network: Ipv4Addr::from(u32::from(a) & mask),
+            prefix: p,
+        })
+    });
+    Some(parsed.ok_or_else(|| bad(format!("the subnet {s:?} is not an IPv4 or IPv6 subnet"))))
+}
+
 fn bad(message: String) -> Error {
     Error::client(StatusCode::BAD_REQUEST, message)
 }
@@ -168,7 +187,16 @@ impl Guard {
         };
         let plugin = self.0.settings.plugin.as_str();
         let ipam = spec["IPAM"]["Driver"].as_str().unwrap_or_default();
-        if spec["Driver"].as_str() == Some(plugin) && ipam != plugin {
+        // dockerd's default driver is the bridge.
+        let driver = spec["Driver"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .unwrap_or("bridge");
+        if driver != plugin {
+            // Whatever its IPAM, another driver never sits on luastrip's bridges.
+            self.foreign_bridge(&spec).await?;
+        }
+        if driver == plugin && ipam != plugin {
             if !matches!(ipam, "" | "default") {
                 return Err(bad(format!(
                     "a network of the {plugin} driver takes its addresses from luastrip's \
@@ -182,7 +210,7 @@ impl Guard {
             spec["IPAM"]["Driver"] = json!(plugin);
             call.replace_body(Bytes::from(spec.to_string()));
         } else if ipam != plugin {
-            return self.foreign_network(&spec).await;
+            return self.foreign_ranges(&spec).await;
         }
         let mut subnets = Vec::new();
         for c in spec["IPAM"]["Config"].as_array().into_iter().flatten() {
@@ -219,59 +247,74 @@ impl Guard {
         Ok(())
     }
 
-    /// A network of another driver and IPAM (`docker network create -d bridge`) must not sit
-    /// on luastrip's bridges (`com.docker.network.bridge.name`, a macvlan's `parent`) nor take
-    /// addresses from luastrip's ranges: its containers would be on the overlay, or hold its
-    /// addresses, with no allocator knowing.
-    async fn foreign_network(&self, spec: &Value) -> Result<(), Error> {
+    /// The networks of luastrip's driver or IPAM, as the daemon lists them.
+    async fn luastrip_networks(&self) -> Result<Vec<Value>, Error> {
         let plugin = self.0.settings.plugin.as_str();
         let listed = self.0.upstream().get_json("/networks").await?;
-        let ours: Vec<&Value> = listed
+        Ok(listed
             .as_array()
             .into_iter()
             .flatten()
             .filter(|n| {
                 n["Driver"].as_str() == Some(plugin) || n["IPAM"]["Driver"].as_str() == Some(plugin)
             })
-            .collect();
+            .cloned()
+            .collect())
+    }
+
+    /// A network of another driver (whatever its IPAM) must not sit on luastrip's bridges
+    /// (`com.docker.network.bridge.name`, a macvlan's or ipvlan's `parent`, a VLAN on one of them,
+    /// `parent=luastrip0.10`): its containers would be on the overlay with no allocator knowing.
+    async fn foreign_bridge(&self, spec: &Value) -> Result<(), Error> {
         let mut bridges = vec![self.0.settings.bridge.clone()];
-        bridges.extend(
-            ours.iter()
-                .filter_map(|n| n["Options"]["luastrip.bridge"].as_str().map(str::to_string)),
-        );
+        bridges.extend(self.luastrip_networks().await?.iter().filter_map(|n| {
+            n["Options"][super::BRIDGE_OPTION]
+                .as_str()
+                .map(str::to_string)
+        }));
         for option in ["com.docker.network.bridge.name", "parent"] {
-            if let Some(iface) = spec["Options"][option].as_str() {
-                if bridges.iter().any(|b| b == iface) {
-                    return Err(conflict(format!(
-                        "{iface} is luastrip's overlay bridge: a network of another driver \
-                         (-o {option}={iface}) would put its containers on the overlay, around \
-                         luastrip's allocator"
-                    )));
-                }
+            let Some(iface) = spec["Options"][option].as_str() else {
+                continue;
+            };
+            let base = iface.split('.').next().unwrap_or(iface);
+            let marked = super::link::check_name("interface", base).is_ok()
+                && super::link::exists(base).await
+                && super::link::made_here(base).await.unwrap_or(false);
+            if marked || bridges.iter().any(|b| b == base) {
+                return Err(conflict(format!(
+                    "{iface} is on luastrip's overlay bridge {base}: a network of another driver \
+                     (-o {option}={iface}) would put its containers on the overlay, around \
+                     luastrip's allocator"
+                )));
             }
         }
+        Ok(())
+    }
+
+    /// A network of another driver and IPAM must not take addresses from luastrip's ranges
+    /// (`--overlay-cidr`, and the subnets of luastrip's networks): it would hand them out with no
+    /// allocator knowing.
+    async fn foreign_ranges(&self, spec: &Value) -> Result<(), Error> {
         let mut ranges = vec![(self.0.settings.cidr, "--overlay-cidr".to_string())];
-        for n in &ours {
+        for n in &self.luastrip_networks().await? {
             for c in n["IPAM"]["Config"].as_array().into_iter().flatten() {
-                if let Some(Ok(cidr)) = c["Subnet"].as_str().map(Cidr::parse) {
+                if let Some(Some(Ok(cidr))) = c["Subnet"].as_str().map(subnet_for_overlap) {
                     let name = n["Name"].as_str().unwrap_or_default();
                     ranges.push((cidr, format!("network {name}")));
                 }
             }
         }
         for c in spec["IPAM"]["Config"].as_array().into_iter().flatten() {
-            let Some(subnet) = c["Subnet"].as_str() else {
+            // IPv6 subnets are none of luastrip's.
+            let Some(subnet) = c["Subnet"].as_str().and_then(subnet_for_overlap) else {
                 continue;
             };
-            // Not a subnet luastrip can read (IPv6, say): it is not one of luastrip's.
-            let Ok(subnet) = Cidr::parse(subnet) else {
-                continue;
-            };
+            let subnet = subnet?;
             if let Some((theirs, whose)) = ranges.iter().find(|(r, _)| r.overlaps(&subnet)) {
                 return Err(conflict(format!(
-                    "{subnet} overlaps {theirs} ({whose}), luastrip's overlay addresses: a \
-                     network of another driver there would hand them out around luastrip's \
-                     allocator"
+                    "{}/{} overlaps {theirs} ({whose}), luastrip's overlay addresses: a network \
+                     of another driver there would hand them out around luastrip's allocator",
+                    subnet.network, subnet.prefix
                 )));
             }
         }
