@@ -216,14 +216,17 @@ impl Call {
             )
     }
 
-    /// A JSON body of this call as dockerd will read it ([`crate::route::json::canonical`]): the
-    /// same bytes when they are canonical, else the canonical body (what the hooks must see and
-    /// the daemon get); what Go's decoder could read two ways is a 400 naming the key.
-    pub fn canonical_json_body(&self, body: &Bytes) -> Result<Bytes, Error> {
-        Ok(
-            crate::route::json::canonical(self.head.method.as_str(), self.path.as_str(), body)?
-                .map_or_else(|| body.clone(), Bytes::from),
-        )
+    /// A layer read the client's whole JSON body (`sent`): it becomes the call's body as dockerd
+    /// will read it ([`crate::route::json::canonical`]: the same bytes when they are canonical),
+    /// returned and forwarded, and `sent` is kept as received. What Go's decoder could read two
+    /// ways is a 400 naming the key.
+    pub fn adopt_json_body(&mut self, sent: Bytes) -> Result<Bytes, Error> {
+        let seen =
+            crate::route::json::canonical(self.head.method.as_str(), self.path.as_str(), &sent)?
+                .map_or_else(|| sent.clone(), Bytes::from);
+        self.note_received_body(&sent);
+        self.replace_body(seen.clone());
+        Ok(seen)
     }
 
     /// Whether the daemon answers this call only when something happens: a stream, or a stop or
@@ -400,24 +403,19 @@ const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 /// Read and drop what is left of a request body that the call was answered without. Closing a
 /// connection with unread data resets it: a client still sending (a `docker build` context, an
 /// image to load) would see a broken pipe instead of the answer, such as a policy's refusal.
-fn linger(body: Incoming) {
+fn linger(mut body: Incoming) {
+    use http_body_util::BodyExt;
     use hyper::body::Body as _;
     if body.is_end_stream() {
         return;
     }
     tokio::spawn(async move {
         let read = async {
-            let mut body = std::pin::pin!(body);
             let mut seen = 0usize;
-            while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-                match frame {
-                    Ok(f) => {
-                        seen += f.data_ref().map_or(0, |d| d.len());
-                        if seen > LINGER_BYTES {
-                            break;
-                        }
-                    }
-                    Err(_) => break,
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > LINGER_BYTES {
+                    break;
                 }
             }
         };

@@ -537,8 +537,14 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     }
     if let (Some(v), Some(cfg)) = (&volumes, &config.volumes) {
         if let Some(addr) = &cfg.peer_listen {
-            let tls =
-                peer_tls(&cfg.peer_tls)?.map(|tls| tokio_rustls::TlsAcceptor::from(tls.config));
+            let tls = match peer_tls(&cfg.peer_tls)? {
+                true => Some(tokio_rustls::TlsAcceptor::from(
+                    crate::tls::server_config(&cfg.peer_tls, "--peer-tls")
+                        .map_err(StartError::Helper)?
+                        .config,
+                )),
+                false => None,
+            };
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| StartError::Helper(format!("--peer-listen {addr}: {e}")))?;
@@ -719,14 +725,13 @@ fn open_cluster(file: &Path) -> Result<Arc<dyn crate::cluster::Cluster>, StartEr
     Ok(Arc::new(cluster))
 }
 
-/// The peer API's TLS: none, or all three of `--peer-tls-cert`, `--peer-tls-key` and
-/// `--peer-tls-ca` (mutual: each side verifies the other's certificate against the CA).
-fn peer_tls(files: &crate::tls::TlsFiles) -> Result<Option<crate::tls::ServerTls>, StartError> {
+/// Whether the peer API runs over TLS: none, or all three of `--peer-tls-cert`,
+/// `--peer-tls-key` and `--peer-tls-ca` (mutual: each side verifies the other's certificate
+/// against the CA).
+fn peer_tls(files: &crate::tls::TlsFiles) -> Result<bool, StartError> {
     match (&files.cert, &files.key, &files.ca) {
-        (None, None, None) => Ok(None),
-        (Some(_), Some(_), Some(_)) => crate::tls::server_config(files, "--peer-tls")
-            .map(Some)
-            .map_err(StartError::Helper),
+        (None, None, None) => Ok(false),
+        (Some(_), Some(_), Some(_)) => Ok(true),
         _ => Err(StartError::Helper(
             "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together (mutual TLS)".into(),
         )),
@@ -762,10 +767,13 @@ async fn volume_helper(
         Some(file) => {
             let token =
                 crate::volumes::peers::Peers::read_token(file).map_err(StartError::Helper)?;
-            let tls = peer_tls(&config.peer_tls)?
-                .map(|_| crate::tls::client_config(&config.peer_tls, "--peer-tls"))
-                .transpose()
-                .map_err(StartError::Helper)?;
+            let tls = match peer_tls(&config.peer_tls)? {
+                true => Some(
+                    crate::tls::client_config(&config.peer_tls, "--peer-tls")
+                        .map_err(StartError::Helper)?,
+                ),
+                false => None,
+            };
             Some(
                 crate::volumes::peers::Peers::new(&config.peers, token, tls)
                     .map_err(StartError::Helper)?,
@@ -1092,7 +1100,7 @@ async fn worker(
                         // A TLS handshake in progress counts as an open connection.
                         let stream = {
                             let _open = Gauge::up(&worker.gateway.open_connections);
-                            conn.open(TLS_HANDSHAKE).await
+                            conn.open(crate::stream::TLS_HANDSHAKE).await
                         };
                         if let Some(stream) = stream {
                             connection(stream, worker, stop).await
@@ -1203,9 +1211,6 @@ enum ClientConn {
     Tcp(std::net::TcpStream, Option<tokio_rustls::TlsAcceptor>),
 }
 
-/// How long a TLS client has for its handshake.
-const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
-
 impl ClientConn {
     /// The connection as a stream, after its TLS handshake (within `limit`) on a TLS listener;
     /// `None`, logged, when it cannot be had.
@@ -1215,14 +1220,14 @@ impl ClientConn {
             ClientConn::Tcp(s, None) => tokio::net::TcpStream::from_std(s).map(Stream::Tcp),
             ClientConn::Tcp(s, Some(tls)) => match tokio::net::TcpStream::from_std(s) {
                 Ok(s) => {
-                    return match tokio::time::timeout(limit, tls.accept(s)).await {
-                        Ok(Ok(s)) => Some(Stream::Tls(Box::new(s.into()))),
-                        Ok(Err(e)) => {
-                            info!(error = %e, "a TLS client was refused");
+                    return match crate::stream::accept_tls(&tls, s, limit).await {
+                        Ok(s) => Some(s),
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            info!("a TLS client did not finish its handshake in time");
                             None
                         }
-                        Err(_) => {
-                            info!("a TLS client did not finish its handshake in time");
+                        Err(e) => {
+                            info!(error = %e, "a TLS client was refused");
                             None
                         }
                     }

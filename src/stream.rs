@@ -88,3 +88,22 @@ impl AsyncWrite for Stream {
         }
     }
 }
+
+/// How long a TLS client (of a TCP listener, or a peer) has for its handshake.
+pub const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The server side of TLS on an accepted `tcp` connection, within `limit`; a handshake that
+/// does not finish in time is a `TimedOut` error.
+pub async fn accept_tls(
+    tls: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    limit: std::time::Duration,
+) -> io::Result<Stream> {
+    match tokio::time::timeout(limit, tls.accept(tcp)).await {
+        Ok(s) => Ok(Stream::Tls(Box::new(s?.into()))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no TLS handshake in {limit:?}"),
+        )),
+    }
+}

@@ -256,10 +256,7 @@ async fn hold_body(call: &mut Call) -> Result<Option<String>, Error> {
                 format!("held call body: {e}"),
             )
         })?;
-    let seen = call.canonical_json_body(&bytes)?;
-    call.note_received_body(&bytes);
-    call.replace_body(seen.clone());
-    let bytes = seen;
+    let bytes = call.adopt_json_body(bytes)?;
     Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 

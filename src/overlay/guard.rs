@@ -14,7 +14,7 @@
 //!   `luastrip.weave`) is handed to the new container's ID: ownership follows the container, and
 //!   the label copied into another container, or baked into an image, owns nothing.
 //!
-//! Bodies are read as dockerd reads them ([`Call::check_json_body`]) before anything is decided.
+//! Bodies are read as dockerd reads them ([`Call::adopt_json_body`]) before anything is decided.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -79,10 +79,7 @@ async fn json_body(call: &mut Call) -> Result<Option<Value>, Error> {
     let bytes = crate::body::read_to_cap(body, BODY_CAP)
         .await
         .map_err(|e| Error::client(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}")))?;
-    let seen = call.canonical_json_body(&bytes)?;
-    call.note_received_body(&bytes);
-    call.replace_body(seen.clone());
-    let bytes = seen;
+    let bytes = call.adopt_json_body(bytes)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -193,10 +190,14 @@ impl Guard {
             .filter(|d| !d.is_empty())
             .unwrap_or("bridge");
         if driver != plugin {
-            // Whatever its IPAM, another driver never sits on luastrip's bridges.
-            self.foreign_bridge(&spec).await?;
-        }
-        if driver == plugin && ipam != plugin {
+            // Whatever its IPAM, another driver never sits on luastrip's bridges; with its own
+            // IPAM too, it stays out of luastrip's ranges. One listing serves both checks.
+            let ours = self.luastrip_networks().await?;
+            self.foreign_bridge(&spec, &ours).await?;
+            if ipam != plugin {
+                return self.foreign_ranges(&spec, &ours);
+            }
+        } else if ipam != plugin {
             if !matches!(ipam, "" | "default") {
                 return Err(bad(format!(
                     "a network of the {plugin} driver takes its addresses from luastrip's \
@@ -209,8 +210,6 @@ impl Guard {
             }
             spec["IPAM"]["Driver"] = json!(plugin);
             call.replace_body(Bytes::from(spec.to_string()));
-        } else if ipam != plugin {
-            return self.foreign_ranges(&spec).await;
         }
         let mut subnets = Vec::new();
         for c in spec["IPAM"]["Config"].as_array().into_iter().flatten() {
@@ -265,9 +264,9 @@ impl Guard {
     /// A network of another driver (whatever its IPAM) must not sit on luastrip's bridges
     /// (`com.docker.network.bridge.name`, a macvlan's or ipvlan's `parent`, a VLAN on one of them,
     /// `parent=luastrip0.10`): its containers would be on the overlay with no allocator knowing.
-    async fn foreign_bridge(&self, spec: &Value) -> Result<(), Error> {
+    async fn foreign_bridge(&self, spec: &Value, ours: &[Value]) -> Result<(), Error> {
         let mut bridges = vec![self.0.settings.bridge.clone()];
-        bridges.extend(self.luastrip_networks().await?.iter().filter_map(|n| {
+        bridges.extend(ours.iter().filter_map(|n| {
             n["Options"][super::BRIDGE_OPTION]
                 .as_str()
                 .map(str::to_string)
@@ -294,9 +293,9 @@ impl Guard {
     /// A network of another driver and IPAM must not take addresses from luastrip's ranges
     /// (`--overlay-cidr`, and the subnets of luastrip's networks): it would hand them out with no
     /// allocator knowing.
-    async fn foreign_ranges(&self, spec: &Value) -> Result<(), Error> {
+    fn foreign_ranges(&self, spec: &Value, ours: &[Value]) -> Result<(), Error> {
         let mut ranges = vec![(self.0.settings.cidr, "--overlay-cidr".to_string())];
-        for n in &self.luastrip_networks().await? {
+        for n in ours {
             for c in n["IPAM"]["Config"].as_array().into_iter().flatten() {
                 if let Some(Some(Ok(cidr))) = c["Subnet"].as_str().map(subnet_for_overlap) {
                     let name = n["Name"].as_str().unwrap_or_default();

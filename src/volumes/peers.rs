@@ -312,9 +312,6 @@ fn error_reply(e: Error) -> Response<Full<Bytes>> {
     reply(e.status(), &json!({ "message": e.to_string() }))
 }
 
-/// How long a peer has for its TLS handshake.
-const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
-
 /// Serve the peer API on `listener` until `stop` turns true; over TLS (mutual: a client must
 /// show a certificate the CA signed) when `tls` is given.
 pub async fn serve(
@@ -332,13 +329,9 @@ pub async fn serve(
         async move {
             match tls {
                 None => Ok(Stream::Tcp(tcp)),
-                Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE, tls.accept(tcp)).await {
-                    Ok(s) => Ok(Stream::Tls(Box::new(s?.into()))),
-                    Err(_) => Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no TLS handshake in 10 s",
-                    )),
-                },
+                Some(tls) => {
+                    crate::stream::accept_tls(&tls, tcp, crate::stream::TLS_HANDSHAKE).await
+                }
             }
         }
     };

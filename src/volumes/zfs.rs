@@ -491,13 +491,8 @@ impl VolumeBackend for Zfs {
     ) -> BackendFuture<'a, ()> {
         Box::pin(async move {
             let dataset = self.dataset(name);
-            // A receive creates and mounts the dataset: on zfs-fuse, the pool's other changes
-            // wait for it (its stream is bounded by the peer's, not by --zfs-timeout-s).
-            let cmd = format!("zfs recv {dataset}");
-            let turn = self
-                .turn("recv", &cmd, tokio::time::Instant::now() + self.timeout)
-                .await?;
-            // The stream's first record says what it is, before zfs sees any of it.
+            // The stream's first record says what it is, before zfs sees any of it (and before
+            // the pool's turn is taken: a refused or stalled stream holds nothing up).
             let mut begin = [0u8; BEGIN_CHECKED];
             stream
                 .read_exact(&mut begin)
@@ -506,6 +501,12 @@ impl VolumeBackend for Zfs {
             check_stream_begin(&begin)
                 .map_err(|why| helper(format!("zfs recv {dataset}: {why}")))?;
             let mut stream = std::io::Cursor::new(begin).chain(stream);
+            // A receive creates and mounts the dataset: on zfs-fuse, the pool's other changes
+            // wait for it (its stream is bounded by the peer's, not by --zfs-timeout-s).
+            let cmd = format!("zfs recv {dataset}");
+            let turn = self
+                .turn("recv", &cmd, tokio::time::Instant::now() + self.timeout)
+                .await?;
             // No -F: a copy here that changed since the snapshot the stream starts from (ours are
             // read-only, so it did not) fails the receive instead of being rolled back in silence.
             let mut child = Command::new("zfs")
