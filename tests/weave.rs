@@ -622,18 +622,22 @@ fn no_client_reaches_around_the_allocator() {
         &["-d", &o.plugin, "--subnet", "10.7.0.0/16", &evil],
         "overlaps 10.7.1.0/24",
     );
-    refused(
-        &[
-            "-d",
-            "bridge",
-            "--ipam-driver",
-            &o.plugin,
-            "--subnet",
-            "10.123.5.0/24",
-            &evil,
-        ],
-        "overlaps 10.123.0.0/16",
-    );
+    // luastrip's IPAM behind another driver, in luastrip's ranges or not: only luastrip's
+    // driver checks an owner's address at every start.
+    for subnet in ["10.123.5.0/24", "10.251.5.0/24"] {
+        refused(
+            &[
+                "-d",
+                "bridge",
+                "--ipam-driver",
+                &o.plugin,
+                "--subnet",
+                subnet,
+                &evil,
+            ],
+            "luastrip's driver only (-d",
+        );
+    }
     refused(
         &[
             "-d",
@@ -790,6 +794,147 @@ fn no_client_reaches_around_the_allocator() {
     ]));
     run_ok(o.docker().args(["network", "rm", &evil]));
     run_ok(o.docker().args(["rm", "-f", &victim, &other]));
+}
+
+/// Issue 20, item 4: dockerd resolves a container's network again at every start, so a container
+/// created on a network *named* like an overlay network's ID prefix, removed before the start,
+/// reaches the overlay asking for another container's address. The plugin face refuses it at the
+/// start itself (the endpoint carries no claim on the address); the socket face refuses the
+/// namesake network and a claim copied from `docker inspect`.
+#[test]
+fn an_owners_address_is_checked_again_at_every_start() {
+    let o = Overlay::new("d", 127);
+    let host = format!("unix://{}", o.daemon.display());
+    let direct = || support::docker_cli(&host);
+    let victim = o.run_d("10.127.0.50/16");
+    let owned = format!(
+        "10.127.0.50 is the overlay address of container {}",
+        &victim[..12]
+    );
+    let net_id = run_ok(
+        o.docker()
+            .args(["network", "inspect", "-f", "{{.Id}}", &o.plugin]),
+    );
+    let prefix = &net_id.trim()[..12];
+    let claim_of = |id: &str| {
+        run_ok(o.docker().args([
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{index .DriverOpts \"luastrip.overlay.claim\"}}{{end}}",
+            id,
+        ]))
+        .trim()
+        .to_string()
+    };
+    let claim = claim_of(&victim);
+    assert_eq!(
+        claim.len(),
+        32,
+        "the victim's endpoint carries its claim: {claim:?}"
+    );
+
+    // Through the gateway, a network named after the overlay network's ID prefix, or its name,
+    // is refused.
+    let decoy = [
+        "network",
+        "create",
+        "-d",
+        "bridge",
+        "--subnet",
+        "10.127.0.0/16",
+    ];
+    for name in [prefix, o.plugin.as_str()] {
+        let out = output(o.docker().args(decoy).arg(name));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(&format!("of luastrip's network {}", o.plugin)),
+            "{name}: {err}"
+        );
+    }
+
+    // Made at the daemon directly, the namesake takes the reference at create: the guard sees a
+    // bridge network and lets `--ip` pass. Removed before the start, the reference resolves to
+    // the overlay network at start, and the plugin refuses the victim's address.
+    run_ok(direct().args(decoy).arg(prefix));
+    let thief = run_ok(o.docker().args([
+        "create",
+        "--network",
+        prefix,
+        "--ip",
+        "10.127.0.50",
+        IMAGE,
+        "sleep",
+        "300",
+    ]))
+    .trim()
+    .to_string();
+    run_ok(direct().args(["network", "rm", prefix]));
+    for docker in [o.docker(), direct()] {
+        let mut docker = docker;
+        let out = output(docker.args(["start", &thief]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(&owned), "{err}");
+    }
+    assert_eq!(
+        o.record("10.127.0.0_16", "10.127.0.50")["owner"],
+        victim.as_str()
+    );
+    // The victim keeps its address across a restart, claim and all.
+    run_ok(o.docker().args(["restart", "-t", "0", &victim]));
+    assert!(
+        o.addresses(&victim).contains("=10.127.0.50"),
+        "{}",
+        o.addresses(&victim)
+    );
+    assert_eq!(claim_of(&victim), claim);
+    run_ok(o.docker().args(["rm", "-f", &thief]));
+
+    // The claim, copied from `docker inspect`, is refused at create and at connect.
+    let resp = support::post_json(
+        &o.gw.socket,
+        "/v1.41/containers/create",
+        &format!(
+            r#"{{"Image":"{IMAGE}","NetworkingConfig":{{"EndpointsConfig":{{"{net}":{{"IPAMConfig":{{"IPv4Address":"10.127.0.50"}},"DriverOpts":{{"luastrip.overlay.claim":"{claim}"}}}}}}}}}}"#,
+            net = o.plugin
+        ),
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 400") && resp.contains("is set by luastrip, not by clients"),
+        "{resp}"
+    );
+    let other = run_ok(
+        o.docker()
+            .args(["create", "--network", "none", IMAGE, "true"]),
+    )
+    .trim()
+    .to_string();
+    let out = output(o.docker().args([
+        "network",
+        "connect",
+        "--driver-opt",
+        &format!("luastrip.overlay.claim={claim}"),
+        &o.plugin,
+        &other,
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is set by luastrip, not by clients"),
+        "{err}"
+    );
+    // A free `--ip` at connect gets its own claim, and the container starts with it.
+    run_ok(o.docker().args(["network", "disconnect", "none", &other]));
+    run_ok(o.docker().args([
+        "network",
+        "connect",
+        "--ip",
+        "10.127.0.60",
+        &o.plugin,
+        &other,
+    ]));
+    let theirs = claim_of(&other);
+    assert!(theirs.len() == 32 && theirs != claim, "{theirs:?}");
+    run_ok(o.docker().args(["start", "-a", &other]));
+    run_ok(o.docker().args(["rm", "-f", &other, &victim]));
 }
 
 /// A second "host": a network namespace linked to this one by a veth pair (the underlay), both

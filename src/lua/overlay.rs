@@ -4,25 +4,28 @@
 //!
 //! * `overlay.network{ name?, cidr?, bridge? }` → `{ name, id, cidr, bridge }`: the Docker
 //!   network of the overlay driver for that subnet (default `--overlay-cidr`), created if missing.
-//! * `overlay.allocate(owner, want?)` → `"10.32.0.5/12", { address, ip, network }`: an address
+//! * `overlay.allocate(owner, want?)` → `"10.32.0.5/12", { address, ip, network, claim }`: an address
 //!   for `owner` (a container name or ID, or a token from `overlay.new_owner()` that the container
 //!   carries in its `luastrip.overlay.owner` label). `want` is a `WEAVE_CIDR` entry
 //!   (`"10.2.1.5/24"`, `"ip:…"`, `"net:10.2.1.0/24"`, `"net:default"`) or a table
-//!   `{ ip = "10.2.1.5/24" }` / `{ net = "10.2.1.0/24" }`; nil is the default range.
+//!   `{ ip = "10.2.1.5/24" }` / `{ net = "10.2.1.0/24" }`; nil is the default range. The
+//!   endpoint that is to have the address carries `claim` in its `DriverOpts`, under
+//!   `overlay.claim_option`: without it, dockerd is refused the address at start.
 //! * `overlay.addresses(container)` → `{ { address, ip, network }, … }`.
 //! * `overlay.release(container)` → what was released.
 //! * `overlay.attach(container, addr?)` → `"10.32.0.5/12"`: allocate (or reuse) and connect a
 //!   created or running container to the network; the interface appears at once.
 //! * `overlay.detach(container, addr?)`: disconnect it and release the address (all of its
 //!   addresses when `addr` is nil).
-//! * `overlay.new_owner()` → a fresh owner token; `overlay.owner_label` is the label's name.
+//! * `overlay.new_owner()` → a fresh owner token; `overlay.owner_label` is the label's name,
+//!   `overlay.claim_option` the endpoint option's.
 
 use mlua::{Lua, MultiValue, Result, Table, Value};
 
 use super::errors::raise;
 use super::json::to_lua;
 use super::Services;
-use crate::overlay::{Allocation, Overlay, Want, OWNER_LABEL};
+use crate::overlay::{Allocation, Overlay, Want, CLAIM_OPTION, OWNER_LABEL};
 use crate::Error;
 
 fn not_configured() -> mlua::Error {
@@ -95,6 +98,7 @@ pub fn register(lua: &Lua, services: &Services) -> Result<()> {
     let h = &services.overlay;
     let n = not_configured;
     t.set("owner_label", OWNER_LABEL)?;
+    t.set("claim_option", CLAIM_OPTION)?;
     t.set(
         "new_owner",
         lua.create_function(|_, ()| helper(crate::overlay::new_owner()))?,

@@ -5,11 +5,16 @@
 //!   luastrip --ip 10.32.0.5`, `docker network connect --ip …`) is refused while another
 //!   container holds it; a free one becomes the container's own, kept across stop/start as
 //!   dockerd keeps a `--ip` address, and released when the container is destroyed;
-//! * the owner label ([`OWNER_LABEL`]) is luastrip's: a create that sets it is refused;
+//! * the owner label ([`OWNER_LABEL`]) and the endpoint option [`CLAIM_OPTION`] are luastrip's:
+//!   a create or connect that sets either is refused; an address made a container's own here
+//!   has its claim written into the endpoint that asks for it, which the plugin face checks at
+//!   every start;
 //! * `docker network create` with luastrip's IPAM must not overlap another of its subnets, and
 //!   luastrip's driver takes luastrip's IPAM (filled in when left out, refused when another is
-//!   named), so every address on an overlay bridge is one the allocator knows; a network of
-//!   another driver may neither sit on luastrip's bridges nor overlap its ranges;
+//!   named), and luastrip's IPAM serves only its driver, so every address on an overlay bridge
+//!   is one the allocator knows and checks at start; a network of another driver may neither
+//!   sit on luastrip's bridges nor overlap its ranges; no network is named as a luastrip network
+//!   is named, or as a prefix of its ID;
 //! * once a create succeeds, the owner token it carried (set here, or by a script such as
 //!   `luastrip.weave`) is handed to the new container's ID: ownership follows the container, and
 //!   the label copied into another container, or baked into an image, owns nothing.
@@ -25,7 +30,7 @@ use serde_json::{json, Value};
 use tracing::warn;
 
 use super::ipam::{Cidr, Holder, Taken};
-use super::{Overlay, OWNER_LABEL};
+use super::{Overlay, CLAIM_OPTION, OWNER_LABEL};
 use crate::body::{full, Body};
 use crate::call::{Call, HookFuture, Hooks};
 use crate::Error;
@@ -61,6 +66,54 @@ fn subnet_for_overlap(s: &str) -> Option<Result<Cidr, Error>> {
         })
     });
     Some(parsed.ok_or_else(|| bad(format!("the subnet {s:?} is not an IPv4 or IPv6 subnet"))))
+}
+
+/// An endpoint config must not carry a claim ([`CLAIM_OPTION`]): luastrip sets it, for the
+/// address it gave. A claim copied from another container's `docker inspect` would take that
+/// container's address at the next start.
+fn refuse_client_claim(ep: &Value, net: &str) -> Result<(), Error> {
+    if ep["DriverOpts"].get(CLAIM_OPTION).is_none() {
+        return Ok(());
+    }
+    Err(bad(format!(
+        "the endpoint option {CLAIM_OPTION} (on network {net}) is set by luastrip, not by \
+         clients: it says which container an overlay address belongs to"
+    )))
+}
+
+/// No network may be named as a luastrip network is named, or as a prefix of its ID: dockerd
+/// looks a network up by its ID, then its name, then an ID prefix, again at every start, so a
+/// namesake takes the references meant for the luastrip network (create on the namesake, past
+/// the checks of luastrip's addresses; remove it; start on the overlay).
+fn refuse_namesake(spec: &Value, ours: &[Value]) -> Result<(), Error> {
+    let name = spec["Name"].as_str().unwrap_or_default();
+    if name.is_empty() {
+        return Ok(());
+    }
+    for n in ours {
+        let (their_name, id) = (
+            n["Name"].as_str().unwrap_or_default(),
+            n["Id"].as_str().unwrap_or_default(),
+        );
+        if name == their_name || id.starts_with(name) {
+            let what = if name == their_name { "name" } else { "ID" };
+            return Err(conflict(format!(
+                "{name:?} is the {what} of luastrip's network {their_name} ({}): a second \
+                 network of that name would take the references to it",
+                &id[..id.len().min(12)]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Put the claim on an address in the endpoint config that asks for it.
+fn set_claim(ep: &mut Value, claim: Option<String>) {
+    let Some(claim) = claim else { return };
+    if !ep["DriverOpts"].is_object() {
+        ep["DriverOpts"] = json!({});
+    }
+    ep["DriverOpts"][CLAIM_OPTION] = json!(claim);
 }
 
 fn bad(message: String) -> Error {
@@ -138,6 +191,7 @@ impl Guard {
             .into_iter()
             .flatten()
         {
+            refuse_client_claim(ep, net)?;
             if let Some(ip) = ep["IPAMConfig"]["IPv4Address"].as_str() {
                 if !ip.is_empty() {
                     wanted.push((net.clone(), ip.to_string()));
@@ -163,9 +217,19 @@ impl Guard {
                     .map(|_| ()),
                 Err(e) => Err(e),
             };
-            if let Err(e) = claimed {
-                self.0.release(&owner, "create refused").await?;
-                return Err(e);
+            let claim = match claimed {
+                Ok(()) => self.0.ipam.owned_claim(&cidr, a, &owner).await,
+                Err(e) => Err(e),
+            };
+            match claim {
+                Ok(claim) => set_claim(
+                    &mut spec["NetworkingConfig"]["EndpointsConfig"][&net],
+                    claim,
+                ),
+                Err(e) => {
+                    self.0.release(&owner, "create refused").await?;
+                    return Err(e);
+                }
             }
         }
         if let Some(t) = token {
@@ -188,29 +252,54 @@ impl Guard {
         let driver = spec["Driver"]
             .as_str()
             .filter(|d| !d.is_empty())
-            .unwrap_or("bridge");
+            .unwrap_or("bridge")
+            .to_string();
+        // One at a time from here to the daemon's answer: no two creates pass the checks
+        // against each other. One listing serves every check.
+        let lock = self.0.networks_lock().await;
+        let ours = self.luastrip_networks().await?;
+        refuse_namesake(&spec, &ours)?;
         if driver != plugin {
             // Whatever its IPAM, another driver never sits on luastrip's bridges; with its own
-            // IPAM too, it stays out of luastrip's ranges. One listing serves both checks.
-            let ours = self.luastrip_networks().await?;
+            // IPAM too, it stays out of luastrip's ranges.
             self.foreign_bridge(&spec, &ours).await?;
-            if ipam != plugin {
-                return self.foreign_ranges(&spec, &ours);
-            }
-        } else if ipam != plugin {
-            if !matches!(ipam, "" | "default") {
+            if ipam == plugin {
                 return Err(bad(format!(
-                    "a network of the {plugin} driver takes its addresses from luastrip's \
-                     allocator, not from the IPAM driver {ipam}: leave out --ipam-driver"
+                    "luastrip's IPAM serves networks of luastrip's driver only (-d {plugin}): \
+                     only there is a container's own address checked at every start, so that \
+                     no other container is given it; not the {driver} driver"
                 )));
             }
-            // `docker network create -d luastrip`: the addresses come from luastrip's allocator.
-            if !spec["IPAM"].is_object() {
-                spec["IPAM"] = json!({});
+            self.foreign_ranges(&spec, &ours)?;
+        } else {
+            if ipam != plugin {
+                if !matches!(ipam, "" | "default") {
+                    return Err(bad(format!(
+                        "a network of the {plugin} driver takes its addresses from luastrip's \
+                         allocator, not from the IPAM driver {ipam}: leave out --ipam-driver"
+                    )));
+                }
+                // `docker network create -d luastrip`: the addresses come from luastrip's
+                // allocator.
+                if !spec["IPAM"].is_object() {
+                    spec["IPAM"] = json!({});
+                }
+                spec["IPAM"]["Driver"] = json!(plugin);
+                call.replace_body(Bytes::from(spec.to_string()));
             }
-            spec["IPAM"]["Driver"] = json!(plugin);
-            call.replace_body(Bytes::from(spec.to_string()));
+            self.own_ranges(&spec, &ours)?;
         }
+        call.state.insert(State {
+            _networks: Some(Arc::new(lock)),
+            ..State::default()
+        });
+        Ok(())
+    }
+
+    /// A network of luastrip's allocator must not overlap another of its subnets (the
+    /// addresses of all of them share one space).
+    fn own_ranges(&self, spec: &Value, ours: &[Value]) -> Result<(), Error> {
+        let plugin = self.0.settings.plugin.as_str();
         let mut subnets = Vec::new();
         for c in spec["IPAM"]["Config"].as_array().into_iter().flatten() {
             if let Some(s) = c["Subnet"].as_str() {
@@ -220,9 +309,7 @@ impl Guard {
         if subnets.is_empty() {
             subnets.push(self.0.settings.cidr);
         }
-        let lock = self.0.networks_lock().await;
-        let listed = self.0.upstream().get_json("/networks").await?;
-        for n in listed.as_array().into_iter().flatten() {
+        for n in ours {
             if n["IPAM"]["Driver"].as_str() != Some(plugin) {
                 continue;
             }
@@ -239,10 +326,6 @@ impl Guard {
                 }
             }
         }
-        call.state.insert(State {
-            _networks: Some(Arc::new(lock)),
-            ..State::default()
-        });
         Ok(())
     }
 
@@ -321,9 +404,10 @@ impl Guard {
     }
 
     async fn connect(&self, call: &mut Call, net: &str) -> Result<(), Error> {
-        let Some(spec) = json_body(call).await? else {
+        let Some(mut spec) = json_body(call).await? else {
             return Ok(());
         };
+        refuse_client_claim(&spec["EndpointConfig"], net)?;
         let ip = spec["EndpointConfig"]["IPAMConfig"]["IPv4Address"]
             .as_str()
             .unwrap_or_default();
@@ -345,10 +429,14 @@ impl Guard {
                 .allocate(&cidr, Some(a), Holder::Owner(&owner))
                 .await?;
             call.state.insert(State {
-                claimed: vec![(owner, cidr, a)],
+                claimed: vec![(owner.clone(), cidr, a)],
                 ..State::default()
             });
         }
+        // New or held before (connected again), the endpoint carries the claim on it.
+        let claim = self.0.ipam.owned_claim(&cidr, a, &owner).await?;
+        set_claim(&mut spec["EndpointConfig"], claim);
+        call.replace_body(Bytes::from(spec.to_string()));
         Ok(())
     }
 

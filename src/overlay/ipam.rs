@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tracing::warn;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::Error;
@@ -123,6 +124,10 @@ pub enum Taken {
 pub struct Held {
     pub pool: String,
     pub address: Ipv4Addr,
+    /// The owner's claim on it ([`Ipam::endpoint_may_take`]); `None` for a record written
+    /// before claims were kept.
+    #[serde(skip)]
+    pub claim: Option<String>,
 }
 
 /// Allocations in one store, for this gateway (`host`, recorded with each address).
@@ -151,6 +156,15 @@ fn now_s() -> u64 {
         .unwrap_or_default()
 }
 
+/// An owner as a message shows it: a container ID shortened as `docker ps` shows it.
+fn short(owner: &str) -> &str {
+    if owner.len() == 64 && owner.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &owner[..12]
+    } else {
+        owner
+    }
+}
+
 fn store(e: ClusterError) -> Error {
     helper(e.to_string())
 }
@@ -171,14 +185,22 @@ impl Ipam {
         self
     }
 
-    fn record(&self, holder: Holder) -> Value {
-        match holder {
-            Holder::Owner(o) => {
-                json!({ "host": self.host, "holder": "owner", "owner": o, "at": now_s() })
-            }
+    /// The record of a new allocation. An owner's carries a fresh random `claim`: the create
+    /// that owns the address carries it too (the endpoint option [`super::CLAIM_OPTION`]), and
+    /// dockerd hands it to the driver's `CreateEndpoint` at every start, where an endpoint
+    /// without it is refused the address ([`Ipam::endpoint_may_take`]).
+    fn record(&self, holder: Holder) -> Result<Value, Error> {
+        Ok(match holder {
+            Holder::Owner(o) => json!({
+                "host": self.host,
+                "holder": "owner",
+                "owner": o,
+                "at": now_s(),
+                "claim": super::random_hex(16)?,
+            }),
             Holder::Endpoint => json!({ "host": self.host, "holder": "endpoint" }),
             Holder::Gateway => json!({ "host": self.host, "holder": "gateway" }),
-        }
+        })
     }
 
     /// Take an address of `pool`: `want` if given (refused if taken or outside), else the
@@ -203,14 +225,18 @@ impl Ipam {
         loop {
             let current = self.cluster.get(&k).await.map_err(store)?;
             let written = match &current {
-                None => self.cluster.create(&k, self.record(holder)).await,
+                None => self.cluster.create(&k, self.record(holder)?).await,
                 Some(r) => match (
                     r.value["holder"].as_str(),
                     r.value["owner"].as_str(),
                     holder,
                 ) {
                     // Released (maybe still in its grace): asked for by value, so granted.
-                    (None, _, _) => self.cluster.swap(&k, self.record(holder), r.revision).await,
+                    (None, _, _) => {
+                        self.cluster
+                            .swap(&k, self.record(holder)?, r.revision)
+                            .await
+                    }
                     // dockerd starting an owner's container, which asks for its address.
                     (Some("owner"), _, Holder::Endpoint) => return Ok(()),
                     (Some("owner"), Some(o), Holder::Owner(me)) if o == me => return Ok(()),
@@ -249,14 +275,16 @@ impl Ipam {
         for a in pool.hosts().filter(|a| share.is_none_or(|r| r.holds(*a))) {
             let k = key(pool, a);
             let written = match records.get(&k) {
-                None => self.cluster.create(&k, self.record(holder)).await,
+                None => self.cluster.create(&k, self.record(holder)?).await,
                 Some(r) if r.value["holder"].is_null() => {
                     let released = r.value["released_at"].as_u64().unwrap_or_default();
                     if released + self.grace.as_secs() > now {
                         in_grace += 1;
                         continue;
                     }
-                    self.cluster.swap(&k, self.record(holder), r.revision).await
+                    self.cluster
+                        .swap(&k, self.record(holder)?, r.revision)
+                        .await
                 }
                 Some(_) => continue,
             };
@@ -331,7 +359,16 @@ impl Ipam {
             };
             let Ok(address) = addr.parse() else { continue };
             let pool = pool.replacen('_', "/", 1);
-            out.push((k.clone(), r, Held { pool, address }));
+            let claim = r.value["claim"].as_str().map(str::to_string);
+            out.push((
+                k.clone(),
+                r,
+                Held {
+                    pool,
+                    address,
+                    claim,
+                },
+            ));
         }
         Ok(out)
     }
@@ -369,6 +406,55 @@ impl Ipam {
             Some(_) => Some(Taken::Endpoint),
             None => None,
         }))
+    }
+
+    /// The claim on `a` if `owner` holds it: what the endpoint that is to have it carries.
+    pub async fn owned_claim(
+        &self,
+        pool: &Cidr,
+        a: Ipv4Addr,
+        owner: &str,
+    ) -> Result<Option<String>, Error> {
+        let r = self.cluster.get(&key(pool, a)).await.map_err(store)?;
+        Ok(r.filter(|r| r.value["owner"].as_str() == Some(owner))
+            .and_then(|r| r.value["claim"].as_str().map(str::to_string)))
+    }
+
+    /// Whether an endpoint that dockerd is creating (at a start, or a connect) may have `a`,
+    /// with the `claim` it carries. An owner's address goes only to the endpoint carrying the
+    /// owner's claim: dockerd resolves a container's network again at every start, so a
+    /// container created on another network (one *named* like an overlay network's ID prefix,
+    /// removed before the start) may reach the overlay asking for an owner's address, and the
+    /// IPAM, which is not told who asks, has granted it. Other addresses, and an owner's
+    /// recorded before claims were kept, are anyone's dockerd gave them to.
+    pub async fn endpoint_may_take(
+        &self,
+        pool: &Cidr,
+        a: Ipv4Addr,
+        claim: Option<&str>,
+    ) -> Result<(), Error> {
+        let Some(r) = self.cluster.get(&key(pool, a)).await.map_err(store)? else {
+            return Ok(());
+        };
+        if r.value["holder"].as_str() != Some("owner") {
+            return Ok(());
+        }
+        let owner = r.value["owner"].as_str().unwrap_or_default();
+        match r.value["claim"].as_str() {
+            None => {
+                warn!(helper = "overlay", owner, address = %a,
+                    "an owner's address recorded without a claim: not checked at this start \
+                     (recreate the container to have it checked)");
+                Ok(())
+            }
+            Some(c) if claim == Some(c) => Ok(()),
+            Some(_) => Err(helper(format!(
+                "{a} is the overlay address of container {}, and this endpoint was not given \
+                 it by luastrip (was the container created on another network of the same name \
+                 or ID prefix?): refused",
+                short(owner)
+            ))),
+        }
     }
 
     /// Hand everything `from` holds to `to` (a create's owner token becomes the new container's
@@ -409,6 +495,7 @@ impl Ipam {
             by.entry(owner.to_string()).or_default().push(Held {
                 pool: pool.replacen('_', "/", 1),
                 address,
+                claim: r.value["claim"].as_str().map(str::to_string),
             });
         }
         Ok(by)
@@ -546,5 +633,55 @@ mod tests {
             e.to_string().contains("1 released less than 3600 s ago"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_owners_address_goes_only_to_the_endpoint_with_its_claim() {
+        let ipam = ipam();
+        let pool = Cidr::parse("10.9.0.0/24").unwrap();
+        let a = ipam
+            .allocate(&pool, None, Holder::Owner("ow-1"))
+            .await
+            .unwrap();
+        let claim = ipam.owned_claim(&pool, a, "ow-1").await.unwrap().unwrap();
+        assert_eq!(claim.len(), 32, "{claim}");
+        assert_eq!(ipam.owned_claim(&pool, a, "ow-2").await.unwrap(), None);
+        // Handed to the container's ID, the claim stays; asking again keeps it.
+        ipam.rekey("ow-1", "c1").await.unwrap();
+        ipam.allocate(&pool, Some(a), Holder::Owner("c1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            ipam.held_by("c1").await.unwrap()[0].claim,
+            Some(claim.clone())
+        );
+        ipam.endpoint_may_take(&pool, a, Some(&claim))
+            .await
+            .unwrap();
+        for wrong in [None, Some(""), Some("0123")] {
+            let e = ipam.endpoint_may_take(&pool, a, wrong).await.unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("{a} is the overlay address of container c1")),
+                "{e}"
+            );
+        }
+        // Endpoints' and gateways' addresses, and free ones, carry no claim.
+        let b = ipam.allocate(&pool, None, Holder::Endpoint).await.unwrap();
+        ipam.endpoint_may_take(&pool, b, None).await.unwrap();
+        ipam.endpoint_may_take(&pool, "10.9.0.200".parse().unwrap(), None)
+            .await
+            .unwrap();
+        // Released and asked for again by value: a new claim, the old one is refused.
+        ipam.release_owner("c1").await.unwrap();
+        ipam.allocate(&pool, Some(a), Holder::Owner("c2"))
+            .await
+            .unwrap();
+        let again = ipam.owned_claim(&pool, a, "c2").await.unwrap().unwrap();
+        assert_ne!(again, claim);
+        assert!(ipam
+            .endpoint_may_take(&pool, a, Some(&claim))
+            .await
+            .is_err());
     }
 }

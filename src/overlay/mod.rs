@@ -41,6 +41,12 @@ use ipam::{Cidr, Held, Holder, Ipam};
 /// The label a container carries naming the owner of its overlay addresses.
 pub const OWNER_LABEL: &str = "luastrip.overlay.owner";
 
+/// The endpoint option (`EndpointsConfig.NET.DriverOpts`) carrying an owner's claim on its
+/// address: set by luastrip only (a client that sets it is refused), kept by dockerd with the
+/// container, and handed to the driver's `CreateEndpoint` at every start, which refuses an
+/// owner's address to an endpoint without the claim ([`ipam::Ipam::endpoint_may_take`]).
+pub const CLAIM_OPTION: &str = "luastrip.overlay.claim";
+
 /// The driver option naming a network's bridge.
 pub const BRIDGE_OPTION: &str = "luastrip.bridge";
 
@@ -69,6 +75,22 @@ pub struct Allocation {
     pub ip: String,
     /// The Docker network for its subnet.
     pub network: String,
+    /// The claim the container's endpoint must carry ([`CLAIM_OPTION`]) for dockerd to be given
+    /// the address; `None` for an address recorded before claims were kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+}
+
+impl Allocation {
+    /// The endpoint config that asks for this address (`EndpointsConfig.NET` of a create,
+    /// `EndpointConfig` of a connect): the address fixed, and the claim on it.
+    pub fn endpoint_config(&self) -> serde_json::Value {
+        let mut ep = json!({ "IPAMConfig": { "IPv4Address": self.ip } });
+        if let Some(c) = &self.claim {
+            ep["DriverOpts"] = json!({ CLAIM_OPTION: c });
+        }
+        ep
+    }
 }
 
 /// What an owner asks for.
@@ -336,6 +358,7 @@ impl Overlay {
             address: format!("{a}/{}", cidr.prefix),
             ip: a.to_string(),
             network: network.name,
+            claim: self.ipam.owned_claim(&cidr, a, owner).await?,
         };
         self.announce(
             format!("{owner}: {} on {}", allocation.address, allocation.network),
@@ -350,6 +373,7 @@ impl Overlay {
             address: format!("{}/{}", held.address, cidr.prefix),
             ip: held.address.to_string(),
             network: self.network_name(&cidr),
+            claim: held.claim,
         })
     }
 
@@ -394,7 +418,7 @@ impl Overlay {
     pub async fn attach(&self, container: &str, allocation: &Allocation) -> Result<(), Error> {
         let body = json!({
             "Container": container,
-            "EndpointConfig": { "IPAMConfig": { "IPv4Address": allocation.ip } },
+            "EndpointConfig": allocation.endpoint_config(),
         });
         let path = format!("/networks/{}/connect", allocation.network);
         let (status, answer) = self.upstream.post_json(&path, &body).await?;
@@ -578,14 +602,16 @@ fn same(n: Network, cidr: &Cidr, bridge: &str) -> Result<Network, Error> {
 /// A fresh owner token (`ow-` and 16 hex digits), for a container not created yet: it carries
 /// the token in its [`OWNER_LABEL`] until the create succeeds and the token is handed to its ID.
 pub fn new_owner() -> Result<String, Error> {
-    let mut b = [0u8; 8];
+    Ok(format!("ow-{}", random_hex(8)?))
+}
+
+/// `bytes` random bytes from the kernel, in hex.
+fn random_hex(bytes: usize) -> Result<String, Error> {
+    let mut b = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
         .map_err(|e| helper(format!("cannot read /dev/urandom: {e}")))?;
-    Ok(format!(
-        "ow-{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    ))
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// An owner is a container name or ID, or a token: 1-128 of letters, digits, `-_.:`.

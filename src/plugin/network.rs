@@ -6,6 +6,11 @@
 //! shows in the container as `ethwe0` (dockerd appends the index), and disables the gateway
 //! service (no `eth0` on a shared `docker_gwbridge`).
 //!
+//! Before `Join`, at the same every start, dockerd calls `CreateEndpoint` with the address its
+//! IPAM gave and the endpoint's options: an owner's address is refused there to an endpoint
+//! that does not carry the owner's claim ([`CLAIM_OPTION`]), so a network reference that meant
+//! another network at create cannot bring a container onto the overlay with another's address.
+//!
 //! A network's bridge (`-o luastrip.bridge=NAME`, default `--overlay-bridge`) holds its
 //! endpoints' host ends; it is recorded in the cluster store at `CreateNetwork` (so a `Join` after
 //! a gateway restart finds it), made if missing, and removed with the last network on it, once
@@ -18,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::{err, ipam_err, reason, Driver, DriverFuture};
 use crate::overlay::ipam::{Cidr, Holder};
-use crate::overlay::{link, Overlay, BRIDGE_OPTION};
+use crate::overlay::{link, Overlay, BRIDGE_OPTION, CLAIM_OPTION};
 
 pub struct NetworkDriver {
     overlay: Arc<Overlay>,
@@ -73,6 +78,30 @@ impl NetworkDriver {
         json!({})
     }
 
+    /// Before every start (and every connect): the address comes from the network's IPAM, and
+    /// nothing is added to the interface, but an owner's address is refused to an endpoint
+    /// that does not carry the owner's claim ([`CLAIM_OPTION`]). dockerd then gives the
+    /// address back (the owner keeps it) and the start fails with this message.
+    async fn create_endpoint(&self, body: Value) -> Value {
+        let address = body["Interface"]["Address"].as_str().unwrap_or_default();
+        if address.is_empty() {
+            return json!({ "Interface": {} });
+        }
+        let parsed = address.split_once('/').and_then(|(a, p)| {
+            let a: Ipv4Addr = a.parse().ok()?;
+            let pool = Cidr::containing(a, p.parse().ok()?).ok()?;
+            Some((pool, a))
+        });
+        let Some((pool, a)) = parsed else {
+            return err(format!("CreateEndpoint: bad Interface.Address {address:?}"));
+        };
+        let claim = body["Options"][CLAIM_OPTION].as_str();
+        match self.overlay.ipam.endpoint_may_take(&pool, a, claim).await {
+            Ok(()) => json!({ "Interface": {} }),
+            Err(e) => err(reason(e)),
+        }
+    }
+
     async fn join(&self, body: Value) -> Value {
         let endpoint = body["EndpointID"].as_str().unwrap_or_default();
         let Some((host, peer)) = veth_names(endpoint) else {
@@ -121,8 +150,7 @@ impl Driver for NetworkDriver {
             }
             "CreateNetwork" => Box::pin(self.create_network(body)),
             "DeleteNetwork" => Box::pin(self.delete_network(body)),
-            // The address comes from the network's IPAM; nothing to add to the interface.
-            "CreateEndpoint" => Box::pin(async { json!({ "Interface": {} }) }),
+            "CreateEndpoint" => Box::pin(self.create_endpoint(body)),
             "DeleteEndpoint" => Box::pin(async { json!({}) }),
             "EndpointOperInfo" => Box::pin(async { json!({ "Value": {} }) }),
             "Join" => Box::pin(self.join(body)),

@@ -91,7 +91,7 @@ function weave.entries(value)
 end
 
 --- Rewrite a create body onto the overlay. Returns the owner and the allocations
---- (`{ address, ip, network }`, the first is the create's network; the others are connected
+--- (`{ address, ip, network, claim }`, the first is the create's network; the others are connected
 --- after the create), or false when the container is left alone, or nil and a message.
 function weave.rewrite(spec)
   if type(spec) ~= "table" then return false end
@@ -123,9 +123,11 @@ function weave.rewrite(spec)
   if not first then return false end
   spec.HostConfig = type(spec.HostConfig) == "table" and spec.HostConfig or json.object()
   spec.HostConfig.NetworkMode = first.network
-  spec.NetworkingConfig = {
-    EndpointsConfig = { [first.network] = { IPAMConfig = { IPv4Address = first.ip } } },
-  }
+  -- The claim on the address goes with the endpoint: dockerd hands it to luastrip's driver at
+  -- every start, which gives the address to no endpoint without it.
+  local endpoint = { IPAMConfig = { IPv4Address = first.ip } }
+  if first.claim then endpoint.DriverOpts = { [overlay.claim_option] = first.claim } end
+  spec.NetworkingConfig = { EndpointsConfig = { [first.network] = endpoint } }
   if type(spec.Labels) ~= "table" then spec.Labels = json.object() end
   spec.Labels[overlay.owner_label] = owner
   return owner, got

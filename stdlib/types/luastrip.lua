@@ -287,6 +287,8 @@ function zfs.pull(name, opts) end
 ---@field address string  "10.32.0.5/12"
 ---@field ip string  "10.32.0.5"
 ---@field network string  the Docker network of its subnet ("luastrip", "luastrip-10.2.1.0-24")
+---@field claim? string  what the endpoint that is to have the address carries in its DriverOpts,
+---under overlay.claim_option (dockerd is refused the address at start without it)
 
 ---@class luastrip.Network
 ---@field name string
@@ -305,6 +307,11 @@ overlay = {}
 
 ---The label naming the owner of a container's addresses: "luastrip.overlay.owner".
 overlay.owner_label = "luastrip.overlay.owner"
+
+---The endpoint option carrying the claim on an owner's address: "luastrip.overlay.claim". A create
+---that fixes an allocated address (`EndpointsConfig[net].IPAMConfig.IPv4Address`) sets
+---`EndpointsConfig[net].DriverOpts[overlay.claim_option] = allocation.claim`.
+overlay.claim_option = "luastrip.overlay.claim"
 
 ---A fresh owner token ("ow-" and 16 hex digits).
 ---@return string
