@@ -80,6 +80,12 @@ pub enum Error {
     Internal(String),
 }
 
+/// A helper's or store's flags that cannot work, found at start-up: the message names the flag
+/// (`--zfs-pool tank: no such pool`). `serve` stops with it before any socket appears.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
 impl Error {
     /// A client error with the given status.
     pub fn client(status: StatusCode, message: impl Into<String>) -> Self {

@@ -7,8 +7,9 @@
 //! The core — what every call goes through:
 //!
 //! * [`serve`] — the one assembly point: [`serve::run`] turns a [`serve::Config`] into a running
-//!   gateway (scripts, hook layers, background services, sockets) and serves until shutdown;
-//!   also the workers and the connection driver.
+//!   gateway (scripts, hook layers, helpers that build themselves, background services,
+//!   sockets) and serves until shutdown; its `checks` are the start-up refusals, its `listen`
+//!   the acceptor, the workers and the connection driver.
 //! * [`socket`] — Unix sockets that appear only when ready (private directory, mode and group,
 //!   then renamed into place), stale ones replaced, live ones refused; or the one systemd
 //!   passes (socket activation), and readiness told to systemd (`NOTIFY_SOCKET`).
@@ -55,20 +56,21 @@
 //!   and `.luarc.json` an editor needs, a `*_test.lua` and a README.
 //! * [`console`] — `luastrip console`, the full-screen (ratatui) front end of the control socket:
 //!   live flows, detail tabs with the diff, intercept queue, edit, replay, curl export.
-//! * [`volumes`] — the volume helper: named volumes behind the `VolumeBackend` trait (ZFS,
+//! * [`volumes`] — the volume helper, built from its flags by [`volumes::Config::open`]: named volumes behind the `VolumeBackend` trait (ZFS,
 //!   driven by argv), checked names, ownership (a copy owned elsewhere is read-only), and the
 //!   `GET /luastrip/volumes` hook layer. Its state lives outside the Lua VMs; `zfs.*` drives it.
 //! * [`plugin`] — Docker's plugin protocol, served for the helpers on
 //!   `/run/docker/plugins/NAME.sock` so that dockerd calls them itself: the volume driver and
 //!   the network and IPAM drivers.
-//! * [`overlay`] — overlay IPs: the helper scripts drive (`overlay.*`, `WEAVE_CIDR`), address
+//! * [`overlay`] — overlay IPs, built from their flags by [`overlay::Config::open`]: the helper scripts drive (`overlay.*`, `WEAVE_CIDR`), address
 //!   allocation by owner in the cluster store, the bridge and veth pairs behind the network
 //!   driver (`ip` by argv, checked names), the guard layer that keeps clients from reaching
 //!   around the allocator (`--ip`, owner labels, overlapping subnets), and the `/events`
 //!   follower that releases the addresses of destroyed containers and reconciles after every
 //!   reconnect.
-//! * [`cluster`] — what several hosts must agree on (volume owners, overlay addresses), behind one interface with
-//!   create-if-absent and swap-if-revision; the local JSON file is the embedded store.
+//! * [`cluster`] — what several hosts must agree on (volume owners, overlay addresses), behind
+//!   one interface with create-if-absent and swap-if-revision; [`cluster::open`] opens the store
+//!   the flags name (the local JSON file is the embedded store).
 //!
 //! The core imports none of the extensions, except that [`serve::run`] assembles them; arrows
 //! point inward. The phase chart is in `docs/phases.md`, the design in `docs/architecture.md`.

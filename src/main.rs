@@ -62,6 +62,14 @@ enum Command {
         /// The directory (made if missing); existing files are never overwritten.
         dir: PathBuf,
     },
+    /// The cluster's hosts, read from the store the gateways share (--cluster, or
+    /// --cluster-file).
+    Cluster {
+        #[command(flatten)]
+        store: ClusterArgs,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Load route scripts (or Powerstrip's adapters.yml) and report errors without serving;
     /// also flags reply tables with keys the gateway would ignore.
     Check {
@@ -235,14 +243,8 @@ struct ServeArgs {
         default_value = "/run/docker/plugins"
     )]
     plugin_dir: PathBuf,
-    /// The local cluster store: what the helpers must agree on (volume owners, overlay
-    /// addresses), one JSON file shared by the gateways of this machine.
-    #[arg(
-        long,
-        env = "LUASTRIP_CLUSTER_FILE",
-        default_value = "/var/lib/luastrip/cluster.json"
-    )]
-    cluster_file: PathBuf,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// This gateway's name among its peers. Defaults to the machine's host name.
     #[arg(long, env = "LUASTRIP_HOST_NAME")]
     host_name: Option<String>,
@@ -282,6 +284,84 @@ fn host_name(given: Option<String>) -> Result<String, String> {
         return Err(format!("--host-name {host_name:?}: a name without spaces"));
     }
     Ok(host_name)
+}
+
+/// Where the cluster store is: the local file, or etcd (`serve` and `cluster` alike).
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// The local cluster store: what the helpers must agree on (volume owners, overlay
+    /// addresses), one JSON file shared by the gateways of this machine.
+    #[arg(
+        long,
+        env = "LUASTRIP_CLUSTER_FILE",
+        default_value = "/var/lib/luastrip/cluster.json"
+    )]
+    cluster_file: PathBuf,
+    /// The cluster store on etcd v3 instead of the file: etcd://HOST:PORT[,HOST:PORT…], its
+    /// members (docs/cluster.md).
+    #[arg(long, env = "LUASTRIP_CLUSTER")]
+    cluster: Option<String>,
+    /// Every key luastrip keeps in etcd starts with this.
+    #[arg(long, env = "LUASTRIP_CLUSTER_PREFIX", default_value = "/luastrip/")]
+    cluster_prefix: String,
+    /// The CA that signs etcd's server certificates (TLS to etcd).
+    #[arg(long, env = "LUASTRIP_CLUSTER_CA")]
+    cluster_ca: Option<PathBuf>,
+    /// This gateway's client certificate for etcd (with --cluster-key).
+    #[arg(long, env = "LUASTRIP_CLUSTER_CERT")]
+    cluster_cert: Option<PathBuf>,
+    /// The private key of --cluster-cert.
+    #[arg(long, env = "LUASTRIP_CLUSTER_KEY")]
+    cluster_key: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn config(self) -> Result<luastrip::cluster::Config, String> {
+        let etcd = match &self.cluster {
+            None if self.cluster_ca.is_some()
+                || self.cluster_cert.is_some()
+                || self.cluster_key.is_some() =>
+            {
+                return Err(
+                    "--cluster-ca, --cluster-cert and --cluster-key need --cluster etcd://…".into(),
+                )
+            }
+            None => None,
+            Some(url) => Some(luastrip::cluster::etcd::Config::parse(
+                url,
+                &self.cluster_prefix,
+                luastrip::tls::TlsFiles {
+                    cert: self.cluster_cert,
+                    key: self.cluster_key,
+                    ca: self.cluster_ca,
+                },
+            )?),
+        };
+        Ok(luastrip::cluster::Config {
+            file: self.cluster_file,
+            etcd,
+        })
+    }
+}
+
+#[derive(clap::Subcommand)]
+enum ClusterCommand {
+    /// Every host the cluster knows, alive or gone, since when, its version, and what it holds
+    /// (volumes, overlay addresses).
+    Hosts {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a host that is gone (its registration expired): its overlay addresses go back to
+    /// the pool, and its volumes become orphaned (never taken by another host by itself).
+    Forget {
+        /// The host's name (`--host-name` of its gateway).
+        host: String,
+        /// How long the host must have been gone.
+        #[arg(long, default_value_t = 60)]
+        grace_s: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -327,7 +407,7 @@ struct VolumeArgs {
 }
 
 impl VolumeArgs {
-    fn config(self) -> Result<Option<serve::VolumeConfig>, String> {
+    fn config(self) -> Result<Option<luastrip::volumes::Config>, String> {
         let Some(backend) = self.volume_backend else {
             if self.zfs_pool.is_some() {
                 return Err("--zfs-pool needs --volume-backend zfs".into());
@@ -337,7 +417,7 @@ impl VolumeArgs {
             }
             return Ok(None);
         };
-        Ok(Some(serve::VolumeConfig {
+        Ok(Some(luastrip::volumes::Config {
             backend,
             zfs_pool: self.zfs_pool,
             zfs_root: self.zfs_root,
@@ -405,6 +485,8 @@ fn main() -> ExitCode {
         Command::Serve(a) if a.repl => "warn",
         // The gateway under test would log every replayed call.
         Command::Test { .. } => "warn",
+        // What the command prints is the answer; the store's set-up is not news.
+        Command::Cluster { .. } => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -505,6 +587,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("luastrip init: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Cluster { store, command } => match cluster_cmd(store, command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("luastrip cluster: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -684,7 +773,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             .then(|| std::time::Duration::from_secs(args.upstream_timeout_s)),
         repl: args.repl,
         volumes: args.volumes.config()?,
-        overlay: args.network_plugin.map(|plugin| serve::OverlayConfig {
+        overlay: args.network_plugin.map(|plugin| luastrip::overlay::Config {
             plugin,
             bridge: args.overlay_bridge,
             cidr: args.overlay_cidr,
@@ -695,7 +784,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             vni: args.overlay_vni,
         }),
         plugin_dir: args.plugin_dir,
-        cluster_file: args.cluster_file,
+        cluster: args.cluster.config()?,
         host_name: host_name(args.host_name)?,
         journal_file: args.journal,
         record: args.record,
@@ -719,6 +808,75 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
     // serve::run has waited its grace period; a worker stuck in a script does not hold the exit.
     runtime.shutdown_background();
     served
+}
+
+/// `luastrip cluster hosts|forget`: read (or change) the store the gateways share.
+fn cluster_cmd(store: ClusterArgs, command: ClusterCommand) -> Result<(), String> {
+    use luastrip::cluster::hosts;
+    let config = store.config()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let cluster = luastrip::cluster::open(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        match command {
+            ClusterCommand::Hosts { json } => {
+                let list = hosts::list(cluster.as_ref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if json {
+                    let text = serde_json::to_string_pretty(&list).map_err(|e| e.to_string())?;
+                    println!("{text}");
+                    return Ok(());
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default();
+                println!(
+                    "{:<20} {:<6} {:>10}  {:<10} {:>7} {:>9}  PEER",
+                    "HOST", "STATE", "SINCE", "VERSION", "VOLUMES", "ADDRESSES"
+                );
+                for h in list {
+                    let ago = now.saturating_sub(h.since);
+                    println!(
+                        "{:<20} {:<6} {:>10}  {:<10} {:>7} {:>9}  {}",
+                        h.name,
+                        if h.alive { "alive" } else { "gone" },
+                        format!("{ago} s ago"),
+                        h.version,
+                        h.volumes.len(),
+                        h.addresses.len(),
+                        h.peer.unwrap_or_else(|| "-".into())
+                    );
+                }
+                Ok(())
+            }
+            ClusterCommand::Forget { host, grace_s } => {
+                let done = hosts::forget(
+                    cluster.as_ref(),
+                    &host,
+                    std::time::Duration::from_secs(grace_s),
+                )
+                .await?;
+                println!(
+                    "forgot {}: {} addresses back in the pool, {} volumes orphaned{}",
+                    done.name,
+                    done.addresses.len(),
+                    done.orphaned.len(),
+                    if done.orphaned.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", done.orphaned.join(", "))
+                    }
+                );
+                Ok(())
+            }
+        }
+    })
 }
 
 /// Installs SIGINT and SIGTERM handlers now; the future resolves on either signal.

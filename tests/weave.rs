@@ -87,6 +87,11 @@ impl Overlay {
 
     fn restart(&mut self) {
         assert_eq!(self.gw.terminate(), Some(0));
+        self.start_again();
+    }
+
+    /// Start the gateway again with the same flags (the last one is gone).
+    fn start_again(&mut self) {
         let args: Vec<&str> = self.args.iter().map(|s| s.as_str()).collect();
         self.gw = Gateway::start_in(self.netns.as_deref(), &self.daemon, &args);
     }
@@ -1182,4 +1187,239 @@ fn the_address_comes_back_when_dockerd_restarts_the_container_at_boot() {
     o.claim_refused("10.125.1.5/24", "10.125.1.5 is already taken");
     drop(o);
     drop(daemon);
+}
+
+/// Issue 21: gateways that share etcd share the overlay's addresses. 25 runs through each of two
+/// gateways at once (each its own driver and bridge, one range) get 50 different addresses,
+/// recorded in etcd under `--cluster-prefix`.
+#[test]
+fn gateways_sharing_etcd_never_hand_out_an_address_twice() {
+    let etcd = support::etcd::Etcd::start();
+    let prefix = format!("/luastrip-w{}/", std::process::id());
+    let url = etcd.url();
+    // Two gateways, two hosts' names.
+    let flags = |host| {
+        [
+            "--cluster",
+            &url,
+            "--cluster-prefix",
+            &prefix,
+            "--host-name",
+            host,
+        ]
+    };
+    let a = Overlay::on_host("ea", 128, None, &Daemon::shared().socket, &flags("ea"));
+    let b = Overlay::on_host("eb", 128, None, &Daemon::shared().socket, &flags("eb"));
+    let started: Vec<_> = [&a, &b]
+        .iter()
+        .enumerate()
+        .flat_map(|(n, o)| {
+            (0..25)
+                .map(|_| {
+                    let mut cmd = o.docker();
+                    cmd.args(["run", "-d", "-e", "WEAVE_CIDR=net:default", IMAGE])
+                        .args(["sleep", "300"]);
+                    std::thread::spawn(move || (n, run_ok(&mut cmd).trim().to_string()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for t in started {
+        let (n, id) = t.join().unwrap();
+        let ip = ip_of([&a, &b][n], &id);
+        assert!(ip.starts_with("10.128."), "{ip}");
+        assert!(seen.insert(ip.clone()), "{ip} handed out twice");
+    }
+    assert_eq!(seen.len(), 50);
+    // Each address is one record in etcd, under the prefix.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let keys = rt.block_on(async {
+        let first = url.trim_start_matches("etcd://").split(',').next().unwrap();
+        let mut c = etcd_client::Client::connect([format!("http://{first}")], None)
+            .await
+            .unwrap();
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_keys_only();
+        let got = c
+            .get(
+                format!("{prefix}overlay/addresses/10.128.0.0_16/"),
+                Some(options),
+            )
+            .await
+            .unwrap();
+        got.kvs().len()
+    });
+    // The 50 owners' and each network's gateway address.
+    assert_eq!(keys, 52, "records in etcd");
+}
+
+/// Issue 21: a gateway started while etcd is down starts and serves what needs no cluster
+/// decision; a decision fails within 5 s with an error naming etcd; once etcd is up, the same
+/// gateway decides, without a restart.
+#[test]
+fn a_gateway_started_while_etcd_is_down_serves_and_joins_when_it_is_up() {
+    let mut etcd = support::etcd::Etcd::start();
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    let url = etcd.url();
+    let prefix = format!("/luastrip-d{}/", std::process::id());
+    let flags = [
+        "--cluster",
+        url.as_str(),
+        "--cluster-prefix",
+        prefix.as_str(),
+    ];
+    let o = Overlay::on_host("ed", 129, None, &Daemon::shared().socket, &flags);
+    run_ok(o.docker().args(["version"]));
+    run_ok(
+        o.docker()
+            .args(["run", "--rm", "--network", "none", IMAGE, "true"]),
+    );
+    let started = std::time::Instant::now();
+    let out =
+        output(
+            o.docker()
+                .args(["run", "--rm", "-e", "WEAVE_CIDR=net:default", IMAGE, "true"]),
+        );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("etcd (127.0.0.1:"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+    for i in 0..3 {
+        etcd.restart(i);
+    }
+    etcd.wait_healthy(Duration::from_secs(30));
+    // The store asks etcd again once its last failure is DOWN_FOR (2 s) old.
+    std::thread::sleep(Duration::from_millis(2500));
+    let id = o.run_d("net:default");
+    assert!(
+        ip_of(&o, &id).starts_with("10.129."),
+        "{}",
+        o.addresses(&id)
+    );
+}
+
+/// Issue 21: gateways register in the cluster's list of hosts under a lease. A second gateway
+/// under a live name is refused; `luastrip cluster hosts` shows who is alive and what each
+/// holds; a host that died is forgotten only once its registration has expired, its addresses
+/// go back to the pool, and when it comes back with its old containers, an address taken
+/// meanwhile stays with its new owner.
+#[test]
+fn hosts_are_listed_forgotten_and_a_returning_host_takes_nothing_back() {
+    let etcd = support::etcd::Etcd::start();
+    let url = etcd.url();
+    let prefix = format!("/luastrip-h{}/", std::process::id());
+    let cluster = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_luastrip"));
+        c.args(["cluster", "--cluster", &url, "--cluster-prefix", &prefix])
+            .args(args);
+        c
+    };
+    let hosts = || -> serde_json::Value {
+        serde_json::from_str(&run_ok(&mut cluster(&["hosts", "--json"]))).unwrap()
+    };
+    let host = |name: &str| -> serde_json::Value {
+        hosts()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let flags = |name: &'static str| {
+        [
+            "--cluster".to_string(),
+            url.clone(),
+            "--cluster-prefix".to_string(),
+            prefix.clone(),
+            "--host-name".to_string(),
+            name.to_string(),
+        ]
+    };
+    let (fa, fb) = (flags("h1"), flags("h2"));
+    let mut a = Overlay::on_host("ha", 130, None, &Daemon::shared().socket, &refs(&fa));
+    let h1 = host("h1");
+    assert_eq!(h1["alive"], true, "{h1}");
+    assert_eq!(h1["version"], env!("CARGO_PKG_VERSION"), "{h1}");
+
+    // A second gateway under the live name h1: refused, once the wait for a stale
+    // registration is over, before any socket appears.
+    let dir = support::temp_dir("dup");
+    let out = support::output_within(
+        Command::new(env!("CARGO_BIN_EXE_luastrip"))
+            .args(["serve", "--listen"])
+            .arg(format!("unix://{}", dir.join("gw.sock").display()))
+            .arg("--upstream")
+            .arg(format!("unix://{}", Daemon::shared().socket.display()))
+            .args([
+                "--network-plugin",
+                &format!("lst{}hdup", std::process::id()),
+            ])
+            .args(&fa),
+        Duration::from_secs(60),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("the host name h1 is held by a live gateway"),
+        "{err}"
+    );
+    assert!(!dir.join("gw.sock").exists());
+
+    // What h1 holds; it cannot be forgotten while alive.
+    let victim = a.run_d("10.130.0.5/16");
+    let held = host("h1");
+    assert!(
+        held["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "10.130.0.5"),
+        "{held}"
+    );
+    let out = output(&mut cluster(&["forget", "h1", "--grace-s", "0"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("h1 is alive"),
+        "{err}"
+    );
+
+    // h1's gateway dies without leaving: gone once its registration expires, then forgotten.
+    a.gw.child.kill().unwrap();
+    a.gw.child.wait().unwrap();
+    support::wait_until("h1's registration expires", Duration::from_secs(25), || {
+        host("h1")["alive"] == false
+    });
+    let forgot = run_ok(&mut cluster(&["forget", "h1", "--grace-s", "0"]));
+    assert!(forgot.contains("forgot h1:"), "{forgot}");
+    assert!(host("h1").is_null(), "h1 is no longer known");
+
+    // Its address is free for another host's container…
+    let b = Overlay::on_host("hb", 130, None, &Daemon::shared().socket, &refs(&fb));
+    let thief = b.run_d("10.130.0.5/16");
+    assert!(ip_of(&b, &thief) == "10.130.0.5", "{}", b.addresses(&thief));
+    // …and h1, back with its old container, does not take it back.
+    a.start_again();
+    assert_eq!(host("h1")["alive"], true);
+    let out = output(a.docker().args(["restart", "-t", "0", &victim]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "10.130.0.5 is the overlay address of container {}",
+                &thief[..12]
+            )),
+        "{err}"
+    );
+    assert_eq!(ip_of(&b, &thief), "10.130.0.5");
+    run_ok(a.docker().args(["rm", "-f", &victim]));
 }

@@ -15,7 +15,8 @@ need=()
 for pair in docker.io:dockerd docker.io:docker busybox-static:busybox bsdutils:script \
             util-linux:setpriv tmux:tmux iproute2:ip tar:tar coreutils:sha256sum \
             docker-compose:docker-compose zfs-fuse:zfs zfs-fuse:zpool zfs-fuse:zfs-fuse curl:curl \
-            systemd:systemd-socket-activate systemd:systemd-analyze openssl:openssl podman:podman; do
+            systemd:systemd-socket-activate systemd:systemd-analyze openssl:openssl podman:podman \
+            etcd-server:etcd protobuf-compiler:protoc; do
     pkg=${pair%%:*} cmd=${pair##*:}
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

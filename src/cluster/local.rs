@@ -10,18 +10,51 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Cluster, ClusterError, ClusterFuture, Record};
+use super::{Cluster, ClusterError, ClusterFuture, Lease, Record};
 
 #[derive(Default, Serialize, Deserialize)]
 struct Saved {
     revision: u64,
     records: BTreeMap<String, SavedRecord>,
+    /// Live leases: their TTL and when they expire (milliseconds since the epoch).
+    #[serde(default)]
+    leases: BTreeMap<i64, SavedLease>,
+    #[serde(default)]
+    next_lease: i64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
 struct SavedRecord {
     value: Value,
     revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lease: Option<i64>,
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct SavedLease {
+    ttl_ms: u64,
+    expires_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Saved {
+    /// Drop expired leases and their records; whether anything went.
+    fn expire(&mut self) -> bool {
+        let now = now_ms();
+        let before = (self.leases.len(), self.records.len());
+        self.leases.retain(|_, l| l.expires_ms > now);
+        let leases = &self.leases;
+        self.records
+            .retain(|_, r| r.lease.is_none_or(|id| leases.contains_key(&id)));
+        before != (self.leases.len(), self.records.len())
+    }
 }
 
 pub struct LocalCluster {
@@ -69,6 +102,7 @@ impl LocalCluster {
     ) -> Result<T, ClusterError> {
         let mut mem = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         let Some(path) = &self.path else {
+            mem.expire();
             return f(&mut mem).map(|(out, _)| out);
         };
         let store_err = |e: std::io::Error| ClusterError::Store(format!("{}: {e}", path.display()));
@@ -81,8 +115,9 @@ impl LocalCluster {
         let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| store_err(e.into()))?;
         let mut saved = self.read(path)?;
+        let expired = saved.expire();
         let (out, changed) = f(&mut saved)?;
-        if changed {
+        if changed || expired {
             save(path, &saved).map_err(store_err)?;
         }
         Ok(out)
@@ -98,6 +133,27 @@ impl LocalCluster {
             let out = change(&mut saved.records, next)?;
             saved.revision = next;
             Ok((out, true))
+        })
+    }
+
+    /// Create `key` (under `lease`, if any) unless it exists.
+    fn insert_new(&self, key: &str, value: Value, lease: Option<i64>) -> Result<u64, ClusterError> {
+        self.write(|records, next| {
+            if let Some(r) = records.get(key) {
+                return Err(ClusterError::Conflict {
+                    key: key.into(),
+                    current: Some(record(r)),
+                });
+            }
+            records.insert(
+                key.into(),
+                SavedRecord {
+                    value,
+                    revision: next,
+                    lease,
+                },
+            );
+            Ok(next)
         })
     }
 
@@ -142,24 +198,7 @@ impl Cluster for LocalCluster {
     }
 
     fn create<'a>(&'a self, key: &'a str, value: Value) -> ClusterFuture<'a, u64> {
-        Box::pin(async move {
-            self.write(|records, next| {
-                if let Some(r) = records.get(key) {
-                    return Err(ClusterError::Conflict {
-                        key: key.into(),
-                        current: Some(record(r)),
-                    });
-                }
-                records.insert(
-                    key.into(),
-                    SavedRecord {
-                        value,
-                        revision: next,
-                    },
-                );
-                Ok(next)
-            })
-        })
+        Box::pin(async move { self.insert_new(key, value, None) })
     }
 
     fn swap<'a>(&'a self, key: &'a str, value: Value, revision: u64) -> ClusterFuture<'a, u64> {
@@ -169,6 +208,7 @@ impl Cluster for LocalCluster {
                     *r = SavedRecord {
                         value,
                         revision: next,
+                        lease: r.lease,
                     };
                     Ok(next)
                 }
@@ -176,6 +216,55 @@ impl Cluster for LocalCluster {
                     key: key.into(),
                     current: other.map(|r| record(r)),
                 }),
+            })
+        })
+    }
+
+    fn grant(&self, ttl: std::time::Duration) -> ClusterFuture<'_, Lease> {
+        Box::pin(async move {
+            self.with_store(|saved| {
+                saved.next_lease += 1;
+                let id = saved.next_lease;
+                let ttl_ms = ttl.as_millis() as u64;
+                saved.leases.insert(
+                    id,
+                    SavedLease {
+                        ttl_ms,
+                        expires_ms: now_ms() + ttl_ms,
+                    },
+                );
+                Ok((Lease(id), true))
+            })
+        })
+    }
+
+    fn keep_alive(&self, lease: Lease) -> ClusterFuture<'_, bool> {
+        Box::pin(async move {
+            self.with_store(|saved| match saved.leases.get_mut(&lease.0) {
+                Some(l) => {
+                    l.expires_ms = now_ms() + l.ttl_ms;
+                    Ok((true, true))
+                }
+                None => Ok((false, false)),
+            })
+        })
+    }
+
+    fn create_leased<'a>(
+        &'a self,
+        key: &'a str,
+        value: Value,
+        lease: Lease,
+    ) -> ClusterFuture<'a, u64> {
+        Box::pin(async move { self.insert_new(key, value, Some(lease.0)) })
+    }
+
+    fn revoke(&self, lease: Lease) -> ClusterFuture<'_, ()> {
+        Box::pin(async move {
+            self.with_store(|saved| {
+                saved.leases.remove(&lease.0);
+                saved.expire();
+                Ok(((), true))
             })
         })
     }

@@ -4,13 +4,22 @@
 //! absent, [`Cluster::swap`] only if the record is still at the revision the caller read.
 //!
 //! The revisions behave as etcd's `mod_revision` (one counter for the whole store, bumped by
-//! every write), so an etcd implementation drops in behind the same trait. [`local::LocalCluster`]
-//! is the embedded default: one JSON file on this host, written atomically.
+//! every write), as etcd's are: [`etcd::EtcdCluster`] (`--cluster etcd://…`) is the store for
+//! many hosts, and [`local::LocalCluster`] the embedded default, one JSON file on this host,
+//! written atomically. [`open`] opens the one the flags name.
 
+pub mod etcd;
+pub mod hosts;
 pub mod local;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
+
+use tracing::info;
+
+use crate::error::ConfigError;
 
 use serde_json::Value;
 
@@ -53,4 +62,59 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Delete `key` if its revision is still `revision`.
     fn delete<'a>(&'a self, key: &'a str, revision: u64) -> ClusterFuture<'a, ()>;
+
+    /// A lease of `ttl`: records created under it ([`Cluster::create_leased`]) exist while it is
+    /// kept alive, and go when it expires. Leases carry liveness only (a gateway is up), never
+    /// an allocation or an ownership: a host cut off would go on using what it holds while the
+    /// others reused it.
+    fn grant(&self, ttl: std::time::Duration) -> ClusterFuture<'_, Lease>;
+
+    /// Keep `lease` alive for another `ttl`; `false` if it has expired (its records are gone).
+    fn keep_alive(&self, lease: Lease) -> ClusterFuture<'_, bool>;
+
+    /// [`Cluster::create`], with the record under `lease`.
+    fn create_leased<'a>(
+        &'a self,
+        key: &'a str,
+        value: Value,
+        lease: Lease,
+    ) -> ClusterFuture<'a, u64>;
+
+    /// End `lease` now: its records go.
+    fn revoke(&self, lease: Lease) -> ClusterFuture<'_, ()>;
+}
+
+/// A lease's ID, as the store gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease(pub i64);
+
+/// Where the cluster store is (the `--cluster*` flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--cluster-file`: the local store, one JSON file shared by the gateways of this machine.
+    pub file: PathBuf,
+    /// `--cluster etcd://…`: etcd instead of the file.
+    pub etcd: Option<etcd::Config>,
+}
+
+/// The store `config` names, opened: etcd (connected lazily: it may be down at start-up), else
+/// the local file (its directory made if missing; a file that is not a cluster file refused
+/// now).
+pub async fn open(config: &Config) -> Result<Arc<dyn Cluster>, ConfigError> {
+    if let Some(e) = &config.etcd {
+        let cluster = etcd::EtcdCluster::connect(e)
+            .await
+            .map_err(|e| ConfigError(format!("--cluster: {e}")))?;
+        info!(cluster = %e.endpoints.join(","), prefix = %e.prefix, "cluster store: etcd");
+        return Ok(Arc::new(cluster));
+    }
+    let file = &config.file;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ConfigError(format!("--cluster-file {}: {e}", file.display())))?;
+    }
+    let cluster =
+        local::LocalCluster::open(file).map_err(|e| ConfigError(format!("--cluster-file: {e}")))?;
+    info!(cluster = %file.display(), "cluster store ready");
+    Ok(Arc::new(cluster))
 }

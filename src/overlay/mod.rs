@@ -21,6 +21,7 @@
 //! is destroyed (the [`events`] follower, which also reconciles after every reconnect), and held
 //! back for a grace period after release.
 
+pub mod config;
 pub mod events;
 pub mod guard;
 pub mod ipam;
@@ -138,7 +139,9 @@ impl Want {
     }
 }
 
-/// How the helper is set up (the `--overlay-*` flags).
+pub use config::Config;
+
+/// How the helper is set up (the `--overlay-*` flags), checked.
 pub struct Settings {
     /// `--network-plugin`: the driver name of overlay networks.
     pub plugin: String,

@@ -8,6 +8,7 @@
 //! and per reload) and is shared by the `zfs.*` Lua namespace, `GET /luastrip/volumes`, the
 //! volume plugin ([`crate::plugin::volume`]) and the peer listener ([`peers`]).
 
+pub mod config;
 pub mod endpoint;
 pub mod name;
 pub mod peers;
@@ -27,6 +28,8 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::upstream::Upstream;
 use crate::Error;
 use name::{Tag, VolumeName};
+
+pub use config::Config;
 
 pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 

@@ -11,6 +11,8 @@
 //! gone are removed at start.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -276,7 +278,7 @@ impl Daemon {
 
 /// Spawn `cmd` so that it gets SIGTERM when this test process exits. PR_SET_PDEATHSIG fires when
 /// the spawning *thread* exits, so the spawn happens on a thread that never ends.
-fn spawn_bound_to_process(mut cmd: Command) -> u32 {
+pub fn spawn_bound_to_process(mut cmd: Command) -> u32 {
     use std::sync::mpsc;
     static SPAWNER: OnceLock<mpsc::Sender<(Command, mpsc::Sender<u32>)>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {
@@ -1308,11 +1310,21 @@ impl Drop for Tmux {
     }
 }
 
-/// A TCP port on loopback that nothing listens on right now.
+/// A TCP port on loopback that nothing listens on right now, and that this process has not
+/// been given before: a port handed to one test (an etcd member that a test stops and starts
+/// again on it) is never handed to another.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }

@@ -1,0 +1,427 @@
+//! Which gateways are alive, and what each holds: the cluster's list of hosts.
+//!
+//! Each gateway registers `hosts/alive/NAME` under a lease ([`TTL`], kept alive every third of
+//! it) and keeps `hosts/known/NAME` (its peer URL, underlay address, version, when it registered
+//! and when it was last seen alive). A lease carries liveness only: what a host holds (volumes,
+//! addresses) is in records of their own, never under its lease, so a host cut off from the
+//! store loses nothing by its lease expiring, and nobody takes what it holds until an operator
+//! forgets it ([`forget`]).
+//!
+//! A second gateway that registers a name whose lease is alive is refused. A gateway that
+//! crashed left its lease behind; one restarting under its name waits up to [`TTL`] for that
+//! lease to expire before it gives up.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{Cluster, ClusterError, Lease};
+
+/// How long a gateway's registration outlives its last keep-alive.
+pub const TTL: Duration = Duration::from_secs(10);
+
+/// How often `hosts/known/NAME` records that the host is still alive (its `seen_at`).
+const SEEN_EVERY: Duration = Duration::from_secs(30);
+
+const ALIVE: &str = "hosts/alive/";
+const KNOWN: &str = "hosts/known/";
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// What a gateway tells the others about itself.
+#[derive(Debug, Clone)]
+pub struct HostInfo {
+    /// `--host-name`.
+    pub name: String,
+    /// Where its peer API is (`--peer-listen`, as peers reach it), if it serves one.
+    pub peer: Option<String>,
+    /// Its underlay address for VXLAN, if it runs the overlay between hosts.
+    pub underlay: Option<Ipv4Addr>,
+    /// luastrip's version.
+    pub version: String,
+}
+
+impl HostInfo {
+    fn record(&self, since: u64) -> Value {
+        json!({
+            "name": self.name,
+            "peer": self.peer,
+            "underlay": self.underlay.map(|a| a.to_string()),
+            "version": self.version,
+            "since": since,
+        })
+    }
+}
+
+/// Why a gateway could not register.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// A live gateway holds the name.
+    #[error(
+        "the host name {name} is held by a live gateway (registered {ago} s ago, version \
+         {version}): give this gateway another --host-name, or stop that one"
+    )]
+    Taken {
+        name: String,
+        ago: u64,
+        version: String,
+    },
+    /// The store did not answer.
+    #[error("{0}")]
+    Store(#[from] ClusterError),
+}
+
+/// A registration this gateway holds.
+pub struct Registration {
+    cluster: Arc<dyn Cluster>,
+    info: HostInfo,
+    lease: Lease,
+}
+
+/// Register `info.name`: refused while a live gateway holds it (after waiting up to [`TTL`] for
+/// a lease a crashed gateway left behind).
+pub async fn register(
+    cluster: Arc<dyn Cluster>,
+    info: HostInfo,
+) -> Result<Registration, RegisterError> {
+    let deadline = tokio::time::Instant::now() + TTL + Duration::from_secs(2);
+    let mut waited = false;
+    loop {
+        match try_register(&cluster, &info).await {
+            Err(RegisterError::Taken { .. }) if tokio::time::Instant::now() < deadline => {
+                if !waited {
+                    info!(
+                        host = %info.name,
+                        "the host name is registered already: waiting up to {} s for that \
+                         registration to expire (a gateway that stopped without leaving?)",
+                        TTL.as_secs()
+                    );
+                    waited = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_register(
+    cluster: &Arc<dyn Cluster>,
+    info: &HostInfo,
+) -> Result<Registration, RegisterError> {
+    let lease = cluster.grant(TTL).await?;
+    let now = now_s();
+    let alive = format!("{ALIVE}{}", info.name);
+    match cluster.create_leased(&alive, info.record(now), lease).await {
+        Ok(_) => {}
+        Err(ClusterError::Conflict { current, .. }) => {
+            let _ = cluster.revoke(lease).await;
+            let held = current.map(|r| r.value).unwrap_or_default();
+            return Err(RegisterError::Taken {
+                name: info.name.clone(),
+                ago: now.saturating_sub(held["since"].as_u64().unwrap_or(now)),
+                version: held["version"].as_str().unwrap_or("?").to_string(),
+            });
+        }
+        Err(e) => {
+            let _ = cluster.revoke(lease).await;
+            return Err(e.into());
+        }
+    }
+    let registration = Registration {
+        cluster: cluster.clone(),
+        info: info.clone(),
+        lease,
+    };
+    registration.seen(Some(now)).await?;
+    info!(host = %info.name, ttl_s = TTL.as_secs(), "registered in the cluster");
+    Ok(registration)
+}
+
+impl Registration {
+    /// Record in `hosts/known/NAME` that this host is alive now (and registered at `since`,
+    /// else when the record says).
+    async fn seen(&self, since: Option<u64>) -> Result<(), ClusterError> {
+        let key = format!("{KNOWN}{}", self.info.name);
+        loop {
+            let current = self.cluster.get(&key).await?;
+            let registered = since
+                .or_else(|| current.as_ref().and_then(|r| r.value["since"].as_u64()))
+                .unwrap_or_else(now_s);
+            let mut value = self.info.record(registered);
+            value["seen_at"] = json!(now_s());
+            let written = match current {
+                None => self.cluster.create(&key, value).await,
+                Some(r) => self.cluster.swap(&key, value, r.revision).await,
+            };
+            match written {
+                Ok(_) => return Ok(()),
+                Err(ClusterError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Keep the registration alive until `stop`, then end it (the name is free at once). A
+    /// lease that expired while the store was out of reach is taken out again.
+    async fn keep_alive_until(mut self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(TTL / 3);
+        let mut last_seen = tokio::time::Instant::now();
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            let kept = match self.cluster.keep_alive(self.lease).await {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    warn!(host = %self.info.name, "the registration expired (the store was out of reach?): registering again");
+                    match try_register(&self.cluster, &self.info).await {
+                        Ok(again) => {
+                            self.lease = again.lease;
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match kept {
+                Ok(()) if failing => {
+                    info!(host = %self.info.name, "the registration is kept alive again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    warn!(host = %self.info.name, error = %e, "cannot keep the registration alive");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            if !failing && last_seen.elapsed() >= SEEN_EVERY && self.seen(None).await.is_ok() {
+                last_seen = tokio::time::Instant::now();
+            }
+        }
+        let _ = self.seen(None).await;
+        if let Err(e) = self.cluster.revoke(self.lease).await {
+            warn!(host = %self.info.name, error = %e, "cannot end the registration; it expires by itself");
+        }
+    }
+}
+
+/// Register `info` now, for `serve`: a name a live gateway holds is an error; a store that does
+/// not answer is not (the gateway starts, and registers once the store answers, in [`keep`]).
+pub async fn join(
+    cluster: Arc<dyn Cluster>,
+    info: &HostInfo,
+) -> Result<Option<Registration>, RegisterError> {
+    match register(cluster, info.clone()).await {
+        Ok(r) => Ok(Some(r)),
+        Err(RegisterError::Store(e)) => {
+            warn!(host = %info.name, error = %e, "cannot register in the cluster yet: trying again until the store answers");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Until `stop`: register if [`join`] could not, then keep the registration alive, and end it
+/// at `stop`.
+pub async fn keep(
+    cluster: Arc<dyn Cluster>,
+    info: HostInfo,
+    joined: Option<Registration>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let registration = match joined {
+        Some(r) => r,
+        None => loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            match try_register(&cluster, &info).await {
+                Ok(r) => break r,
+                Err(RegisterError::Taken { .. }) => {
+                    tracing::error!(host = %info.name, "another live gateway registered this host name meanwhile: this gateway stays unregistered; give it another --host-name")
+                }
+                Err(RegisterError::Store(_)) => {}
+            }
+        },
+    };
+    registration.keep_alive_until(stop).await
+}
+
+/// A host as `luastrip cluster hosts` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HostStatus {
+    pub name: String,
+    /// Its lease is alive.
+    pub alive: bool,
+    /// Alive: since it registered. Gone: since it was last seen alive (within [`SEEN_EVERY`]).
+    pub since: u64,
+    pub version: String,
+    pub peer: Option<String>,
+    pub underlay: Option<String>,
+    /// The volumes it owns.
+    pub volumes: Vec<String>,
+    /// The overlay addresses recorded as its own.
+    pub addresses: Vec<String>,
+}
+
+/// Every host the store knows, alive or gone, with what each holds.
+pub async fn list(cluster: &dyn Cluster) -> Result<Vec<HostStatus>, ClusterError> {
+    let alive = cluster.list(ALIVE).await?;
+    let known = cluster.list(KNOWN).await?;
+    let volumes = cluster.list("volumes/").await?;
+    let addresses = cluster.list("overlay/addresses/").await?;
+    let mut names: Vec<String> = known
+        .iter()
+        .map(|(k, _)| k[KNOWN.len()..].to_string())
+        .chain(alive.iter().map(|(k, _)| k[ALIVE.len()..].to_string()))
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let live = alive.iter().find(|(k, _)| k[ALIVE.len()..] == name);
+            let seen = known.iter().find(|(k, _)| k[KNOWN.len()..] == name);
+            let info = live
+                .or(seen)
+                .map(|(_, r)| r.value.clone())
+                .unwrap_or_default();
+            let since = match (live, seen) {
+                (Some((_, r)), _) => r.value["since"].as_u64(),
+                (None, Some((_, r))) => r.value["seen_at"].as_u64(),
+                (None, None) => None,
+            };
+            HostStatus {
+                alive: live.is_some(),
+                since: since.unwrap_or_default(),
+                version: info["version"].as_str().unwrap_or_default().to_string(),
+                peer: info["peer"].as_str().map(str::to_string),
+                underlay: info["underlay"].as_str().map(str::to_string),
+                volumes: volumes
+                    .iter()
+                    .filter(|(_, r)| r.value["owner"].as_str() == Some(&name))
+                    .map(|(k, _)| k["volumes/".len()..].to_string())
+                    .collect(),
+                addresses: addresses
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.value["host"].as_str() == Some(&name) && !r.value["holder"].is_null()
+                    })
+                    .filter_map(|(k, _)| k.rsplit('/').next().map(str::to_string))
+                    .collect(),
+                name,
+            }
+        })
+        .collect())
+}
+
+/// What `forget` did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Forgotten {
+    pub name: String,
+    /// Addresses given back to the pool.
+    pub addresses: Vec<String>,
+    /// Volumes now orphaned: no host owns them, and none takes them by itself.
+    pub orphaned: Vec<String>,
+}
+
+/// Forget a host that is gone: refused while its lease is alive, and until it has been gone for
+/// `grace`. Its addresses go back to the pool; its volumes become orphaned (never taken
+/// automatically: there may be no copy anywhere else). Each record changes by compare-and-swap,
+/// and the host's record is deleted at the revision read first, so of two `forget`s racing,
+/// exactly one acts.
+pub async fn forget(
+    cluster: &dyn Cluster,
+    name: &str,
+    grace: Duration,
+) -> Result<Forgotten, String> {
+    let store = |e: ClusterError| e.to_string();
+    if let Some(r) = cluster
+        .get(&format!("{ALIVE}{name}"))
+        .await
+        .map_err(store)?
+    {
+        let version = r.value["version"].as_str().unwrap_or("?").to_string();
+        return Err(format!(
+            "{name} is alive (its registration holds; version {version}): stop its gateway, or \
+             wait until its registration expires ({} s after it stops answering)",
+            TTL.as_secs()
+        ));
+    }
+    let key = format!("{KNOWN}{name}");
+    let Some(known) = cluster.get(&key).await.map_err(store)? else {
+        return Err(format!(
+            "no host {name} is known to the cluster (see `luastrip cluster hosts`)"
+        ));
+    };
+    let gone = now_s().saturating_sub(known.value["seen_at"].as_u64().unwrap_or_default());
+    if gone < grace.as_secs() {
+        return Err(format!(
+            "{name} was last seen alive {gone} s ago: forget it once it has been gone for {} s \
+             (--grace-s)",
+            grace.as_secs()
+        ));
+    }
+    // The one actor: whoever marks the host's record as being forgotten, at the revision read
+    // (a forget that stopped half-way is taken up again by the next).
+    let mut forgetting = known.value.clone();
+    if forgetting["forgetting"].is_null() {
+        forgetting["forgetting"] = json!(now_s());
+        if let Err(e) = cluster.swap(&key, forgetting, known.revision).await {
+            return Err(match e {
+                ClusterError::Conflict { .. } => format!(
+                    "{name} changed meanwhile (another forget, or it came back): see `luastrip \
+                     cluster hosts`"
+                ),
+                e => e.to_string(),
+            });
+        }
+    }
+    let mut out = Forgotten {
+        name: name.to_string(),
+        addresses: Vec::new(),
+        orphaned: Vec::new(),
+    };
+    for (k, r) in cluster.list("overlay/addresses/").await.map_err(store)? {
+        if r.value["host"].as_str() != Some(name) || r.value["holder"].is_null() {
+            continue;
+        }
+        let released = json!({ "host": name, "released_at": now_s(), "forgotten": true });
+        if cluster.swap(&k, released, r.revision).await.is_ok() {
+            out.addresses
+                .push(k.rsplit('/').next().unwrap_or_default().to_string());
+        }
+    }
+    for (k, r) in cluster.list("volumes/").await.map_err(store)? {
+        if r.value["owner"].as_str() != Some(name) {
+            continue;
+        }
+        let mut v = r.value.clone();
+        v["orphaned"] = json!(true);
+        v["orphaned_at"] = json!(now_s());
+        if cluster.swap(&k, v, r.revision).await.is_ok() {
+            out.orphaned.push(k["volumes/".len()..].to_string());
+        }
+    }
+    // Done: the host is no longer known (it registers afresh if it comes back).
+    if let Some(r) = cluster.get(&key).await.map_err(store)? {
+        cluster.delete(&key, r.revision).await.map_err(store)?;
+    }
+    Ok(out)
+}
