@@ -67,10 +67,11 @@
 //!   driver (`ip` by argv, checked names), the guard layer that keeps clients from reaching
 //!   around the allocator (`--ip`, owner labels, overlapping subnets), and the `/events`
 //!   follower that releases the addresses of destroyed containers and reconciles after every
-//!   reconnect.
+//!   reconnect; VXLAN peers that follow the cluster's registered hosts.
 //! * [`cluster`] — what several hosts must agree on (volume owners, overlay addresses), behind
-//!   one interface with create-if-absent and swap-if-revision; [`cluster::open`] opens the store
-//!   the flags name (the local JSON file is the embedded store).
+//!   one interface with create-if-absent and swap-if-revision, leases and change waits;
+//!   [`cluster::open`] opens the store the flags name (the local JSON file, or etcd); the hosts'
+//!   registrations, `luastrip cluster hosts` and `forget`.
 //!
 //! The core imports none of the extensions, except that [`serve::run`] assembles them; arrows
 //! point inward. The phase chart is in `docs/phases.md`, the design in `docs/architecture.md`.

@@ -232,6 +232,11 @@ struct ServeArgs {
     /// Repeat it, or separate addresses with commas.
     #[arg(long, env = "LUASTRIP_OVERLAY_PEER", value_delimiter = ',')]
     overlay_peer: Vec<std::net::Ipv4Addr>,
+    /// This host's IPv4 address on the underlay. With --cluster, each gateway publishes it in
+    /// its registration and takes the other hosts' as its VXLAN peers, which follow the hosts
+    /// that come and go: no --overlay-peer needed.
+    #[arg(long, env = "LUASTRIP_OVERLAY_UNDERLAY")]
+    overlay_underlay: Option<std::net::Ipv4Addr>,
     /// The VXLAN network identifier shared by the hosts of one overlay (UDP port 4789).
     #[arg(long, env = "LUASTRIP_OVERLAY_VNI", default_value_t = 4242,
           value_parser = clap::value_parser!(u32).range(1..16_777_216))]
@@ -391,6 +396,11 @@ struct VolumeArgs {
     /// Serve the peer API (volume pushes) on HOST:PORT.
     #[arg(long, env = "LUASTRIP_PEER_LISTEN")]
     peer_listen: Option<String>,
+    /// How the other gateways reach this one's peer API (http://HOST:PORT, https:// with TLS):
+    /// with --cluster, published in this gateway's registration, so that the others need no
+    /// --peer naming it.
+    #[arg(long, env = "LUASTRIP_PEER_URL")]
+    peer_url: Option<String>,
     /// A file whose first line is the token peers share (at least 16 characters).
     #[arg(long, env = "LUASTRIP_PEER_TOKEN_FILE")]
     peer_token_file: Option<PathBuf>,
@@ -425,6 +435,7 @@ impl VolumeArgs {
             plugin: self.volume_plugin,
             peers: self.peers,
             peer_listen: self.peer_listen,
+            peer_url: self.peer_url,
             peer_token_file: self.peer_token_file,
             peer_tls: luastrip::tls::TlsFiles {
                 cert: self.peer_tls_cert,
@@ -782,6 +793,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             range: args.overlay_range,
             peers: args.overlay_peer,
             vni: args.overlay_vni,
+            underlay: args.overlay_underlay,
         }),
         plugin_dir: args.plugin_dir,
         cluster: args.cluster.config()?,

@@ -706,6 +706,12 @@ fn the_volume_plugin_serves_dockerd_itself() {
         &http_request("POST", "/VolumeDriver.Frobnicate", "", b"{}"),
     );
     assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+    // One host's store: the volumes are this host's.
+    let caps = raw(
+        &sock,
+        &http_request("POST", "/VolumeDriver.Capabilities", "", b"{}"),
+    );
+    assert_eq!(json_body(&caps)["Capabilities"]["Scope"], "local", "{caps}");
     let bad = raw(
         &sock,
         &http_request("POST", "/VolumeDriver.Create", "", br#"{"Name":"../x"}"#),
@@ -1354,4 +1360,91 @@ fn the_two_host_example_runs() {
     // It cleaned up after itself.
     let pools = run_ok(Command::new("zpool").args(["list", "-H", "-o", "name"]));
     assert!(!pools.contains(&format!("lst{pid}n9e")), "{pools}");
+}
+
+/// Issue 21: with the cluster store on etcd, the volume plugin reports its volumes as global
+/// (one name, one volume, on every host).
+#[test]
+fn the_volume_plugin_is_global_with_the_cluster_on_etcd() {
+    let _zfs = zfs_one_at_a_time();
+    let pool = Pool::new(128);
+    let etcd = support::etcd::Etcd::start();
+    let plugin = format!("lst{}gvol", std::process::id());
+    let sock = PathBuf::from(format!("/run/docker/plugins/{plugin}.sock"));
+    support::remove_dead_plugin_sockets();
+    let _cleanup = support::RemoveOnDrop(sock.clone());
+    let cluster = support::temp_dir("volumes").join("cluster.json");
+    let url = etcd.url();
+    let prefix = format!("/luastrip-g{}/", std::process::id());
+    let _gw = gateway_with(
+        &pool,
+        "h1",
+        "",
+        &cluster,
+        &[
+            "--volume-plugin",
+            &plugin,
+            "--cluster",
+            &url,
+            "--cluster-prefix",
+            &prefix,
+        ],
+    );
+    let caps = raw(
+        &sock,
+        &http_request("POST", "/VolumeDriver.Capabilities", "", b"{}"),
+    );
+    assert_eq!(
+        json_body(&caps)["Capabilities"]["Scope"],
+        "global",
+        "{caps}"
+    );
+}
+
+/// Issue 21: with the cluster on etcd, the gateways find each other's peer API in the cluster
+/// (each gives `--peer-url`): no `--peer` flags, and a volume still follows its container to the
+/// other host, and back.
+#[test]
+fn peers_come_from_the_cluster_on_etcd() {
+    let _zfs = zfs_one_at_a_time();
+    let etcd = support::etcd::Etcd::start();
+    let url = etcd.url();
+    let prefix = format!("/luastrip-p{}/", std::process::id());
+    let dir = support::temp_dir("etcd-peers");
+    let token = dir.join("token");
+    std::fs::write(&token, "a-token-of-thirty-two-characters\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pools = [Pool::new(256), Pool::new(256)];
+    let ports = [support::free_port(), support::free_port()];
+    let start = |i: usize| {
+        let listen = format!("127.0.0.1:{}", ports[i]);
+        let me = format!("http://127.0.0.1:{}", ports[i]);
+        let extra = [
+            "--peer-listen",
+            &listen,
+            "--peer-url",
+            &me,
+            "--peer-token-file",
+            token.to_str().unwrap(),
+            "--cluster",
+            &url,
+            "--cluster-prefix",
+            &prefix,
+        ];
+        // No --cluster-file is shared: each gets its own, unused with --cluster.
+        let unused = dir.join(format!("unused-{i}.json"));
+        gateway_with(&pools[i], &format!("h{}", i + 1), "", &unused, &extra)
+    };
+    let (gw1, gw2) = (start(0), start(1));
+    sh_in(&gw1, "hen", "echo egg > /data/f");
+    let out = sh_in(&gw2, "hen", "cat /data/f; echo chick >> /data/f");
+    assert_eq!(out, "egg\n", "{}\n{}", gw1.log_text(), gw2.log_text());
+    let back = sh_in(&gw1, "hen", "cat /data/f");
+    assert_eq!(
+        back,
+        "egg\nchick\n",
+        "{}\n{}",
+        gw1.log_text(),
+        gw2.log_text()
+    );
 }

@@ -1294,6 +1294,17 @@ fn a_gateway_started_while_etcd_is_down_serves_and_joins_when_it_is_up() {
         "the refusal took {:?}",
         started.elapsed()
     );
+    // /metrics says so.
+    let reachable = || {
+        let ctl = o.gw.socket.with_extension("ctl");
+        let metrics = support::raw(&ctl, &support::http_request("GET", "/metrics", "", b""));
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("luastrip_cluster_reachable "))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no luastrip_cluster_reachable in {metrics}"))
+    };
+    assert_eq!(reachable(), "0");
     for i in 0..3 {
         etcd.restart(i);
     }
@@ -1306,6 +1317,7 @@ fn a_gateway_started_while_etcd_is_down_serves_and_joins_when_it_is_up() {
         "{}",
         o.addresses(&id)
     );
+    assert_eq!(reachable(), "1");
 }
 
 /// Issue 21: gateways register in the cluster's list of hosts under a lease. A second gateway
@@ -1422,4 +1434,98 @@ fn hosts_are_listed_forgotten_and_a_returning_host_takes_nothing_back() {
     );
     assert_eq!(ip_of(&b, &thief), "10.130.0.5");
     run_ok(a.docker().args(["rm", "-f", &victim]));
+}
+
+/// Issue 21: with the cluster on etcd and `--overlay-underlay`, no `--overlay-peer`: each host's
+/// gateway publishes its underlay address, and the others make it their VXLAN peer; a host whose
+/// gateway leaves is dropped from the others' VXLAN peers. Both hosts pick from the whole range:
+/// etcd keeps their addresses apart.
+#[test]
+fn vxlan_peers_come_from_the_cluster_and_follow_hosts_that_leave() {
+    support::require_root();
+    let pid = std::process::id();
+    let netns = format!("lst{pid}h3");
+    // Names, addresses and a VNI of its own (the other two-host tests run beside it).
+    let (link, peer) = (
+        format!("lsu{}g", pid % 100_000),
+        format!("lsu{}h", pid % 100_000),
+    );
+    let x = (pid + 100) % 250;
+    let (ip_a, ip_b) = (format!("198.18.{x}.5"), format!("198.18.{x}.6"));
+    let vni = (6000 + pid % 1000).to_string();
+    let vxlan = format!("lsx{vni}");
+    let underlay = Underlay::new(&netns, &link, &peer, &ip_a, &ip_b);
+    // etcd on this host, reached from the other over the underlay.
+    let etcd = support::etcd::Etcd::start_also_on(Some(&ip_a));
+    let url = etcd.url_on(&ip_a);
+    let prefix = format!("/luastrip-v{pid}/");
+    let daemon_b = Stopping(Daemon::start_in_netns(
+        &support::temp_dir("dockerd-h3"),
+        &netns,
+    ));
+    let flags = |me: &str, host: &'static str| {
+        [
+            "--cluster",
+            &url,
+            "--cluster-prefix",
+            &prefix,
+            "--overlay-underlay",
+            me,
+            "--overlay-vni",
+            &vni,
+            "--host-name",
+            host,
+        ]
+        .map(str::to_string)
+    };
+    let (fa, fb) = (flags(&ip_a, "v1"), flags(&ip_b, "v2"));
+    let a = Overlay::on_host("wa", 131, None, &Daemon::shared().socket, &refs(&fa));
+    let mut b = Overlay::on_host("wb", 131, Some(&netns), &daemon_b.0.socket, &refs(&fb));
+
+    let (on_a, on_b) = (a.run_d("net:default"), b.run_d("net:default"));
+    let (addr_a, addr_b) = (ip_of(&a, &on_a), ip_of(&b, &on_b));
+    assert!(addr_a.starts_with("10.131.") && addr_b.starts_with("10.131."));
+    assert_ne!(addr_a, addr_b);
+    let flooded = |o: &Overlay| {
+        let mut c = Command::new("bridge");
+        if let Some(ns) = &o.netns {
+            c.args(["-n", ns]);
+        }
+        run_ok(c.args(["fdb", "show", "dev", &vxlan]))
+    };
+    support::wait_until(
+        "each host floods to the other",
+        Duration::from_secs(15),
+        || {
+            flooded(&a).contains(&format!("00:00:00:00:00:00 dst {ip_b}"))
+                && flooded(&b).contains(&format!("00:00:00:00:00:00 dst {ip_a}"))
+        },
+    );
+    run_ok(
+        b.docker()
+            .args(["exec", &on_b, "ping", "-c", "2", "-W", "2", &addr_a]),
+    );
+    run_ok(
+        a.docker()
+            .args(["exec", &on_a, "ping", "-c", "2", "-W", "2", &addr_b]),
+    );
+
+    // Host B's gateway leaves: A drops it from its peers.
+    run_ok(b.docker().args(["rm", "-f", &on_b]));
+    assert_eq!(b.gw.terminate(), Some(0));
+    // (Only the flooding entry goes: MACs learned from B age out as the kernel ages them.)
+    support::wait_until("A drops B's underlay", Duration::from_secs(15), || {
+        !flooded(&a).contains(&format!("00:00:00:00:00:00 dst {ip_b}"))
+    });
+    // Back: A takes it as a peer again.
+    b.start_again();
+    support::wait_until("A takes B back", Duration::from_secs(15), || {
+        flooded(&a).contains(&format!("00:00:00:00:00:00 dst {ip_b}"))
+    });
+    run_ok(a.docker().args(["rm", "-f", &on_a]));
+    drop(b);
+    drop(a);
+    drop(daemon_b);
+    drop(etcd);
+    drop(underlay);
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse,
+    SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use serde_json::Value;
 
@@ -356,6 +356,43 @@ fn tls_options(files: &crate::tls::TlsFiles) -> Result<etcd_client::TlsOptions, 
 }
 
 impl Cluster for EtcdCluster {
+    fn distributed(&self) -> bool {
+        true
+    }
+
+    fn changed<'a>(&'a self, prefix: &'a str, after: u64, wait: Duration) -> ClusterFuture<'a, ()> {
+        Box::pin(async move {
+            let i = self.current.load(Ordering::Relaxed);
+            let mut client = self.members[i % self.members.len()].1.clone();
+            let start = i64::try_from(after + 1).unwrap_or(i64::MAX);
+            let options = WatchOptions::new().with_prefix().with_start_revision(start);
+            let watched = async {
+                let mut stream = client.watch(self.key(prefix), Some(options)).await?;
+                // The first answer says the watch is set up (or that `after` was compacted
+                // away: then the caller lists again); the next one is a change.
+                loop {
+                    match stream.message().await? {
+                        None => return Ok::<_, etcd_client::Error>(()),
+                        Some(r) if r.compact_revision() > 0 || r.canceled() => return Ok(()),
+                        Some(r) if !r.events().is_empty() => return Ok(()),
+                        Some(_) => {}
+                    }
+                }
+            };
+            match tokio::time::timeout(wait, watched).await {
+                Err(_) | Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(unreachable(&self.named, e)),
+            }
+        })
+    }
+
+    fn reachable(&self) -> bool {
+        self.down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> ClusterFuture<'a, Option<Record>> {
         Box::pin(async move {
             let txn = Txn::new().and_then(vec![TxnOp::get(self.key(key), None)]);

@@ -43,7 +43,7 @@ fn now_s() -> u64 {
 pub struct HostInfo {
     /// `--host-name`.
     pub name: String,
-    /// Where its peer API is (`--peer-listen`, as peers reach it), if it serves one.
+    /// Where the other gateways reach its peer API (`--peer-url`), if it serves one.
     pub peer: Option<String>,
     /// Its underlay address for VXLAN, if it runs the overlay between hosts.
     pub underlay: Option<Ipv4Addr>,
@@ -263,13 +263,40 @@ pub async fn keep(
     registration.keep_alive_until(stop).await
 }
 
+/// The live hosts' underlay addresses, but `me`'s, and the highest revision among them (for
+/// [`Cluster::changed`]).
+pub async fn underlays(
+    cluster: &dyn Cluster,
+    me: &str,
+) -> Result<(Vec<Ipv4Addr>, u64), ClusterError> {
+    let alive = cluster.list(ALIVE).await?;
+    let newest = alive.iter().map(|(_, r)| r.revision).max().unwrap_or(0);
+    let peers = alive
+        .iter()
+        .filter(|(k, _)| k[ALIVE.len()..] != *me)
+        .filter_map(|(_, r)| r.value["underlay"].as_str()?.parse().ok())
+        .collect();
+    Ok((peers, newest))
+}
+
+/// The `--peer-url` a live host gives, if it is alive and gives one.
+pub async fn peer_url(cluster: &dyn Cluster, name: &str) -> Result<Option<String>, ClusterError> {
+    Ok(cluster
+        .get(&format!("{ALIVE}{name}"))
+        .await?
+        .and_then(|r| r.value["peer"].as_str().map(str::to_string)))
+}
+
+/// The prefix the live hosts are under, for [`Cluster::changed`].
+pub const ALIVE_PREFIX: &str = ALIVE;
+
 /// A host as `luastrip cluster hosts` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HostStatus {
     pub name: String,
     /// Its lease is alive.
     pub alive: bool,
-    /// Alive: since it registered. Gone: since it was last seen alive (within [`SEEN_EVERY`]).
+    /// Alive: since it registered. Gone: since it was last seen alive (to within 30 s).
     pub since: u64,
     pub version: String,
     pub peer: Option<String>,

@@ -82,6 +82,44 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// End `lease` now: its records go.
     fn revoke(&self, lease: Lease) -> ClusterFuture<'_, ()>;
+
+    /// Wait until a record under `prefix` changes after revision `after` (the highest revision
+    /// the caller's last list showed), or `wait` passes: followers list again then. A break
+    /// loses nothing: the next wait starts from `after` again. This default polls; etcd
+    /// watches.
+    fn changed<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: u64,
+        wait: std::time::Duration,
+    ) -> ClusterFuture<'a, ()> {
+        Box::pin(async move {
+            let seen = |records: &[(String, Record)]| {
+                let newest = records.iter().map(|(_, r)| r.revision).max().unwrap_or(0);
+                (records.len(), newest)
+            };
+            let first = seen(&self.list(prefix).await?);
+            let until = tokio::time::Instant::now() + wait;
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let now = seen(&self.list(prefix).await?);
+                if now != first || now.1 > after {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether the store is shared by many hosts (etcd), not one machine's (the file).
+    fn distributed(&self) -> bool {
+        false
+    }
+
+    /// Whether the store answered its last operation (for `/metrics`).
+    fn reachable(&self) -> bool {
+        true
+    }
 }
 
 /// A lease's ID, as the store gave it.

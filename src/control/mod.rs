@@ -8,7 +8,7 @@
 //! | `GET /calls/{id}` | one call record: heads, status, timings, hooks run, error |
 //! | `GET /tail?filter=F` | NDJSON: every matching call record as the call finishes, and calls still unanswered after a second as they start |
 //! | `GET /routes` | every hook: phase, pattern, `file:line`, hits, errors, p50/p99 time |
-//! | `GET /metrics` | Prometheus text: calls by method/status, errors by source, hooks, streams |
+//! | `GET /metrics` | Prometheus text: calls by method/status, errors by source, hooks, streams, and the helpers' gauges (`luastrip_cluster_reachable`) |
 //! | `POST /reload` | reload scripts and `adapters.yml`; a failure keeps the old routes |
 //! | `POST /intercept` | hold calls matching the filter in the body (empty or `off`: stop, and let every held call go on) |
 //! | `GET /intercepted` | the held calls |
@@ -56,6 +56,15 @@ pub struct Control {
     pub listen: std::path::PathBuf,
     /// What `record` leaves out of the files it writes.
     pub redactor: crate::journal::record::Redactor,
+    /// Gauges the helpers add to `/metrics` (the cluster store's reachability).
+    pub gauges: Vec<Gauge>,
+}
+
+/// A gauge for `/metrics`: its name, its help line, and how to read it now.
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub read: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
 /// Serve the control socket until `stop` turns true.
@@ -183,6 +192,15 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<ControlBod
                     text,
                     "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
                     v.load(std::sync::atomic::Ordering::Relaxed)
+                );
+            }
+            for g in &control.gauges {
+                let _ = writeln!(
+                    text,
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                    (g.read)(),
+                    name = g.name,
+                    help = g.help
                 );
             }
             let mut res = Response::new(Full::new(Bytes::from(text)).boxed());

@@ -32,6 +32,10 @@ pub struct Config {
     pub peers: Vec<Ipv4Addr>,
     /// `--overlay-vni`: the VXLAN network identifier.
     pub vni: u32,
+    /// `--overlay-underlay`: this host's address on the underlay; with `--cluster`, the other
+    /// hosts make it their VXLAN peer (and theirs are this host's), so no `--overlay-peer` is
+    /// needed.
+    pub underlay: Option<Ipv4Addr>,
 }
 
 fn flag(name: &str, e: impl std::fmt::Display) -> ConfigError {
@@ -67,7 +71,7 @@ impl Config {
                 Some(r)
             }
         };
-        let vxlan = (!self.peers.is_empty()).then(|| Vxlan {
+        let vxlan = (!self.peers.is_empty() || self.underlay.is_some()).then(|| Vxlan {
             vni: self.vni,
             peers: self.peers.clone(),
         });
@@ -78,6 +82,7 @@ impl Config {
             network: self.network.clone(),
             range,
             vxlan,
+            underlay: self.underlay,
         };
         let overlay = Overlay::new(
             cluster,

@@ -19,13 +19,15 @@
 //! Allocations live in the [`crate::cluster::Cluster`] store ([`ipam`]), outside the Lua VMs:
 //! never handed out twice, kept across gateway and daemon restarts, released when the container
 //! is destroyed (the [`events`] follower, which also reconciles after every reconnect), and held
-//! back for a grace period after release.
+//! back for a grace period after release. With the store shared and `--overlay-underlay`, the
+//! [`peers`] follower makes the other registered hosts this bridge's VXLAN peers.
 
 pub mod config;
 pub mod events;
 pub mod guard;
 pub mod ipam;
 pub mod link;
+pub mod peers;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -153,8 +155,12 @@ pub struct Settings {
     pub network: String,
     /// `--overlay-range`: the part of `cidr` this host picks addresses from.
     pub range: Option<Cidr>,
-    /// `--overlay-peer`: the VXLAN device of `bridge`, if there are other hosts.
+    /// `--overlay-peer` or `--overlay-underlay`: the VXLAN device of `bridge`, if there are
+    /// (or may be) other hosts.
     pub vxlan: Option<Vxlan>,
+    /// `--overlay-underlay`: this host's address on the underlay, published in its cluster
+    /// registration so that the others make it their VXLAN peer ([`peers`]).
+    pub underlay: Option<Ipv4Addr>,
 }
 
 /// The overlay bridge's way to the other hosts: one VXLAN device (`lsx<vni>`) on the bridge,
@@ -194,6 +200,8 @@ pub struct Overlay {
     /// One network creation at a time (many concurrent creates want the same network).
     creating: Arc<tokio::sync::Mutex<()>>,
     events: Option<crate::journal::HelperEvents>,
+    /// The VXLAN peers the cluster's hosts say (besides `--overlay-peer`), by [`peers`].
+    learned: Mutex<Vec<Ipv4Addr>>,
 }
 
 impl Overlay {
@@ -212,6 +220,7 @@ impl Overlay {
             networks: Mutex::default(),
             creating: Arc::new(tokio::sync::Mutex::new(())),
             events: None,
+            learned: Mutex::new(Vec::new()),
         }
     }
 
@@ -491,6 +500,39 @@ impl Overlay {
         self.creating.clone().lock_owned().await
     }
 
+    /// The VXLAN peers now: `--overlay-peer`, and the hosts the cluster says.
+    pub fn vxlan_peers(&self) -> Vec<Ipv4Addr> {
+        let mut all = self
+            .settings
+            .vxlan
+            .as_ref()
+            .map(|v| v.peers.clone())
+            .unwrap_or_default();
+        for p in self
+            .learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if !all.contains(p) {
+                all.push(*p);
+            }
+        }
+        all
+    }
+
+    /// Take `peers` as the hosts the cluster says; whether they changed.
+    fn learn_peers(&self, mut peers: Vec<Ipv4Addr>) -> bool {
+        peers.sort();
+        peers.dedup();
+        let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        if *learned == peers {
+            return false;
+        }
+        *learned = peers;
+        true
+    }
+
     /// Record the bridge of the network `id` (the driver's `CreateNetwork`), so that a `Join`
     /// after a gateway restart finds it.
     pub async fn set_bridge(&self, id: &str, bridge: &str) -> Result<(), Error> {
@@ -554,7 +596,7 @@ impl Overlay {
     pub async fn ensure_bridge(&self, bridge: &str) -> Result<(), Error> {
         link::ensure_bridge(bridge, bridge == self.settings.bridge).await?;
         if let Some(v) = self.settings.vxlan_of(bridge) {
-            link::ensure_vxlan(&v.device(), v.vni, &v.peers, bridge).await?;
+            link::ensure_vxlan(&v.device(), v.vni, &self.vxlan_peers(), bridge).await?;
         }
         Ok(())
     }

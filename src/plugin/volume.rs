@@ -168,7 +168,14 @@ impl Driver for VolumeDriver {
             "Path" => Box::pin(self.get(body, false)),
             "Get" => Box::pin(self.get(body, true)),
             "List" => Box::pin(self.list()),
-            "Capabilities" => Box::pin(async { json!({ "Capabilities": { "Scope": "local" } }) }),
+            "Capabilities" => Box::pin(async move {
+                let scope = if self.volumes.cluster_wide() {
+                    "global"
+                } else {
+                    "local"
+                };
+                json!({ "Capabilities": { "Scope": scope } })
+            }),
             _ => return None,
         })
     }

@@ -376,8 +376,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     if let Some(cluster) = &cluster {
         let info = crate::cluster::hosts::HostInfo {
             name: config.host_name.clone(),
-            peer: config.volumes.as_ref().and_then(|v| v.peer_listen.clone()),
-            underlay: None,
+            peer: config.volumes.as_ref().and_then(|v| v.peer_url.clone()),
+            underlay: config.overlay.as_ref().and_then(|o| o.underlay),
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let joined = crate::cluster::hosts::join(cluster.clone(), &info)
@@ -407,6 +407,14 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             background.spawn("overlay events follower", move |stop| {
                 crate::overlay::events::follow(follower, stop)
             });
+            // VXLAN peers from the cluster's hosts, when this host has an underlay address.
+            if overlay.settings.underlay.is_some() {
+                let (follower, cluster, me) =
+                    (overlay.clone(), cluster.clone(), config.host_name.clone());
+                background.spawn("overlay peers follower", move |stop| {
+                    crate::overlay::peers::follow(follower, cluster, me, stop)
+                });
+            }
             Some(overlay)
         }
         _ => None,
@@ -531,6 +539,17 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         intercept,
         listen: config.listen.clone(),
         redactor,
+        gauges: cluster
+            .iter()
+            .map(|c| {
+                let c = c.clone();
+                control::Gauge {
+                    name: "luastrip_cluster_reachable",
+                    help: "1 while the cluster store answers (etcd: its last operation found a member that answered), 0 while it does not.",
+                    read: Box::new(move || u64::from(c.reachable())),
+                }
+            })
+            .collect(),
     });
     background.spawn("control socket", move |stop| async move {
         if let Err(e) = control::serve(control_listener, control, stop).await {

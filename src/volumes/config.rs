@@ -31,6 +31,9 @@ pub struct Config {
     pub peers: Vec<String>,
     /// `--peer-listen HOST:PORT`: serve the peer API here.
     pub peer_listen: Option<String>,
+    /// `--peer-url`: how the other gateways reach this one's peer API; published in its
+    /// cluster registration, so that with a shared store no `--peer` names it.
+    pub peer_url: Option<String>,
     /// `--peer-token-file`: the token peers share.
     pub peer_token_file: Option<PathBuf>,
     /// `--peer-tls-cert`, `--peer-tls-key`, `--peer-tls-ca`: mutual TLS between peers.
@@ -79,11 +82,24 @@ impl Config {
                     ),
                     false => None,
                 };
-                Some(Peers::new(&self.peers, token, tls).map_err(ConfigError)?)
+                let peers = Peers::new(&self.peers, token, tls).map_err(ConfigError)?;
+                if let Some(url) = &self.peer_url {
+                    super::peers::address(url, self.peer_tls()?)
+                        .map_err(|e| ConfigError(format!("--peer-url {url:?}: {e}")))?;
+                }
+                // With a store many hosts share, peers not named are looked up there.
+                Some(match cluster.distributed() {
+                    true => peers.with_cluster(cluster.clone()),
+                    false => peers,
+                })
             }
-            None if !self.peers.is_empty() || self.peer_listen.is_some() => {
+            None if !self.peers.is_empty()
+                || self.peer_listen.is_some()
+                || self.peer_url.is_some() =>
+            {
                 return Err(ConfigError(
-                    "--peer and --peer-listen need --peer-token-file (the token peers share)"
+                    "--peer, --peer-listen and --peer-url need --peer-token-file (the token \
+                     peers share)"
                         .into(),
                 ))
             }

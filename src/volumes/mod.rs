@@ -241,6 +241,12 @@ impl Volumes {
         }
     }
 
+    /// Whether its owners are recorded in a store many hosts share: the volume plugin then
+    /// reports its volumes as global (the same name is the same volume on every host).
+    pub fn cluster_wide(&self) -> bool {
+        self.cluster.distributed()
+    }
+
     /// The same, announcing its progress (pushes) on `events`.
     pub fn with_events(mut self, events: crate::journal::HelperEvents) -> Self {
         self.events = Some(events);

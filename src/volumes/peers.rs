@@ -49,6 +49,36 @@ pub struct Peers {
     peers: BTreeMap<String, String>,
     /// TLS to the peers (mutual), when configured.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The shared store, where the other gateways' `--peer-url`s are.
+    cluster: Option<Arc<dyn crate::cluster::Cluster>>,
+}
+
+/// How a peer is written: `NAME=http://HOST:PORT`, or `https://` with TLS.
+fn form(tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("NAME={scheme}://HOST:PORT")
+}
+
+/// `http://HOST:PORT` (`https://` with TLS) as `HOST:PORT`.
+pub fn address(url: &str, tls: bool) -> Result<String, String> {
+    let scheme = if tls { "https" } else { "http" };
+    url.strip_prefix(&format!("{scheme}://"))
+        .map(|a| a.trim_end_matches('/'))
+        .filter(|a| {
+            a.rsplit_once(':')
+                .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok())
+        })
+        .map(str::to_string)
+        .ok_or_else(|| {
+            if tls {
+                format!("with --peer-tls-* the peers are {}", form(tls))
+            } else {
+                format!(
+                    "use {} (https:// needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca)",
+                    form(tls)
+                )
+            }
+        })
 }
 
 impl Peers {
@@ -59,8 +89,6 @@ impl Peers {
         token: String,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Peers, String> {
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let form = format!("NAME={scheme}://HOST:PORT");
         if token.len() < 16 {
             return Err("--peer-token-file: the token must be at least 16 characters".into());
         }
@@ -68,29 +96,23 @@ impl Peers {
         for p in peers {
             let (name, url) = p
                 .split_once('=')
-                .ok_or_else(|| format!("--peer {p:?}: use {form}"))?;
+                .ok_or_else(|| format!("--peer {p:?}: use {}", form(tls.is_some())))?;
             VolumeName::parse(name).map_err(|e| format!("--peer {p:?}: {e}"))?;
-            let addr = url
-                .strip_prefix(&format!("{scheme}://"))
-                .map(|a| a.trim_end_matches('/'))
-                .filter(|a| {
-                    a.rsplit_once(':')
-                        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok())
-                })
-                .ok_or_else(|| {
-                    if tls.is_some() {
-                        format!("--peer {p:?}: with --peer-tls-* the peers are {form}")
-                    } else {
-                        format!("--peer {p:?}: use {form} (https:// needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca)")
-                    }
-                })?;
-            map.insert(name.to_string(), addr.to_string());
+            let addr = address(url, tls.is_some()).map_err(|e| format!("--peer {p:?}: {e}"))?;
+            map.insert(name.to_string(), addr);
         }
         Ok(Peers {
             token,
             peers: map,
             tls,
+            cluster: None,
         })
+    }
+
+    /// Peers not named by `--peer` are looked up in the cluster's hosts (their `--peer-url`).
+    pub fn with_cluster(mut self, cluster: Arc<dyn crate::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Read the token from `path` (its first line). A file that others than its owner may read
@@ -115,13 +137,28 @@ impl Peers {
         Ok(text.lines().next().unwrap_or("").trim().to_string())
     }
 
-    fn addr(&self, peer: &str) -> Result<&str, Error> {
-        self.peers.get(peer).map(String::as_str).ok_or_else(|| {
-            helper(format!(
-                "no peer {peer:?}: name it with --peer {peer}=http://HOST:PORT (known: {})",
-                self.peers.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        })
+    /// Where `peer` is: `--peer`, else its registration in the cluster (`--peer-url`).
+    async fn addr(&self, peer: &str) -> Result<String, Error> {
+        if let Some(a) = self.peers.get(peer) {
+            return Ok(a.clone());
+        }
+        if let Some(cluster) = &self.cluster {
+            let url = crate::cluster::hosts::peer_url(cluster.as_ref(), peer)
+                .await
+                .map_err(|e| helper(e.to_string()))?;
+            return match url {
+                Some(url) => address(&url, self.tls.is_some())
+                    .map_err(|e| helper(format!("peer {peer}: its --peer-url {url:?}: {e}"))),
+                None => Err(helper(format!(
+                    "no peer {peer:?}: no live gateway of that name gives a --peer-url in the \
+                     cluster, and no --peer names it"
+                ))),
+            };
+        }
+        Err(helper(format!(
+            "no peer {peer:?}: name it with --peer {peer}=http://HOST:PORT (known: {})",
+            self.peers.keys().cloned().collect::<Vec<_>>().join(", ")
+        )))
     }
 
     /// A connection to a peer at `addr` (`host:port`): TCP, then TLS when configured, the peer's
@@ -151,7 +188,8 @@ impl Peers {
         body: PeerBody,
         timeout: Option<Duration>,
     ) -> Result<Value, Error> {
-        let addr = self.addr(peer)?;
+        let addr = self.addr(peer).await?;
+        let addr = addr.as_str();
         let fail = |why: String| helper(format!("peer {peer} ({addr}): {method} {path}: {why}"));
         let exchange = async {
             let stream = tokio::time::timeout(Duration::from_secs(5), self.connect(addr))
@@ -440,11 +478,13 @@ async fn handle(
 mod tests {
     use super::*;
 
-    #[test]
-    fn peers_are_named_with_the_scheme_tls_calls_for() {
+    #[tokio::test]
+    async fn peers_are_named_with_the_scheme_tls_calls_for() {
         let token = || "a-token-of-thirty-two-characters".to_string();
         let plain = Peers::new(&["h2=http://10.0.0.2:7101".into()], token(), None).unwrap();
-        assert_eq!(plain.addr("h2").unwrap(), "10.0.0.2:7101");
+        assert_eq!(plain.addr("h2").await.unwrap(), "10.0.0.2:7101");
+        let e = plain.addr("h3").await.unwrap_err().to_string();
+        assert!(e.contains("name it with --peer h3="), "{e}");
         let e = Peers::new(&["h2=https://10.0.0.2:7101".into()], token(), None)
             .err()
             .unwrap();

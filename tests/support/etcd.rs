@@ -21,11 +21,48 @@ pub struct Etcd {
     pub members: Vec<Member>,
     token: String,
     dir: PathBuf,
+    /// Another address the members serve clients on besides loopback (one a network namespace
+    /// reaches).
+    also: Option<String>,
+    /// With TLS to clients: the directory of `ca.pem`, `server-cert.pem`, `server-key.pem`
+    /// (and the client's `cert.pem`, `key.pem`); clients must show a certificate the CA signed.
+    pub tls: Option<PathBuf>,
 }
 
 impl Etcd {
     /// Three members, healthy and with a leader when this returns.
     pub fn start() -> Etcd {
+        Etcd::start_also_on(None)
+    }
+
+    /// The same, serving clients on `also` too (each member on its own port there).
+    pub fn start_also_on(also: Option<&str>) -> Etcd {
+        Etcd::launch(also, None)
+    }
+
+    /// Three members serving clients over TLS with client certificates (`--client-cert-auth`),
+    /// the files made here with openssl.
+    pub fn start_tls() -> Etcd {
+        let dir = temp_dir("etcd-tls");
+        super::make_ca(&dir);
+        super::make_cert(
+            &dir,
+            "localhost",
+            "server-key.pem",
+            "server-cert.pem",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        );
+        super::make_cert(
+            &dir,
+            "luastrip",
+            "key.pem",
+            "cert.pem",
+            "extendedKeyUsage=clientAuth\n",
+        );
+        Etcd::launch(None, Some(dir))
+    }
+
+    fn launch(also: Option<&str>, tls: Option<PathBuf>) -> Etcd {
         require_tool("etcd", "etcd-server");
         let dir = temp_dir("etcd");
         let members = (0..3)
@@ -41,6 +78,8 @@ impl Etcd {
             members,
             token: format!("luastrip-test-{}-{}", std::process::id(), free_port()),
             dir,
+            also: also.map(str::to_string),
+            tls,
         };
         for i in 0..3 {
             etcd.spawn(i, "new");
@@ -57,10 +96,15 @@ impl Etcd {
 
     /// `etcd://127.0.0.1:P0,127.0.0.1:P1,127.0.0.1:P2`, for `--cluster`.
     pub fn url(&self) -> String {
+        self.url_on("127.0.0.1")
+    }
+
+    /// The same on another address the members serve (`start_also_on`).
+    pub fn url_on(&self, ip: &str) -> String {
         let members: Vec<String> = self
             .members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client))
+            .map(|m| format!("{ip}:{}", m.client))
             .collect();
         format!("etcd://{}", members.join(","))
     }
@@ -72,7 +116,11 @@ impl Etcd {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
             .collect();
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut client = format!("{scheme}://127.0.0.1:{}", m.client);
+        if let Some(ip) = &self.also {
+            client = format!("{client},{scheme}://{ip}:{}", m.client);
+        }
         let peer = format!("http://127.0.0.1:{}", m.peer);
         let log = std::fs::File::create(self.dir.join(format!("{}.log", m.name))).unwrap();
         let mut cmd = Command::new("etcd");
@@ -87,8 +135,17 @@ impl Etcd {
             .args(["--initial-cluster-state", state])
             .args(["--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
-            .args(["--logger", "zap", "--log-level", "warn"])
-            .stdin(Stdio::null())
+            .args(["--logger", "zap", "--log-level", "warn"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(tls.join("server-cert.pem"))
+                .arg("--key-file")
+                .arg(tls.join("server-key.pem"))
+                .arg("--trusted-ca-file")
+                .arg(tls.join("ca.pem"))
+                .arg("--client-cert-auth");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.members[i].pid = Some(spawn_bound_to_process(cmd));
@@ -115,6 +172,19 @@ impl Etcd {
     /// Whether member `i` says it is healthy (its `/health`: it has a leader).
     pub fn healthy(&self, i: usize) -> bool {
         let port = self.members[i].client;
+        if let Some(tls) = &self.tls {
+            let out = Command::new("curl")
+                .args(["-s", "--max-time", "3", "--cacert"])
+                .arg(tls.join("ca.pem"))
+                .arg("--cert")
+                .arg(tls.join("cert.pem"))
+                .arg("--key")
+                .arg(tls.join("key.pem"))
+                .arg(format!("https://127.0.0.1:{port}/health"))
+                .output();
+            return out
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"health\":\"true\""));
+        }
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
             return false;
         };
