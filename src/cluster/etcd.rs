@@ -18,8 +18,9 @@
 //! leader, no answer within [`ATTEMPT_TIMEOUT`]) goes to the next, until [`OP_TIMEOUT`]. Every
 //! request asks for a leader, so a cluster without quorum answers "no leader" instead of hanging
 //! a Docker call. A write sent again after a member failed may have been applied by the first:
-//! a lost compare that finds exactly what this write wrote (or, for a delete, nothing) is that
-//! write, not a conflict.
+//! each value is stored as `{"value": …, "write": NAME}` with a name unique to the write, and a
+//! lost compare that finds this very write (or, for a delete, nothing) is that write, not a
+//! conflict; another writer's identical value is still a conflict.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -102,6 +103,19 @@ pub struct EtcdCluster {
     prefix: String,
     /// The members, as messages name them.
     named: String,
+    /// This client's name among writers, and its count of writes: each stored value carries
+    /// both, so that a write sent again can tell its own earlier attempt from another's write
+    /// of the same value.
+    instance: String,
+    writes: std::sync::atomic::AtomicU64,
+}
+
+/// What a guarded write sent again may find if an earlier attempt applied it.
+enum Applied<'a> {
+    /// The value it wrote, by its write's name.
+    Written(&'a str),
+    /// Nothing (a delete).
+    Gone,
 }
 
 /// Whether a failed request says nothing about the store, only about the member that was asked
@@ -155,6 +169,8 @@ impl EtcdCluster {
             down: std::sync::Mutex::new(None),
             prefix: config.prefix.clone(),
             named,
+            instance: instance_name(),
+            writes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -162,19 +178,37 @@ impl EtcdCluster {
         format!("{}{key}", self.prefix)
     }
 
-    /// A record read from etcd: its value must be JSON.
-    fn record(&self, kv: &KeyValue) -> Result<Record, ClusterError> {
-        let value: Value = serde_json::from_slice(kv.value()).map_err(|e| {
+    /// A value as stored: `{"value": …, "write": NAME}`, NAME unique to this write.
+    fn stored(&self, value: &Value) -> (String, String) {
+        let n = self.writes.fetch_add(1, Ordering::Relaxed);
+        let write = format!("{}-{n}", self.instance);
+        let text = serde_json::json!({ "value": value, "write": write }).to_string();
+        (text, write)
+    }
+
+    /// A record read from etcd, and the name of the write that stored it. Its value must be
+    /// JSON; one stored otherwise than by [`EtcdCluster::stored`] is taken whole.
+    fn record(&self, kv: &KeyValue) -> Result<(Record, Option<String>), ClusterError> {
+        let stored: Value = serde_json::from_slice(kv.value()).map_err(|e| {
             ClusterError::Store(format!(
                 "etcd ({}): the record {} is not JSON ({e}): was it written by something else?",
                 self.named,
                 String::from_utf8_lossy(kv.key())
             ))
         })?;
-        Ok(Record {
-            value,
-            revision: u64::try_from(kv.mod_revision()).unwrap_or_default(),
-        })
+        let revision = u64::try_from(kv.mod_revision()).unwrap_or_default();
+        let (value, write) = match stored {
+            Value::Object(mut o)
+                if o.len() == 2 && o.contains_key("value") && o["write"].is_string() =>
+            {
+                let write = o
+                    .remove("write")
+                    .and_then(|w| w.as_str().map(str::to_string));
+                (o.remove("value").unwrap_or_default(), write)
+            }
+            other => (other, None),
+        };
+        Ok((Record { value, revision }, write))
     }
 
     /// Run `op` on the member that answered last, and on the next while members fail, until
@@ -244,7 +278,11 @@ impl EtcdCluster {
 
     /// Run `txn`: whether its compare held, the store's revision after it, the records its
     /// `get` found, and whether it was sent more than once.
-    async fn txn(&self, txn: Txn) -> Result<(bool, u64, Vec<Record>, bool), ClusterError> {
+    #[allow(clippy::type_complexity)]
+    async fn txn(
+        &self,
+        txn: Txn,
+    ) -> Result<(bool, u64, Vec<(Record, Option<String>)>, bool), ClusterError> {
         let (resp, again) = self
             .call(|c| {
                 let txn = txn.clone();
@@ -274,27 +312,36 @@ impl EtcdCluster {
     }
 
     /// A write guarded by `when`; a lost compare is a conflict with the record as it is now,
-    /// unless the write was sent again and what is there is what it wrote (`wrote`: the value
-    /// put, or `None` for a delete): then an earlier attempt applied it.
+    /// unless the write was sent again and finds what it did (`applied`): then an earlier
+    /// attempt applied it.
     async fn guarded(
         &self,
         key: &str,
         when: Vec<Compare>,
         then: TxnOp,
-        wrote: Option<&Value>,
+        applied: Applied<'_>,
     ) -> Result<u64, ClusterError> {
         let k = self.key(key);
         let txn = Txn::new()
             .when(when)
             .and_then(vec![then])
             .or_else(vec![TxnOp::get(k, None)]);
-        match self.txn(txn).await? {
-            (true, revision, _, _) => Ok(revision),
-            (false, revision, found, true) if found.last().map(|r| &r.value) == wrote => {
-                Ok(found.last().map_or(revision, |r| r.revision))
-            }
-            (false, _, found, _) => Err(Self::conflict(key, found)),
+        let (held, revision, found, again) = self.txn(txn).await?;
+        if held {
+            return Ok(revision);
         }
+        let ours = match (&applied, found.last()) {
+            (Applied::Written(mine), Some((_, Some(w)))) => w == mine,
+            (Applied::Gone, None) => true,
+            _ => false,
+        };
+        if again && ours {
+            return Ok(found.last().map_or(revision, |(r, _)| r.revision));
+        }
+        Err(Self::conflict(
+            key,
+            found.into_iter().map(|(r, _)| r).collect(),
+        ))
     }
 
     /// Create `key` if absent (`create_revision == 0`), with `options` (a lease).
@@ -306,8 +353,9 @@ impl EtcdCluster {
     ) -> Result<u64, ClusterError> {
         let k = self.key(key);
         let when = vec![Compare::create_revision(k.clone(), CompareOp::Equal, 0)];
-        let put = TxnOp::put(k, value.to_string(), options);
-        self.guarded(key, when, put, Some(&value)).await
+        let (text, write) = self.stored(&value);
+        let put = TxnOp::put(k, text, options);
+        self.guarded(key, when, put, Applied::Written(&write)).await
     }
 
     /// The compares of a swap or delete: the key exists, at `revision`.
@@ -318,6 +366,23 @@ impl EtcdCluster {
             Compare::version(k.clone(), CompareOp::Greater, 0),
             Compare::mod_revision(k, CompareOp::Equal, revision),
         ]
+    }
+}
+
+/// A name for this client among etcd's writers: random, so that two clients never share one.
+fn instance_name() -> String {
+    let mut b = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok();
+    if random {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    } else {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        format!("{}-{nanos}", std::process::id())
     }
 }
 
@@ -397,7 +462,7 @@ impl Cluster for EtcdCluster {
         Box::pin(async move {
             let txn = Txn::new().and_then(vec![TxnOp::get(self.key(key), None)]);
             let (_, _, mut found, _) = self.txn(txn).await?;
-            Ok(found.pop())
+            Ok(found.pop().map(|(r, _)| r))
         })
     }
 
@@ -419,7 +484,7 @@ impl Cluster for EtcdCluster {
                 let Some(key) = full.strip_prefix(&self.prefix) else {
                     continue;
                 };
-                out.push((key.to_string(), self.record(kv)?));
+                out.push((key.to_string(), self.record(kv)?.0));
             }
             Ok(out)
         })
@@ -431,9 +496,15 @@ impl Cluster for EtcdCluster {
 
     fn swap<'a>(&'a self, key: &'a str, value: Value, revision: u64) -> ClusterFuture<'a, u64> {
         Box::pin(async move {
-            let put = TxnOp::put(self.key(key), value.to_string(), None);
-            self.guarded(key, self.at_revision(key, revision), put, Some(&value))
-                .await
+            let (text, write) = self.stored(&value);
+            let put = TxnOp::put(self.key(key), text, None);
+            self.guarded(
+                key,
+                self.at_revision(key, revision),
+                put,
+                Applied::Written(&write),
+            )
+            .await
         })
     }
 
@@ -505,7 +576,7 @@ impl Cluster for EtcdCluster {
     fn delete<'a>(&'a self, key: &'a str, revision: u64) -> ClusterFuture<'a, ()> {
         Box::pin(async move {
             let delete = TxnOp::delete(self.key(key), None);
-            self.guarded(key, self.at_revision(key, revision), delete, None)
+            self.guarded(key, self.at_revision(key, revision), delete, Applied::Gone)
                 .await
                 .map(|_| ())
         })

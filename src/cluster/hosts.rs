@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{Cluster, ClusterError, Lease};
+use super::{now_s, Cluster, ClusterError, Lease};
 
 /// How long a gateway's registration outlives its last keep-alive.
 pub const TTL: Duration = Duration::from_secs(10);
@@ -30,13 +30,6 @@ const SEEN_EVERY: Duration = Duration::from_secs(30);
 
 const ALIVE: &str = "hosts/alive/";
 const KNOWN: &str = "hosts/known/";
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
 
 /// What a gateway tells the others about itself.
 #[derive(Debug, Clone)]

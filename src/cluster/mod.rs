@@ -122,6 +122,14 @@ pub trait Cluster: Send + Sync + 'static {
     }
 }
 
+/// Seconds since the epoch, as records carry times.
+pub(crate) fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
 /// A lease's ID, as the store gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease(pub i64);

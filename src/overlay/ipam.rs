@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::warn;
 
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{now_s, Cluster, ClusterError};
 use crate::Error;
 
 fn helper(reason: impl Into<String>) -> Error {
@@ -147,13 +147,6 @@ const PREFIX: &str = "overlay/addresses/";
 
 fn key(pool: &Cidr, a: Ipv4Addr) -> String {
     format!("{PREFIX}{}_{}/{a}", pool.network, pool.prefix)
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }
 
 /// An owner as a message shows it: a container ID shortened as `docker ps` shows it.
