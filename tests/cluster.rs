@@ -145,7 +145,7 @@ async fn winners(racers: Vec<tokio::task::JoinHandle<Result<u64, ClusterError>>>
 /// revoked; an expired lease cannot be kept alive again.
 async fn lease_contract(c: Arc<dyn Cluster>, p: &str) {
     let k = |s: &str| format!("{p}{s}");
-    let lease = c.grant(Duration::from_secs(2)).await.unwrap();
+    let lease = c.grant(Duration::from_secs(3)).await.unwrap();
     c.create_leased(&k("hosts/a"), json!({"peer": "x"}), lease)
         .await
         .unwrap();
@@ -157,9 +157,10 @@ async fn lease_contract(c: Arc<dyn Cluster>, p: &str) {
             ..
         })
     ));
-    // Kept alive past its TTL, it stays.
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+    // Kept alive past its TTL, it stays (kept every 0.5 s: well inside the TTL, however slow a
+    // loaded machine answers).
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(c.keep_alive(lease).await.unwrap());
     }
     assert_eq!(
@@ -172,24 +173,25 @@ async fn lease_contract(c: Arc<dyn Cluster>, p: &str) {
     assert_eq!(c.get(&k("hosts/a")).await.unwrap(), None);
     assert!(!c.keep_alive(lease).await.unwrap());
     c.revoke(lease).await.unwrap();
-    // Left alone, it expires (etcd may round a short TTL up; allow it 6 s).
+    // Left alone, it expires: not before its TTL (counted from before the grant), and not
+    // never (etcd may round a short TTL up, and a loaded machine is slow: allow it 12 s).
+    let granted = Instant::now();
     let lease = c.grant(Duration::from_secs(2)).await.unwrap();
     c.create_leased(&k("hosts/b"), json!(1), lease)
         .await
         .unwrap();
     c.create(&k("hosts/c"), json!("not leased")).await.unwrap();
-    let started = Instant::now();
     while c.get(&k("hosts/b")).await.unwrap().is_some() {
         assert!(
-            started.elapsed() < Duration::from_secs(6),
+            granted.elapsed() < Duration::from_secs(12),
             "the lease never expired"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        started.elapsed() >= Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
+        granted.elapsed() >= Duration::from_millis(1900),
+        "expired {:?} after the grant, before its TTL",
+        granted.elapsed()
     );
     assert!(!c.keep_alive(lease).await.unwrap());
     // A record not under a lease stays; the name is free for another lease.
@@ -338,8 +340,9 @@ async fn a_store_opened_while_etcd_is_down_answers_once_it_is_up() {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    // A failure is remembered for DOWN_FOR (2 s): the store answers within that of etcd's return.
-    assert!(up.elapsed() < Duration::from_secs(3), "{:?}", up.elapsed());
+    // The same store answers again, without being made anew (a failure is remembered for
+    // DOWN_FOR, 2 s; the bound is loose: this is about recovering, not about speed).
+    assert!(up.elapsed() < Duration::from_secs(10), "{:?}", up.elapsed());
     assert!(created.is_some(), "the store answers once etcd is up");
 }
 
