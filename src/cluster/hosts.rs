@@ -8,7 +8,9 @@
 //! forgets it ([`forget`]).
 //!
 //! A second gateway that registers a name whose lease is alive is refused. A gateway that
-//! crashed left its lease behind; one restarting under its name waits up to [`TTL`] for that
+//! crashed left its lease behind: one restarting under its name on the same machine sees that
+//! the process that registered it is gone (the registration names its boot, PID namespace,
+//! PID and start time) and takes the name at once; elsewhere it waits up to [`TTL`] for that
 //! lease to expire before it gives up.
 
 use std::net::Ipv4Addr;
@@ -54,6 +56,41 @@ impl HostInfo {
             "since": since,
         })
     }
+}
+
+/// This process, as a registration names it: enough for a gateway on the same machine to tell
+/// that the process is gone. `None` where `/proc` does not say.
+fn this_process() -> Option<Value> {
+    let pid = std::process::id();
+    Some(json!({
+        "boot": std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim(),
+        "pidns": std::fs::read_link("/proc/self/ns/pid").ok()?.display().to_string(),
+        "pid": pid,
+        "start": start_time(pid)?,
+    }))
+}
+
+/// When process `pid` started (clock ticks since boot: `/proc/PID/stat` field 22).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+/// Whether the registration `held` was made by a process of this machine's boot and PID
+/// namespace that no longer runs: a gateway that crashed, whose lease has not expired yet.
+fn left_by_a_dead_process(held: &Value) -> bool {
+    let (Some(me), Some(them)) = (this_process(), held.get("process")) else {
+        return false;
+    };
+    if me["boot"] != them["boot"] || me["pidns"] != them["pidns"] {
+        return false;
+    }
+    let (Some(pid), Some(start)) = (them["pid"].as_u64(), them["start"].as_u64()) else {
+        return false;
+    };
+    u32::try_from(pid).is_ok_and(|pid| start_time(pid) != Some(start))
 }
 
 /// Why a gateway could not register.
@@ -115,20 +152,36 @@ async fn try_register(
     let lease = cluster.grant(TTL).await?;
     let now = now_s();
     let alive = format!("{ALIVE}{}", info.name);
-    match cluster.create_leased(&alive, info.record(now), lease).await {
-        Ok(_) => {}
-        Err(ClusterError::Conflict { current, .. }) => {
-            let _ = cluster.revoke(lease).await;
-            let held = current.map(|r| r.value).unwrap_or_default();
-            return Err(RegisterError::Taken {
-                name: info.name.clone(),
-                ago: now.saturating_sub(held["since"].as_u64().unwrap_or(now)),
-                version: held["version"].as_str().unwrap_or("?").to_string(),
-            });
-        }
-        Err(e) => {
-            let _ = cluster.revoke(lease).await;
-            return Err(e.into());
+    let mut value = info.record(now);
+    value["process"] = this_process().unwrap_or(Value::Null);
+    loop {
+        match cluster.create_leased(&alive, value.clone(), lease).await {
+            Ok(_) => break,
+            Err(ClusterError::Conflict {
+                current: Some(r), ..
+            }) if left_by_a_dead_process(&r.value) => {
+                info!(host = %info.name, "the registration under this name was left by a gateway of this machine that is gone: taking it over");
+                match cluster.delete(&alive, r.revision).await {
+                    Ok(()) | Err(ClusterError::Conflict { .. }) => continue,
+                    Err(e) => {
+                        let _ = cluster.revoke(lease).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            Err(ClusterError::Conflict { current, .. }) => {
+                let _ = cluster.revoke(lease).await;
+                let held = current.map(|r| r.value).unwrap_or_default();
+                return Err(RegisterError::Taken {
+                    name: info.name.clone(),
+                    ago: now.saturating_sub(held["since"].as_u64().unwrap_or(now)),
+                    version: held["version"].as_str().unwrap_or("?").to_string(),
+                });
+            }
+            Err(e) => {
+                let _ = cluster.revoke(lease).await;
+                return Err(e.into());
+            }
         }
     }
     let registration = Registration {
@@ -444,4 +497,40 @@ pub async fn forget(
         cluster.delete(&key, r.revision).await.map_err(store)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_is_left_by_a_dead_process_only_if_this_machine_says_so() {
+        let me = this_process().expect("/proc says who this process is");
+        let held = |process: Value| json!({ "name": "h1", "process": process });
+        assert!(
+            !left_by_a_dead_process(&held(me.clone())),
+            "this process runs"
+        );
+        // A process of this boot that has exited.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let mut dead = me.clone();
+        dead["pid"] = json!(pid);
+        assert!(left_by_a_dead_process(&held(dead.clone())));
+        // A PID reused by another process: its start time differs.
+        let mut reused = me.clone();
+        reused["start"] = json!(me["start"].as_u64().unwrap() + 1);
+        assert!(left_by_a_dead_process(&held(reused)));
+        // Another boot or another PID namespace: this machine cannot tell, so it waits.
+        for (field, other) in [("boot", "another-boot"), ("pidns", "pid:[1]")] {
+            let mut elsewhere = dead.clone();
+            elsewhere[field] = json!(other);
+            assert!(!left_by_a_dead_process(&held(elsewhere)), "{field}");
+        }
+        assert!(
+            !left_by_a_dead_process(&json!({ "name": "h1" })),
+            "an older gateway's"
+        );
+    }
 }
