@@ -34,6 +34,8 @@
 //!   what the hooks changed and its line-by-line diff; recordings to NDJSON files with secrets
 //!   redacted (`--record`, `record start`, `--journal` across restarts).
 //! * [`error`] — the one error type, recording its source, and its Docker JSON form.
+//! * [`failpoint`] — named steps where a test makes the process die as if killed
+//!   (`LUASTRIP_FAILPOINTS`), to test what survives a crash.
 //!
 //! The extensions — they hang off the core's phases:
 //!
@@ -57,7 +59,8 @@
 //! * [`console`] — `luastrip console`, the full-screen (ratatui) front end of the control socket:
 //!   live flows, detail tabs with the diff, intercept queue, edit, replay, curl export.
 //! * [`volumes`] — the volume helper, built from its flags by [`volumes::Config::open`]: named volumes behind the `VolumeBackend` trait (ZFS,
-//!   driven by argv), checked names, ownership (a copy owned elsewhere is read-only), and the
+//!   driven by argv), checked names, ownership with a fencing epoch (a copy that is not the
+//!   volume is read-only), the two-phase push recorded step by step and settled at start, and the
 //!   `GET /luastrip/volumes` hook layer. Its state lives outside the Lua VMs; `zfs.*` drives it.
 //! * [`plugin`] — Docker's plugin protocol, served for the helpers on
 //!   `/run/docker/plugins/NAME.sock` so that dockerd calls them itself: the volume driver and
@@ -83,6 +86,7 @@ pub mod console;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod failpoint;
 pub mod hijack;
 pub mod image_ref;
 pub mod journal;

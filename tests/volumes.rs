@@ -32,6 +32,18 @@ fn gateway_with(
     cluster: &std::path::Path,
     extra: &[&str],
 ) -> Gateway {
+    gateway_env(pool, host, script, cluster, extra, &[])
+}
+
+/// The same, with `env` set for the gateway.
+fn gateway_env(
+    pool: &Pool,
+    host: &str,
+    script: &str,
+    cluster: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Gateway {
     let mut args = vec![
         "--volume-backend",
         "zfs",
@@ -43,10 +55,19 @@ fn gateway_with(
         host,
     ];
     args.extend_from_slice(extra);
-    Gateway::with_script(
+    Gateway::with_script_env(
         &format!("require('luastrip.flocker').enable {{ may_pull = function() return true end }}\n{script}"),
         &args,
+        env,
     )
+}
+
+/// The peer token file in `dir`, readable by its owner only (as the gateway demands).
+fn token_file(dir: &std::path::Path) -> PathBuf {
+    let token = dir.join("token");
+    std::fs::write(&token, "a-token-of-thirty-two-characters\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    token
 }
 
 /// `sh -c script` in a throwaway container with the Flocker volume `volume` on `/data`, through
@@ -467,6 +488,21 @@ fn a_peer_stream_never_chooses_where_it_is_mounted() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The cluster says h9 (holding the token) is moving each volume here at epoch 1: the
+    // handoff is in order, and only the stream itself is on trial.
+    let moving = serde_json::json!({
+        "value": { "owner": "h9", "epoch": 1, "move": { "to": "h1", "step": "sending" } },
+        "revision": 1,
+    });
+    let records: serde_json::Map<String, serde_json::Value> = ["withprops", "replicated", "plain"]
+        .iter()
+        .map(|n| (format!("volumes/{n}"), moving.clone()))
+        .collect();
+    std::fs::write(
+        &cluster,
+        serde_json::json!({ "revision": 1, "records": records }).to_string(),
+    )
+    .unwrap();
     let _gw = gateway_with(
         &pool,
         "h1",
@@ -512,7 +548,7 @@ fn a_peer_stream_never_chooses_where_it_is_mounted() {
             "--data-binary",
             &format!("@{}", file.display()),
             &format!(
-                "http://{listen}/luastrip/peer/v1/volumes/{name}/stream?tag=s&guid={}",
+                "http://{listen}/luastrip/peer/v1/volumes/{name}/stream?tag=s&guid={}&from=h9&epoch=1",
                 guid.trim()
             ),
         ]))
@@ -854,9 +890,7 @@ fn two_hosts(script: &str) -> TwoHosts {
 fn two_hosts_with(script: &str, tls: Option<&std::path::Path>) -> TwoHosts {
     let dir = support::temp_dir("two-hosts");
     let cluster = dir.join("cluster.json");
-    let token = dir.join("token");
-    std::fs::write(&token, "a-token-of-thirty-two-characters\n").unwrap();
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let token = token_file(&dir);
     let pools = [Pool::new(512), Pool::new(512)];
     let ports = [support::free_port(), support::free_port()];
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -1411,9 +1445,7 @@ fn peers_come_from_the_cluster_on_etcd() {
     let url = etcd.url();
     let prefix = format!("/luastrip-p{}/", std::process::id());
     let dir = support::temp_dir("etcd-peers");
-    let token = dir.join("token");
-    std::fs::write(&token, "a-token-of-thirty-two-characters\n").unwrap();
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let token = token_file(&dir);
     let pools = [Pool::new(256), Pool::new(256)];
     let ports = [support::free_port(), support::free_port()];
     let start = |i: usize| {
@@ -1447,4 +1479,451 @@ fn peers_come_from_the_cluster_on_etcd() {
         gw1.log_text(),
         gw2.log_text()
     );
+}
+
+/// Routes the ownership tests drive a gateway with: push (to `?to=`), adopt, roll back (to
+/// `?tag=`); each error becomes a Docker-style JSON message.
+const OWNERSHIP_ROUTES: &str = r#"
+local function answer(status, f, ...)
+  local ok, e = pcall(f, ...)
+  if ok then return { json = e } end
+  return { status = status, json = { message = tostring(e):match("^[^\n]*") } }
+end
+route.endpoint("POST /luastrip/push/{name}", function(req)
+  return answer(502, zfs.push, req.params.name, req.query.to)
+end)
+route.endpoint("POST /luastrip/adopt/{name}", function(req)
+  return answer(409, zfs.adopt, req.params.name)
+end)
+route.endpoint("POST /luastrip/rollback/{name}", function(req)
+  return answer(409, zfs.rollback, req.params.name, req.query.tag)
+end)
+"#;
+
+/// Two hosts (h1, h2) whose gateways share a cluster on a real 3-member etcd, peers of each
+/// other; each gateway can be stopped, killed at a failpoint, and started again on its pool.
+struct EtcdHosts {
+    etcd: support::etcd::Etcd,
+    prefix: String,
+    dir: PathBuf,
+    token: PathBuf,
+    pools: [Pool; 2],
+    ports: [u16; 2],
+    gws: [Option<Gateway>; 2],
+}
+
+impl EtcdHosts {
+    fn new(tag: &str) -> EtcdHosts {
+        let dir = support::temp_dir("etcd-hosts");
+        EtcdHosts {
+            etcd: support::etcd::Etcd::start(),
+            prefix: format!("/luastrip-{tag}{}/", std::process::id()),
+            token: token_file(&dir),
+            dir,
+            pools: [Pool::new(256), Pool::new(256)],
+            ports: [support::free_port(), support::free_port()],
+            gws: [None, None],
+        }
+    }
+
+    /// (Re)start host `i`'s gateway, with the failpoints `failpoints` armed (none: "").
+    fn start(&mut self, i: usize, failpoints: &str) {
+        if let Some(mut old) = self.gws[i].take() {
+            if old.child.try_wait().unwrap().is_none() {
+                old.terminate();
+            }
+        }
+        let other = 1 - i;
+        let listen = format!("127.0.0.1:{}", self.ports[i]);
+        let peer = format!("h{}=http://127.0.0.1:{}", other + 1, self.ports[other]);
+        let url = self.etcd.url();
+        let extra = [
+            "--peer-listen",
+            &listen,
+            "--peer",
+            &peer,
+            "--peer-token-file",
+            self.token.to_str().unwrap(),
+            "--cluster",
+            &url,
+            "--cluster-prefix",
+            &self.prefix,
+        ];
+        let unused = self.dir.join(format!("unused-{i}.json"));
+        let env = [("LUASTRIP_FAILPOINTS", failpoints)];
+        self.gws[i] = Some(gateway_env(
+            &self.pools[i],
+            &format!("h{}", i + 1),
+            OWNERSHIP_ROUTES,
+            &unused,
+            &extra,
+            &env,
+        ));
+    }
+
+    fn gw(&self, i: usize) -> &Gateway {
+        self.gws[i].as_ref().expect("the gateway runs")
+    }
+
+    /// A call to host `i`'s gateway; `None` if it died before answering.
+    fn post(&self, i: usize, target: &str) -> Option<String> {
+        support::try_raw(&self.gw(i).socket, &http_request("POST", target, "", b""))
+            .ok()
+            .filter(|r| r.starts_with("HTTP/1.1"))
+    }
+
+    fn volume(&self, i: usize, name: &str) -> serde_json::Value {
+        json_body(&raw(
+            &self.gw(i).socket,
+            &http_request("GET", &format!("/luastrip/volumes/{name}"), "", b""),
+        ))
+    }
+
+    /// Wait for host `i`'s gateway to die at its failpoint (abort: SIGABRT).
+    fn died_at_failpoint(&mut self, i: usize) {
+        use std::os::unix::process::ExitStatusExt;
+        let gw = self.gws[i].as_mut().unwrap();
+        let t = std::time::Instant::now();
+        let status = loop {
+            if let Some(st) = gw.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(60),
+                "h{} did not reach its failpoint:\n{}",
+                i + 1,
+                gw.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{}", gw.log_text());
+        assert!(
+            gw.log_text().contains("failpoint reached"),
+            "{}",
+            gw.log_text()
+        );
+    }
+
+    /// Host `i`'s copy of `name` as ZFS has it: whether it is read-only (`luastrip:readonly`,
+    /// unset on a copy never made read-only), and `luastrip:epoch`.
+    fn zfs_props(&self, i: usize, name: &str) -> (bool, String) {
+        let ds = format!("{}/luastrip/{name}", self.pools[i].name);
+        let get = |p: &str| {
+            self.pools[i]
+                .zfs(&["get", "-H", "-o", "value", p, &ds])
+                .trim()
+                .to_string()
+        };
+        (get("luastrip:readonly") == "on", get("luastrip:epoch"))
+    }
+
+    /// Both gateways agree that host `owner`'s copy is the volume and nothing moves: the
+    /// owner's copy writable at the record's epoch, the other's read-only.
+    fn settled_on(&self, name: &str, owner: usize) -> bool {
+        let (o, other) = (self.volume(owner, name), self.volume(1 - owner, name));
+        let epoch = o["epoch"].as_u64().unwrap_or(0).to_string();
+        o["owner"] == format!("h{}", owner + 1)
+            && o["owned"] == true
+            && o.get("move").is_none()
+            && self.zfs_props(owner, name) == (false, epoch)
+            && other["owned"] == false
+            && self.zfs_props(1 - owner, name).0
+    }
+
+    fn logs(&self) -> String {
+        self.gws
+            .iter()
+            .flatten()
+            .map(|g| g.log_text())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+}
+
+/// Issue 21: each step of a two-phase push is recorded in etcd, and a gateway killed at any step
+/// (the sender, then the receiver, each at three steps; killed by a failpoint, as `kill -9`
+/// would) leaves exactly one owner; when it starts again it finishes or rolls back the move.
+/// Each time the data is whole on the owner, its copy is the only writable one, and the
+/// restarted gateway takes its name back at once (its crashed predecessor is gone).
+#[test]
+fn a_gateway_killed_at_any_step_of_a_push_leaves_exactly_one_owner() {
+    let _zfs = zfs_one_at_a_time();
+    let mut h = EtcdHosts::new("crash");
+    h.start(0, "");
+    h.start(1, "");
+    // (killed side, failpoint, the push's answer if the sender lives, who owns it at the end)
+    let cases: [(usize, &str, Option<&str>, usize); 6] = [
+        // The sender, during step 1 (the record says "sending"): rolled back at its restart.
+        (0, "volumes.push.sent", None, 0),
+        // The sender, cut over (read-only, the last snapshot sent) but before the receiver's
+        // claim: at its restart it asks the receiver to take the volume, which does.
+        (0, "volumes.push.cut-over", None, 1),
+        // The sender, after the receiver took it: nothing left but its copy's flag.
+        (0, "volumes.push.claimed", None, 1),
+        // The receiver, once step 1's stream landed: the sender rolls back at once.
+        (1, "volumes.receive.after", Some("502"), 0),
+        // The receiver, asked to take it, before it did: the sender rolls back at once.
+        (1, "volumes.claim.before", Some("502"), 0),
+        // The receiver, after the record gave it the volume but before it answered: the sender
+        // reads the record, and the push stands; the receiver's restart makes its copy writable.
+        (1, "volumes.claim.after", Some("200"), 1),
+    ];
+    for (n, (killed, point, answer, owner)) in cases.into_iter().enumerate() {
+        let vol = format!("crash{n}");
+        h.start(killed, point);
+        sh_in(
+            h.gw(0),
+            &vol,
+            &format!(
+                "dd if=/dev/urandom of=/data/big bs=1M count=8 2>/dev/null; echo {vol} > /data/f"
+            ),
+        );
+        let sum = run_ok(
+            Command::new("sha256sum")
+                .arg(PathBuf::from(h.volume(0, &vol)["mountpoint"].as_str().unwrap()).join("big")),
+        );
+        let sum = sum.split(' ').next().unwrap().to_string();
+        let resp = h.post(0, &format!("/luastrip/push/{vol}?to=h2"));
+        h.died_at_failpoint(killed);
+        if let Some(status) = answer {
+            let resp = resp.unwrap_or_default();
+            assert!(
+                support::status(&resp).contains(status),
+                "{point}: {resp}\n{}",
+                h.logs()
+            );
+        }
+        h.start(killed, "");
+        support::wait_until(
+            &format!("{point}: h{} owns {vol} alone", owner + 1),
+            std::time::Duration::from_secs(30),
+            || h.settled_on(&vol, owner),
+        );
+        assert!(
+            h.gw(killed).log_text().contains("taking it over"),
+            "{point}: the restart took its name back at once\n{}",
+            h.gw(killed).log_text()
+        );
+        let out = sh_in(h.gw(owner), &vol, "cat /data/f; sha256sum /data/big");
+        assert!(
+            out.starts_with(&format!("{vol}\n{sum} ")),
+            "{point}: {out}\n{}",
+            h.logs()
+        );
+    }
+}
+
+/// Issue 21: the epoch fences every handoff. A claim or a stream replayed from an old epoch is
+/// refused (409) before zfs sees a byte; one without an epoch is a 400. A copy whose epoch is
+/// behind the record's (restored from an older state) is stale: it does not mount, does not
+/// roll back and stays read-only, until it is at the record's epoch again.
+#[test]
+fn a_stale_handoff_or_a_stale_copy_is_refused() {
+    let _zfs = zfs_one_at_a_time();
+    let mut h = EtcdHosts::new("fence");
+    h.start(0, "");
+    h.start(1, "");
+    sh_in(h.gw(0), "fence", "echo one > /data/f");
+    assert_eq!(h.volume(0, "fence")["epoch"], 1);
+    let resp = h.post(0, "/luastrip/push/fence?to=h2").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let first = json_body(&resp)["snapshot"].as_str().unwrap().to_string();
+    let v2 = h.volume(1, "fence");
+    assert_eq!(
+        (v2["owner"].as_str(), v2["epoch"].as_u64()),
+        (Some("h2"), Some(2)),
+        "{v2}"
+    );
+    let guid = v2["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["tag"] == first.as_str())
+        .unwrap()["guid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = h.post(1, "/luastrip/push/fence?to=h1").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(h.volume(0, "fence")["epoch"], 3);
+
+    // Replays to h2, from h1's first handoff (epoch 1).
+    let peer = |method: &str, target: &str, body: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", h.ports[1])).unwrap();
+        let req = http_request(
+            method,
+            target,
+            "Authorization: Bearer a-token-of-thirty-two-characters\r\n",
+            body.as_bytes(),
+        );
+        std::io::Write::write_all(&mut s, &req).unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        out
+    };
+    let snaps_before = h.volume(1, "fence")["snapshots"].clone();
+    let claim = format!(r#"{{"from":"h1","epoch":1,"guid":"{guid}"}}"#);
+    let resp = peer("POST", "/luastrip/peer/v1/volumes/fence/claim", &claim);
+    assert!(resp.starts_with("HTTP/1.1 409"), "{resp}");
+    assert!(
+        json_body(&resp)["message"].as_str().unwrap().contains(
+            "refused a handoff of volume fence from h1 at epoch 1: the cluster gives it to h1 at \
+             epoch 3 (a stale or replayed handoff)"
+        ),
+        "{resp}"
+    );
+    let resp = peer(
+        "PUT",
+        &format!("/luastrip/peer/v1/volumes/fence/stream?tag=x&guid={guid}&from=h1&epoch=1"),
+        "not a stream",
+    );
+    assert!(resp.starts_with("HTTP/1.1 409"), "{resp}");
+    // The owner at its epoch, but moving nothing: refused too.
+    let resp = peer(
+        "PUT",
+        &format!("/luastrip/peer/v1/volumes/fence/stream?tag=x&guid={guid}&from=h1&epoch=3"),
+        "not a stream",
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 409") && resp.contains("no move of it is under way"),
+        "{resp}"
+    );
+    let resp = peer(
+        "POST",
+        "/luastrip/peer/v1/volumes/fence/claim",
+        &format!(r#"{{"from":"h1","guid":"{guid}"}}"#),
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 400") && resp.contains("(the owner and its epoch)"),
+        "{resp}"
+    );
+    assert_eq!(
+        h.volume(1, "fence")["snapshots"],
+        snaps_before,
+        "nothing received"
+    );
+    assert_eq!(h.volume(1, "fence")["owner"], "h1");
+
+    // h1's copy as if restored from an older state: its epoch goes back to 1.
+    let ds = format!("{}/luastrip/fence", h.pools[0].name);
+    h.pools[0].zfs(&["set", "luastrip:epoch=1", &ds]);
+    let v = h.volume(0, "fence");
+    assert_eq!(
+        (v["owned"].as_bool(), v["stale"].as_bool()),
+        (Some(false), Some(true)),
+        "{v}"
+    );
+    let out =
+        output(
+            h.gw(0)
+                .docker()
+                .args(["run", "--rm", "-v", "/flocker/fence:/data", IMAGE, "true"]),
+        );
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains(
+                "this copy is at epoch 1, but the cluster gives the volume to h1 at epoch 3"
+            ),
+        "{err}"
+    );
+    assert!(h.zfs_props(0, "fence").0, "the stale copy is read-only now");
+    let resp = h
+        .post(0, &format!("/luastrip/rollback/fence?tag={first}"))
+        .unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 409") && resp.contains("stale"),
+        "{resp}"
+    );
+    let resp = h.post(0, "/luastrip/push/fence?to=h2").unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 502") && resp.contains("stale"),
+        "{resp}"
+    );
+    // At the record's epoch again, it is the volume again.
+    h.pools[0].zfs(&["set", "luastrip:epoch=3", &ds]);
+    assert_eq!(sh_in(h.gw(0), "fence", "cat /data/f"), "one\n");
+    assert!(!h.zfs_props(0, "fence").0);
+}
+
+/// Issue 21: a host that is forgotten leaves its volume orphaned; nobody takes it by itself, and
+/// moving it is refused with what to do. Another host adopts it (at the next epoch) and writes
+/// it. The forgotten host, started again on its old pool (its copy still writable, at the old
+/// epoch), cannot write the volume: its copy is made read-only at start, and a container there
+/// gets the adopter's data, moved back to it, never its stale copy.
+#[test]
+fn a_returning_host_cannot_write_a_volume_adopted_meanwhile() {
+    let _zfs = zfs_one_at_a_time();
+    let mut h = EtcdHosts::new("adopt");
+    h.start(0, "");
+    h.start(1, "");
+    sh_in(h.gw(0), "ret", "echo old > /data/f");
+    // A volume that is not orphaned is not adopted.
+    let resp = h.post(0, "/luastrip/adopt/ret").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 409"), "{resp}");
+    h.gws[0].as_mut().unwrap().terminate();
+    let forgot = run_ok(Command::new(env!("CARGO_BIN_EXE_luastrip")).args([
+        "cluster",
+        "--cluster",
+        &h.etcd.url(),
+        "--cluster-prefix",
+        &h.prefix,
+        "forget",
+        "h1",
+        "--grace-s",
+        "0",
+    ]));
+    assert!(forgot.contains("1 volumes orphaned (ret)"), "{forgot}");
+    let out =
+        output(
+            h.gw(1)
+                .docker()
+                .args(["run", "--rm", "-v", "/flocker/ret:/data", IMAGE, "true"]),
+        );
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains("volume ret is owned by h1 (epoch 1), which was forgotten: adopt it"),
+        "{err}"
+    );
+    let resp = h.post(1, "/luastrip/adopt/ret").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let v = json_body(&resp);
+    assert_eq!(
+        (
+            v["owner"].as_str(),
+            v["epoch"].as_u64(),
+            v["owned"].as_bool()
+        ),
+        (Some("h2"), Some(2), Some(true)),
+        "{v}"
+    );
+    sh_in(h.gw(1), "ret", "echo new > /data/f");
+
+    // h1 comes back on its old pool: its copy says epoch 1 and was left writable.
+    assert_eq!(h.zfs_props(0, "ret"), (false, "1".to_string()));
+    h.start(0, "");
+    support::wait_until(
+        "h1's stale copy is made read-only",
+        std::time::Duration::from_secs(20),
+        || h.zfs_props(0, "ret").0,
+    );
+    let v = h.volume(0, "ret");
+    assert_eq!(
+        (
+            v["owner"].as_str(),
+            v["epoch"].as_u64(),
+            v["owned"].as_bool()
+        ),
+        (Some("h2"), Some(2), Some(false)),
+        "{v}"
+    );
+    let resp = h.post(0, "/luastrip/adopt/ret").unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 409") && resp.contains("not forgotten"),
+        "{resp}"
+    );
+    // A container on h1 gets the volume as h2 wrote it (Flocker moves it back here).
+    assert_eq!(sh_in(h.gw(0), "ret", "cat /data/f"), "new\n");
+    assert_eq!(h.volume(0, "ret")["epoch"], 3);
 }

@@ -8,7 +8,8 @@
 //! `zfs.snapshots(name)`; `zfs.rollback(name, tag, { destroy_newer = false })`;
 //! `zfs.destroy(name)`; `zfs.push(name, peer)` → `{ step1_bytes, step1_ms, step2_bytes,
 //! step2_ms, base, snapshot }`; `zfs.pull(name, { timeout = 300 })` (ask the owner to push here;
-//! `nil` when it is already here).
+//! `nil` when it is already here); `zfs.adopt(name)` (take a volume whose owner was forgotten,
+//! with this host's copy).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -135,6 +136,11 @@ pub fn register(lua: &Lua, services: &Services) -> Result<()> {
             }
         },
     )?;
+    add(lua, &t, "adopt", v, |lua, vols, name: String| async move {
+        let name = helper(Volumes::name(&name))?;
+        helper(vols.adopt(&name).await)?;
+        to_lua(&lua, &helper(vols.volume(&name).await)?)
+    })?;
     add(lua, &t, "destroy", v, |_, vols, name: String| async move {
         let name = helper(Volumes::name(&name))?;
         helper(vols.destroy(&name).await)?;

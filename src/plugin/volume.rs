@@ -5,7 +5,8 @@
 //!
 //! `Mount`/`Unmount` are counted per container ID: `Remove` refuses a volume that a container
 //! has mounted (or that any container's mounts name, so the answer survives a luastrip restart).
-//! A volume owned by another gateway is refused at `Mount` with its owner's name.
+//! A volume owned by another gateway is refused at `Mount` with its owner's name, and so is a
+//! stale copy (its epoch behind the owner record's: see [`crate::volumes::owner`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -101,10 +102,10 @@ impl VolumeDriver {
             Err(e) => return err(reason(e)),
         };
         if !v.owned {
-            return err(format!(
-                "volume {name} is owned by {}; move it here first",
-                v.owner.as_deref().unwrap_or("another gateway")
-            ));
+            return err(match &v.refused {
+                Some(why) => format!("{why}; move it here first"),
+                None => format!("volume {name} has no owner here; move it here first"),
+            });
         }
         self.mounts
             .lock()

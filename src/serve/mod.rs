@@ -396,6 +396,14 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         )),
         _ => None,
     };
+    if let Some(volumes) = &volumes {
+        // Moves a gateway before this one left half-way (it was killed): finished or rolled
+        // back, and every copy's read-only flag as the records say.
+        let volumes = volumes.clone();
+        background.spawn("volume records settle", move |stop| {
+            volumes.settle_at_start(stop)
+        });
+    }
     let overlay = match (&config.overlay, &cluster) {
         (Some(o), Some(cluster)) => {
             let overlay = Arc::new(

@@ -1,8 +1,9 @@
 //! Portable volumes: the storage half of luastrip. A volume is a named dataset on this host
 //! (behind the [`VolumeBackend`] trait; ZFS is the first backend) that can be snapshotted,
-//! rolled back, and moved to another host (Flocker's two-phase push, [`push`]). Which host owns a volume is recorded in the
-//! [`Cluster`] store; a copy this host does not own is read-only (Flocker's rule, so that copies
-//! cannot diverge and break an incremental receive).
+//! rolled back, and moved to another host (Flocker's two-phase push, [`push`]). Which host owns a
+//! volume, under which epoch, and how far a push has gone are recorded in the [`Cluster`] store
+//! ([`owner`]); a copy that is not the volume is read-only (Flocker's rule, so that copies cannot
+//! diverge and break an incremental receive).
 //!
 //! [`Volumes`] is the helper's state. It lives outside the Lua VMs (they are rebuilt per worker
 //! and per reload) and is shared by the `zfs.*` Lua namespace, `GET /luastrip/volumes`, the
@@ -11,6 +12,7 @@
 pub mod config;
 pub mod endpoint;
 pub mod name;
+pub mod owner;
 pub mod peers;
 pub mod push;
 pub mod zfs;
@@ -21,13 +23,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde_json::json;
 use tokio::io::AsyncRead;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::upstream::Upstream;
 use crate::Error;
 use name::{Tag, VolumeName};
+use owner::{owner_key, Ownership};
 
 pub use config::Config;
 
@@ -46,6 +48,9 @@ pub struct BackendVolume {
     /// Bytes it uses.
     pub used: u64,
     pub read_only: bool,
+    /// The ownership epoch this copy was given when this host became its owner ([`owner`]);
+    /// `None` if it never was (a received copy, or a volume made before epochs).
+    pub epoch: Option<u64>,
 }
 
 /// A snapshot of a volume. The `guid` identifies the same snapshot on every host it was sent
@@ -143,6 +148,8 @@ pub trait VolumeBackend: Send + Sync + 'static {
     /// Place (or, with `on` false, release) luastrip's hold on a snapshot: a held snapshot cannot
     /// be destroyed. Holding twice, or releasing what is not held, is not an error.
     fn hold<'a>(&'a self, name: &'a VolumeName, tag: &'a Tag, on: bool) -> BackendFuture<'a, ()>;
+    /// Record on the volume itself the ownership epoch this host holds it under.
+    fn set_epoch<'a>(&'a self, name: &'a VolumeName, epoch: u64) -> BackendFuture<'a, ()>;
 }
 
 /// A volume as luastrip shows it (Lua, `GET /luastrip/volumes`).
@@ -159,8 +166,24 @@ pub struct VolumeInfo {
     pub new: bool,
     /// The gateway that owns it (`--host-name`); `null` if no one has claimed it.
     pub owner: Option<String>,
-    /// Whether this gateway owns it: only the owner's copy is writable.
+    /// The owner record's epoch (it grows by one at every handoff).
+    pub epoch: Option<u64>,
+    /// Whether this host's copy is the volume (this gateway owns it, at the record's epoch):
+    /// only that copy is writable.
     pub owned: bool,
+    /// Why this copy is not the volume, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// The record gives the volume to this host, but at another epoch than this copy's: the
+    /// copy is stale, and no move brings the volume (it is nowhere else).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    /// A push under way.
+    #[serde(skip_serializing_if = "Option::is_none", rename = "move")]
+    pub moving: Option<owner::Move>,
+    /// Its owner was forgotten.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub orphaned: bool,
     pub read_only: bool,
     /// Bytes used.
     pub size: u64,
@@ -183,6 +206,8 @@ pub struct Volumes {
     events: Option<crate::journal::HelperEvents>,
     /// Containers whose volume a push is cutting over, or has moved away.
     moves: std::sync::Mutex<std::collections::HashMap<ContainerRef, ContainerMove>>,
+    /// The volumes this process is pushing now (a move recorded for any other is a leftover).
+    pushing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// A container as the daemon lists it.
@@ -218,10 +243,6 @@ fn cluster_error(e: ClusterError) -> Error {
     helper(e.to_string())
 }
 
-fn owner_key(name: &VolumeName) -> String {
-    format!("volumes/{name}")
-}
-
 impl Volumes {
     pub fn new(
         backend: Arc<dyn VolumeBackend>,
@@ -238,6 +259,7 @@ impl Volumes {
             holds: Default::default(),
             events: None,
             moves: Default::default(),
+            pushing: Default::default(),
         }
     }
 
@@ -296,50 +318,29 @@ impl Volumes {
         Tag::parse(s).map_err(helper)
     }
 
-    /// The owner recorded for `name`, if any.
-    async fn owner(&self, name: &VolumeName) -> Result<Option<String>, Error> {
-        Ok(self
-            .cluster
-            .get(&owner_key(name))
-            .await
-            .map_err(cluster_error)?
-            .and_then(|r| r.value["owner"].as_str().map(str::to_string)))
-    }
-
-    /// Claim `name` for this gateway unless someone owns it already; the owner.
-    async fn claim(&self, name: &VolumeName) -> Result<String, Error> {
-        let key = owner_key(name);
-        match self
-            .cluster
-            .create(&key, json!({ "owner": self.host }))
-            .await
-        {
-            Ok(_) => Ok(self.host.clone()),
-            Err(ClusterError::Conflict {
-                current: Some(r), ..
-            }) => r.value["owner"]
-                .as_str()
-                .map(str::to_string)
-                .ok_or_else(|| helper(format!("cluster record {key} names no owner"))),
-            Err(e) => Err(cluster_error(e)),
-        }
-    }
-
     async fn info(
         &self,
         v: BackendVolume,
         new: bool,
-        owner: Option<String>,
+        record: Option<Ownership>,
     ) -> Result<VolumeInfo, Error> {
         let snapshots = self.backend.snapshots(&v.name).await?;
+        let refused = record
+            .as_ref()
+            .and_then(|o| owner::fenced(&self.host, &v, o));
         Ok(VolumeInfo {
-            owned: owner.as_deref() == Some(self.host.as_str()),
+            owned: record.is_some() && refused.is_none(),
+            stale: refused.is_some() && record.as_ref().is_some_and(|o| o.owner == self.host),
+            epoch: record.as_ref().map(|o| o.epoch),
+            refused,
+            moving: record.as_ref().and_then(|o| o.moving.clone()),
+            orphaned: record.as_ref().is_some_and(|o| o.orphaned),
+            owner: record.map(|o| o.owner),
             name: v.name.to_string(),
             dataset: v.id,
             mountpoint: v.mountpoint.display().to_string(),
             created: v.created,
             new,
-            owner,
             read_only: v.read_only,
             size: v.used,
             snapshots,
@@ -347,29 +348,34 @@ impl Volumes {
     }
 
     /// The volume `name`, created (and claimed for this gateway) if missing; the same name
-    /// gives the same volume. A copy owned by another gateway is made read-only.
+    /// gives the same volume. A copy that is not the volume (owned by another gateway, or
+    /// stale: see [`owner::fenced`]) is made read-only.
     pub async fn volume(&self, name: &VolumeName) -> Result<VolumeInfo, Error> {
         // Wait while a push cuts this volume over; then answer as it is afterwards.
         let hold = self.hold(name);
         let _cutting = hold.read().await;
         let (mut v, new) = self.backend.create(name).await?;
-        let owner = self.claim(name).await?;
-        let should_be_read_only = owner != self.host;
+        let (record, rev, claimed) = self.claim(name).await?;
+        if claimed {
+            v.epoch = Some(record.epoch);
+        }
+        let record = self.unorphan(name, &v, record, rev).await?;
+        let should_be_read_only = owner::fenced(&self.host, &v, &record).is_some();
         if v.read_only != should_be_read_only {
             self.backend
                 .set_read_only(name, should_be_read_only)
                 .await?;
             v.read_only = should_be_read_only;
         }
-        self.info(v, new, Some(owner)).await
+        self.info(v, new, Some(record)).await
     }
 
     /// Every volume on this host.
     pub async fn list(&self) -> Result<Vec<VolumeInfo>, Error> {
         let mut out = Vec::new();
         for v in self.backend.list().await? {
-            let owner = self.owner(&v.name).await?;
-            out.push(self.info(v, false, owner).await?);
+            let record = self.ownership(&v.name).await?.map(|(o, _)| o);
+            out.push(self.info(v, false, record).await?);
         }
         Ok(out)
     }
@@ -379,16 +385,6 @@ impl Volumes {
             .get(name)
             .await?
             .ok_or_else(|| helper(format!("no volume {name} on this host")))
-    }
-
-    /// Refuse a change to a copy this gateway does not own.
-    async fn must_own(&self, name: &VolumeName, doing: &str) -> Result<(), Error> {
-        match self.owner(name).await? {
-            Some(o) if o != self.host => Err(helper(format!(
-                "cannot {doing} volume {name}: it is owned by {o}, and this host's copy is read-only"
-            ))),
-            _ => Ok(()),
-        }
     }
 
     /// Snapshot `name` as `tag` (default: `luastrip-<unix ms>`).
@@ -448,11 +444,11 @@ impl Volumes {
             )));
         }
         self.backend.destroy(name).await?;
-        let key = owner_key(name);
-        if let Some(r) = self.cluster.get(&key).await.map_err(cluster_error)? {
-            if r.value["owner"].as_str() == Some(self.host.as_str()) {
+        // The claim goes with the copy that was the volume (not with a stale one).
+        if let Some((o, rev)) = self.ownership(name).await? {
+            if owner::fenced(&self.host, &v, &o).is_none() {
                 self.cluster
-                    .delete(&key, r.revision)
+                    .delete(&owner_key(name), rev)
                     .await
                     .map_err(cluster_error)?;
             }

@@ -8,10 +8,12 @@
 //!
 //! The API (all under `/luastrip/peer/v1/volumes/NAME/`):
 //! * `GET snapshots` — the volume's snapshots here (`[]` if there is no such volume);
-//! * `PUT stream?tag=T&guid=G` — a replication stream (the body) to receive; answered once the
-//!   snapshot `T` is here with guid `G`;
-//! * `POST claim` (`{"from": HOST, "guid": G}`) — take ownership from `HOST`, once this copy has
-//!   the snapshot `G`;
+//! * `PUT stream?tag=T&guid=G&from=HOST&epoch=N` — a replication stream (the body) to receive
+//!   from the owner `HOST` at epoch `N` (refused unless the cluster's record says `HOST` owns it
+//!   at `N` and is moving it here); answered once the snapshot `T` is here with guid `G`;
+//! * `POST claim` (`{"from": HOST, "epoch": N, "guid": G}`) — take ownership from `HOST`, once
+//!   the record says `HOST` is cutting it over here at epoch `N` with snapshot `G`, and this
+//!   copy has it;
 //! * `POST push?to=PEER` — push the volume (owned here) to `PEER`: how a gateway asks the owner
 //!   for a volume it needs.
 
@@ -33,6 +35,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::name::{Tag, VolumeName};
+use super::owner::Handoff;
 use super::{helper, Snapshot, Volumes};
 use crate::stream::Stream;
 use crate::Error;
@@ -257,25 +260,32 @@ impl Peers {
         name: &VolumeName,
         tag: &Tag,
         guid: &str,
+        by: &Handoff,
         stream: impl AsyncRead + Send + Sync + 'static,
     ) -> Result<(), Error> {
         let frames = tokio_util::io::ReaderStream::new(stream).map_ok(Frame::data);
         let body = BodyExt::boxed(StreamBody::new(frames));
-        let path = format!("/luastrip/peer/v1/volumes/{name}/stream?tag={tag}&guid={guid}");
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("tag", tag.as_str())
+            .append_pair("guid", guid)
+            .append_pair("from", &by.from)
+            .append_pair("epoch", &by.epoch.to_string())
+            .finish();
+        let path = format!("/luastrip/peer/v1/volumes/{name}/stream?{query}");
         self.call(peer, Method::PUT, &path, body, None)
             .await
             .map(|_| ())
     }
 
-    /// Ask `peer` to take ownership of `name` from `from`, once it has the snapshot `guid`.
+    /// Ask `peer` to take ownership of `name` from `by`, once it has the snapshot `guid`.
     pub async fn claim(
         &self,
         peer: &str,
         name: &VolumeName,
-        from: &str,
+        by: &Handoff,
         guid: &str,
     ) -> Result<(), Error> {
-        let body = json!({ "from": from, "guid": guid }).to_string();
+        let body = json!({ "from": by.from, "epoch": by.epoch, "guid": guid }).to_string();
         let body = Full::new(Bytes::from(body))
             .map_err(|e: Infallible| match e {})
             .boxed();
@@ -376,6 +386,17 @@ pub async fn serve(
     crate::socket::serve_http_opened("peer", listener, open, handler, stop).await
 }
 
+/// A call without the owner's epoch: from a gateway older than this one, or made by hand.
+fn old_peer(call: &str, needs: &str) -> Error {
+    Error::client(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "luastrip: a peer {call} needs {needs} (the owner and its epoch); is the sending \
+             gateway older than this one? Upgrade every gateway"
+        ),
+    )
+}
+
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
         .find(|(k, _)| k == key)
@@ -423,16 +444,19 @@ async fn handle(
         (Method::PUT, "stream") => {
             let tag = query(&req, "tag").unwrap_or_default();
             let guid = query(&req, "guid").unwrap_or_default();
-            match Volumes::tag(&tag) {
-                Err(e) => Err(e),
-                Ok(tag) => {
+            let by = query(&req, "from").zip(query(&req, "epoch").and_then(|e| e.parse().ok()));
+            match (Volumes::tag(&tag), by) {
+                (Err(e), _) => Err(e),
+                (_, None) => Err(old_peer("stream", "?from=HOST&epoch=N")),
+                (Ok(tag), Some((from, epoch))) => {
                     let body = req
                         .into_body()
                         .into_data_stream()
                         .map_err(std::io::Error::other);
                     let reader = tokio_util::io::StreamReader::new(body);
+                    let by = Handoff { from, epoch };
                     volumes
-                        .receive(&name, &tag, &guid, Box::new(reader))
+                        .receive(&name, &tag, &guid, &by, Box::new(reader))
                         .await
                         .map(|s| json!(s))
                 }
@@ -442,16 +466,19 @@ async fn handle(
             Err(e) => Err(helper(format!("claim: {e}"))),
             Ok(b) => {
                 let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
-                let (Some(from), Some(guid)) = (v["from"].as_str(), v["guid"].as_str()) else {
-                    return reply(
-                        StatusCode::BAD_REQUEST,
-                        &json!({ "message": "luastrip: claim needs {\"from\", \"guid\"}" }),
-                    );
-                };
-                volumes
-                    .take_ownership(&name, from, guid)
-                    .await
-                    .map(|_| json!({ "owner": volumes.host() }))
+                match (v["from"].as_str(), v["epoch"].as_u64(), v["guid"].as_str()) {
+                    (Some(from), Some(epoch), Some(guid)) => {
+                        let by = Handoff {
+                            from: from.to_string(),
+                            epoch,
+                        };
+                        volumes
+                            .take_ownership(&name, &by, guid)
+                            .await
+                            .map(|_| json!({ "owner": volumes.host(), "epoch": epoch + 1 }))
+                    }
+                    _ => Err(old_peer("claim", "{\"from\", \"epoch\", \"guid\"}")),
+                }
             }
         },
         (Method::POST, "push") => match query(&req, "to") {

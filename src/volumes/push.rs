@@ -1,15 +1,19 @@
 //! Moving a volume to another gateway: Flocker's two-phase push.
 //!
-//! * **Step 1**, while containers may still write: snapshot, then send everything since the
-//!   newest snapshot both sides have (matched by **guid**, not by tag; a full stream if none) to
-//!   the peer, which receives it (`zfs recv -F` into its read-only copy).
+//! * **Step 1**, while containers may still write: the owner record says the move has begun
+//!   (`sending`); snapshot, then send everything since the newest snapshot both sides have
+//!   (matched by **guid**, not by tag; a full stream if none) to the peer, which receives it
+//!   (`zfs recv` into its read-only copy).
 //! * **Step 2**, the cut-over: hold the calls that need the volume here (they wait, then learn
-//!   where it went), make this copy read-only, snapshot again, send only what changed since
-//!   step 1, check that the peer has that snapshot (guid), and hand ownership over: the peer
-//!   claims it first, then this gateway records it. Until the peer has verified the last
-//!   snapshot, this gateway keeps ownership and its copy becomes writable again on failure.
+//!   where it went), make this copy read-only, snapshot again, record the cut-over with that
+//!   snapshot's guid, send only what changed since step 1, and ask the peer to claim: it swaps
+//!   the owner record to itself at the next epoch once it has that snapshot. Until then this
+//!   gateway keeps the volume; on failure it rolls the move back in the record (whichever swap
+//!   comes first wins) and its copy becomes writable again.
 //!
-//! zfs-fuse has no resumable send: an interrupted push simply starts again from the newest
+//! Every stream and claim names the owner and its epoch ([`super::owner`]), and every step is in
+//! the record, so a gateway killed at any step leaves one owner and its successor settles the
+//! move. zfs-fuse has no resumable send: an interrupted push simply starts again from the newest
 //! common snapshot, and every step is idempotent. Once a push has landed, the newest common
 //! snapshot is held (`zfs hold`) on both sides as the next push's base, and older `push-*`
 //! snapshots are released and pruned (Flocker never pruned).
@@ -26,8 +30,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tracing::warn;
 
 use super::name::{Tag, VolumeName};
-use super::{helper, owner_key, Snapshot, Volumes};
-use crate::cluster::ClusterError;
+use super::owner::{self, Handoff, Ownership};
+use super::{helper, Snapshot, Volumes};
 use crate::Error;
 
 /// How a push runs.
@@ -75,6 +79,21 @@ pub struct PushReport {
     pub snapshot: String,
 }
 
+/// While it lives, its volume is being pushed by this process.
+struct Pushing {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    name: String,
+}
+
+impl Drop for Pushing {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.name);
+    }
+}
+
 /// Counts the bytes read through it.
 struct Counting<R> {
     inner: R,
@@ -112,12 +131,14 @@ impl Volumes {
     }
 
     /// Receive a stream a peer sends for `name`, which must end at snapshot `tag` with `guid`.
-    /// Refused for a volume this gateway owns: its copy is the one that counts.
+    /// Only from the owner, under its current epoch, moving the volume here (the record says
+    /// so); refused for a volume this gateway owns: its copy is the one that counts.
     pub async fn receive(
         &self,
         name: &VolumeName,
         tag: &Tag,
         guid: &str,
+        by: &Handoff,
         stream: Box<dyn AsyncRead + Send + Unpin + '_>,
     ) -> Result<Snapshot, Error> {
         if self.owner(name).await?.as_deref() == Some(self.host.as_str()) {
@@ -126,6 +147,7 @@ impl Volumes {
                 self.host
             )));
         }
+        self.check_handoff(name, by, None).await?;
         // A copy with no snapshot has never received anything (and, not being the owner's,
         // was never written): only a full stream can land on it. Make room for it, since
         // replacing an existing filesystem with a full stream is where zfs-fuse fails
@@ -137,6 +159,7 @@ impl Volumes {
         self.backend.receive(name, stream).await?;
         // A copy this gateway does not own stays read-only (a full receive resets it).
         self.backend.set_read_only(name, true).await?;
+        crate::failpoint::hit("volumes.receive.after");
         let snaps = self.backend.snapshots(name).await?;
         snaps
             .into_iter()
@@ -148,58 +171,16 @@ impl Volumes {
             })
     }
 
-    /// Take ownership of `name` from `from`, once this copy has the snapshot `guid`.
-    pub async fn take_ownership(
-        &self,
-        name: &VolumeName,
-        from: &str,
-        guid: &str,
-    ) -> Result<(), Error> {
-        let snaps = self.local_snapshots(name).await?;
-        let Some(at) = snaps.iter().position(|s| s.guid == guid) else {
-            return Err(helper(format!(
-                "volume {name}: cannot take it over, this copy lacks snapshot {guid}"
-            )));
-        };
-        let key = owner_key(name);
-        let mine = json!({ "owner": self.host });
-        let cluster_err = |e: ClusterError| helper(e.to_string());
-        match self.cluster.get(&key).await.map_err(cluster_err)? {
-            None => {
-                self.cluster.create(&key, mine).await.map_err(cluster_err)?;
-            }
-            Some(r) if r.value["owner"].as_str() == Some(from) => {
-                self.cluster
-                    .swap(&key, mine, r.revision)
-                    .await
-                    .map_err(cluster_err)?;
-            }
-            Some(r) if r.value["owner"].as_str() == Some(self.host.as_str()) => {}
-            Some(r) => {
-                return Err(helper(format!(
-                    "volume {name} is owned by {}, not by {from}",
-                    r.value["owner"].as_str().unwrap_or("?")
-                )))
-            }
-        }
-        self.backend.set_read_only(name, false).await?;
-        self.keep_base_and_prune(name, &snaps[at], &snaps[..at])
-            .await;
-        self.note(
-            format!(
-                "push: {name} taken over from {from}; {} owns it now",
-                self.host
-            ),
-            json!({ "volume": name.as_str(), "from": from, "step": "claimed" }),
-        );
-        Ok(())
-    }
-
     /// Destroy the `push-*` snapshots among `older` (best effort: a failure is only logged).
     /// Keep `base` (the newest snapshot both sides have) with a `zfs hold`, so that nothing
     /// destroys the next push's base by accident, and destroy the `push-*` snapshots among
     /// `older` (releasing their hold first). Best effort: a failure is only logged.
-    async fn keep_base_and_prune(&self, name: &VolumeName, base: &Snapshot, older: &[Snapshot]) {
+    pub(super) async fn keep_base_and_prune(
+        &self,
+        name: &VolumeName,
+        base: &Snapshot,
+        older: &[Snapshot],
+    ) {
         if let Ok(tag) = Tag::parse(&base.tag) {
             if let Err(e) = self.backend.hold(name, &tag, true).await {
                 warn!(volume = %name, snapshot = %base.tag, error = %e, "cannot hold the push base");
@@ -215,21 +196,37 @@ impl Volumes {
         }
     }
 
-    /// Snapshot `name` as `tag` and send it to `to`, from the newest snapshot `to` has (matched
-    /// by guid) or from `since`; the bytes sent and the snapshot.
+    /// Snapshot `name` as `tag` and send it to `to`, from `since` (a full stream without it);
+    /// the bytes sent and the snapshot.
+    async fn snapshot_and_send(
+        &self,
+        name: &VolumeName,
+        to: &str,
+        by: &Handoff,
+        since: Option<&Tag>,
+        tag: &Tag,
+    ) -> Result<(u64, Snapshot), Error> {
+        let snap = self.backend.snapshot(name, tag).await?;
+        let bytes = self.send_to(name, to, by, since, &snap).await?;
+        Ok((bytes, snap))
+    }
+
+    /// Send `name` up to the snapshot `snap` to `to`, from `since` (a full stream without it);
+    /// the bytes sent.
     async fn send_to(
         &self,
         name: &VolumeName,
         to: &str,
+        by: &Handoff,
         since: Option<&Tag>,
-        tag: &Tag,
-    ) -> Result<(u64, Snapshot), Error> {
+        snap: &Snapshot,
+    ) -> Result<u64, Error> {
         let peers = self
             .peers
             .as_ref()
             .ok_or_else(|| helper("no peers: start luastrip with --peer"))?;
-        let snap = self.backend.snapshot(name, tag).await?;
-        let stream = self.backend.send(name, since, tag).await?;
+        let tag = Tag::parse(&snap.tag).map_err(helper)?;
+        let stream = self.backend.send(name, since, &tag).await?;
         let bytes = Arc::new(AtomicU64::new(0));
         let counted = Counting {
             inner: stream.reader,
@@ -252,22 +249,24 @@ impl Volumes {
             }
         };
         let sent = tokio::select! {
-            sent = peers.send_stream(to, name, tag, &snap.guid, counted) => sent,
+            sent = peers.send_stream(to, name, &tag, &snap.guid, by, counted) => sent,
             stalled = watchdog => Err(stalled),
         };
         let made = stream.producer.finish().await;
         sent?;
         made?;
-        Ok((bytes.load(Ordering::Relaxed), snap))
+        Ok(bytes.load(Ordering::Relaxed))
     }
 
-    /// Move `name` to the gateway `to` (two phases, see the module docs).
+    /// Move `name` to the gateway `to` (two phases, see the module docs). Each step is recorded
+    /// in the volume's owner record ([`super::owner`]); a push that fails is rolled back there.
     pub async fn push(
         &self,
         name: &VolumeName,
         to: &str,
         opts: PushOptions,
     ) -> Result<PushReport, Error> {
+        let _pushing = self.pushing_now(name)?;
         let pushed = self.push_steps(name, to, opts).await;
         if let Err(e) = &pushed {
             self.note(
@@ -276,6 +275,26 @@ impl Volumes {
             );
         }
         pushed
+    }
+
+    /// Mark `name` as pushed by this process until the guard drops; refused if it is already.
+    fn pushing_now(&self, name: &VolumeName) -> Result<Pushing, Error> {
+        let mut set = self.pushing.lock().unwrap_or_else(|e| e.into_inner());
+        if !set.insert(name.to_string()) {
+            return Err(helper(format!("volume {name} is being pushed already")));
+        }
+        Ok(Pushing {
+            set: self.pushing.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Whether this process is pushing `name` now.
+    pub(super) fn is_pushing(&self, name: &VolumeName) -> bool {
+        self.pushing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name.as_str())
     }
 
     /// The steps of [`Volumes::push`].
@@ -293,16 +312,14 @@ impl Volumes {
             return Err(helper(format!("volume {name}: {to} is this gateway")));
         }
         let v = self.existing(name).await?;
-        match self.owner(name).await? {
-            Some(o) if o == self.host => {}
-            None => {
-                self.claim(name).await?;
-            }
-            Some(o) => {
-                return Err(helper(format!(
-                    "cannot push volume {name}: it is owned by {o}"
-                )))
-            }
+        let (mut o, mut rev, _) = self.claim(name).await?;
+        if o.owner == self.host && o.moving.is_some() {
+            // A push that a gateway before this one left half-way: finish or roll it back first.
+            self.settle(name).await?;
+            (o, rev, _) = self.claim(name).await?;
+        }
+        if let Some(why) = owner::fenced(&self.host, &v, &o) {
+            return Err(helper(format!("cannot push: {why}")));
         }
         let running = self.containers_using(&v, false).await?;
         if let (Some(c), false) = (running.first(), opts.stop) {
@@ -311,6 +328,36 @@ impl Volumes {
                  the volume (or push with {{ stop = true }})"
             )));
         }
+        let rev = self.begin_move(name, &o, rev, to).await?;
+        let by = Handoff {
+            from: self.host.clone(),
+            epoch: o.epoch,
+        };
+        let moved = self
+            .move_steps(name, to, &peers, &by, &o, rev, running, opts)
+            .await;
+        if moved.is_err() {
+            // Rolled back, unless the receiver took it after all (then its record says so).
+            if let Err(e) = self.end_failed_move(name, to).await {
+                warn!(volume = %name, error = %e, "cannot roll the failed push back yet: the next start settles it");
+            }
+        }
+        moved
+    }
+
+    /// Step 1 and step 2 of a push recorded as begun at `rev`.
+    #[allow(clippy::too_many_arguments)]
+    async fn move_steps(
+        &self,
+        name: &VolumeName,
+        to: &str,
+        peers: &super::peers::Peers,
+        by: &Handoff,
+        o: &Ownership,
+        rev: u64,
+        running: Vec<super::ContainerRef>,
+        opts: PushOptions,
+    ) -> Result<PushReport, Error> {
         // Step 1: everything since the newest snapshot both sides have.
         let t1 = Instant::now();
         let theirs: Vec<String> = peers
@@ -340,7 +387,10 @@ impl Volumes {
             ),
             json!({ "volume": name.as_str(), "to": to, "step": 1 }),
         );
-        let (mut step1_bytes, _) = self.send_to(name, to, base_tag.as_ref(), &tag1).await?;
+        let (mut step1_bytes, _) = self
+            .snapshot_and_send(name, to, by, base_tag.as_ref(), &tag1)
+            .await?;
+        crate::failpoint::hit("volumes.push.sent");
         let ms = t1.elapsed().as_millis() as u64;
         self.note(
             format!(
@@ -358,7 +408,9 @@ impl Volumes {
                 break;
             }
             let tag = Tag::parse(&format!("push-{stamp}-1-{round}")).map_err(helper)?;
-            let (bytes, _) = self.send_to(name, to, Some(&last), &tag).await?;
+            let (bytes, _) = self
+                .snapshot_and_send(name, to, by, Some(&last), &tag)
+                .await?;
             step1_bytes += bytes;
             last = tag;
             self.note(
@@ -413,35 +465,20 @@ impl Volumes {
         let t2 = Instant::now();
         self.backend.set_read_only(name, true).await?;
         let tag2 = Tag::parse(&format!("push-{stamp}-2")).map_err(helper)?;
-        let cut = async {
-            let (bytes, snap) = self.send_to(name, to, Some(&last), &tag2).await?;
-            peers.claim(to, name, &self.host, &snap.guid).await?;
-            Ok::<_, Error>((bytes, snap))
-        }
-        .await;
-        let (step2_bytes, snap) = match cut {
-            Ok(done) => done,
-            Err(e) => {
-                // The peer has not taken it: this copy stays the owner's, writable again.
-                let _ = self.backend.set_read_only(name, false).await;
+        let snap = self.backend.snapshot(name, &tag2).await?;
+        // From here the receiver may take the volume once it has `snap`; until it does, this
+        // gateway may still roll the move back (whichever swaps the record first wins).
+        self.cut_over(name, o, rev, to, &snap.guid).await?;
+        let step2_bytes = self.send_to(name, to, by, Some(&last), &snap).await?;
+        crate::failpoint::hit("volumes.push.cut-over");
+        if let Err(e) = peers.claim(to, name, by, &snap.guid).await {
+            // Its answer may be what was lost: the record tells.
+            if self.end_failed_move(name, to).await? {
                 return Err(e);
             }
-        };
-        // The peer has claimed it; record that here too (a shared store already says so).
-        let key = owner_key(name);
-        if let Some(r) = self
-            .cluster
-            .get(&key)
-            .await
-            .map_err(|e| helper(e.to_string()))?
-        {
-            if r.value["owner"].as_str() == Some(self.host.as_str()) {
-                self.cluster
-                    .swap(&key, json!({ "owner": to }), r.revision)
-                    .await
-                    .map_err(|e| helper(e.to_string()))?;
-            }
+            warn!(volume = %name, to, error = %e, "the receiver's answer to the claim was lost, but the record says it took the volume");
         }
+        crate::failpoint::hit("volumes.push.claimed");
         let step2_ms = t2.elapsed().as_millis() as u64;
         self.note(
             format!(

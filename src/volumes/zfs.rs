@@ -300,7 +300,7 @@ impl Zfs {
                 "-r",
                 "-o",
                 "name,property,value",
-                "type,mountpoint,creation,used,readonly,guid,createtxg,luastrip:readonly",
+                "type,mountpoint,creation,used,readonly,guid,createtxg,luastrip:readonly,luastrip:epoch",
                 target,
             ])
             .await?;
@@ -339,6 +339,8 @@ impl Zfs {
                         Some("off") => false,
                         _ => p.get("readonly").map(String::as_str) == Some("on"),
                     },
+                    // Unset shows as "-".
+                    epoch: p.get("luastrip:epoch").and_then(|e| e.parse().ok()),
                 })
             })
             .collect())
@@ -451,6 +453,15 @@ impl VolumeBackend for Zfs {
             };
             self.run(&["set", prop, &dataset]).await?;
             self.run(&["set", mark, &dataset]).await.map(|_| ())
+        })
+    }
+
+    fn set_epoch<'a>(&'a self, name: &'a VolumeName, epoch: u64) -> BackendFuture<'a, ()> {
+        Box::pin(async move {
+            let dataset = self.dataset(name);
+            self.run(&["set", &format!("luastrip:epoch={epoch}"), &dataset])
+                .await
+                .map(|_| ())
         })
     }
 

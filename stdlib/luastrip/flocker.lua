@@ -72,6 +72,11 @@ local function volume_for(source, req)
     return nil, "luastrip.flocker: " .. source .. ": " .. tostring(v):match("^[^\n]*")
   end
   if not v.owned then
+    -- A stale copy of a volume this host owns, or one whose owner was forgotten: no move
+    -- brings it here.
+    if v.stale or v.orphaned then
+      return nil, "luastrip.flocker: " .. tostring(v.refused)
+    end
     if type(flocker.may_pull) ~= "function" then
       return nil, ("luastrip.flocker: volume %s is owned by %s, and this gateway moves no volume here "
         .. "unless flocker.may_pull allows it"):format(v.name, tostring(v.owner))

@@ -211,7 +211,12 @@ function powerstrip.adapter(url, opts) end
 ---@field created integer  Unix seconds
 ---@field new boolean|nil  this call created it
 ---@field owner string|nil  the gateway (--host-name) that owns it
----@field owned boolean  this gateway owns it; only the owner's copy is writable
+---@field epoch integer|nil  the owner record's epoch: 1 when first claimed, one more at every handoff
+---@field owned boolean  this copy is the volume (this gateway owns it, at the record's epoch); only that copy is writable
+---@field refused string|nil  why this copy is not the volume, when it is not
+---@field stale boolean|nil  the record gives the volume to this host at another epoch than this copy's
+---@field orphaned boolean|nil  its owner was forgotten (`luastrip cluster forget`): see zfs.adopt
+---@field move {to: string, step: "sending"|"cut-over", guid: string|nil, since: integer}|nil  a push under way
 ---@field read_only boolean
 ---@field size integer  bytes used
 ---@field snapshots luastrip.Snapshot[]  oldest first
@@ -275,6 +280,13 @@ function zfs.destroy(name) end
 ---@param opts {stop: boolean|nil, stop_timeout: integer|nil}|nil
 ---@return luastrip.PushReport
 function zfs.push(name, peer, opts) end
+
+---Take a volume whose owner was forgotten (`luastrip cluster forget`), with this host's copy as
+---the volume from now on (at the next epoch, writable). Refused while its owner is not forgotten;
+---the copy must exist here (zfs.volume makes an empty one).
+---@param name string
+---@return luastrip.Volume
+function zfs.adopt(name) end
 
 ---Bring a volume here: ask its owner to push it to this gateway, waiting at most `timeout`
 ---seconds (default 300). nil when it is already owned here (or by no one).

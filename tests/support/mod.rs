@@ -355,6 +355,16 @@ impl Gateway {
 
     /// The same, inside the network namespace `netns` if given.
     pub fn start_in(netns: Option<&str>, upstream: &Path, extra: &[&str]) -> Gateway {
+        Gateway::start_in_env(netns, upstream, extra, &[])
+    }
+
+    /// The same, with `env` set for the gateway (`LUASTRIP_FAILPOINTS`, …).
+    pub fn start_in_env(
+        netns: Option<&str>,
+        upstream: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = temp_dir("gateway");
         let socket = dir.join("luastrip.sock");
         let log = dir.join("luastrip.log");
@@ -366,6 +376,7 @@ impl Gateway {
             .arg(format!("unix://{}", upstream.display()))
             .args(extra)
             .env("LUASTRIP_LOG", "info,luastrip=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -379,12 +390,17 @@ impl Gateway {
     /// Start `luastrip serve` in front of the shared daemon with `script` (written to a file of
     /// its own) and extra arguments.
     pub fn with_script(script: &str, extra: &[&str]) -> Gateway {
+        Gateway::with_script_env(script, extra, &[])
+    }
+
+    /// The same, with `env` set for the gateway.
+    pub fn with_script_env(script: &str, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
         let path = temp_dir("script").join("s.lua");
         std::fs::write(&path, script).unwrap();
         let path = path.to_str().unwrap().to_string();
         let mut args = vec!["--scripts", path.as_str()];
         args.extend_from_slice(extra);
-        Gateway::start_with(&Daemon::shared().socket, &args)
+        Gateway::start_in_env(None, &Daemon::shared().socket, &args, env)
     }
 
     /// Start `luastrip serve` in front of the shared daemon.
