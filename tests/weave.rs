@@ -1189,16 +1189,31 @@ fn the_address_comes_back_when_dockerd_restarts_the_container_at_boot() {
     drop(daemon);
 }
 
-/// Issue 21: gateways that share etcd share the overlay's addresses. 25 runs through each of two
-/// gateways at once (each its own driver and bridge, one range) get 50 different addresses,
-/// recorded in etcd under `--cluster-prefix`.
+/// Issue 21: hosts that share etcd share the overlay's addresses. Two real hosts (this one, and
+/// a network namespace with its own dockerd that reaches etcd over its link), 50 runs on each at
+/// once (10 clients each), get 100 different addresses from one range, each recorded in etcd
+/// under `--cluster-prefix`.
 #[test]
-fn gateways_sharing_etcd_never_hand_out_an_address_twice() {
-    let etcd = support::etcd::Etcd::start();
-    let prefix = format!("/luastrip-w{}/", std::process::id());
-    let url = etcd.url();
-    // Two gateways, two hosts' names.
-    let flags = |host| {
+fn two_hosts_sharing_etcd_never_hand_out_an_address_twice() {
+    support::require_root();
+    let pid = std::process::id();
+    let netns = format!("lst{pid}h4");
+    let (link, peer) = (
+        format!("lsu{}i", pid % 100_000),
+        format!("lsu{}j", pid % 100_000),
+    );
+    // A /30 of its own (the other two-host tests take x = pid and pid + 100).
+    let x = (pid + 50) % 250;
+    let (ip_a, ip_b) = (format!("198.18.{x}.9"), format!("198.18.{x}.10"));
+    let underlay = Underlay::new(&netns, &link, &peer, &ip_a, &ip_b);
+    let etcd = support::etcd::Etcd::start_also_on(Some(&ip_a));
+    let url = etcd.url_on(&ip_a);
+    let prefix = format!("/luastrip-w{pid}/");
+    let daemon_b = Stopping(Daemon::start_in_netns(
+        &support::temp_dir("dockerd-h4"),
+        &netns,
+    ));
+    let flags = |host: &'static str| {
         [
             "--cluster",
             &url,
@@ -1207,31 +1222,44 @@ fn gateways_sharing_etcd_never_hand_out_an_address_twice() {
             "--host-name",
             host,
         ]
+        .map(str::to_string)
     };
-    let a = Overlay::on_host("ea", 128, None, &Daemon::shared().socket, &flags("ea"));
-    let b = Overlay::on_host("eb", 128, None, &Daemon::shared().socket, &flags("eb"));
-    let started: Vec<_> = [&a, &b]
+    let (fa, fb) = (flags("h1"), flags("h2"));
+    let a = Overlay::on_host("ea", 128, None, &Daemon::shared().socket, &refs(&fa));
+    let b = Overlay::on_host("eb", 128, Some(&netns), &daemon_b.0.socket, &refs(&fb));
+    let clients: Vec<_> = [&a, &b]
         .iter()
         .enumerate()
         .flat_map(|(n, o)| {
-            (0..25)
+            (0..10)
                 .map(|_| {
-                    let mut cmd = o.docker();
-                    cmd.args(["run", "-d", "-e", "WEAVE_CIDR=net:default", IMAGE])
-                        .args(["sleep", "300"]);
-                    std::thread::spawn(move || (n, run_ok(&mut cmd).trim().to_string()))
+                    let host = o.gw.host();
+                    std::thread::spawn(move || {
+                        (0..5)
+                            .map(|_| {
+                                let mut cmd = support::docker_cli(&host);
+                                cmd.args(["run", "-d", "-e", "WEAVE_CIDR=net:default", IMAGE])
+                                    .args(["sleep", "300"]);
+                                (n, run_ok(&mut cmd).trim().to_string())
+                            })
+                            .collect::<Vec<_>>()
+                    })
                 })
                 .collect::<Vec<_>>()
         })
         .collect();
     let mut seen = BTreeSet::new();
-    for t in started {
-        let (n, id) = t.join().unwrap();
-        let ip = ip_of([&a, &b][n], &id);
-        assert!(ip.starts_with("10.128."), "{ip}");
-        assert!(seen.insert(ip.clone()), "{ip} handed out twice");
+    let mut ids: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for t in clients {
+        for (n, id) in t.join().unwrap() {
+            let ip = ip_of([&a, &b][n], &id);
+            assert!(ip.starts_with("10.128."), "{ip}");
+            assert!(seen.insert(ip.clone()), "{ip} handed out twice");
+            ids[n].push(id);
+        }
     }
-    assert_eq!(seen.len(), 50);
+    assert_eq!(seen.len(), 100);
+    assert_eq!((ids[0].len(), ids[1].len()), (50, 50));
     // Each address is one record in etcd, under the prefix.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let keys = rt.block_on(async {
@@ -1251,8 +1279,16 @@ fn gateways_sharing_etcd_never_hand_out_an_address_twice() {
             .unwrap();
         got.kvs().len()
     });
-    // The 50 owners' and each network's gateway address.
-    assert_eq!(keys, 52, "records in etcd");
+    // The 100 owners' and each host's network gateway address.
+    assert_eq!(keys, 102, "records in etcd");
+    for (o, ids) in [(&a, &ids[0]), (&b, &ids[1])] {
+        run_ok(o.docker().args(["rm", "-f"]).args(ids));
+    }
+    drop(b);
+    drop(a);
+    drop(daemon_b);
+    drop(etcd);
+    drop(underlay);
 }
 
 /// Issue 21: a gateway started while etcd is down starts and serves what needs no cluster
