@@ -369,3 +369,36 @@ async fn etcd_over_tls_needs_the_client_certificate() {
         assert!(e.contains("etcd (127.0.0.1:"), "{e}");
     }
 }
+
+/// Issue 21 (scale): a list longer than one answer of etcd carries (2 000 records per page, so
+/// that no answer nears the client's 4 MiB limit) comes whole and in key order, and stops at
+/// the end of its prefix (`many/` and not `many0`, the next key in byte order). Its 4 500
+/// records of 1 KB are more than the client takes in one answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_longer_than_a_page_comes_whole() {
+    let etcd = Etcd::start();
+    let config = etcd_config(&etcd, "/luastrip-pages/");
+    let c: Arc<dyn Cluster> = Arc::new(EtcdCluster::connect(&config).await.unwrap());
+    let pad = "x".repeat(1024);
+    let n = 4_500;
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..32 {
+        let (c, pad) = (c.clone(), pad.clone());
+        tasks.spawn(async move {
+            for i in (t..n).step_by(32) {
+                c.create(&format!("many/{i:05}"), json!({ "i": i, "pad": pad }))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    tasks.join_all().await;
+    c.create("many0", json!("next")).await.unwrap();
+    c.create("man", json!("before")).await.unwrap();
+    let all = c.list("many/").await.unwrap();
+    assert_eq!(all.len(), n);
+    for (i, (k, r)) in all.iter().enumerate() {
+        assert_eq!(k, &format!("many/{i:05}"));
+        assert_eq!(r.value, json!({ "i": i, "pad": pad }));
+    }
+}

@@ -33,6 +33,24 @@ use serde_json::Value;
 
 use super::{Cluster, ClusterError, ClusterFuture, Lease, Record};
 
+/// How many records one answer of a list carries at most: about 0.6 MB of records as luastrip
+/// writes them, far below the gRPC client's 4 MiB answer limit.
+const PAGE: i64 = 2000;
+
+/// The end of the key range of everything starting with `prefix` (etcd's `--prefix`): the prefix
+/// with its last byte below 0xff raised by one.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Everything: etcd reads "\0" as "to the end of the key space".
+    vec![0]
+}
+
 /// The longest one operation on the store may take, every member tried included.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -468,25 +486,46 @@ impl Cluster for EtcdCluster {
 
     fn list<'a>(&'a self, prefix: &'a str) -> ClusterFuture<'a, Vec<(String, Record)>> {
         Box::pin(async move {
-            let options = GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Key, SortOrder::Ascend);
+            // In pages (an answer over the client's 4 MiB limit would fail the whole list), all
+            // read at the revision of the first, so that the list is one moment's.
             let key = self.key(prefix);
-            let (resp, _) = self
-                .call(|c| {
-                    let (key, options) = (key.clone(), options.clone());
-                    async move { c.kv_client().get(key, Some(options)).await }
-                })
-                .await?;
+            let end = prefix_end(key.as_bytes());
+            let mut from = key.into_bytes();
+            let mut revision = 0;
             let mut out = Vec::new();
-            for kv in resp.kvs() {
-                let full = String::from_utf8_lossy(kv.key());
-                let Some(key) = full.strip_prefix(&self.prefix) else {
-                    continue;
-                };
-                out.push((key.to_string(), self.record(kv)?.0));
+            loop {
+                let mut options = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(PAGE)
+                    .with_sort(SortTarget::Key, SortOrder::Ascend);
+                if revision > 0 {
+                    options = options.with_revision(revision);
+                }
+                let (resp, _) = self
+                    .call(|c| {
+                        let (from, options) = (from.clone(), options.clone());
+                        async move { c.kv_client().get(from, Some(options)).await }
+                    })
+                    .await?;
+                if revision == 0 {
+                    revision = resp.header().map_or(0, |h| h.revision());
+                }
+                for kv in resp.kvs() {
+                    let full = String::from_utf8_lossy(kv.key());
+                    let Some(key) = full.strip_prefix(&self.prefix) else {
+                        continue;
+                    };
+                    out.push((key.to_string(), self.record(kv)?.0));
+                }
+                match (resp.more(), resp.kvs().last()) {
+                    (true, Some(last)) => {
+                        // The next page starts just after the last key.
+                        from = last.key().to_vec();
+                        from.push(0);
+                    }
+                    _ => return Ok(out),
+                }
             }
-            Ok(out)
         })
     }
 
