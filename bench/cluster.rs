@@ -83,6 +83,43 @@ async fn growth(c: Arc<dyn Cluster>, prefix: &str, upto: usize, step: usize) -> 
     out
 }
 
+/// Fill one /16 with `n` owners' addresses (`TASKS` tasks, each owner a 64-hex ID as Docker's);
+/// the seconds it took.
+async fn fill(c: Arc<dyn Cluster>, n: usize) -> f64 {
+    let ipam = Arc::new(Ipam::new(c, "fill".into(), Duration::ZERO));
+    let pool = Cidr::parse("10.203.0.0/16").unwrap();
+    let next = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (ipam, next) = (ipam.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n as u64 {
+                        return;
+                    }
+                    let owner = format!("{i:064x}");
+                    ipam.allocate(&pool, None, Holder::Owner(&owner))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// Milliseconds `f` takes, once.
+async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, f64) {
+    let t = Instant::now();
+    let out = f.await;
+    (out, t.elapsed().as_secs_f64() * 1000.0)
+}
+
 fn main() {
     let etcd_url = std::env::args()
         .skip(1)
@@ -146,6 +183,38 @@ fn main() {
             println!(
                 "a record of {}: {bytes} bytes of key and value",
                 r.value["holder"]
+            );
+        }
+        let n: usize = std::env::var("FILL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60_000);
+        if n > 0 {
+            let secs = fill(etcd.clone(), n).await;
+            println!();
+            println!(
+                "filled 10.203.0.0/16 with {n} owners' addresses through etcd in {secs:.1} s \
+                 ({:.0} allocations/s, {TASKS} tasks)",
+                n as f64 / secs
+            );
+            let ipam = Ipam::new(etcd.clone(), "fill".into(), Duration::ZERO);
+            let pool = Cidr::parse("10.203.0.0/16").unwrap();
+            let (next, ms) = timed(ipam.allocate(&pool, None, Holder::Endpoint)).await;
+            println!("then one more allocation: {ms:.1} ms ({})", next.unwrap());
+            let (held, ms) = timed(ipam.held_by(&format!("{:064x}", n / 2))).await;
+            println!(
+                "one owner's addresses (its index): {ms:.1} ms ({} found)",
+                held.unwrap().len()
+            );
+            let (owners, ms) = timed(ipam.owners(Duration::ZERO)).await;
+            println!(
+                "every owner of the host (reconcile): {ms:.0} ms ({} owners)",
+                owners.unwrap().len()
+            );
+            let (all, ms) = timed(etcd.list("overlay/addresses/10.203.0.0_16/")).await;
+            println!(
+                "the whole /16 listed (cluster hosts, forget): {ms:.0} ms ({} records, in pages)",
+                all.unwrap().len()
             );
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The cluster store's benchmark: allocations/s and ownership changes/s through the local file and
 # a real 3-member etcd (Debian's etcd-server) on loopback, side by side in one run, and the cost
-# of one allocation as its pool fills (GROWTH allocations, default 3000).
+# of one allocation as its pool fills (GROWTH allocations, default 3000); then a /16 filled with
+# FILL owners' addresses through etcd (default 60 000), timed.
 #
 #   bash bench/cluster.sh        # as root: installs etcd-server and protobuf-compiler if missing
 set -euo pipefail

@@ -481,6 +481,21 @@ pub async fn forget(
                 .push(k.rsplit('/').next().unwrap_or_default().to_string());
         }
     }
+    // Its owners' index of addresses (overlay/owners/NAME/…) points at nothing now.
+    for (k, r) in cluster
+        .list(&format!("overlay/owners/{name}/"))
+        .await
+        .map_err(store)?
+    {
+        let _ = cluster.delete(&k, r.revision).await;
+    }
+    // The blocks it picked addresses in are free for any host to claim.
+    for (k, r) in cluster.list("overlay/blocks/").await.map_err(store)? {
+        if r.value["host"].as_str() == Some(name) {
+            // Changed meanwhile: another host claimed it.
+            let _ = cluster.delete(&k, r.revision).await;
+        }
+    }
     for (k, r) in cluster.list("volumes/").await.map_err(store)? {
         if r.value["owner"].as_str() != Some(name) {
             continue;

@@ -84,11 +84,24 @@ impl Cidr {
         a & self.mask() == net && a != net && a != net | !self.mask()
     }
 
-    /// The host addresses, lowest first.
-    fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
-        let net = u32::from(self.network);
-        (net + 1..net | !self.mask()).map(Ipv4Addr::from)
+    /// The /24 blocks this network's addresses fall in (one, for a network of /24 or smaller),
+    /// lowest first, each as its first address.
+    fn blocks(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let first = u32::from(self.network) & BLOCK_MASK;
+        let last = (u32::from(self.network) | !self.mask()) & BLOCK_MASK;
+        (first..=last).step_by(256).map(Ipv4Addr::from)
     }
+}
+
+/// Addresses are picked a /24 block at a time: a host claims blocks and picks in its own, so that
+/// a pick reads one block's records (at most 256), never the whole range.
+const BLOCK_MASK: u32 = 0xffff_ff00;
+
+/// A block as keys name it: its first three octets (`10.32.7`). The keys of its addresses all
+/// begin with it and a dot, so one prefix lists exactly the block.
+fn block_name(block: Ipv4Addr) -> String {
+    let [a, b, c, _] = block.octets();
+    format!("{a}.{b}.{c}")
 }
 
 impl std::fmt::Display for Cidr {
@@ -141,12 +154,52 @@ pub struct Ipam {
     grace: Duration,
     /// `--overlay-range`: new picks in a pool around it come from it (gateways excepted).
     range: Option<Cidr>,
+    /// Per pool, the block of this host's last pick: the next starts there.
+    cursor: std::sync::Mutex<HashMap<String, Ipv4Addr>>,
+    /// Whether this process has indexed the owners' addresses recorded before the index.
+    indexed: std::sync::atomic::AtomicBool,
+    /// Address keys this process is taking now: its other picks pass them by rather than race
+    /// them (a lost race costs a round trip; the store still decides between hosts).
+    taking: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 const PREFIX: &str = "overlay/addresses/";
 
+/// Which host picks in which block of a pool (`{"host", "at"}`): where a pick looks first, never
+/// who holds an address (that is the address's own record).
+const BLOCKS: &str = "overlay/blocks/";
+
 fn key(pool: &Cidr, a: Ipv4Addr) -> String {
     format!("{PREFIX}{}_{}/{a}", pool.network, pool.prefix)
+}
+
+/// Per host and owner, the addresses the owner holds: `overlay/owners/HOST/OWNER/POOL/ADDRESS`
+/// (`{"at"}`), so that finding an owner's addresses (at every create and every destroy) reads
+/// its own entries, not the whole range. An entry is written before the address's record and
+/// checked against it when read: a crash between the two leaves an entry that points nowhere
+/// (dropped when next read), never an address that no entry finds.
+const OWNERS: &str = "overlay/owners/";
+
+/// The index entries of `owner` on `host` (an owner as a key segment: percent-encoded).
+fn owner_prefix(host: &str, owner: &str) -> String {
+    let owner: String = form_urlencoded::byte_serialize(owner.as_bytes()).collect();
+    format!("{OWNERS}{host}/{owner}/")
+}
+
+fn owner_entry(host: &str, owner: &str, pool: &Cidr, a: Ipv4Addr) -> String {
+    format!("{}{}/{a}", owner_prefix(host, owner), pool_key(pool))
+}
+
+/// The pool and address an index entry's or an address record's key ends with
+/// (`10.32.0.0_12/10.32.0.5`).
+fn pool_and_address(tail: &str) -> Option<(Cidr, Ipv4Addr)> {
+    let (pool, a) = tail.split_once('/')?;
+    let pool = Cidr::parse(&pool.replacen('_', "/", 1)).ok()?;
+    Some((pool, a.parse().ok()?))
+}
+
+fn pool_key(pool: &Cidr) -> String {
+    format!("{}_{}", pool.network, pool.prefix)
 }
 
 /// An owner as a message shows it: a container ID shortened as `docker ps` shows it.
@@ -169,6 +222,9 @@ impl Ipam {
             host,
             grace,
             range: None,
+            cursor: Default::default(),
+            indexed: Default::default(),
+            taking: Default::default(),
         }
     }
 
@@ -196,6 +252,53 @@ impl Ipam {
         })
     }
 
+    /// Write the record `k` of `a` for `holder`: create it, or swap `current` (read at its
+    /// revision). An owner's index entry is written first, and dropped again if the record
+    /// could not be written. `Ok(false)`: the record changed since it was read.
+    async fn take(
+        &self,
+        k: &str,
+        current: Option<&crate::cluster::Record>,
+        pool: &Cidr,
+        a: Ipv4Addr,
+        holder: Holder<'_>,
+    ) -> Result<bool, Error> {
+        let entry = match holder {
+            Holder::Owner(o) => {
+                let entry = owner_entry(&self.host, o, pool, a);
+                match self.cluster.create(&entry, json!({ "at": now_s() })).await {
+                    Ok(_) | Err(ClusterError::Conflict { .. }) => Some(entry),
+                    Err(e) => return Err(store(e)),
+                }
+            }
+            _ => None,
+        };
+        let written = match current {
+            None => self.cluster.create(k, self.record(holder)?).await,
+            Some(r) => self.cluster.swap(k, self.record(holder)?, r.revision).await,
+        };
+        match written {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                if let Some(entry) = entry {
+                    self.drop_entry(&entry).await;
+                }
+                match e {
+                    ClusterError::Conflict { .. } => Ok(false),
+                    e => Err(store(e)),
+                }
+            }
+        }
+    }
+
+    /// Delete an owner's index entry (best effort: an entry left behind points nowhere, and is
+    /// dropped when next read).
+    async fn drop_entry(&self, entry: &str) {
+        if let Ok(Some(r)) = self.cluster.get(entry).await {
+            let _ = self.cluster.delete(entry, r.revision).await;
+        }
+    }
+
     /// Take an address of `pool`: `want` if given (refused if taken or outside), else the
     /// lowest free one.
     pub async fn allocate(
@@ -218,18 +321,14 @@ impl Ipam {
         loop {
             let current = self.cluster.get(&k).await.map_err(store)?;
             let written = match &current {
-                None => self.cluster.create(&k, self.record(holder)?).await,
+                None => self.take(&k, None, pool, a, holder).await?,
                 Some(r) => match (
                     r.value["holder"].as_str(),
                     r.value["owner"].as_str(),
                     holder,
                 ) {
                     // Released (maybe still in its grace): asked for by value, so granted.
-                    (None, _, _) => {
-                        self.cluster
-                            .swap(&k, self.record(holder)?, r.revision)
-                            .await
-                    }
+                    (None, _, _) => self.take(&k, Some(r), pool, a, holder).await?,
                     // dockerd starting an owner's container, which asks for its address.
                     (Some("owner"), _, Holder::Endpoint) => return Ok(()),
                     (Some("owner"), Some(o), Holder::Owner(me)) if o == me => return Ok(()),
@@ -243,49 +342,84 @@ impl Ipam {
                     }
                 },
             };
-            match written {
-                Ok(_) => return Ok(()),
-                Err(ClusterError::Conflict { .. }) => continue,
-                Err(e) => return Err(store(e)),
+            if written {
+                return Ok(());
             }
         }
     }
 
+    /// The lowest free address of a block: first in this host's blocks (from the one of its last
+    /// pick), then in a block nobody has claimed yet (claimed for this host by create-if-absent),
+    /// then, with the range nearly full, in other hosts' blocks. Blocks only say where to look:
+    /// the address's own record, created or swapped by compare-and-swap, decides.
     async fn pick(&self, pool: &Cidr, holder: Holder<'_>) -> Result<Ipv4Addr, Error> {
-        let prefix = format!("{PREFIX}{}_{}/", pool.network, pool.prefix);
-        let records: HashMap<String, crate::cluster::Record> = self
+        let share = self
+            .range
+            .filter(|r| r.overlaps(pool) && holder != Holder::Gateway);
+        let blocks: Vec<Ipv4Addr> = pool
+            .blocks()
+            .filter(|b| {
+                share.is_none_or(|r| {
+                    r.overlaps(&Cidr {
+                        network: *b,
+                        prefix: 24,
+                    })
+                })
+            })
+            .collect();
+        let prefix = format!("{BLOCKS}{}/", pool_key(pool));
+        let claimed: HashMap<String, String> = self
             .cluster
             .list(&prefix)
             .await
             .map_err(store)?
             .into_iter()
+            .map(|(k, r)| {
+                let host = r.value["host"].as_str().unwrap_or_default().to_string();
+                (k[prefix.len()..].to_string(), host)
+            })
             .collect();
-        let now = now_s();
+        let host_of = |b: &Ipv4Addr| claimed.get(&block_name(*b)).map(String::as_str);
+        let mut mine: Vec<Ipv4Addr> = blocks
+            .iter()
+            .copied()
+            .filter(|b| host_of(b) == Some(self.host.as_str()))
+            .collect();
+        let last = self.cursor_at(pool);
+        if let Some(at) = mine.iter().position(|b| Some(*b) == last) {
+            mine.rotate_left(at);
+        }
         let mut in_grace = 0;
-        let share = self
-            .range
-            .filter(|r| r.overlaps(pool) && holder != Holder::Gateway);
-        for a in pool.hosts().filter(|a| share.is_none_or(|r| r.holds(*a))) {
-            let k = key(pool, a);
-            let written = match records.get(&k) {
-                None => self.cluster.create(&k, self.record(holder)?).await,
-                Some(r) if r.value["holder"].is_null() => {
-                    let released = r.value["released_at"].as_u64().unwrap_or_default();
-                    if released + self.grace.as_secs() > now {
-                        in_grace += 1;
-                        continue;
-                    }
-                    self.cluster
-                        .swap(&k, self.record(holder)?, r.revision)
-                        .await
-                }
-                Some(_) => continue,
-            };
-            match written {
-                Ok(_) => return Ok(a),
-                // Someone took it since the list: try the next.
+        let mut tried = Vec::new();
+        for b in mine {
+            tried.push(b);
+            if let Some(a) = self.pick_in(pool, b, holder, share, &mut in_grace).await? {
+                return Ok(a);
+            }
+        }
+        for b in blocks.iter().filter(|b| host_of(b).is_none()) {
+            let mine = json!({ "host": self.host, "at": now_s() });
+            match self
+                .cluster
+                .create(&format!("{prefix}{}", block_name(*b)), mine)
+                .await
+            {
+                Ok(_) => {}
+                Err(ClusterError::Conflict {
+                    current: Some(r), ..
+                }) if r.value["host"].as_str() == Some(self.host.as_str()) => {}
+                // Another host claimed it since the list.
                 Err(ClusterError::Conflict { .. }) => continue,
                 Err(e) => return Err(store(e)),
+            }
+            tried.push(*b);
+            if let Some(a) = self.pick_in(pool, *b, holder, share, &mut in_grace).await? {
+                return Ok(a);
+            }
+        }
+        for b in blocks.iter().filter(|b| !tried.contains(b)) {
+            if let Some(a) = self.pick_in(pool, *b, holder, share, &mut in_grace).await? {
+                return Ok(a);
             }
         }
         let held = if in_grace > 0 {
@@ -305,14 +439,91 @@ impl Ipam {
         )))
     }
 
+    fn cursor_at(&self, pool: &Cidr) -> Option<Ipv4Addr> {
+        let cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        cursor.get(&pool_key(pool)).copied()
+    }
+
+    /// The lowest free address of `pool` in `block` (and in `share`), taken for `holder`;
+    /// `None` if the block has none. Addresses released less than the grace ago are counted in
+    /// `in_grace`.
+    async fn pick_in(
+        &self,
+        pool: &Cidr,
+        block: Ipv4Addr,
+        holder: Holder<'_>,
+        share: Option<Cidr>,
+        in_grace: &mut usize,
+    ) -> Result<Option<Ipv4Addr>, Error> {
+        let prefix = format!("{PREFIX}{}/{}.", pool_key(pool), block_name(block));
+        let records: HashMap<String, crate::cluster::Record> = self
+            .cluster
+            .list(&prefix)
+            .await
+            .map_err(store)?
+            .into_iter()
+            .collect();
+        let now = now_s();
+        let first = u32::from(block);
+        let addresses = (first..=first + 255)
+            .map(Ipv4Addr::from)
+            .filter(|a| pool.holds(*a) && share.is_none_or(|r| r.holds(*a)));
+        for a in addresses {
+            let k = key(pool, a);
+            let current = match records.get(&k) {
+                None => None,
+                Some(r) if r.value["holder"].is_null() => {
+                    let released = r.value["released_at"].as_u64().unwrap_or_default();
+                    if released + self.grace.as_secs() > now {
+                        *in_grace += 1;
+                        continue;
+                    }
+                    Some(r)
+                }
+                Some(_) => continue,
+            };
+            if !self
+                .taking
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(k.clone())
+            {
+                continue;
+            }
+            let taken = self.take(&k, current, pool, a, holder).await;
+            self.taking
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&k);
+            // Someone took it since the list: try the next.
+            if taken? {
+                self.cursor
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(pool_key(pool), block);
+                return Ok(Some(a));
+            }
+        }
+        Ok(None)
+    }
+
     /// Put the record at `k` back in the pool (its grace starts now).
     async fn free(&self, k: &str, r: crate::cluster::Record) -> Result<(), Error> {
         let released = json!({ "host": self.host, "released_at": now_s() });
         match self.cluster.swap(k, released, r.revision).await {
+            Ok(_) => {}
             // Gone or changed meanwhile: someone else released or took it.
-            Ok(_) | Err(ClusterError::Conflict { .. }) => Ok(()),
-            Err(e) => Err(store(e)),
+            Err(ClusterError::Conflict { .. }) => return Ok(()),
+            Err(e) => return Err(store(e)),
         }
+        if let (Some(host), Some(owner), Some((pool, a))) = (
+            r.value["host"].as_str(),
+            r.value["owner"].as_str(),
+            k.strip_prefix(PREFIX).and_then(pool_and_address),
+        ) {
+            self.drop_entry(&owner_entry(host, owner, &pool, a)).await;
+        }
+        Ok(())
     }
 
     /// dockerd gives back an endpoint's address (the container stopped or left the network).
@@ -337,33 +548,72 @@ impl Ipam {
             .collect())
     }
 
+    /// The addresses `owner` (an owner of this host) holds: its index entries, each checked
+    /// against its address's record (an entry whose record says otherwise is dropped).
     async fn owned(
         &self,
         owner: &str,
     ) -> Result<Vec<(String, crate::cluster::Record, Held)>, Error> {
+        self.index_earlier_owners().await?;
+        let prefix = owner_prefix(&self.host, owner);
         let mut out = Vec::new();
-        for (k, r) in self.cluster.list(PREFIX).await.map_err(store)? {
-            if r.value["owner"].as_str() != Some(owner) {
-                continue;
-            }
-            let mut parts = k[PREFIX.len()..].splitn(2, '/');
-            let (Some(pool), Some(addr)) = (parts.next(), parts.next()) else {
+        for (entry, _) in self.cluster.list(&prefix).await.map_err(store)? {
+            let Some((pool, address)) = pool_and_address(&entry[prefix.len()..]) else {
                 continue;
             };
-            let Ok(address) = addr.parse() else { continue };
-            let pool = pool.replacen('_', "/", 1);
-            let claim = r.value["claim"].as_str().map(str::to_string);
-            out.push((
-                k.clone(),
-                r,
-                Held {
-                    pool,
-                    address,
-                    claim,
-                },
-            ));
+            let k = key(&pool, address);
+            match self.cluster.get(&k).await.map_err(store)? {
+                Some(r) if r.value["owner"].as_str() == Some(owner) => {
+                    let claim = r.value["claim"].as_str().map(str::to_string);
+                    let held = Held {
+                        pool: pool.to_string(),
+                        address,
+                        claim,
+                    };
+                    out.push((k, r, held));
+                }
+                _ => self.drop_entry(&entry).await,
+            }
         }
         Ok(out)
+    }
+
+    /// Index the owners' addresses of this host recorded before the index was kept (once per
+    /// process: one read of the whole range, and of this host's entries).
+    async fn index_earlier_owners(&self) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        if self.indexed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let have: std::collections::HashSet<String> = self
+            .cluster
+            .list(&format!("{OWNERS}{}/", self.host))
+            .await
+            .map_err(store)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for (k, r) in self.cluster.list(PREFIX).await.map_err(store)? {
+            let (Some(owner), Some((pool, a))) = (
+                r.value["owner"].as_str(),
+                k.strip_prefix(PREFIX).and_then(pool_and_address),
+            ) else {
+                continue;
+            };
+            if r.value["host"].as_str() != Some(self.host.as_str()) {
+                continue;
+            }
+            let entry = owner_entry(&self.host, owner, &pool, a);
+            if !have.contains(&entry) {
+                let at = r.value["at"].as_u64().unwrap_or_default();
+                match self.cluster.create(&entry, json!({ "at": at })).await {
+                    Ok(_) | Err(ClusterError::Conflict { .. }) => {}
+                    Err(e) => return Err(store(e)),
+                }
+            }
+        }
+        self.indexed.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Release every address `owner` holds (its container is gone); what was released.
@@ -454,15 +704,30 @@ impl Ipam {
     /// ID); how many addresses moved.
     pub async fn rekey(&self, from: &str, to: &str) -> Result<usize, Error> {
         let mut moved = 0;
-        for (k, r, _) in self.owned(from).await? {
+        for (k, r, held) in self.owned(from).await? {
+            let Ok(pool) = Cidr::parse(&held.pool) else {
+                continue;
+            };
+            let (old, new) = (
+                owner_entry(&self.host, from, &pool, held.address),
+                owner_entry(&self.host, to, &pool, held.address),
+            );
+            match self.cluster.create(&new, json!({ "at": now_s() })).await {
+                Ok(_) | Err(ClusterError::Conflict { .. }) => {}
+                Err(e) => return Err(store(e)),
+            }
             let mut v = r.value.clone();
             v["owner"] = json!(to);
             match self.cluster.swap(&k, v, r.revision).await {
                 Ok(_) => moved += 1,
                 // Released or taken meanwhile: not `from`'s any more.
-                Err(ClusterError::Conflict { .. }) => {}
+                Err(ClusterError::Conflict { .. }) => {
+                    self.drop_entry(&new).await;
+                    continue;
+                }
                 Err(e) => return Err(store(e)),
             }
+            self.drop_entry(&old).await;
         }
         Ok(moved)
     }
@@ -470,29 +735,42 @@ impl Ipam {
     /// Every owner of this host that has held an address for at least `min_age` (for
     /// reconciling: a younger one may belong to a create still on its way to the daemon).
     pub async fn owners(&self, min_age: Duration) -> Result<HashMap<String, Vec<Held>>, Error> {
+        self.index_earlier_owners().await?;
         let mut by: HashMap<String, Vec<Held>> = HashMap::new();
         let now = now_s();
-        for (k, r) in self.cluster.list(PREFIX).await.map_err(store)? {
-            let Some(owner) = r.value["owner"].as_str() else {
-                continue;
-            };
+        let prefix = format!("{OWNERS}{}/", self.host);
+        for (k, r) in self.cluster.list(&prefix).await.map_err(store)? {
             let at = r.value["at"].as_u64().unwrap_or_default();
-            if r.value["host"].as_str() != Some(&self.host) || at + min_age.as_secs() > now {
+            if at + min_age.as_secs() > now {
                 continue;
             }
-            let mut parts = k[PREFIX.len()..].splitn(2, '/');
-            let (Some(pool), Some(Ok(address))) = (parts.next(), parts.next().map(str::parse))
+            let Some((owner, tail)) = k[prefix.len()..].split_once('/') else {
+                continue;
+            };
+            let (Some((pool, address)), Ok(owner)) =
+                (pool_and_address(tail), percent_decoded(owner))
             else {
                 continue;
             };
-            by.entry(owner.to_string()).or_default().push(Held {
-                pool: pool.replacen('_', "/", 1),
+            // Entries, not records: whoever acts on one checks the record
+            // ([`Ipam::release_owner`] does).
+            by.entry(owner).or_default().push(Held {
+                pool: pool.to_string(),
                 address,
-                claim: r.value["claim"].as_str().map(str::to_string),
+                claim: None,
             });
         }
         Ok(by)
     }
+}
+
+/// An owner from its key segment ([`owner_prefix`]).
+fn percent_decoded(segment: &str) -> Result<String, std::string::FromUtf8Error> {
+    let decoded: Vec<u8> = form_urlencoded::parse(format!("o={segment}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned().into_bytes())
+        .unwrap_or_default();
+    String::from_utf8(decoded)
 }
 
 #[cfg(test)]
@@ -560,6 +838,99 @@ mod tests {
             ipam.allocate(&pool, None, Holder::Endpoint).await.unwrap(),
             first
         );
+    }
+
+    #[test]
+    fn a_pool_is_picked_in_blocks_of_a_24() {
+        let blocks = |c: &str| {
+            Cidr::parse(c)
+                .unwrap()
+                .blocks()
+                .map(block_name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(blocks("10.9.1.128/25"), ["10.9.1"]);
+        assert_eq!(blocks("10.9.0.0/23"), ["10.9.0", "10.9.1"]);
+        let b = blocks("10.32.0.0/12");
+        assert_eq!(
+            (b.len(), b[0].as_str(), b[4095].as_str()),
+            (4096, "10.32.0", "10.47.255")
+        );
+    }
+
+    /// Two hosts pick in blocks of their own; once no block is left unclaimed, a host takes
+    /// what is free in the others' blocks, so the whole range fills, each address once.
+    #[tokio::test]
+    async fn hosts_pick_in_their_own_blocks_and_fill_the_range() {
+        let cluster: Arc<dyn Cluster> = Arc::new(crate::cluster::local::LocalCluster::memory());
+        let host = |h: &str| Ipam::new(cluster.clone(), h.into(), Duration::from_secs(0));
+        let (a, b) = (host("h1"), host("h2"));
+        let pool = Cidr::parse("10.9.0.0/23").unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10 {
+            let x = a.allocate(&pool, None, Holder::Endpoint).await.unwrap();
+            assert_eq!(x.octets()[2], 0, "{x}");
+            assert!(seen.insert(x));
+            let y = b.allocate(&pool, None, Holder::Endpoint).await.unwrap();
+            assert_eq!(y.octets()[2], 1, "{y}");
+            assert!(seen.insert(y));
+        }
+        while seen.len() < 510 {
+            let x = a.allocate(&pool, None, Holder::Endpoint).await.unwrap();
+            assert!(seen.insert(x), "{x} twice");
+        }
+        let e = b
+            .allocate(&pool, None, Holder::Endpoint)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("10.9.0.0/23 is exhausted"), "{e}");
+        // A released address in h2's block is h1's to take again.
+        b.release(&pool, Ipv4Addr::new(10, 9, 1, 7)).await.unwrap();
+        assert_eq!(
+            a.allocate(&pool, None, Holder::Endpoint).await.unwrap(),
+            Ipv4Addr::new(10, 9, 1, 7)
+        );
+    }
+
+    /// An owner's addresses are found through its index entries, each checked against the
+    /// address's record; records made before the index are indexed at the first read.
+    #[tokio::test]
+    async fn an_owners_addresses_are_found_through_the_index() {
+        let cluster: Arc<dyn Cluster> = Arc::new(crate::cluster::local::LocalCluster::memory());
+        let pool = Cidr::parse("10.9.0.0/24").unwrap();
+        // Recorded by a gateway before the index: no entry.
+        let early = Ipv4Addr::new(10, 9, 0, 200);
+        cluster
+            .create(
+                &key(&pool, early),
+                json!({ "host": "h1", "holder": "owner", "owner": "old/one", "at": 1 }),
+            )
+            .await
+            .unwrap();
+        let ipam = Ipam::new(cluster.clone(), "h1".into(), Duration::from_secs(0));
+        let a = ipam
+            .allocate(&pool, None, Holder::Owner("web"))
+            .await
+            .unwrap();
+        let owners = ipam.owners(Duration::ZERO).await.unwrap();
+        assert_eq!(owners["web"][0].address, a);
+        assert_eq!(owners["old/one"][0].address, early, "{owners:?}");
+        // An entry whose record says otherwise (a crash between the two writes) is dropped.
+        let stray = owner_entry("h1", "web", &pool, Ipv4Addr::new(10, 9, 0, 99));
+        cluster.create(&stray, json!({ "at": 1 })).await.unwrap();
+        let held = ipam.held_by("web").await.unwrap();
+        assert_eq!(held.iter().map(|h| h.address).collect::<Vec<_>>(), [a]);
+        assert_eq!(cluster.get(&stray).await.unwrap(), None);
+        // Rekeyed, then released: the entries follow, and none is left.
+        assert_eq!(ipam.rekey("web", "c1").await.unwrap(), 1);
+        assert!(ipam.held_by("web").await.unwrap().is_empty());
+        assert_eq!(ipam.release_owner("c1").await.unwrap()[0].address, a);
+        assert_eq!(
+            ipam.release_owner("old/one").await.unwrap()[0].address,
+            early
+        );
+        assert!(cluster.list(OWNERS).await.unwrap().is_empty());
     }
 
     #[tokio::test]
