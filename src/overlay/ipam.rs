@@ -93,6 +93,9 @@ impl Cidr {
     }
 }
 
+/// How long a block of this host found full is passed by before it is read again.
+const FULL_FOR: Duration = Duration::from_secs(30);
+
 /// Addresses are picked a /24 block at a time: a host claims blocks and picks in its own, so that
 /// a pick reads one block's records (at most 256), never the whole range.
 const BLOCK_MASK: u32 = 0xffff_ff00;
@@ -156,6 +159,9 @@ pub struct Ipam {
     range: Option<Cidr>,
     /// Per pool, the block of this host's last pick: the next starts there.
     cursor: std::sync::Mutex<HashMap<String, Ipv4Addr>>,
+    /// This host's blocks found full, and when: passed by for [`FULL_FOR`] (another host may
+    /// release an address in one meanwhile), or until this process releases one there.
+    full: std::sync::Mutex<HashMap<(String, Ipv4Addr), std::time::Instant>>,
     /// Whether this process has indexed the owners' addresses recorded before the index.
     indexed: std::sync::atomic::AtomicBool,
     /// Address keys this process is taking now: its other picks pass them by rather than race
@@ -223,6 +229,7 @@ impl Ipam {
             grace,
             range: None,
             cursor: Default::default(),
+            full: Default::default(),
             indexed: Default::default(),
             taking: Default::default(),
         }
@@ -390,12 +397,20 @@ impl Ipam {
             mine.rotate_left(at);
         }
         let mut in_grace = 0;
-        let mut tried = Vec::new();
+        let (mut tried, mut passed) = (Vec::new(), Vec::new());
         for b in mine {
             tried.push(b);
+            if self.known_full(pool, b) {
+                passed.push(b);
+                continue;
+            }
             if let Some(a) = self.pick_in(pool, b, holder, share, &mut in_grace).await? {
                 return Ok(a);
             }
+            self.full
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((pool_key(pool), b), std::time::Instant::now());
         }
         for b in blocks.iter().filter(|b| host_of(b).is_none()) {
             let mine = json!({ "host": self.host, "at": now_s() });
@@ -417,8 +432,10 @@ impl Ipam {
                 return Ok(a);
             }
         }
-        for b in blocks.iter().filter(|b| !tried.contains(b)) {
-            if let Some(a) = self.pick_in(pool, *b, holder, share, &mut in_grace).await? {
+        // The range is nearly full: everywhere else, then this host's blocks passed by above.
+        let rest = blocks.iter().filter(|b| !tried.contains(b)).copied();
+        for b in rest.chain(passed).collect::<Vec<_>>() {
+            if let Some(a) = self.pick_in(pool, b, holder, share, &mut in_grace).await? {
                 return Ok(a);
             }
         }
@@ -437,6 +454,13 @@ impl Ipam {
         Err(helper(format!(
             "{what} is exhausted: every address is taken{held}"
         )))
+    }
+
+    /// Whether this host's `block` was found full less than [`FULL_FOR`] ago.
+    fn known_full(&self, pool: &Cidr, block: Ipv4Addr) -> bool {
+        let full = self.full.lock().unwrap_or_else(|e| e.into_inner());
+        full.get(&(pool_key(pool), block))
+            .is_some_and(|at| at.elapsed() < FULL_FOR)
     }
 
     fn cursor_at(&self, pool: &Cidr) -> Option<Ipv4Addr> {
@@ -511,7 +535,15 @@ impl Ipam {
     async fn free(&self, k: &str, r: crate::cluster::Record) -> Result<(), Error> {
         let released = json!({ "host": self.host, "released_at": now_s() });
         match self.cluster.swap(k, released, r.revision).await {
-            Ok(_) => {}
+            Ok(_) => {
+                if let Some((pool, a)) = k.strip_prefix(PREFIX).and_then(pool_and_address) {
+                    let block = Ipv4Addr::from(u32::from(a) & BLOCK_MASK);
+                    self.full
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&(pool_key(&pool), block));
+                }
+            }
             // Gone or changed meanwhile: someone else released or took it.
             Err(ClusterError::Conflict { .. }) => return Ok(()),
             Err(e) => return Err(store(e)),
