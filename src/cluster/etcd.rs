@@ -464,7 +464,17 @@ impl Cluster for EtcdCluster {
             };
             match tokio::time::timeout(wait, watched).await {
                 Err(_) | Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(unreachable(&self.named, e)),
+                Ok(Err(e)) => {
+                    // The next watch (and call) starts at the next member: a watch fails over
+                    // as the follower asks again, which it does after listing through `call`.
+                    let _ = self.current.compare_exchange(
+                        i,
+                        (i + 1) % self.members.len(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    Err(unreachable(&self.named, e))
+                }
             }
         })
     }
