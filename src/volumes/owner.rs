@@ -331,47 +331,30 @@ impl Volumes {
         Ok(())
     }
 
-    /// Record that a push of `name` (owned here under `o`, read at `rev`) to `to` begins.
-    pub(crate) async fn begin_move(
+    /// Record a step of a push of `name` to `to` in its record (read as `o` at `rev`): `Sending`
+    /// as the push begins, `CutOver` with the last snapshot's `guid`. The record as written,
+    /// and its revision.
+    pub(crate) async fn record_step(
         &self,
         name: &VolumeName,
-        o: &Ownership,
-        rev: u64,
+        (o, rev): (&Ownership, u64),
         to: &str,
-    ) -> Result<u64, Error> {
+        step: Step,
+        guid: Option<&str>,
+    ) -> Result<(Ownership, u64), Error> {
         let mut next = o.clone();
         next.moving = Some(Move {
             to: to.to_string(),
-            step: Step::Sending,
-            guid: None,
-            since: now_s(),
-        });
-        self.swap_owner(name, &next, rev).await?.map_err(|_| {
-            helper(format!(
-                "volume {name}: its record changed as the push began (another push?)"
-            ))
-        })
-    }
-
-    /// Record the cut-over of a push: the owner's copy is read-only, its last snapshot `guid`.
-    pub(crate) async fn cut_over(
-        &self,
-        name: &VolumeName,
-        o: &Ownership,
-        rev: u64,
-        to: &str,
-        guid: &str,
-    ) -> Result<u64, Error> {
-        let mut next = o.clone();
-        next.moving = Some(Move {
-            to: to.to_string(),
-            step: Step::CutOver,
-            guid: Some(guid.to_string()),
+            step,
+            guid: guid.map(str::to_string),
             since: o.moving.as_ref().map_or_else(now_s, |m| m.since),
         });
-        self.swap_owner(name, &next, rev)
-            .await?
-            .map_err(|_| helper(format!("volume {name}: its record changed during the push")))
+        match self.swap_owner(name, &next, rev).await? {
+            Ok(rev) => Ok((next, rev)),
+            Err(_) => Err(helper(format!(
+                "volume {name}: its record changed during the push (another push?)"
+            ))),
+        }
     }
 
     /// End a push of `name` to `to` that did not complete, unless the receiver took the volume

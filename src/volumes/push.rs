@@ -328,13 +328,15 @@ impl Volumes {
                  the volume (or push with {{ stop = true }})"
             )));
         }
-        let rev = self.begin_move(name, &o, rev, to).await?;
+        let begun = self
+            .record_step(name, (&o, rev), to, owner::Step::Sending, None)
+            .await?;
         let by = Handoff {
             from: self.host.clone(),
             epoch: o.epoch,
         };
         let moved = self
-            .move_steps(name, to, &peers, &by, &o, rev, running, opts)
+            .move_steps(name, to, &peers, &by, begun, running, opts)
             .await;
         if moved.is_err() {
             // Rolled back, unless the receiver took it after all (then its record says so).
@@ -345,7 +347,7 @@ impl Volumes {
         moved
     }
 
-    /// Step 1 and step 2 of a push recorded as begun at `rev`.
+    /// Step 1 and step 2 of a push recorded as `begun` (the record and its revision).
     #[allow(clippy::too_many_arguments)]
     async fn move_steps(
         &self,
@@ -353,8 +355,7 @@ impl Volumes {
         to: &str,
         peers: &super::peers::Peers,
         by: &Handoff,
-        o: &Ownership,
-        rev: u64,
+        begun: (Ownership, u64),
         running: Vec<super::ContainerRef>,
         opts: PushOptions,
     ) -> Result<PushReport, Error> {
@@ -468,7 +469,14 @@ impl Volumes {
         let snap = self.backend.snapshot(name, &tag2).await?;
         // From here the receiver may take the volume once it has `snap`; until it does, this
         // gateway may still roll the move back (whichever swaps the record first wins).
-        self.cut_over(name, o, rev, to, &snap.guid).await?;
+        self.record_step(
+            name,
+            (&begun.0, begun.1),
+            to,
+            owner::Step::CutOver,
+            Some(&snap.guid),
+        )
+        .await?;
         let step2_bytes = self.send_to(name, to, by, Some(&last), &snap).await?;
         crate::failpoint::hit("volumes.push.cut-over");
         if let Err(e) = peers.claim(to, name, by, &snap.guid).await {
