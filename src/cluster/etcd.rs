@@ -503,20 +503,43 @@ impl Cluster for EtcdCluster {
             let mut from = key.into_bytes();
             let mut revision = 0;
             let mut out = Vec::new();
+            let mut page = PAGE;
             loop {
                 let mut options = GetOptions::new()
                     .with_range(end.clone())
-                    .with_limit(PAGE)
+                    .with_limit(page)
                     .with_sort(SortTarget::Key, SortOrder::Ascend);
                 if revision > 0 {
                     options = options.with_revision(revision);
                 }
-                let (resp, _) = self
+                let (answer, _) = self
                     .call(|c| {
                         let (from, options) = (from.clone(), options.clone());
-                        async move { c.kv_client().get(from, Some(options)).await }
+                        async move {
+                            match c.kv_client().get(from, Some(options)).await {
+                                // Over the client's answer limit (records far larger than
+                                // luastrip writes): the same page again, half as long.
+                                Err(etcd_client::Error::GRpcStatus(s))
+                                    if s.code() == tonic::Code::OutOfRange =>
+                                {
+                                    Ok(None)
+                                }
+                                other => other.map(Some),
+                            }
+                        }
                     })
                     .await?;
+                let Some(resp) = answer else {
+                    if page == 1 {
+                        return Err(ClusterError::Store(format!(
+                            "etcd ({}): a record under {prefix} is larger than the client takes \
+                             in one answer",
+                            self.named
+                        )));
+                    }
+                    page = (page / 2).max(1);
+                    continue;
+                };
                 if revision == 0 {
                     revision = resp.header().map_or(0, |h| h.revision());
                 }
