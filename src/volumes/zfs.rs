@@ -347,6 +347,31 @@ impl Zfs {
     }
 }
 
+impl Zfs {
+    /// Unmount `dataset` (if mounted) and mount it again. Right after an unmount, zfs-fuse may
+    /// still call the mountpoint busy for a moment (the FUSE unmount finishes after the command
+    /// returns): the mount is tried again until it succeeds, for at most 10 s.
+    async fn remount(&self, dataset: &str) -> Result<(), Error> {
+        match self.run(&["unmount", dataset]).await {
+            Err(Error::Helper { reason, .. }) if reason.contains("not currently mounted") => {}
+            other => {
+                other?;
+            }
+        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.run(&["mount", dataset]).await {
+                Err(Error::Helper { reason, .. })
+                    if reason.contains("busy") && tokio::time::Instant::now() < until =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+    }
+}
+
 impl VolumeBackend for Zfs {
     fn kind(&self) -> &'static str {
         "zfs"
@@ -548,8 +573,7 @@ impl VolumeBackend for Zfs {
             drop(turn);
             // Mount it afresh: zfs-fuse leaves the kernel's cache of the old files in place
             // after an incremental receive, so readers would see the data from before it.
-            self.run(&["unmount", &dataset]).await?;
-            self.run(&["mount", &dataset]).await.map(|_| ())
+            self.remount(&dataset).await
         })
     }
 
