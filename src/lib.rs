@@ -60,7 +60,8 @@
 //!   live flows, detail tabs with the diff, intercept queue, edit, replay, curl export.
 //! * [`volumes`] — the volume helper, built from its flags by [`volumes::Config::open`]: named volumes behind the `VolumeBackend` trait (ZFS,
 //!   driven by argv), checked names, ownership with a fencing epoch (a copy that is not the
-//!   volume is read-only), the two-phase push recorded step by step and settled at start, and the
+//!   volume is read-only), the two-phase push recorded step by step and settled at start, standby
+//!   replicas sent on a schedule, and the
 //!   `GET /luastrip/volumes` hook layer. Its state lives outside the Lua VMs; `zfs.*` drives it.
 //! * [`plugin`] — Docker's plugin protocol, served for the helpers on
 //!   `/run/docker/plugins/NAME.sock` so that dockerd calls them itself: the volume driver and

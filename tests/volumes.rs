@@ -1498,6 +1498,9 @@ end)
 route.endpoint("POST /luastrip/rollback/{name}", function(req)
   return answer(409, zfs.rollback, req.params.name, req.query.tag)
 end)
+route.endpoint("POST /luastrip/replicate/{name}", function(req)
+  return answer(502, zfs.replicate, req.params.name, req.query.to, { every = tonumber(req.query.every) })
+end)
 "#;
 
 /// Two hosts (h1, h2) whose gateways share a cluster on a real 3-member etcd, peers of each
@@ -1788,6 +1791,29 @@ fn a_stale_handoff_or_a_stale_copy_is_refused() {
         resp.starts_with("HTTP/1.1 409") && resp.contains("no move of it is under way"),
         "{resp}"
     );
+    // A replica stream from the owner at its epoch, but h2 is not the volume's standby.
+    let resp = peer(
+        "PUT",
+        &format!(
+            "/luastrip/peer/v1/volumes/fence/stream?tag=x&guid={guid}&from=h1&epoch=3&standby=1"
+        ),
+        "not a stream",
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 409") && resp.contains("this host is not its standby"),
+        "{resp}"
+    );
+    let resp = peer(
+        "PUT",
+        &format!(
+            "/luastrip/peer/v1/volumes/fence/stream?tag=x&guid={guid}&from=h1&epoch=1&standby=1"
+        ),
+        "not a stream",
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 409") && resp.contains("a stale or replayed handoff"),
+        "{resp}"
+    );
     let resp = peer(
         "POST",
         "/luastrip/peer/v1/volumes/fence/claim",
@@ -1926,4 +1952,116 @@ fn a_returning_host_cannot_write_a_volume_adopted_meanwhile() {
     // A container on h1 gets the volume as h2 wrote it (Flocker moves it back here).
     assert_eq!(sh_in(h.gw(0), "ret", "cat /data/f"), "new\n");
     assert_eq!(h.volume(0, "ret")["epoch"], 3);
+}
+
+/// Issue 22 (standby replicas): h1 sends its volume to h2 every second while a container on h1
+/// appends a numbered line every 0.1 s. h1's host is lost (its gateway killed, the writer gone).
+/// Once h1 is forgotten, h2 adopts the volume: it has a consistent prefix of the log, at most
+/// the window (a period and a send) behind. h1, back with its old copy, is fenced.
+#[test]
+fn a_standby_replica_survives_its_owners_host() {
+    let _zfs = zfs_one_at_a_time();
+    let mut h = EtcdHosts::new("standby");
+    h.start(0, "");
+    h.start(1, "");
+    sh_in(h.gw(0), "rep", "echo first > /data/first");
+    let resp = h.post(0, "/luastrip/replicate/rep?to=h2&every=1").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let round = json_body(&resp);
+    assert!(
+        round["snapshot"].as_str().unwrap().starts_with("repl-"),
+        "{round}"
+    );
+    let v = h.volume(0, "rep");
+    assert_eq!(v["standby"]["host"], "h2", "{v}");
+    // A period under a second is refused.
+    let resp = h.post(0, "/luastrip/replicate/rep?to=h2&every=0").unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 502") && resp.contains("at least 1 second"),
+        "{resp}"
+    );
+    let writer = run_ok(h.gw(0).docker().args([
+        "run",
+        "-d",
+        "-v",
+        "/flocker/rep:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i >> /data/log; sleep 0.1; done",
+    ]));
+    let writer = writer.trim();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    // h1's host is lost: its gateway dies, and the writer with it.
+    let log1 = PathBuf::from(h.volume(0, "rep")["mountpoint"].as_str().unwrap()).join("log");
+    h.gws[0].as_mut().unwrap().child.kill().unwrap();
+    h.gws[0].as_mut().unwrap().child.wait().unwrap();
+    run_ok(
+        support::docker_cli(&format!("unix://{}", Daemon::shared().socket.display()))
+            .args(["rm", "-f", writer]),
+    );
+    let written = std::fs::read_to_string(&log1).unwrap().lines().count();
+    let cluster = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_luastrip"));
+        c.args([
+            "cluster",
+            "--cluster",
+            &h.etcd.url(),
+            "--cluster-prefix",
+            &h.prefix,
+        ])
+        .args(args);
+        output(&mut c)
+    };
+    support::wait_until(
+        "h1's registration expires and it is forgotten",
+        std::time::Duration::from_secs(30),
+        || {
+            cluster(&["forget", "h1", "--grace-s", "0"])
+                .status
+                .success()
+        },
+    );
+    let resp = h.post(1, "/luastrip/adopt/rep").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(json_body(&resp)["epoch"], 2, "{resp}");
+    let kept = sh_in(h.gw(1), "rep", "cat /data/first; cat /data/log");
+    let mut lines = kept.lines();
+    assert_eq!(lines.next(), Some("first"));
+    let numbers: Vec<usize> = lines.map(|l| l.parse().unwrap()).collect();
+    assert_eq!(
+        numbers,
+        (1..=numbers.len()).collect::<Vec<_>>(),
+        "a consistent prefix"
+    );
+    // 5 s of writing, sent every second: several rounds landed, and what was lost is the
+    // window (a period and the send after it), loosely bounded.
+    assert!(
+        numbers.len() >= 10,
+        "{} of {written} lines kept",
+        numbers.len()
+    );
+    assert!(
+        written - numbers.len() <= 40,
+        "{} of {written} lines kept\n{}",
+        numbers.len(),
+        h.logs()
+    );
+    // h1 comes back with its old copy: fenced by the epoch.
+    h.start(0, "");
+    support::wait_until(
+        "h1's old copy is made read-only",
+        std::time::Duration::from_secs(20),
+        || h.zfs_props(0, "rep").0,
+    );
+    let v = h.volume(0, "rep");
+    assert_eq!(
+        (
+            v["owner"].as_str(),
+            v["epoch"].as_u64(),
+            v["owned"].as_bool()
+        ),
+        (Some("h2"), Some(2), Some(false)),
+        "{v}"
+    );
 }

@@ -8,8 +8,9 @@
 //! `zfs.snapshots(name)`; `zfs.rollback(name, tag, { destroy_newer = false })`;
 //! `zfs.destroy(name)`; `zfs.push(name, peer)` → `{ step1_bytes, step1_ms, step2_bytes,
 //! step2_ms, base, snapshot }`; `zfs.pull(name, { timeout = 300 })` (ask the owner to push here;
-//! `nil` when it is already here); `zfs.adopt(name)` (take a volume whose owner was forgotten,
-//! with this host's copy).
+//! `nil` when it is already here); `zfs.replicate(name, host, { every = 30 })` (send it to a
+//! standby on a schedule; `host` nil stops); `zfs.adopt(name)` (take a volume whose owner was
+//! forgotten, with this host's copy).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -132,6 +133,25 @@ pub fn register(lua: &Lua, services: &Services) -> Result<()> {
                 .map_err(|e| mlua::Error::runtime(format!("zfs.pull: timeout: {e}")))?;
             match helper(vols.pull(&name, timeout).await)? {
                 Some(report) => to_lua(&lua, &report),
+                None => Ok(Value::Nil),
+            }
+        },
+    )?;
+    add(
+        lua,
+        &t,
+        "replicate",
+        v,
+        |lua, vols, (name, host, opts): (String, Option<String>, Option<Table>)| async move {
+            let name = helper(Volumes::name(&name))?;
+            let every = match &opts {
+                Some(o) => o.get::<Option<f64>>("every")?.unwrap_or(30.0),
+                None => 30.0,
+            };
+            let every = std::time::Duration::try_from_secs_f64(every.max(0.0))
+                .map_err(|e| mlua::Error::runtime(format!("zfs.replicate: every: {e}")))?;
+            match helper(vols.replicate(&name, host.as_deref(), every).await)? {
+                Some(round) => to_lua(&lua, &round),
                 None => Ok(Value::Nil),
             }
         },

@@ -15,6 +15,7 @@ pub mod name;
 pub mod owner;
 pub mod peers;
 pub mod push;
+pub mod replicate;
 pub mod zfs;
 
 use std::future::Future;
@@ -184,6 +185,9 @@ pub struct VolumeInfo {
     /// Its owner was forgotten.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub orphaned: bool,
+    /// Where its owner sends it on a schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby: Option<owner::Standby>,
     pub read_only: bool,
     /// Bytes used.
     pub size: u64,
@@ -208,6 +212,8 @@ pub struct Volumes {
     moves: std::sync::Mutex<std::collections::HashMap<ContainerRef, ContainerMove>>,
     /// The volumes this process is pushing now (a move recorded for any other is a leftover).
     pushing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The replication loops ([`replicate`]), by volume.
+    replicas: std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 /// A container as the daemon lists it.
@@ -260,6 +266,7 @@ impl Volumes {
             events: None,
             moves: Default::default(),
             pushing: Default::default(),
+            replicas: Default::default(),
         }
     }
 
@@ -335,6 +342,7 @@ impl Volumes {
             refused,
             moving: record.as_ref().and_then(|o| o.moving.clone()),
             orphaned: record.as_ref().is_some_and(|o| o.orphaned),
+            standby: record.as_ref().and_then(|o| o.standby.clone()),
             owner: record.map(|o| o.owner),
             name: v.name.to_string(),
             dataset: v.id,

@@ -44,6 +44,17 @@ pub struct Ownership {
     /// The forgotten owner a gateway adopted it from ([`Volumes::adopt`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted_from: Option<String>,
+    /// The host the owner sends it to on a schedule ([`super::replicate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<Standby>,
+}
+
+/// A volume's standby host, and how often the owner sends it the volume (seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Standby {
+    pub host: String,
+    pub every: u64,
 }
 
 /// A push under way, as recorded.
@@ -72,11 +83,13 @@ pub enum Step {
     CutOver,
 }
 
-/// Who acts on a volume's stream or claim: the owner that sends, under its epoch.
+/// Who acts on a volume's stream or claim: the owner that sends, under its epoch; `standby`
+/// when it sends a replica to its standby rather than moving the volume.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Handoff {
     pub from: String,
     pub epoch: u64,
+    pub standby: bool,
 }
 
 impl Ownership {
@@ -88,6 +101,7 @@ impl Ownership {
             orphaned: false,
             orphaned_at: None,
             adopted_from: None,
+            standby: None,
         }
     }
 
@@ -182,7 +196,7 @@ impl Volumes {
 
     /// Replace the record of `name` read at `revision` with `next`: `Err` with the record as it
     /// is now when it moved on.
-    async fn swap_owner(
+    pub(super) async fn swap_owner(
         &self,
         name: &VolumeName,
         next: &Ownership,
@@ -246,6 +260,12 @@ impl Volumes {
                 "the cluster gives it to {} at epoch {} (a stale or replayed handoff)",
                 o.owner, o.epoch
             )));
+        }
+        if by.standby && guid.is_none() {
+            return match &o.standby {
+                Some(s) if s.host == self.host => Ok((o, rev)),
+                _ => Err(stale("this host is not its standby".into())),
+            };
         }
         let Some(m) = &o.moving else {
             return Err(stale("no move of it is under way".into()));
@@ -410,6 +430,7 @@ impl Volumes {
                     let by = Handoff {
                         from: self.host.clone(),
                         epoch: o.epoch,
+                        standby: false,
                     };
                     match peers.claim(&to, name, &by, guid).await {
                         Ok(()) => taken = true,
@@ -446,6 +467,7 @@ impl Volumes {
                 let by = Handoff {
                     from: o.owner.clone(),
                     epoch: o.epoch,
+                    standby: false,
                 };
                 let guid = m.guid.clone().unwrap_or_default();
                 match self.take_ownership(name, &by, &guid).await {
@@ -491,14 +513,19 @@ impl Volumes {
         Ok(())
     }
 
-    /// [`Volumes::settle_all`] once the store answers (tried again every few seconds until it
+    /// [`Volumes::settle_all`], then the replication loops restarted, once the store answers (tried again every few seconds until it
     /// does, or until `stop`): the background service a gateway with volumes runs at start.
     pub async fn settle_at_start(
         self: std::sync::Arc<Self>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         loop {
-            match self.settle_all().await {
+            let settled = match self.settle_all().await {
+                // Then the replication loops of the volumes owned here.
+                Ok(()) => self.restart_replicas().await,
+                Err(e) => Err(e),
+            };
+            match settled {
                 Ok(()) => return,
                 Err(_) => tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(3)) => {}

@@ -8,9 +8,10 @@
 //!
 //! The API (all under `/luastrip/peer/v1/volumes/NAME/`):
 //! * `GET snapshots` — the volume's snapshots here (`[]` if there is no such volume);
-//! * `PUT stream?tag=T&guid=G&from=HOST&epoch=N` — a replication stream (the body) to receive
-//!   from the owner `HOST` at epoch `N` (refused unless the cluster's record says `HOST` owns it
-//!   at `N` and is moving it here); answered once the snapshot `T` is here with guid `G`;
+//! * `PUT stream?tag=T&guid=G&from=HOST&epoch=N[&standby=1]` — a replication stream (the body)
+//!   to receive from the owner `HOST` at epoch `N` (refused unless the cluster's record says
+//!   `HOST` owns it at `N` and is moving it here, or, with `standby=1`, names this host its
+//!   standby); answered once the snapshot `T` is here with guid `G`;
 //! * `POST claim` (`{"from": HOST, "epoch": N, "guid": G}`) — take ownership from `HOST`, once
 //!   the record says `HOST` is cutting it over here at epoch `N` with snapshot `G`, and this
 //!   copy has it;
@@ -270,6 +271,7 @@ impl Peers {
             .append_pair("guid", guid)
             .append_pair("from", &by.from)
             .append_pair("epoch", &by.epoch.to_string())
+            .append_pair("standby", if by.standby { "1" } else { "0" })
             .finish();
         let path = format!("/luastrip/peer/v1/volumes/{name}/stream?{query}");
         self.call(peer, Method::PUT, &path, body, None)
@@ -445,6 +447,7 @@ async fn handle(
             let tag = query(&req, "tag").unwrap_or_default();
             let guid = query(&req, "guid").unwrap_or_default();
             let by = query(&req, "from").zip(query(&req, "epoch").and_then(|e| e.parse().ok()));
+            let standby = query(&req, "standby").as_deref() == Some("1");
             match (Volumes::tag(&tag), by) {
                 (Err(e), _) => Err(e),
                 (_, None) => Err(old_peer("stream", "?from=HOST&epoch=N")),
@@ -454,7 +457,11 @@ async fn handle(
                         .into_data_stream()
                         .map_err(std::io::Error::other);
                     let reader = tokio_util::io::StreamReader::new(body);
-                    let by = Handoff { from, epoch };
+                    let by = Handoff {
+                        from,
+                        epoch,
+                        standby,
+                    };
                     volumes
                         .receive(&name, &tag, &guid, &by, Box::new(reader))
                         .await
@@ -471,6 +478,7 @@ async fn handle(
                         let by = Handoff {
                             from: from.to_string(),
                             epoch,
+                            standby: false,
                         };
                         volumes
                             .take_ownership(&name, &by, guid)

@@ -161,20 +161,27 @@ impl Volumes {
         self.backend.set_read_only(name, true).await?;
         crate::failpoint::hit("volumes.receive.after");
         let snaps = self.backend.snapshots(name).await?;
-        snaps
-            .into_iter()
-            .find(|s| s.tag == tag.as_str() && s.guid == guid)
-            .ok_or_else(|| {
-                helper(format!(
-                    "volume {name}: the stream did not end at {tag} ({guid})"
-                ))
-            })
+        let Some(at) = snaps
+            .iter()
+            .position(|s| s.tag == tag.as_str() && s.guid == guid)
+        else {
+            return Err(helper(format!(
+                "volume {name}: the stream did not end at {tag} ({guid})"
+            )));
+        };
+        if by.standby {
+            // A replica: the next one starts from this snapshot; older ones go.
+            self.keep_base_and_prune(name, &snaps[at], &snaps[..at])
+                .await;
+        }
+        Ok(snaps[at].clone())
     }
 
     /// Destroy the `push-*` snapshots among `older` (best effort: a failure is only logged).
     /// Keep `base` (the newest snapshot both sides have) with a `zfs hold`, so that nothing
-    /// destroys the next push's base by accident, and destroy the `push-*` snapshots among
-    /// `older` (releasing their hold first). Best effort: a failure is only logged.
+    /// destroys the next push's base by accident, and destroy the `push-*` and `repl-*`
+    /// snapshots among `older` (releasing their hold first). Best effort: a failure is only
+    /// logged.
     pub(super) async fn keep_base_and_prune(
         &self,
         name: &VolumeName,
@@ -186,7 +193,10 @@ impl Volumes {
                 warn!(volume = %name, snapshot = %base.tag, error = %e, "cannot hold the push base");
             }
         }
-        for s in older.iter().filter(|s| s.tag.starts_with("push-")) {
+        for s in older
+            .iter()
+            .filter(|s| s.tag.starts_with("push-") || s.tag.starts_with("repl-"))
+        {
             if let Ok(tag) = Tag::parse(&s.tag) {
                 let _ = self.backend.hold(name, &tag, false).await;
                 if let Err(e) = self.backend.destroy_snapshot(name, &tag).await {
@@ -213,7 +223,7 @@ impl Volumes {
 
     /// Send `name` up to the snapshot `snap` to `to`, from `since` (a full stream without it);
     /// the bytes sent.
-    async fn send_to(
+    pub(super) async fn send_to(
         &self,
         name: &VolumeName,
         to: &str,
@@ -334,6 +344,7 @@ impl Volumes {
         let by = Handoff {
             from: self.host.clone(),
             epoch: o.epoch,
+            standby: false,
         };
         let moved = self
             .move_steps(name, to, &peers, &by, begun, running, opts)

@@ -217,6 +217,7 @@ function powerstrip.adapter(url, opts) end
 ---@field stale boolean|nil  the record gives the volume to this host at another epoch than this copy's
 ---@field orphaned boolean|nil  its owner was forgotten (`luastrip cluster forget`): see zfs.adopt
 ---@field move {to: string, step: "sending"|"cut-over", guid: string|nil, since: integer}|nil  a push under way
+---@field standby {host: string, every: integer}|nil  where the owner sends it on a schedule (zfs.replicate)
 ---@field read_only boolean
 ---@field size integer  bytes used
 ---@field snapshots luastrip.Snapshot[]  oldest first
@@ -280,6 +281,24 @@ function zfs.destroy(name) end
 ---@param opts {stop: boolean|nil, stop_timeout: integer|nil}|nil
 ---@return luastrip.PushReport
 function zfs.push(name, peer, opts) end
+
+---@class luastrip.ReplicaRound
+---@field volume string
+---@field to string
+---@field snapshot string  the repl-* snapshot sent
+---@field bytes integer
+---@field ms integer
+
+---Make `host` the standby of a volume this gateway owns: the volume is sent to it every `every`
+---seconds (default 30; at least 1), incrementally, as a `repl-*` snapshot. The first round runs
+---before this returns. `host` nil stops the replication. Lost when the volume moves; a restarted
+---gateway resumes it. When the owner's host is lost: `luastrip cluster forget`, then zfs.adopt on
+---the standby.
+---@param name string
+---@param host string|nil
+---@param opts {every: number|nil}|nil
+---@return luastrip.ReplicaRound|nil
+function zfs.replicate(name, host, opts) end
 
 ---Take a volume whose owner was forgotten (`luastrip cluster forget`), with this host's copy as
 ---the volume from now on (at the next epoch, writable). Refused while its owner is not forgotten;
