@@ -367,6 +367,16 @@ enum ClusterCommand {
         #[arg(long, default_value_t = 60)]
         grace_s: u64,
     },
+    /// Give an orphaned volume (its owner forgotten) to a host, at the next epoch: by default to
+    /// its standby (`zfs.replicate`). That host's gateway takes its copy as the volume when it
+    /// next sees the record (at start, or at the next mount).
+    Adopt {
+        /// The volume's name.
+        volume: String,
+        /// The host whose copy is to be the volume (default: the volume's standby).
+        #[arg(long)]
+        host: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -822,7 +832,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
     served
 }
 
-/// `luastrip cluster hosts|forget`: read (or change) the store the gateways share.
+/// `luastrip cluster hosts|forget|adopt`: read (or change) the store the gateways share.
 fn cluster_cmd(store: ClusterArgs, command: ClusterCommand) -> Result<(), String> {
     use luastrip::cluster::hosts;
     let config = store.config()?;
@@ -884,6 +894,20 @@ fn cluster_cmd(store: ClusterArgs, command: ClusterCommand) -> Result<(), String
                     } else {
                         format!(" ({})", done.orphaned.join(", "))
                     }
+                );
+                Ok(())
+            }
+            ClusterCommand::Adopt { volume, host } => {
+                let name = luastrip::volumes::Volumes::name(&volume).map_err(|e| e.to_string())?;
+                let o =
+                    luastrip::volumes::owner::adopt_for(cluster.as_ref(), &name, host.as_deref())
+                        .await?;
+                println!(
+                    "adopted {name}: {} owns it at epoch {} (from the forgotten {}); its gateway \
+                     takes its copy as the volume when it next sees the record",
+                    o.owner,
+                    o.epoch,
+                    o.adopted_from.as_deref().unwrap_or("?")
                 );
                 Ok(())
             }

@@ -1956,8 +1956,9 @@ fn a_returning_host_cannot_write_a_volume_adopted_meanwhile() {
 
 /// Issue 22 (standby replicas): h1 sends its volume to h2 every second while a container on h1
 /// appends a numbered line every 0.1 s. h1's host is lost (its gateway killed, the writer gone).
-/// Once h1 is forgotten, h2 adopts the volume: it has a consistent prefix of the log, at most
-/// the window (a period and a send) behind. h1, back with its old copy, is fenced.
+/// Once h1 is forgotten, `luastrip cluster adopt` gives the volume to its standby, whose gateway
+/// takes its copy at the next mount: a consistent prefix of the log, at most the window (a
+/// period and a send) behind. h1, back with its old copy, is fenced.
 #[test]
 fn a_standby_replica_survives_its_owners_host() {
     let _zfs = zfs_one_at_a_time();
@@ -2013,6 +2014,13 @@ fn a_standby_replica_survives_its_owners_host() {
         .args(args);
         output(&mut c)
     };
+    // Not adopted while its owner is not forgotten.
+    let out = cluster(&["adopt", "rep"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("which is not forgotten"),
+        "{}",
+        stderr(&out)
+    );
     support::wait_until(
         "h1's registration expires and it is forgotten",
         std::time::Duration::from_secs(30),
@@ -2022,10 +2030,27 @@ fn a_standby_replica_survives_its_owners_host() {
                 .success()
         },
     );
-    let resp = h.post(1, "/luastrip/adopt/rep").unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert_eq!(json_body(&resp)["epoch"], 2, "{resp}");
+    // Adopted by its standby (the default), from any machine that reaches etcd.
+    let out = cluster(&["adopt", "rep"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && said.contains("adopted rep: h2 owns it at epoch 2 (from the forgotten h1)"),
+        "{said}{}",
+        stderr(&out)
+    );
+    // h2's gateway takes its copy as the volume at the next mount.
     let kept = sh_in(h.gw(1), "rep", "cat /data/first; cat /data/log");
+    let v = h.volume(1, "rep");
+    assert_eq!(
+        (
+            v["owned"].as_bool(),
+            v["epoch"].as_u64(),
+            v["read_only"].as_bool()
+        ),
+        (Some(true), Some(2), Some(false)),
+        "{v}"
+    );
     let mut lines = kept.lines();
     assert_eq!(lines.next(), Some("first"));
     let numbers: Vec<usize> = lines.map(|l| l.parse().unwrap()).collect();

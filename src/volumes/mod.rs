@@ -367,7 +367,11 @@ impl Volumes {
         if claimed {
             v.epoch = Some(record.epoch);
         }
+        let adopted = record.adopting && record.owner == self.host;
         let record = self.unorphan(name, &v, record, rev).await?;
+        if adopted && !record.adopting {
+            v.epoch = Some(record.epoch);
+        }
         let should_be_read_only = owner::fenced(&self.host, &v, &record).is_some();
         if v.read_only != should_be_read_only {
             self.backend

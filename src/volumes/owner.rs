@@ -47,6 +47,53 @@ pub struct Ownership {
     /// The host the owner sends it to on a schedule ([`super::replicate`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby: Option<Standby>,
+    /// Given to `owner` by `luastrip cluster adopt` ([`adopt_for`]): its gateway takes its copy
+    /// as the volume at this epoch when it next sees the record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopting: bool,
+}
+
+/// `luastrip cluster adopt VOLUME [--host HOST]`: give an orphaned volume (its owner forgotten)
+/// to `host` (by default its standby), at the next epoch. The record says `adopting`: that
+/// host's gateway takes its copy as the volume when it next sees the record (at start, or at
+/// the next mount). The new record.
+pub async fn adopt_for(
+    cluster: &dyn crate::cluster::Cluster,
+    name: &VolumeName,
+    host: Option<&str>,
+) -> Result<Ownership, String> {
+    let key = owner_key(name);
+    let Some(r) = cluster.get(&key).await.map_err(|e| e.to_string())? else {
+        return Err(format!("no volume {name} is known to the cluster"));
+    };
+    let o = Ownership::parse(&key, &r.value).map_err(|e| e.to_string())?;
+    if !o.orphaned {
+        return Err(format!(
+            "volume {name} is owned by {} (epoch {}), which is not forgotten: forget it first \
+             (luastrip cluster forget {})",
+            o.owner, o.epoch, o.owner
+        ));
+    }
+    let host = match (host, &o.standby) {
+        (Some(h), _) => h.to_string(),
+        (None, Some(s)) => s.host.clone(),
+        (None, None) => {
+            return Err(format!(
+                "volume {name} has no standby: name the host whose copy is to be the volume \
+                 (--host)"
+            ))
+        }
+    };
+    let mut next = Ownership::new(&host, o.epoch + 1);
+    next.adopted_from = Some(o.owner.clone());
+    next.adopting = true;
+    match cluster.swap(&key, next.value(), r.revision).await {
+        Ok(_) => Ok(next),
+        Err(ClusterError::Conflict { .. }) => Err(format!(
+            "volume {name}: its record changed meanwhile (adopted elsewhere?)"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A volume's standby host, and how often the owner sends it the volume (seconds).
@@ -102,6 +149,7 @@ impl Ownership {
             orphaned_at: None,
             adopted_from: None,
             standby: None,
+            adopting: false,
         }
     }
 
@@ -418,7 +466,7 @@ impl Volumes {
         let Some(v) = self.backend.get(name).await? else {
             return Ok(());
         };
-        let Some((o, _)) = self.ownership(name).await? else {
+        let Some((o, rev)) = self.ownership(name).await? else {
             return Ok(());
         };
         match &o.moving {
@@ -478,6 +526,12 @@ impl Volumes {
                         self.align(name, &v, &o).await
                     }
                 }
+            }
+            // Given to this host by `luastrip cluster adopt`: its copy is the volume now.
+            None if o.adopting && o.owner == self.host => {
+                let o = self.unorphan(name, &v, o, rev).await?;
+                let v = self.existing(name).await?;
+                self.align(name, &v, &o).await
             }
             _ => self.align(name, &v, &o).await,
         }
@@ -569,7 +623,8 @@ impl Volumes {
     }
 
     /// A record orphaned while this host was forgotten, whose copy here is still the volume:
-    /// this host's again.
+    /// this host's again. A record that `luastrip cluster adopt` gave this host: its copy is the
+    /// volume from now on, at the record's epoch.
     pub(crate) async fn unorphan(
         &self,
         name: &VolumeName,
@@ -577,6 +632,25 @@ impl Volumes {
         o: Ownership,
         rev: u64,
     ) -> Result<Ownership, Error> {
+        if o.adopting && o.owner == self.host {
+            self.backend.set_epoch(name, o.epoch).await?;
+            let mut mine = o.clone();
+            mine.adopting = false;
+            return match self.swap_owner(name, &mine, rev).await? {
+                Ok(_) => {
+                    info!(volume = %name, epoch = o.epoch, "adopted here (luastrip cluster adopt): this copy is the volume");
+                    self.note(
+                        format!("{name} adopted from the forgotten {}: {} owns it at epoch {}", o.adopted_from.as_deref().unwrap_or("?"), self.host, o.epoch),
+                        serde_json::json!({ "volume": name.as_str(), "epoch": o.epoch, "step": "adopted" }),
+                    );
+                    Ok(mine)
+                }
+                Err(now) => match now {
+                    Some(r) => Ownership::parse(&owner_key(name), &r.value),
+                    None => Ok(o),
+                },
+            };
+        }
         if !o.orphaned || fenced(&self.host, v, &o).is_some() {
             return Ok(o);
         }
