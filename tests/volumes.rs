@@ -1513,6 +1513,8 @@ struct EtcdHosts {
     pools: [Pool; 2],
     ports: [u16; 2],
     gws: [Option<Gateway>; 2],
+    /// More flags for each host's gateway.
+    extra: [Vec<String>; 2],
 }
 
 impl EtcdHosts {
@@ -1526,6 +1528,7 @@ impl EtcdHosts {
             pools: [Pool::new(256), Pool::new(256)],
             ports: [support::free_port(), support::free_port()],
             gws: [None, None],
+            extra: [Vec::new(), Vec::new()],
         }
     }
 
@@ -1540,7 +1543,7 @@ impl EtcdHosts {
         let listen = format!("127.0.0.1:{}", self.ports[i]);
         let peer = format!("h{}=http://127.0.0.1:{}", other + 1, self.ports[other]);
         let url = self.etcd.url();
-        let extra = [
+        let mut extra = vec![
             "--peer-listen",
             &listen,
             "--peer",
@@ -1552,6 +1555,7 @@ impl EtcdHosts {
             "--cluster-prefix",
             &self.prefix,
         ];
+        extra.extend(self.extra[i].iter().map(String::as_str));
         let unused = self.dir.join(format!("unused-{i}.json"));
         let env = [("LUASTRIP_FAILPOINTS", failpoints)];
         self.gws[i] = Some(gateway_env(
@@ -1963,9 +1967,43 @@ fn a_returning_host_cannot_write_a_volume_adopted_meanwhile() {
 fn a_standby_replica_survives_its_owners_host() {
     let _zfs = zfs_one_at_a_time();
     let mut h = EtcdHosts::new("standby");
+    // h1 serves the volume plugin too: its create takes a standby.
+    let plugin = format!("lst{}stby", std::process::id());
+    support::remove_dead_plugin_sockets();
+    let _cleanup =
+        support::RemoveOnDrop(PathBuf::from(format!("/run/docker/plugins/{plugin}.sock")));
+    h.extra[0] = vec!["--volume-plugin".into(), plugin.clone()];
     h.start(0, "");
     h.start(1, "");
+    // The plugin's form: docker volume create -o standby=HOST -o every=SECONDS (dockerd passes
+    // the options only to the create that makes the volume).
+    let create = |opts: &[&str]| {
+        let mut c = h.gw(0).docker();
+        c.args(["volume", "create", "-d", &plugin]);
+        for o in opts {
+            c.args(["-o", o]);
+        }
+        output(c.arg("rep"))
+    };
+    let out = create(&["every=1"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("every= goes with standby=HOST"),
+        "{}",
+        stderr(&out)
+    );
+    let out = create(&["standby=h2", "every=1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = h.volume(0, "rep");
+    assert_eq!(
+        (
+            v["standby"]["host"].as_str(),
+            v["standby"]["every"].as_u64()
+        ),
+        (Some("h2"), Some(1)),
+        "{v}"
+    );
     sh_in(h.gw(0), "rep", "echo first > /data/first");
+    // From Lua (set again): the first round runs at the call.
     let resp = h.post(0, "/luastrip/replicate/rep?to=h2&every=1").unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let round = json_body(&resp);
@@ -1973,8 +2011,6 @@ fn a_standby_replica_survives_its_owners_host() {
         round["snapshot"].as_str().unwrap().starts_with("repl-"),
         "{round}"
     );
-    let v = h.volume(0, "rep");
-    assert_eq!(v["standby"]["host"], "h2", "{v}");
     // A period under a second is refused.
     let resp = h.post(0, "/luastrip/replicate/rep?to=h2&every=0").unwrap();
     assert!(

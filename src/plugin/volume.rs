@@ -5,6 +5,9 @@
 //!
 //! `Mount`/`Unmount` are counted per container ID: `Remove` refuses a volume that a container
 //! has mounted (or that any container's mounts name, so the answer survives a luastrip restart).
+//! `docker volume create -d NAME -o standby=HOST [-o every=SECONDS] db` also makes HOST the
+//! volume's standby ([`crate::volumes::replicate`]).
+//!
 //! A volume owned by another gateway is refused at `Mount` with its owner's name, and so is a
 //! stale copy (its epoch behind the owner record's: see [`crate::volumes::owner`]).
 
@@ -22,8 +25,9 @@ pub struct VolumeDriver {
     mounts: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
-/// Options `docker volume create -o` may pass (none yet: a volume is a plain dataset).
-const OPTIONS: &[&str] = &[];
+/// Options `docker volume create -o` may pass: a standby host the volume is sent to, and how
+/// often (seconds, default 30): `-o standby=h2 -o every=30` ([`Volumes::replicate`]).
+const OPTIONS: &[&str] = &["standby", "every"];
 
 impl VolumeDriver {
     pub fn new(volumes: Arc<Volumes>) -> Self {
@@ -45,17 +49,35 @@ impl VolumeDriver {
             Ok(n) => n,
             Err(e) => return err(e),
         };
+        let opt = |k: &str| body["Opts"][k].as_str().map(str::to_string);
         if let Some(opts) = body["Opts"].as_object() {
             if let Some(k) = opts.keys().find(|k| !OPTIONS.contains(&k.as_str())) {
                 return err(format!(
-                    "volume {name}: unknown option {k:?} (this driver takes none)"
+                    "volume {name}: unknown option {k:?} (this driver takes: {})",
+                    OPTIONS.join(", ")
                 ));
             }
         }
-        match self.volumes.volume(&name).await {
-            Ok(_) => json!({ "Err": "" }),
-            Err(e) => err(reason(e)),
+        let every = match opt("every").map(|e| e.parse::<u64>()) {
+            None => 30,
+            Some(Ok(s)) if opt("standby").is_some() => s,
+            Some(Ok(_)) => return err(format!("volume {name}: every= goes with standby=HOST")),
+            Some(Err(_)) => {
+                return err(format!(
+                    "volume {name}: every= is a whole number of seconds"
+                ))
+            }
+        };
+        if let Err(e) = self.volumes.volume(&name).await {
+            return err(reason(e));
         }
+        if let Some(host) = opt("standby") {
+            let every = std::time::Duration::from_secs(every);
+            if let Err(e) = self.volumes.replicate(&name, Some(&host), every).await {
+                return err(reason(e));
+            }
+        }
+        json!({ "Err": "" })
     }
 
     async fn get(&self, body: Value, full: bool) -> Value {
