@@ -1769,64 +1769,69 @@ fn a_stale_handoff_or_a_stale_copy_is_refused() {
         out
     };
     let snaps_before = h.volume(1, "fence")["snapshots"].clone();
-    let claim = format!(r#"{{"from":"h1","epoch":1,"guid":"{guid}"}}"#);
-    let resp = peer("POST", "/luastrip/peer/v1/volumes/fence/claim", &claim);
-    assert!(resp.starts_with("HTTP/1.1 409"), "{resp}");
-    assert!(
-        json_body(&resp)["message"].as_str().unwrap().contains(
+    let stream =
+        |query: &str| format!("/luastrip/peer/v1/volumes/fence/stream?tag=x&guid={guid}&{query}");
+    let claim = "/luastrip/peer/v1/volumes/fence/claim".to_string();
+    // (method, target, body, the answer's status and what its message says)
+    let refused = [
+        (
+            "POST",
+            claim.clone(),
+            format!(r#"{{"from":"h1","epoch":1,"guid":"{guid}"}}"#),
+            "409",
             "refused a handoff of volume fence from h1 at epoch 1: the cluster gives it to h1 at \
-             epoch 3 (a stale or replayed handoff)"
+             epoch 3 (a stale or replayed handoff)",
         ),
-        "{resp}"
-    );
-    let resp = peer(
-        "PUT",
-        &format!("/luastrip/peer/v1/volumes/fence/stream?tag=x&guid={guid}&from=h1&epoch=1"),
-        "not a stream",
-    );
-    assert!(resp.starts_with("HTTP/1.1 409"), "{resp}");
-    // The owner at its epoch, but moving nothing: refused too.
-    let resp = peer(
-        "PUT",
-        &format!("/luastrip/peer/v1/volumes/fence/stream?tag=x&guid={guid}&from=h1&epoch=3"),
-        "not a stream",
-    );
-    assert!(
-        resp.starts_with("HTTP/1.1 409") && resp.contains("no move of it is under way"),
-        "{resp}"
-    );
-    // A replica stream from the owner at its epoch, but h2 is not the volume's standby.
-    let resp = peer(
-        "PUT",
-        &format!(
-            "/luastrip/peer/v1/volumes/fence/stream?tag=x&guid={guid}&from=h1&epoch=3&standby=1"
+        (
+            "PUT",
+            stream("from=h1&epoch=1"),
+            "not a stream".into(),
+            "409",
+            "a stale or replayed handoff",
         ),
-        "not a stream",
-    );
-    assert!(
-        resp.starts_with("HTTP/1.1 409") && resp.contains("this host is not its standby"),
-        "{resp}"
-    );
-    let resp = peer(
-        "PUT",
-        &format!(
-            "/luastrip/peer/v1/volumes/fence/stream?tag=x&guid={guid}&from=h1&epoch=1&standby=1"
+        // The owner at its epoch, but moving nothing.
+        (
+            "PUT",
+            stream("from=h1&epoch=3"),
+            "not a stream".into(),
+            "409",
+            "no move of it is under way",
         ),
-        "not a stream",
-    );
-    assert!(
-        resp.starts_with("HTTP/1.1 409") && resp.contains("a stale or replayed handoff"),
-        "{resp}"
-    );
-    let resp = peer(
-        "POST",
-        "/luastrip/peer/v1/volumes/fence/claim",
-        &format!(r#"{{"from":"h1","guid":"{guid}"}}"#),
-    );
-    assert!(
-        resp.starts_with("HTTP/1.1 400") && resp.contains("(the owner and its epoch)"),
-        "{resp}"
-    );
+        // A replica stream from the owner at its epoch, but h2 is not the volume's standby.
+        (
+            "PUT",
+            stream("from=h1&epoch=3&standby=1"),
+            "not a stream".into(),
+            "409",
+            "this host is not its standby",
+        ),
+        (
+            "PUT",
+            stream("from=h1&epoch=1&standby=1"),
+            "not a stream".into(),
+            "409",
+            "a stale or replayed handoff",
+        ),
+        // No epoch at all: an older gateway, or a hand-made call.
+        (
+            "POST",
+            claim,
+            format!(r#"{{"from":"h1","guid":"{guid}"}}"#),
+            "400",
+            "(the owner and its epoch)",
+        ),
+    ];
+    for (method, target, body, status, says) in refused {
+        let resp = peer(method, &target, &body);
+        assert_eq!(support::status(&resp), status, "{method} {target}: {resp}");
+        assert!(
+            json_body(&resp)["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(says),
+            "{method} {target}: {resp}"
+        );
+    }
     assert_eq!(
         h.volume(1, "fence")["snapshots"],
         snaps_before,

@@ -206,6 +206,24 @@ impl Volumes {
         }
     }
 
+    /// Keep `snap` as the base of the next push or replica, and prune the `push-*` and `repl-*`
+    /// snapshots besides it (see [`Volumes::keep_base_and_prune`]).
+    pub(super) async fn keep_only_base(
+        &self,
+        name: &VolumeName,
+        snap: &Snapshot,
+    ) -> Result<(), Error> {
+        let older: Vec<Snapshot> = self
+            .backend
+            .snapshots(name)
+            .await?
+            .into_iter()
+            .filter(|s| s.guid != snap.guid)
+            .collect();
+        self.keep_base_and_prune(name, snap, &older).await;
+        Ok(())
+    }
+
     /// Snapshot `name` as `tag` and send it to `to`, from `since` (a full stream without it);
     /// the bytes sent and the snapshot.
     async fn snapshot_and_send(
@@ -506,14 +524,7 @@ impl Volumes {
             ),
             json!({ "volume": name.as_str(), "to": to, "step": 2, "bytes": step2_bytes, "ms": step2_ms }),
         );
-        let older: Vec<Snapshot> = self
-            .backend
-            .snapshots(name)
-            .await?
-            .into_iter()
-            .filter(|s| s.guid != snap.guid)
-            .collect();
-        self.keep_base_and_prune(name, &snap, &older).await;
+        self.keep_only_base(name, &snap).await?;
         Ok(PushReport {
             volume: name.to_string(),
             to: to.to_string(),

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::name::{Tag, VolumeName};
 use super::owner::{fenced, Handoff, Standby};
-use super::{helper, Snapshot, Volumes};
+use super::{helper, Volumes};
 use crate::Error;
 
 /// What one round did.
@@ -175,14 +175,7 @@ impl Volumes {
         let bytes = self
             .send_to(name, to, &by, base_tag.as_ref(), &snap)
             .await?;
-        let older: Vec<Snapshot> = self
-            .backend
-            .snapshots(name)
-            .await?
-            .into_iter()
-            .filter(|s| s.guid != snap.guid)
-            .collect();
-        self.keep_base_and_prune(name, &snap, &older).await;
+        self.keep_only_base(name, &snap).await?;
         let ms = t.elapsed().as_millis() as u64;
         self.note(
             format!(
