@@ -1637,6 +1637,27 @@ impl EtcdHosts {
             && self.zfs_props(1 - owner, name).0
     }
 
+    /// Host `i`'s gateway, started again on its old pool, finds the volume `name` given to
+    /// `owner` at `epoch` meanwhile: its copy is made read-only at start, and is not the volume.
+    fn returns_fenced(&mut self, i: usize, name: &str, owner: &str, epoch: u64) {
+        self.start(i, "");
+        support::wait_until(
+            &format!("h{}'s old copy of {name} is made read-only", i + 1),
+            std::time::Duration::from_secs(20),
+            || self.zfs_props(i, name).0,
+        );
+        let v = self.volume(i, name);
+        assert_eq!(
+            (
+                v["owner"].as_str(),
+                v["epoch"].as_u64(),
+                v["owned"].as_bool()
+            ),
+            (Some(owner), Some(epoch), Some(false)),
+            "{v}"
+        );
+    }
+
     fn logs(&self) -> String {
         self.gws
             .iter()
@@ -1937,22 +1958,7 @@ fn a_returning_host_cannot_write_a_volume_adopted_meanwhile() {
 
     // h1 comes back on its old pool: its copy says epoch 1 and was left writable.
     assert_eq!(h.zfs_props(0, "ret"), (false, "1".to_string()));
-    h.start(0, "");
-    support::wait_until(
-        "h1's stale copy is made read-only",
-        std::time::Duration::from_secs(20),
-        || h.zfs_props(0, "ret").0,
-    );
-    let v = h.volume(0, "ret");
-    assert_eq!(
-        (
-            v["owner"].as_str(),
-            v["epoch"].as_u64(),
-            v["owned"].as_bool()
-        ),
-        (Some("h2"), Some(2), Some(false)),
-        "{v}"
-    );
+    h.returns_fenced(0, "ret", "h2", 2);
     let resp = h.post(0, "/luastrip/adopt/ret").unwrap();
     assert!(
         resp.starts_with("HTTP/1.1 409") && resp.contains("not forgotten"),
@@ -2114,20 +2120,9 @@ fn a_standby_replica_survives_its_owners_host() {
         h.logs()
     );
     // h1 comes back with its old copy: fenced by the epoch.
-    h.start(0, "");
-    support::wait_until(
-        "h1's old copy is made read-only",
-        std::time::Duration::from_secs(20),
-        || h.zfs_props(0, "rep").0,
-    );
-    let v = h.volume(0, "rep");
-    assert_eq!(
-        (
-            v["owner"].as_str(),
-            v["epoch"].as_u64(),
-            v["owned"].as_bool()
-        ),
-        (Some("h2"), Some(2), Some(false)),
-        "{v}"
-    );
+    h.returns_fenced(0, "rep", "h2", 2);
+    // dockerd's record of the plugin's volume goes with h1's copy (not the volume: the record
+    // stays h2's).
+    run_ok(h.gw(0).docker().args(["volume", "rm", "rep"]));
+    assert_eq!(h.volume(1, "rep")["owner"], "h2");
 }

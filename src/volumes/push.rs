@@ -224,6 +224,35 @@ impl Volumes {
         Ok(())
     }
 
+    /// The newest snapshot of `name` that `to` has too (matched by guid), and its tag: where the
+    /// next stream to `to` starts (`None`: a full stream).
+    pub(super) async fn newest_common(
+        &self,
+        peers: &super::peers::Peers,
+        to: &str,
+        name: &VolumeName,
+    ) -> Result<(Option<Snapshot>, Option<Tag>), Error> {
+        let theirs: Vec<String> = peers
+            .snapshots(to, name)
+            .await?
+            .into_iter()
+            .map(|s| s.guid)
+            .collect();
+        let base = self
+            .backend
+            .snapshots(name)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|s| theirs.contains(&s.guid));
+        let tag = base
+            .as_ref()
+            .map(|s| Tag::parse(&s.tag))
+            .transpose()
+            .map_err(helper)?;
+        Ok((base, tag))
+    }
+
     /// Snapshot `name` as `tag` and send it to `to`, from `since` (a full stream without it);
     /// the bytes sent and the snapshot.
     async fn snapshot_and_send(
@@ -390,24 +419,7 @@ impl Volumes {
     ) -> Result<PushReport, Error> {
         // Step 1: everything since the newest snapshot both sides have.
         let t1 = Instant::now();
-        let theirs: Vec<String> = peers
-            .snapshots(to, name)
-            .await?
-            .into_iter()
-            .map(|s| s.guid)
-            .collect();
-        let base = self
-            .backend
-            .snapshots(name)
-            .await?
-            .into_iter()
-            .rev()
-            .find(|s| theirs.contains(&s.guid));
-        let base_tag = base
-            .as_ref()
-            .map(|s| Tag::parse(&s.tag))
-            .transpose()
-            .map_err(helper)?;
+        let (base, base_tag) = self.newest_common(peers, to, name).await?;
         let stamp = now_ms();
         let tag1 = Tag::parse(&format!("push-{stamp}-1")).map_err(helper)?;
         self.note(

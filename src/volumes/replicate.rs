@@ -144,23 +144,7 @@ impl Volumes {
             .as_ref()
             .ok_or_else(|| helper("no peers: start luastrip with --peer or --peer-url"))?;
         let t = std::time::Instant::now();
-        let theirs: Vec<String> = peers
-            .snapshots(to, name)
-            .await?
-            .into_iter()
-            .map(|s| s.guid)
-            .collect();
-        let mine = self.backend.snapshots(name).await?;
-        let base = mine
-            .iter()
-            .rev()
-            .find(|s| theirs.contains(&s.guid))
-            .cloned();
-        let base_tag = base
-            .as_ref()
-            .map(|s| Tag::parse(&s.tag))
-            .transpose()
-            .map_err(helper)?;
+        let (_, base_tag) = self.newest_common(peers, to, name).await?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
