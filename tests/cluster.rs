@@ -228,17 +228,7 @@ async fn etcd_keeps_the_contract_with_a_member_down_and_names_itself_without_quo
 
     // A value that is not JSON (anyone who can write etcd can write it): an error naming the
     // key, for a get and for a list.
-    let mut raw = etcd_client::Client::connect(
-        [etcd
-            .url()
-            .replace("etcd://", "http://")
-            .split(',')
-            .next()
-            .unwrap()],
-        None,
-    )
-    .await
-    .unwrap();
+    let mut raw = etcd.raw_client().await;
     raw.put("/luastrip-test/bad/x", "{not json", None)
         .await
         .unwrap();
@@ -381,17 +371,7 @@ async fn a_list_longer_than_a_page_comes_whole() {
     let etcd = Etcd::start();
     let config = etcd_config(&etcd, "/luastrip-pages/");
     let c: Arc<dyn Cluster> = Arc::new(EtcdCluster::connect(&config).await.unwrap());
-    let mut raw = etcd_client::Client::connect(
-        [etcd
-            .url()
-            .replace("etcd://", "http://")
-            .split(',')
-            .next()
-            .unwrap()],
-        None,
-    )
-    .await
-    .unwrap();
+    let mut raw = etcd.raw_client().await;
     let pad = "x".repeat(2560);
     let n = 2_100;
     let value = |i: usize| json!({ "i": i, "pad": pad });

@@ -62,6 +62,18 @@ fn gateway_env(
     )
 }
 
+/// A container with the Flocker volume `volume` on `/data`, through `gw`, is refused, and the
+/// error says `says`.
+fn mount_refused(gw: &Gateway, volume: &str, says: &str) {
+    let bind = format!("/flocker/{volume}:/data");
+    let out = output(
+        gw.docker()
+            .args(["run", "--rm", "-v", &bind, IMAGE, "true"]),
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains(says), "{err}");
+}
+
 /// The peer token file in `dir`, readable by its owner only (as the gateway demands).
 fn token_file(dir: &std::path::Path) -> PathBuf {
     let token = dir.join("token");
@@ -1869,19 +1881,10 @@ fn a_stale_handoff_or_a_stale_copy_is_refused() {
         (Some(false), Some(true)),
         "{v}"
     );
-    let out =
-        output(
-            h.gw(0)
-                .docker()
-                .args(["run", "--rm", "-v", "/flocker/fence:/data", IMAGE, "true"]),
-        );
-    let err = stderr(&out);
-    assert!(
-        !out.status.success()
-            && err.contains(
-                "this copy is at epoch 1, but the cluster gives the volume to h1 at epoch 3"
-            ),
-        "{err}"
+    mount_refused(
+        h.gw(0),
+        "fence",
+        "this copy is at epoch 1, but the cluster gives the volume to h1 at epoch 3",
     );
     assert!(h.zfs_props(0, "fence").0, "the stale copy is read-only now");
     let resp = h
@@ -1930,17 +1933,10 @@ fn a_returning_host_cannot_write_a_volume_adopted_meanwhile() {
         "0",
     ]));
     assert!(forgot.contains("1 volumes orphaned (ret)"), "{forgot}");
-    let out =
-        output(
-            h.gw(1)
-                .docker()
-                .args(["run", "--rm", "-v", "/flocker/ret:/data", IMAGE, "true"]),
-        );
-    let err = stderr(&out);
-    assert!(
-        !out.status.success()
-            && err.contains("volume ret is owned by h1 (epoch 1), which was forgotten: adopt it"),
-        "{err}"
+    mount_refused(
+        h.gw(1),
+        "ret",
+        "volume ret is owned by h1 (epoch 1), which was forgotten: adopt it",
     );
     let resp = h.post(1, "/luastrip/adopt/ret").unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");

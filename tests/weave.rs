@@ -1263,10 +1263,7 @@ fn two_hosts_sharing_etcd_never_hand_out_an_address_twice() {
     // Each address is one record in etcd, under the prefix.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let keys = rt.block_on(async {
-        let first = url.trim_start_matches("etcd://").split(',').next().unwrap();
-        let mut c = etcd_client::Client::connect([format!("http://{first}")], None)
-            .await
-            .unwrap();
+        let mut c = etcd.raw_client().await;
         let options = etcd_client::GetOptions::new()
             .with_prefix()
             .with_keys_only();

@@ -99,6 +99,15 @@ impl Etcd {
         self.url_on("127.0.0.1")
     }
 
+    /// A plain etcd client on the first member, for what a test writes or reads behind
+    /// luastrip's back (values luastrip would never write, keys under a prefix).
+    pub async fn raw_client(&self) -> etcd_client::Client {
+        let first = self.members[0].client;
+        etcd_client::Client::connect([format!("http://127.0.0.1:{first}")], None)
+            .await
+            .expect("connect to etcd")
+    }
+
     /// The same on another address the members serve (`start_also_on`).
     pub fn url_on(&self, ip: &str) -> String {
         let members: Vec<String> = self
