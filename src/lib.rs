@@ -71,7 +71,8 @@
 //!   driver (`ip` by argv, checked names), the guard layer that keeps clients from reaching
 //!   around the allocator (`--ip`, owner labels, overlapping subnets), and the `/events`
 //!   follower that releases the addresses of destroyed containers and reconciles after every
-//!   reconnect; VXLAN peers that follow the cluster's registered hosts.
+//!   reconnect; VXLAN peers that follow the cluster's registered hosts; addresses bound to a
+//!   container's identity that move with it between hosts, and VXLAN entries that follow them.
 //! * [`cluster`] — what several hosts must agree on (volume owners, overlay addresses), behind
 //!   one interface with create-if-absent and swap-if-revision, leases and change waits;
 //!   [`cluster::open`] opens the store the flags name (the local JSON file, or etcd); the hosts'

@@ -220,6 +220,11 @@ struct ServeArgs {
     /// a container that just went do not reach a stranger); asking for it by value still works.
     #[arg(long, env = "LUASTRIP_OVERLAY_GRACE_S", default_value_t = 30)]
     overlay_grace_s: u64,
+    /// Seconds an identity's overlay address (a named container's, a compose service
+    /// container's) stays its own after the container is removed: recreated on any host within
+    /// them, it gets the same address; others asking for it are refused.
+    #[arg(long, env = "LUASTRIP_OVERLAY_HOLD_S", default_value_t = 60)]
+    overlay_hold_s: u64,
     /// The default overlay network's name; the network of another subnet is NAME-10.2.1.0-24.
     #[arg(long, env = "LUASTRIP_OVERLAY_NETWORK", default_value = "luastrip")]
     overlay_network: String,
@@ -799,6 +804,7 @@ fn serve_cmd(args: ServeArgs) -> Result<(), String> {
             bridge: args.overlay_bridge,
             cidr: args.overlay_cidr,
             grace: std::time::Duration::from_secs(args.overlay_grace_s),
+            hold: std::time::Duration::from_secs(args.overlay_hold_s),
             network: args.overlay_network,
             range: args.overlay_range,
             peers: args.overlay_peer,
@@ -874,6 +880,12 @@ fn cluster_cmd(store: ClusterArgs, command: ClusterCommand) -> Result<(), String
                         h.addresses.len(),
                         h.peer.unwrap_or_else(|| "-".into())
                     );
+                    if let Some(hold) = h.hold_s {
+                        println!("  overlay hold {hold} s");
+                    }
+                    for held in &h.held {
+                        println!("  held {held} left");
+                    }
                 }
                 Ok(())
             }

@@ -1195,38 +1195,8 @@ fn the_address_comes_back_when_dockerd_restarts_the_container_at_boot() {
 /// under `--cluster-prefix`.
 #[test]
 fn two_hosts_sharing_etcd_never_hand_out_an_address_twice() {
-    support::require_root();
-    let pid = std::process::id();
-    let netns = format!("lst{pid}h4");
-    let (link, peer) = (
-        format!("lsu{}i", pid % 100_000),
-        format!("lsu{}j", pid % 100_000),
-    );
-    // A /30 of its own (the other two-host tests take x = pid and pid + 100).
-    let x = (pid + 50) % 250;
-    let (ip_a, ip_b) = (format!("198.18.{x}.9"), format!("198.18.{x}.10"));
-    let underlay = Underlay::new(&netns, &link, &peer, &ip_a, &ip_b);
-    let etcd = support::etcd::Etcd::start_also_on(Some(&ip_a));
-    let url = etcd.url_on(&ip_a);
-    let prefix = format!("/luastrip-w{pid}/");
-    let daemon_b = Stopping(Daemon::start_in_netns(
-        &support::temp_dir("dockerd-h4"),
-        &netns,
-    ));
-    let flags = |host: &'static str| {
-        [
-            "--cluster",
-            &url,
-            "--cluster-prefix",
-            &prefix,
-            "--host-name",
-            host,
-        ]
-        .map(str::to_string)
-    };
-    let (fa, fb) = (flags("h1"), flags("h2"));
-    let a = Overlay::on_host("ea", 128, None, &Daemon::shared().socket, &refs(&fa));
-    let b = Overlay::on_host("eb", 128, Some(&netns), &daemon_b.0.socket, &refs(&fb));
+    let hosts = TwoHosts::new('i', (50, 8000), 128, ["h1", "h2"], &[]);
+    let (a, b, prefix) = (&hosts.a, &hosts.b, &hosts.prefix);
     let clients: Vec<_> = [&a, &b]
         .iter()
         .enumerate()
@@ -1263,7 +1233,7 @@ fn two_hosts_sharing_etcd_never_hand_out_an_address_twice() {
     // Each address is one record in etcd, under the prefix.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let keys = rt.block_on(async {
-        let mut c = etcd.raw_client().await;
+        let mut c = hosts.etcd.raw_client().await;
         let options = etcd_client::GetOptions::new()
             .with_prefix()
             .with_keys_only();
@@ -1278,14 +1248,9 @@ fn two_hosts_sharing_etcd_never_hand_out_an_address_twice() {
     });
     // The 100 owners' and each host's network gateway address.
     assert_eq!(keys, 102, "records in etcd");
-    for (o, ids) in [(&a, &ids[0]), (&b, &ids[1])] {
+    for (o, ids) in [(a, &ids[0]), (b, &ids[1])] {
         run_ok(o.docker().args(["rm", "-f"]).args(ids));
     }
-    drop(b);
-    drop(a);
-    drop(daemon_b);
-    drop(etcd);
-    drop(underlay);
 }
 
 /// Issue 21: a gateway started while etcd is down starts and serves what needs no cluster
@@ -1475,48 +1440,11 @@ fn hosts_are_listed_forgotten_and_a_returning_host_takes_nothing_back() {
 /// etcd keeps their addresses apart.
 #[test]
 fn vxlan_peers_come_from_the_cluster_and_follow_hosts_that_leave() {
-    support::require_root();
-    let pid = std::process::id();
-    let netns = format!("lst{pid}h3");
-    // Names, addresses and a VNI of its own (the other two-host tests run beside it).
-    let (link, peer) = (
-        format!("lsu{}g", pid % 100_000),
-        format!("lsu{}h", pid % 100_000),
-    );
-    let x = (pid + 100) % 250;
-    let (ip_a, ip_b) = (format!("198.18.{x}.5"), format!("198.18.{x}.6"));
-    let vni = (6000 + pid % 1000).to_string();
-    let vxlan = format!("lsx{vni}");
-    let underlay = Underlay::new(&netns, &link, &peer, &ip_a, &ip_b);
-    // etcd on this host, reached from the other over the underlay.
-    let etcd = support::etcd::Etcd::start_also_on(Some(&ip_a));
-    let url = etcd.url_on(&ip_a);
-    let prefix = format!("/luastrip-v{pid}/");
-    let daemon_b = Stopping(Daemon::start_in_netns(
-        &support::temp_dir("dockerd-h3"),
-        &netns,
-    ));
-    let flags = |me: &str, host: &'static str| {
-        [
-            "--cluster",
-            &url,
-            "--cluster-prefix",
-            &prefix,
-            "--overlay-underlay",
-            me,
-            "--overlay-vni",
-            &vni,
-            "--host-name",
-            host,
-        ]
-        .map(str::to_string)
-    };
-    let (fa, fb) = (flags(&ip_a, "v1"), flags(&ip_b, "v2"));
-    let a = Overlay::on_host("wa", 131, None, &Daemon::shared().socket, &refs(&fa));
-    let mut b = Overlay::on_host("wb", 131, Some(&netns), &daemon_b.0.socket, &refs(&fb));
-
+    let mut hosts = TwoHosts::new('g', (100, 6000), 131, ["v1", "v2"], &[]);
+    let (ip_a, ip_b, vxlan) = (hosts.ip_a.clone(), hosts.ip_b.clone(), hosts.vxlan.clone());
+    let TwoHosts { a, b, .. } = &mut hosts;
     let (on_a, on_b) = (a.run_d("net:default"), b.run_d("net:default"));
-    let (addr_a, addr_b) = (ip_of(&a, &on_a), ip_of(&b, &on_b));
+    let (addr_a, addr_b) = (ip_of(a, &on_a), ip_of(b, &on_b));
     assert!(addr_a.starts_with("10.131.") && addr_b.starts_with("10.131."));
     assert_ne!(addr_a, addr_b);
     let flooded = |o: &Overlay| {
@@ -1530,8 +1458,8 @@ fn vxlan_peers_come_from_the_cluster_and_follow_hosts_that_leave() {
         "each host floods to the other",
         Duration::from_secs(15),
         || {
-            flooded(&a).contains(&format!("00:00:00:00:00:00 dst {ip_b}"))
-                && flooded(&b).contains(&format!("00:00:00:00:00:00 dst {ip_a}"))
+            flooded(a).contains(&format!("00:00:00:00:00:00 dst {ip_b}"))
+                && flooded(b).contains(&format!("00:00:00:00:00:00 dst {ip_a}"))
         },
     );
     run_ok(
@@ -1548,17 +1476,296 @@ fn vxlan_peers_come_from_the_cluster_and_follow_hosts_that_leave() {
     assert_eq!(b.gw.terminate(), Some(0));
     // (Only the flooding entry goes: MACs learned from B age out as the kernel ages them.)
     support::wait_until("A drops B's underlay", Duration::from_secs(15), || {
-        !flooded(&a).contains(&format!("00:00:00:00:00:00 dst {ip_b}"))
+        !flooded(a).contains(&format!("00:00:00:00:00:00 dst {ip_b}"))
     });
     // Back: A takes it as a peer again.
     b.start_again();
     support::wait_until("A takes B back", Duration::from_secs(15), || {
-        flooded(&a).contains(&format!("00:00:00:00:00:00 dst {ip_b}"))
+        flooded(a).contains(&format!("00:00:00:00:00:00 dst {ip_b}"))
     });
     run_ok(a.docker().args(["rm", "-f", &on_a]));
-    drop(b);
-    drop(a);
-    drop(daemon_b);
-    drop(etcd);
-    drop(underlay);
+}
+
+/// Two "hosts" sharing one etcd: this one, and a network namespace with its own dockerd reached
+/// over a veth underlay (etcd listens on this side of it). Each runs a gateway with the weave
+/// script, its VXLAN peers from the cluster (`--overlay-underlay`). Fields drop in order: the
+/// gateways, the second dockerd, etcd, the namespace.
+struct TwoHosts {
+    b: Overlay,
+    a: Overlay,
+    daemon_b: Stopping,
+    etcd: support::etcd::Etcd,
+    _underlay: Underlay,
+    url: String,
+    prefix: String,
+    ip_a: String,
+    ip_b: String,
+    vxlan: String,
+}
+
+impl TwoHosts {
+    /// `tag` (one letter) names the namespace, links and gateways; `slot` picks a /30 of
+    /// 198.18.0.0/16 and `vnis` a thousand VNIs, apart from the other two-host tests'; `octet`
+    /// the overlay range; `hosts` the host names; `extra` more gateway flags for both.
+    fn new(
+        tag: char,
+        (slot, vnis): (u32, u32),
+        octet: u8,
+        hosts: [&str; 2],
+        extra: &[&str],
+    ) -> TwoHosts {
+        support::require_root();
+        let pid = std::process::id();
+        let netns = format!("lst{pid}h{tag}");
+        let (link, peer) = (
+            format!("lsu{}{tag}a", pid % 100_000),
+            format!("lsu{}{tag}b", pid % 100_000),
+        );
+        let x = (pid + slot) % 250;
+        let (ip_a, ip_b) = (format!("198.18.{x}.13"), format!("198.18.{x}.14"));
+        let vni = (vnis + pid % 1000).to_string();
+        let underlay = Underlay::new(&netns, &link, &peer, &ip_a, &ip_b);
+        let etcd = support::etcd::Etcd::start_also_on(Some(&ip_a));
+        let url = etcd.url_on(&ip_a);
+        let prefix = format!("/luastrip-{tag}{pid}/");
+        let daemon_b = Stopping(Daemon::start_in_netns(
+            &support::temp_dir(&format!("dockerd-{tag}")),
+            &netns,
+        ));
+        let flags = |me: &str, host: &str| -> Vec<String> {
+            [
+                "--cluster",
+                &url,
+                "--cluster-prefix",
+                &prefix,
+                "--overlay-underlay",
+                me,
+                "--overlay-vni",
+                &vni,
+                "--host-name",
+                host,
+            ]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+        };
+        let (fa, fb) = (flags(&ip_a, hosts[0]), flags(&ip_b, hosts[1]));
+        let a = Overlay::on_host(
+            &format!("{tag}a"),
+            octet,
+            None,
+            &Daemon::shared().socket,
+            &refs(&fa),
+        );
+        let b = Overlay::on_host(
+            &format!("{tag}b"),
+            octet,
+            Some(&netns),
+            &daemon_b.0.socket,
+            &refs(&fb),
+        );
+        TwoHosts {
+            b,
+            a,
+            daemon_b,
+            etcd,
+            _underlay: underlay,
+            url,
+            prefix,
+            ip_a,
+            ip_b,
+            vxlan: format!("lsx{vni}"),
+        }
+    }
+
+    /// `luastrip cluster ARGS…` on this cluster.
+    fn cluster(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_luastrip"));
+        c.args(["cluster", "--cluster", &self.url])
+            .args(["--cluster-prefix", &self.prefix])
+            .args(args);
+        c
+    }
+
+    /// `bridge fdb show dev VXLAN` on `o`'s host.
+    fn fdb(&self, o: &Overlay) -> String {
+        let mut c = Command::new("bridge");
+        if let Some(ns) = &o.netns {
+            c.args(["-n", ns]);
+        }
+        run_ok(c.args(["fdb", "show", "dev", &self.vxlan]))
+    }
+}
+
+/// The MAC luastrip gives the endpoint of `ip` (`02:4c:` and the address's bytes).
+fn mac_of(ip: &str) -> String {
+    let b: Vec<u8> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+    format!("02:4c:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+}
+
+/// Issue 22, item 2: an address bound to a container's identity follows it to another host;
+/// never from under a running container, never back to the container left behind, held for the
+/// identity after removal, and every host's VXLAN follows at once.
+#[test]
+fn an_identitys_address_follows_it_to_another_host() {
+    let pid = std::process::id();
+    let hosts = TwoHosts::new(
+        'k',
+        (150, 7000),
+        133,
+        ["t1", "t2"],
+        &["--overlay-hold-s", "45"],
+    );
+    let (a, b) = (&hosts.a, &hosts.b);
+    let db = format!("db{pid}");
+    let run_db = |o: &Overlay, extra: &[&str]| {
+        let mut c = o.docker();
+        c.args(["run", "-d", "--name", &db, "-e", "WEAVE_CIDR=net:default"])
+            .args(extra)
+            .args([IMAGE, "sleep", "300"]);
+        output(&mut c)
+    };
+    let id = |out: std::process::Output| {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let refused = |out: std::process::Output, why: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success() && err.contains(why),
+            "wanted {why:?}: {err}"
+        );
+    };
+    let on_b = id(run_db(b, &[]));
+    let x = ip_of(b, &on_b);
+    assert!(x.starts_with("10.133."), "{x}");
+    let mac = mac_of(&x);
+    let link = run_ok(
+        b.docker()
+            .args(["exec", &on_b, "ip", "link", "show", "ethwe0"]),
+    );
+    assert!(link.contains(&mac), "the MAC follows the address: {link}");
+    // A client on A reaches db on B (and A's VXLAN learns where db's MAC is).
+    let client = run_ok(a.docker().args([
+        "run",
+        "-d",
+        "-e",
+        "WEAVE_CIDR=net:default",
+        IMAGE,
+        "sleep",
+        "300",
+    ]))
+    .trim()
+    .to_string();
+    let ping = |to: &str| {
+        output(
+            a.docker()
+                .args(["exec", &client, "ping", "-c", "1", "-W", "2", to]),
+        )
+        .status
+        .success()
+    };
+    support::wait_until("A reaches db on B", Duration::from_secs(15), || ping(&x));
+
+    // While db runs on B, the same identity is refused on A, naming the host and container.
+    refused(
+        run_db(a, &[]),
+        &format!("in use by container {} on host t2", &on_b[..12]),
+    );
+    // `docker stop` on B, then the same name on A: the same address, and A reaches it at
+    // once (the VXLAN entries follow the move).
+    run_ok(b.docker().args(["stop", "-t", "0", &on_b]));
+    let on_a = id(run_db(a, &[]));
+    assert_eq!(ip_of(a, &on_a), x);
+    support::wait_until("the VXLAN follows db to A", Duration::from_secs(10), || {
+        !hosts.fdb(a).contains(&mac) && hosts.fdb(b).contains(&format!("{mac} dst {}", hosts.ip_a))
+    });
+    assert!(ping(&x), "A's client reaches db, now on A, at once");
+    // The container left on B is refused the address, through the gateway and on dockerd.
+    refused(
+        output(b.docker().args(["start", &on_b])),
+        "which has moved to host t1",
+    );
+    let mut direct_b =
+        support::docker_cli(&format!("unix://{}", hosts.daemon_b.0.socket.display()));
+    refused(
+        output(direct_b.args(["start", &on_b])),
+        "which has moved to host t1",
+    );
+    // Another identity is refused it while db runs on A, naming the holder.
+    refused(
+        output(b.docker().args([
+            "run",
+            "--rm",
+            "--name",
+            &format!("other{pid}"),
+            "-e",
+            &format!("WEAVE_CIDR={x}/16"),
+            IMAGE,
+            "true",
+        ])),
+        &format!("by name:{db} on host t1"),
+    );
+
+    // Removed on A: held for db; `cluster hosts` shows it; others are refused it.
+    run_ok(a.docker().args(["rm", "-f", &on_a]));
+    let listed = || run_ok(&mut hosts.cluster(&["hosts"]));
+    support::wait_until(
+        "cluster hosts shows the hold",
+        Duration::from_secs(10),
+        || listed().contains(&format!("held {x} name:{db} ")),
+    );
+    let shown = listed();
+    assert!(shown.contains("overlay hold 45 s"), "{shown}");
+    refused(
+        output(a.docker().args([
+            "run",
+            "--rm",
+            "-e",
+            &format!("WEAVE_CIDR={x}/16"),
+            IMAGE,
+            "true",
+        ])),
+        &format!("held for name:{db}, whose container was removed on host t1"),
+    );
+    // On B, the name is still taken by the old container: dockerd refuses the create, and the
+    // address stays as it was (held on t1).
+    refused(run_db(b, &[]), "is already in use");
+    assert!(
+        listed().contains(&format!("held {x} name:{db} ")),
+        "{}",
+        listed()
+    );
+    // The old container goes (changing nothing), and db is created on B again: same address.
+    run_ok(b.docker().args(["rm", &on_b]));
+    let again = id(run_db(b, &[]));
+    assert_eq!(ip_of(b, &again), x);
+    support::wait_until(
+        "the VXLAN follows db back to B",
+        Duration::from_secs(10),
+        || hosts.fdb(a).contains(&format!("{mac} dst {}", hosts.ip_b)),
+    );
+    assert!(ping(&x), "A's client reaches db, back on B");
+    assert!(!listed().contains(&format!("held {x}")), "{}", listed());
+
+    // Compose's labels are an identity too: a service container recreated on the other host.
+    let compose = |o: &Overlay, name: &str| {
+        let mut c = o.docker();
+        c.args(["run", "-d", "--name", name, "-e", "WEAVE_CIDR=net:default"])
+            .args(["--label", &format!("com.docker.compose.project=p{pid}")])
+            .args(["--label", "com.docker.compose.service=web"])
+            .args(["--label", "com.docker.compose.container-number=1"])
+            .args([IMAGE, "sleep", "300"]);
+        id(output(&mut c))
+    };
+    let web_a = compose(a, &format!("p{pid}_web_1"));
+    let y = ip_of(a, &web_a);
+    run_ok(a.docker().args(["stop", "-t", "0", &web_a]));
+    let web_b = compose(b, &format!("p{pid}_web_1_b"));
+    assert_eq!(ip_of(b, &web_b), y);
+
+    run_ok(a.docker().args(["rm", "-f", &client, &web_a]));
+    run_ok(b.docker().args(["rm", "-f", &again, &web_b]));
 }

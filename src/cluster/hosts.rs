@@ -42,6 +42,9 @@ pub struct HostInfo {
     pub peer: Option<String>,
     /// Its underlay address for VXLAN, if it runs the overlay between hosts.
     pub underlay: Option<Ipv4Addr>,
+    /// `--overlay-hold-s`, if it runs the overlay: how long it holds an identity's address
+    /// after its container is removed.
+    pub hold_s: Option<u64>,
     /// luastrip's version.
     pub version: String,
 }
@@ -52,6 +55,7 @@ impl HostInfo {
             "name": self.name,
             "peer": self.peer,
             "underlay": self.underlay.map(|a| a.to_string()),
+            "hold_s": self.hold_s,
             "version": self.version,
             "since": since,
         })
@@ -325,6 +329,27 @@ pub async fn underlays(
     Ok((peers, newest))
 }
 
+/// Whether the host `name` is alive (its registration's lease is).
+pub async fn is_alive(cluster: &dyn Cluster, name: &str) -> Result<bool, ClusterError> {
+    Ok(cluster.get(&format!("{ALIVE}{name}")).await?.is_some())
+}
+
+/// The live hosts' underlay addresses by name, and the highest revision among them.
+pub async fn underlays_by_host(
+    cluster: &dyn Cluster,
+) -> Result<(std::collections::HashMap<String, Ipv4Addr>, u64), ClusterError> {
+    let alive = cluster.list(ALIVE).await?;
+    let newest = alive.iter().map(|(_, r)| r.revision).max().unwrap_or(0);
+    let by = alive
+        .iter()
+        .filter_map(|(k, r)| {
+            let a = r.value["underlay"].as_str()?.parse().ok()?;
+            Some((k[ALIVE.len()..].to_string(), a))
+        })
+        .collect();
+    Ok((by, newest))
+}
+
 /// The `--peer-url` a live host gives, if it is alive and gives one.
 pub async fn peer_url(cluster: &dyn Cluster, name: &str) -> Result<Option<String>, ClusterError> {
     Ok(cluster
@@ -351,6 +376,11 @@ pub struct HostStatus {
     pub volumes: Vec<String>,
     /// The overlay addresses recorded as its own.
     pub addresses: Vec<String>,
+    /// Its `--overlay-hold-s`, if it runs the overlay.
+    pub hold_s: Option<u64>,
+    /// Its identities' addresses held after their containers were removed:
+    /// `10.32.0.5 name:db 42 s`.
+    pub held: Vec<String>,
 }
 
 /// Every host the store knows, alive or gone, with what each holds.
@@ -380,7 +410,21 @@ pub async fn list(cluster: &dyn Cluster) -> Result<Vec<HostStatus>, ClusterError
                 (None, Some((_, r))) => r.value["seen_at"].as_u64(),
                 (None, None) => None,
             };
+            let hold_s = info["hold_s"].as_u64();
             HostStatus {
+                hold_s,
+                held: addresses
+                    .iter()
+                    .filter(|(_, r)| r.value["host"].as_str() == Some(&name))
+                    .filter_map(|(k, r)| {
+                        let end = r.value["removed_at"].as_u64()? + hold_s.unwrap_or(60);
+                        let left = end
+                            .checked_sub(crate::cluster::now_s())
+                            .filter(|l| *l > 0)?;
+                        let a = k.rsplit('/').next()?;
+                        Some(format!("{a} {} {left} s", r.value["owner"].as_str()?))
+                    })
+                    .collect(),
                 alive: live.is_some(),
                 since: since.unwrap_or_default(),
                 version: info["version"].as_str().unwrap_or_default().to_string(),

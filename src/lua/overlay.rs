@@ -19,6 +19,12 @@
 //!   addresses when `addr` is nil).
 //! * `overlay.new_owner()` → a fresh owner token; `overlay.owner_label` is the label's name,
 //!   `overlay.claim_option` the endpoint option's.
+//! * `overlay.identity(labels, name?)` → `"compose:app:db:1"`, `"name:db"`, `"label:v"` or nil:
+//!   the identity of a container created with these labels and that name
+//!   ([`crate::overlay::ipam::identity`]); as an owner, its address follows it to any host.
+//!   `overlay.identity_label` is the label that names one explicitly.
+//! * `overlay.held()` → `{ { identity, address, pool, host, left_s }, … }`: identities'
+//!   addresses held after their containers were removed; `overlay.hold_s()` is how long.
 
 use mlua::{Lua, MultiValue, Result, Table, Value};
 
@@ -100,9 +106,30 @@ pub fn register(lua: &Lua, services: &Services) -> Result<()> {
     t.set("owner_label", OWNER_LABEL)?;
     t.set("claim_option", CLAIM_OPTION)?;
     t.set(
+        "identity_label",
+        crate::overlay::ipam::identity::IDENTITY_LABEL,
+    )?;
+    t.set(
         "new_owner",
         lua.create_function(|_, ()| helper(crate::overlay::new_owner()))?,
     )?;
+    t.set(
+        "identity",
+        lua.create_function(|lua, (labels, name): (Value, Option<String>)| {
+            let labels = match labels {
+                Value::Nil => serde_json::Value::Null,
+                v => super::json::to_json(lua, &v, "labels")?,
+            };
+            let id = helper(crate::overlay::ipam::identity_of(&labels, name.as_deref()))?;
+            Ok(id)
+        })?,
+    )?;
+    add(lua, &t, "held", h, n, |lua, o, ()| async move {
+        to_lua(&lua, &helper(o.ipam.held().await)?)
+    })?;
+    add(lua, &t, "hold_s", h, n, |_, o, ()| async move {
+        Ok(o.ipam.hold().as_secs())
+    })?;
     add(
         lua,
         &t,

@@ -24,6 +24,9 @@ pub struct Config {
     pub cidr: String,
     /// `--overlay-grace-s`: how long a released address is held back from new containers.
     pub grace: Duration,
+    /// `--overlay-hold-s`: how long an identity's address stays its own after its container is
+    /// removed.
+    pub hold: Duration,
     /// `--overlay-network`: the default overlay network's name (others are `NAME-10.2.1.0-24`).
     pub network: String,
     /// `--overlay-range`: the part of `cidr` this host picks from.
@@ -84,13 +87,14 @@ impl Config {
             vxlan,
             underlay: self.underlay,
         };
-        let overlay = Overlay::new(
+        let mut overlay = Overlay::new(
             cluster,
             host_name.to_string(),
             self.grace,
             settings,
             Upstream::new(upstream.clone()),
         );
+        overlay.ipam = overlay.ipam.with_hold(self.hold);
         if overlay.settings.vxlan.is_some() && link::exists(&overlay.settings.bridge).await {
             overlay
                 .ensure_bridge(&overlay.settings.bridge)

@@ -6,7 +6,10 @@
 //! A stream can break (the daemon restarts, the gateway was down). So the follower reconciles
 //! fully at start-up and after every reconnect: each owner whose container no longer exists has
 //! its addresses released, and the stream is reopened with `since=` the last event seen, so no
-//! event in between is missed (Weave's #2536: addresses leaked by missed events).
+//! event in between is missed (Weave's #2536: addresses leaked by missed events). An identity's
+//! addresses are not released but held ([`super::ipam::identity`]); reconciling holds those of
+//! removed containers, frees those whose hold has ended, and forgets the endpoints of stopped
+//! ones.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -83,7 +86,15 @@ async fn handle(overlay: &Overlay, ev: &Value) {
                 if super::check_owner(owner).is_err() {
                     continue;
                 }
-                if let Err(e) = overlay.release(owner, "container destroyed").await {
+                let done = if super::ipam::is_identity(owner) {
+                    overlay.hold(owner, id).await
+                } else {
+                    overlay
+                        .release(owner, "container destroyed")
+                        .await
+                        .map(drop)
+                };
+                if let Err(e) = done {
                     warn!(helper = "overlay", owner, error = %e, "cannot release addresses");
                 }
             }
@@ -101,17 +112,18 @@ async fn handle(overlay: &Overlay, ev: &Value) {
 /// Release the addresses of every owner whose container is gone.
 pub async fn reconcile(overlay: &Overlay) -> Result<usize, Error> {
     let owners = overlay.ipam.owners(PENDING).await?;
-    if owners.is_empty() {
-        return Ok(0);
-    }
     let containers = overlay
         .upstream()
         .get_json("/containers/json?all=1")
         .await?;
     let mut alive: HashSet<String> = HashSet::new();
+    let mut running: HashSet<String> = HashSet::new();
     for c in containers.as_array().into_iter().flatten() {
         if let Some(id) = c["Id"].as_str() {
             alive.insert(id.to_string());
+            if c["State"].as_str() == Some("running") {
+                running.insert(id.to_string());
+            }
         }
         for name in c["Names"].as_array().into_iter().flatten() {
             if let Some(n) = name.as_str() {
@@ -121,6 +133,13 @@ pub async fn reconcile(overlay: &Overlay) -> Result<usize, Error> {
         if let Some(owner) = c["Labels"][OWNER_LABEL].as_str() {
             alive.insert(owner.to_string());
         }
+    }
+    let settled = overlay.ipam.settle_identities(&alive, &running).await?;
+    if settled > 0 {
+        info!(
+            helper = "overlay",
+            settled, "reconciled: identities' addresses held, freed or stopped"
+        );
     }
     let mut released = 0;
     for owner in owners.keys().filter(|o| !alive.contains(*o)) {

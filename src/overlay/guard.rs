@@ -17,7 +17,8 @@
 //!   is named, or as a prefix of its ID;
 //! * once a create succeeds, the owner token it carried (set here, or by a script such as
 //!   `luastrip.weave`) is handed to the new container's ID: ownership follows the container, and
-//!   the label copied into another container, or baked into an image, owns nothing.
+//!   the label copied into another container, or baked into an image, owns nothing. An identity
+//!   (`luastrip.weave` allocates for one) stays the owner, and records the container.
 //!
 //! Bodies are read as dockerd reads them ([`Call::adopt_json_body`]) before anything is decided.
 
@@ -472,7 +473,13 @@ impl Guard {
             return Ok(());
         };
         // Logged, not failed: the container exists; until handed over, its label owns them.
-        if let Err(e) = self.0.ipam.rekey(token, id).await {
+        // An identity keeps them: the container is recorded as the one that has them now.
+        let handed = if super::ipam::is_identity(token) {
+            self.0.ipam.bind(token, id).await
+        } else {
+            self.0.ipam.rekey(token, id).await
+        };
+        if let Err(e) = handed {
             warn!(helper = "overlay", token, error = %e, "cannot hand addresses to the container");
         }
         Ok(())

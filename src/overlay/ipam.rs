@@ -15,6 +15,9 @@ use tracing::warn;
 use crate::cluster::{now_s, Cluster, ClusterError};
 use crate::Error;
 
+pub mod identity;
+pub use identity::{identity_of, is_identity};
+
 fn helper(reason: impl Into<String>) -> Error {
     Error::Helper {
         helper: "overlay".into(),
@@ -167,6 +170,9 @@ pub struct Ipam {
     /// Address keys this process is taking now: its other picks pass them by rather than race
     /// them (a lost race costs a round trip; the store still decides between hosts).
     taking: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// `--overlay-hold-s`: how long an identity's address stays its own after its container is
+    /// removed ([`identity`]).
+    hold: Duration,
 }
 
 const PREFIX: &str = "overlay/addresses/";
@@ -186,10 +192,15 @@ fn key(pool: &Cidr, a: Ipv4Addr) -> String {
 /// (dropped when next read), never an address that no entry finds.
 const OWNERS: &str = "overlay/owners/";
 
-/// The index entries of `owner` on `host` (an owner as a key segment: percent-encoded).
+/// The index entries of `owner` on `host` (an owner as a key segment: percent-encoded). An
+/// identity's are the cluster's, not a host's: it moves between hosts ([`identity`]).
 fn owner_prefix(host: &str, owner: &str) -> String {
-    let owner: String = form_urlencoded::byte_serialize(owner.as_bytes()).collect();
-    format!("{OWNERS}{host}/{owner}/")
+    let segment: String = form_urlencoded::byte_serialize(owner.as_bytes()).collect();
+    if is_identity(owner) {
+        format!("{}{segment}/", identity::IDENTITIES)
+    } else {
+        format!("{OWNERS}{host}/{segment}/")
+    }
 }
 
 fn owner_entry(host: &str, owner: &str, pool: &Cidr, a: Ipv4Addr) -> String {
@@ -232,7 +243,19 @@ impl Ipam {
             full: Default::default(),
             indexed: Default::default(),
             taking: Default::default(),
+            hold: identity::HOLD,
         }
+    }
+
+    /// Hold an identity's address for `hold` after its container is removed.
+    pub fn with_hold(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
+    }
+
+    /// How long an identity's address is held after its container is removed.
+    pub fn hold(&self) -> Duration {
+        self.hold
     }
 
     /// Pick new addresses of pools around `range` from `range` only (this host's share).
@@ -285,7 +308,14 @@ impl Ipam {
             Some(r) => self.cluster.swap(k, self.record(holder)?, r.revision).await,
         };
         match written {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                if let Holder::Owner(o) = holder {
+                    if is_identity(o) {
+                        self.locate(pool, a).await?;
+                    }
+                }
+                Ok(true)
+            }
             Err(e) => {
                 if let Some(entry) = entry {
                     self.drop_entry(&entry).await;
@@ -336,11 +366,28 @@ impl Ipam {
                 ) {
                     // Released (maybe still in its grace): asked for by value, so granted.
                     (None, _, _) => self.take(&k, Some(r), pool, a, holder).await?,
+                    // An identity's hold that has ended: free.
+                    (Some("owner"), _, _) if self.hold_ended(&r.value) => {
+                        self.take(&k, Some(r), pool, a, holder).await?
+                    }
+                    // Held for an identity whose container was removed: only it may have it.
+                    (Some("owner"), Some(o), Holder::Owner(me))
+                        if o != me && r.value["removed_at"].is_u64() =>
+                    {
+                        return Err(helper(format!(
+                            "{a} is already taken in {pool} ({})",
+                            self.held_for(&r.value)
+                        )));
+                    }
                     // dockerd starting an owner's container, which asks for its address.
                     (Some("owner"), _, Holder::Endpoint) => return Ok(()),
                     (Some("owner"), Some(o), Holder::Owner(me)) if o == me => return Ok(()),
                     (Some(h), o, _) => {
                         let by = match (h, o) {
+                            ("owner", Some(o)) if is_identity(o) => format!(
+                                "by {o} on host {}",
+                                r.value["host"].as_str().unwrap_or_default()
+                            ),
                             ("owner", Some(o)) => format!("by {o}"),
                             ("gateway", _) => "as the network's gateway".into(),
                             _ => "by a running container".into(),
@@ -504,6 +551,8 @@ impl Ipam {
                     }
                     Some(r)
                 }
+                // An identity's hold that has ended is free.
+                Some(r) if self.hold_ended(&r.value) => Some(r),
                 Some(_) => continue,
             };
             if !self
@@ -554,6 +603,9 @@ impl Ipam {
             k.strip_prefix(PREFIX).and_then(pool_and_address),
         ) {
             self.drop_entry(&owner_entry(host, owner, &pool, a)).await;
+            if is_identity(owner) {
+                self.drop_entry(&identity::located(&pool, a)).await;
+            }
         }
         Ok(())
     }
@@ -649,9 +701,21 @@ impl Ipam {
     }
 
     /// Release every address `owner` holds (its container is gone); what was released.
+    /// An identity's addresses are given back as they were before this host took them (to
+    /// their earlier host, for a create that failed after a move), else to the pool; only
+    /// those on this host.
     pub async fn release_owner(&self, owner: &str) -> Result<Vec<Held>, Error> {
         let mut released = Vec::new();
         for (k, r, held) in self.owned(owner).await? {
+            if is_identity(owner) {
+                if r.value["host"].as_str() != Some(self.host.as_str()) {
+                    continue;
+                }
+                if self.restore(&k, &r).await? {
+                    released.push(held);
+                    continue;
+                }
+            }
             self.free(&k, r).await?;
             released.push(held);
         }
@@ -707,8 +771,10 @@ impl Ipam {
         pool: &Cidr,
         a: Ipv4Addr,
         claim: Option<&str>,
+        endpoint: Option<&str>,
     ) -> Result<(), Error> {
-        let Some(r) = self.cluster.get(&key(pool, a)).await.map_err(store)? else {
+        let k = key(pool, a);
+        let Some(r) = self.cluster.get(&k).await.map_err(store)? else {
             return Ok(());
         };
         if r.value["holder"].as_str() != Some("owner") {
@@ -722,7 +788,20 @@ impl Ipam {
                      (recreate the container to have it checked)");
                 Ok(())
             }
-            Some(c) if claim == Some(c) => Ok(()),
+            Some(c) if claim == Some(c) => {
+                if is_identity(owner) {
+                    if let Some(ep) = endpoint {
+                        self.endpoint_started(&k, ep).await?;
+                    }
+                }
+                Ok(())
+            }
+            Some(_) if is_identity(owner) => Err(helper(format!(
+                "{a} is the overlay address of {owner}, which has moved to host {} since this \
+                 container was created (its claim on the address is the earlier one): refused. \
+                 Remove this container; the identity's container on host {0} has the address",
+                r.value["host"].as_str().unwrap_or_default()
+            ))),
             Some(_) => Err(helper(format!(
                 "{a} is the overlay address of container {}, and this endpoint was not given \
                  it by luastrip (was the container created on another network of the same name \
@@ -1051,11 +1130,14 @@ mod tests {
             ipam.held_by("c1").await.unwrap()[0].claim,
             Some(claim.clone())
         );
-        ipam.endpoint_may_take(&pool, a, Some(&claim))
+        ipam.endpoint_may_take(&pool, a, Some(&claim), None)
             .await
             .unwrap();
         for wrong in [None, Some(""), Some("0123")] {
-            let e = ipam.endpoint_may_take(&pool, a, wrong).await.unwrap_err();
+            let e = ipam
+                .endpoint_may_take(&pool, a, wrong, None)
+                .await
+                .unwrap_err();
             assert!(
                 e.to_string()
                     .contains(&format!("{a} is the overlay address of container c1")),
@@ -1064,8 +1146,8 @@ mod tests {
         }
         // Endpoints' and gateways' addresses, and free ones, carry no claim.
         let b = ipam.allocate(&pool, None, Holder::Endpoint).await.unwrap();
-        ipam.endpoint_may_take(&pool, b, None).await.unwrap();
-        ipam.endpoint_may_take(&pool, "10.9.0.200".parse().unwrap(), None)
+        ipam.endpoint_may_take(&pool, b, None, None).await.unwrap();
+        ipam.endpoint_may_take(&pool, "10.9.0.200".parse().unwrap(), None, None)
             .await
             .unwrap();
         // Released and asked for again by value: a new claim, the old one is refused.
@@ -1076,7 +1158,7 @@ mod tests {
         let again = ipam.owned_claim(&pool, a, "c2").await.unwrap().unwrap();
         assert_ne!(again, claim);
         assert!(ipam
-            .endpoint_may_take(&pool, a, Some(&claim))
+            .endpoint_may_take(&pool, a, Some(&claim), None)
             .await
             .is_err());
     }

@@ -67,6 +67,43 @@ async fn iproute2(tool: &str, args: &[&str]) -> Result<String, Error> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Point `mac` at the VXLAN peer `dst` on the VXLAN device `vxlan`: a dynamic entry, so that
+/// traffic from elsewhere still moves it and it ages out as learned ones do.
+pub async fn fdb_point(vxlan: &str, mac: &str, dst: Ipv4Addr) -> Result<(), Error> {
+    check_name("VXLAN device", vxlan)?;
+    check_mac(mac)?;
+    let dst = dst.to_string();
+    let args = [
+        "fdb", "replace", mac, "dev", vxlan, "dst", &dst, "self", "dynamic",
+    ];
+    iproute2("bridge", &args).await.map(drop)
+}
+
+/// Forget where `mac` is through the VXLAN device `vxlan`: the device's entry and the bridge's
+/// (an entry that is not there is no error).
+pub async fn fdb_forget(vxlan: &str, mac: &str) {
+    if check_name("VXLAN device", vxlan).is_err() || check_mac(mac).is_err() {
+        return;
+    }
+    for table in ["self", "master"] {
+        let _ = iproute2("bridge", &["fdb", "del", mac, "dev", vxlan, table]).await;
+    }
+}
+
+/// A MAC as `ip` takes it: six pairs of hex digits joined by `:`.
+fn check_mac(mac: &str) -> Result<(), Error> {
+    let ok = mac.len() == 17
+        && mac.split(':').count() == 6
+        && mac
+            .split(':')
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(helper(format!("{mac:?} is not a MAC address")))
+    }
+}
+
 /// Whether a link named `name` exists.
 pub async fn exists(name: &str) -> bool {
     ip(&["link", "show", "dev", name]).await.is_ok()

@@ -21,9 +21,15 @@
 //! is destroyed (the [`events`] follower, which also reconciles after every reconnect), and held
 //! back for a grace period after release. With the store shared and `--overlay-underlay`, the
 //! [`peers`] follower makes the other registered hosts this bridge's VXLAN peers.
+//!
+//! An address allocated for an *identity* (a container's name, compose's service and number, or
+//! a label: [`ipam::identity`]) is not the container's but the identity's: the same identity
+//! created again on any host takes it over, it is held for a while after its container is
+//! removed, and the [`fdb`] follower points every host's VXLAN at its new host at once.
 
 pub mod config;
 pub mod events;
+pub mod fdb;
 pub mod guard;
 pub mod ipam;
 pub mod link;
@@ -353,7 +359,9 @@ impl Overlay {
         nets.retain(|name, n| name != name_or_id && n.id != name_or_id);
     }
 
-    /// Give `owner` an address: the network for it exists when this returns.
+    /// Give `owner` an address: the network for it exists when this returns. An identity
+    /// ([`ipam::is_identity`]) that holds an address of that subnet (on any host) has it moved
+    /// here ([`Ipam::take_over`]).
     pub async fn allocate(&self, owner: &str, want: Want) -> Result<Allocation, Error> {
         check_owner(owner)?;
         let (cidr, addr) = match want {
@@ -362,15 +370,33 @@ impl Overlay {
             Want::Ip(a, c) => (c, Some(a)),
         };
         let network = self.network(None, Some(cidr), None).await?;
-        let a = self
-            .ipam
-            .allocate(&cidr, addr, Holder::Owner(owner))
-            .await?;
+        let mut moved = None;
+        if ipam::is_identity(owner) {
+            for held in self.ipam.held_by(owner).await? {
+                let same_pool = held.pool == cidr.to_string();
+                if same_pool && addr.is_none_or(|a| a == held.address) {
+                    if let Some(claim) = self.ipam.take_over(owner, &cidr, held.address).await? {
+                        moved = Some((held.address, claim));
+                        break;
+                    }
+                }
+            }
+        }
+        let (a, claim) = match moved {
+            Some((a, claim)) => (a, Some(claim)),
+            None => {
+                let a = self
+                    .ipam
+                    .allocate(&cidr, addr, Holder::Owner(owner))
+                    .await?;
+                (a, self.ipam.owned_claim(&cidr, a, owner).await?)
+            }
+        };
         let allocation = Allocation {
             address: format!("{a}/{}", cidr.prefix),
             ip: a.to_string(),
             network: network.name,
-            claim: self.ipam.owned_claim(&cidr, a, owner).await?,
+            claim,
         };
         self.announce(
             format!("{owner}: {} on {}", allocation.address, allocation.network),
@@ -414,6 +440,24 @@ impl Overlay {
             );
         }
         Ok(released)
+    }
+
+    /// The container `container` of `identity` was removed: its addresses are held for the
+    /// hold (`--overlay-hold-s`).
+    pub async fn hold(&self, identity: &str, container: &str) -> Result<(), Error> {
+        let held = self.ipam.hold_after_removal(identity, container).await?;
+        if !held.is_empty() {
+            let list: Vec<String> = held.iter().map(|h| h.address.to_string()).collect();
+            let hold = self.ipam.hold().as_secs();
+            self.announce(
+                format!(
+                    "{identity}: {} held for {hold} s (container removed)",
+                    list.join(", ")
+                ),
+                json!({ "event": "hold", "owner": identity, "addresses": list, "hold_s": hold }),
+            );
+        }
+        Ok(())
     }
 
     /// Release one address of `owner`; whether it held it.
@@ -644,6 +688,14 @@ fn same(n: Network, cidr: &Cidr, bridge: &str) -> Result<Network, Error> {
     Ok(n)
 }
 
+/// The MAC of an overlay endpoint with address `a`: locally administered, `02:4c:` and the
+/// address's four bytes, so that it follows the address to another host (overlay subnets do
+/// not overlap, so no two endpoints share one).
+pub fn mac_of(a: Ipv4Addr) -> String {
+    let [w, x, y, z] = a.octets();
+    format!("02:4c:{w:02x}:{x:02x}:{y:02x}:{z:02x}")
+}
+
 /// A fresh owner token (`ow-` and 16 hex digits), for a container not created yet: it carries
 /// the token in its [`OWNER_LABEL`] until the create succeeds and the token is handed to its ID.
 pub fn new_owner() -> Result<String, Error> {
@@ -651,7 +703,7 @@ pub fn new_owner() -> Result<String, Error> {
 }
 
 /// `bytes` random bytes from the kernel, in hex.
-fn random_hex(bytes: usize) -> Result<String, Error> {
+pub(crate) fn random_hex(bytes: usize) -> Result<String, Error> {
     let mut b = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))

@@ -10,6 +10,9 @@
 //! IPAM gave and the endpoint's options: an owner's address is refused there to an endpoint
 //! that does not carry the owner's claim ([`CLAIM_OPTION`]), so a network reference that meant
 //! another network at create cannot bring a container onto the overlay with another's address.
+//! The endpoint's MAC is made from its address ([`crate::overlay::mac_of`]), and an identity's
+//! endpoint is recorded until `DeleteEndpoint`, so that its address does not move to another
+//! host while it runs ([`crate::overlay::ipam::identity`]).
 //!
 //! A network's bridge (`-o luastrip.bridge=NAME`, default `--overlay-bridge`) holds its
 //! endpoints' host ends; it is recorded in the cluster store at `CreateNetwork` (so a `Join` after
@@ -96,8 +99,32 @@ impl NetworkDriver {
             return err(format!("CreateEndpoint: bad Interface.Address {address:?}"));
         };
         let claim = body["Options"][CLAIM_OPTION].as_str();
-        match self.overlay.ipam.endpoint_may_take(&pool, a, claim).await {
-            Ok(()) => json!({ "Interface": {} }),
+        let endpoint = body["EndpointID"].as_str();
+        if let Err(e) = self
+            .overlay
+            .ipam
+            .endpoint_may_take(&pool, a, claim, endpoint)
+            .await
+        {
+            return err(reason(e));
+        }
+        // The MAC follows the address (unless the client chose one), so that a container
+        // moved to another host keeps both: its peers' ARP entries stay right.
+        let given = body["Interface"]["MacAddress"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty());
+        if given {
+            json!({ "Interface": {} })
+        } else {
+            json!({ "Interface": { "MacAddress": crate::overlay::mac_of(a) } })
+        }
+    }
+
+    /// After every stop (and every disconnect): an identity's address is free to move.
+    async fn delete_endpoint(&self, body: Value) -> Value {
+        let endpoint = body["EndpointID"].as_str().unwrap_or_default();
+        match self.overlay.ipam.endpoint_gone(endpoint).await {
+            Ok(()) => json!({}),
             Err(e) => err(reason(e)),
         }
     }
@@ -151,7 +178,7 @@ impl Driver for NetworkDriver {
             "CreateNetwork" => Box::pin(self.create_network(body)),
             "DeleteNetwork" => Box::pin(self.delete_network(body)),
             "CreateEndpoint" => Box::pin(self.create_endpoint(body)),
-            "DeleteEndpoint" => Box::pin(async { json!({}) }),
+            "DeleteEndpoint" => Box::pin(self.delete_endpoint(body)),
             "EndpointOperInfo" => Box::pin(async { json!({ "Value": {} }) }),
             "Join" => Box::pin(self.join(body)),
             "Leave" => Box::pin(self.leave(body)),

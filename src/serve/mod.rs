@@ -378,6 +378,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             name: config.host_name.clone(),
             peer: config.volumes.as_ref().and_then(|v| v.peer_url.clone()),
             underlay: config.overlay.as_ref().and_then(|o| o.underlay),
+            hold_s: config.overlay.as_ref().map(|o| o.hold.as_secs()),
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let joined = crate::cluster::hosts::join(cluster.clone(), &info)
@@ -415,12 +416,17 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             background.spawn("overlay events follower", move |stop| {
                 crate::overlay::events::follow(follower, stop)
             });
-            // VXLAN peers from the cluster's hosts, when this host has an underlay address.
+            // VXLAN peers from the cluster's hosts, when this host has an underlay address,
+            // and every host's VXLAN following identities' addresses to their hosts.
             if overlay.settings.underlay.is_some() {
-                let (follower, cluster, me) =
-                    (overlay.clone(), cluster.clone(), config.host_name.clone());
+                let me = config.host_name.clone();
+                let (o, c, m) = (overlay.clone(), cluster.clone(), me.clone());
                 background.spawn("overlay peers follower", move |stop| {
-                    crate::overlay::peers::follow(follower, cluster, me, stop)
+                    crate::overlay::peers::follow(o, c, m, stop)
+                });
+                let (o, c) = (overlay.clone(), cluster.clone());
+                background.spawn("overlay FDB follower", move |stop| {
+                    crate::overlay::fdb::follow(o, c, me, stop)
                 });
             }
             Some(overlay)

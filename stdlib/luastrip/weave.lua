@@ -18,11 +18,18 @@
 -- --net=host, none, container:… or a network of their own are left alone.
 --
 -- Each subnet is one Docker network of the overlay driver (`luastrip` for the default range,
--- `luastrip-10.2.1.0-24` …), made when first needed. The addresses are allocated for an owner
--- token the create carries in its `luastrip.overlay.owner` label (a client setting that label
--- is refused before any script runs); once the container exists they are its own, by its ID,
--- and they are released when it is destroyed (`--rm` and removals sent to dockerd directly included). Bad values are a 400
--- naming the value; a missing image is dockerd's own 404, so the CLI pulls and retries.
+-- `luastrip-10.2.1.0-24` …), made when first needed. The create carries the owner of its
+-- addresses in its `luastrip.overlay.owner` label (a client setting that label is refused
+-- before any script runs):
+--   * a container with an identity (the label luastrip.overlay.identity, else compose's
+--     project, service and number, else its name) has its addresses bound to that identity:
+--     created again, on this host or another, it gets the same address; removed, the address
+--     is held for --overlay-hold-s (60 s) for it, and refused to others;
+--   * an unnamed container's addresses are allocated for a fresh token, its own by its ID once
+--     it exists, and released when it is destroyed (`--rm` and removals sent to dockerd
+--     directly included).
+-- Bad values are a 400 naming the value; a missing image is dockerd's own 404, so the CLI
+-- pulls and retries.
 --
 -- Needs `luastrip serve --network-plugin NAME`.
 local weave = {}
@@ -32,6 +39,11 @@ weave.env = "WEAVE_CIDR"
 -- Containers without WEAVE_CIDR get an address of the default range too (Weave's proxy did,
 -- unless started with --no-default-ipalloc).
 weave.default_ipalloc = false
+
+-- Bind addresses to the container's identity (name, compose service, label) rather than to
+-- the container: false gives every container addresses of its own, as Weave did.
+---@type boolean
+weave.identities = true
 
 local function deny(message, status)
   return { status = status or 400, json = { message = message } }
@@ -90,10 +102,11 @@ function weave.entries(value)
   return entries
 end
 
---- Rewrite a create body onto the overlay. Returns the owner and the allocations
---- (`{ address, ip, network, claim }`, the first is the create's network; the others are connected
---- after the create), or false when the container is left alone, or nil and a message.
-function weave.rewrite(spec)
+--- Rewrite a create body onto the overlay (`name`: the create's ?name=). Returns the owner and
+--- the allocations (`{ address, ip, network, claim }`, the first is the create's network; the
+--- others are connected after the create), or false when the container is left alone, or nil
+--- and a message.
+function weave.rewrite(spec, name)
   if type(spec) ~= "table" then return false end
   local value, why = cidr_of(spec)
   if why then return nil, why end
@@ -104,7 +117,13 @@ function weave.rewrite(spec)
     if bad then return nil, bad end
     return false
   end
-  local owner = overlay.new_owner()
+  local owner
+  if weave.identities then
+    local ok, id = pcall(overlay.identity, spec.Labels, name)
+    if not ok then return nil, tostring(id):match("^[^\n]*") end
+    owner = id
+  end
+  owner = owner or overlay.new_owner()
   local got, networks = {}, {}
   for _, e in ipairs(entries) do
     local ok, err, a = pcall(overlay.allocate, owner, e ~= "" and e or nil)
@@ -137,7 +156,7 @@ end
 function weave.enable()
   route.pre("POST /containers/create", function(req)
     local spec = req:json()
-    local owner, got = weave.rewrite(spec)
+    local owner, got = weave.rewrite(spec, req.query.name)
     if owner == nil then return deny(got) end
     if owner then
       req:set_json(spec)

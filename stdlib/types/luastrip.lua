@@ -348,6 +348,34 @@ overlay.claim_option = "luastrip.overlay.claim"
 ---@return string
 function overlay.new_owner() end
 
+---The label naming a container's overlay identity explicitly: "luastrip.overlay.identity".
+overlay.identity_label = "luastrip.overlay.identity"
+
+---The identity of a container created with `labels` and named `name` (the create's ?name=):
+---"label:V" (overlay.identity_label), "compose:PROJECT:SERVICE:N" (compose's labels, not for
+---one-off `docker-compose run` containers), "name:NAME", or nil. As an owner, an identity's
+---address follows it: the same identity created on any host gets it back.
+---@param labels table|nil
+---@param name? string
+---@return string|nil
+function overlay.identity(labels, name) end
+
+---@class luastrip.HeldAddress
+---@field identity string  "name:db"
+---@field address string  "10.32.0.5"
+---@field pool string  "10.32.0.0/12"
+---@field host string  where its container was removed
+---@field left_s integer  seconds until it is free
+
+---Identities' addresses held after their containers were removed (for `overlay.hold_s()`).
+---@return luastrip.HeldAddress[]
+function overlay.held() end
+
+---How long this host holds an identity's address after its container is removed
+---(`--overlay-hold-s`).
+---@return integer
+function overlay.hold_s() end
+
 ---The Docker network of the overlay driver for `cidr` (default --overlay-cidr), created if missing.
 ---@param opts? {name?: string, cidr?: string, bridge?: string}
 ---@return luastrip.Network
