@@ -1709,6 +1709,24 @@ fn an_identitys_address_follows_it_to_another_host() {
         &format!("by name:{db} on host t1"),
     );
 
+    // Stopped on A, and the name taken again there: dockerd refuses the create, and the
+    // address stays db's (given back once, as it was), so db starts again with it.
+    run_ok(a.docker().args(["stop", "-t", "0", &on_a]));
+    refused(run_db(a, &[]), "is already in use");
+    refused(
+        output(b.docker().args([
+            "run",
+            "--rm",
+            "-e",
+            &format!("WEAVE_CIDR={x}/16"),
+            IMAGE,
+            "true",
+        ])),
+        &format!("by name:{db} on host t1"),
+    );
+    run_ok(a.docker().args(["start", &on_a]));
+    assert_eq!(ip_of(a, &on_a), x);
+
     // Removed on A: held for db; `cluster hosts` shows it; others are refused it.
     run_ok(a.docker().args(["rm", "-f", &on_a]));
     let listed = || run_ok(&mut hosts.cluster(&["hosts"]));

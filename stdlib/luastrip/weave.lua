@@ -160,15 +160,17 @@ function weave.enable()
     if owner == nil then return deny(got) end
     if owner then
       req:set_json(spec)
-      req.ctx.weave = { owner = owner, got = got }
+      req.ctx.weave = { owner = owner, got = got, identity = owner:find(":") ~= nil }
     end
   end)
   route.post("POST /containers/create", function(req, res)
     local w = req.ctx.weave
     if not w then return end
     if res.status >= 300 then
-      -- Not created (a missing image: the CLI pulls and creates again): give them back.
-      pcall(overlay.release, w.owner)
+      -- Not created (a missing image: the CLI pulls and creates again): give them back. An
+      -- identity's are given back by luastrip's own hook, as they were before this create
+      -- (once: a second give-back would take them from the container that had them).
+      if not w.identity then pcall(overlay.release, w.owner) end
       return
     end
     local id = res:json().Id
