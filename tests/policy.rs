@@ -736,3 +736,73 @@ fn compose_projects_run_through_the_guard_and_hooks_that_read_every_body() {
     );
     let _ = compose(&bad, &["down", "-v"]);
 }
+
+/// `-o standby=HOST` makes the owner of a luastrip volume send it to HOST on a schedule: under
+/// the policy only an operator chooses that, wherever a docker user could ask for it (a volume
+/// create, a container's volume mount options, a service's), unless the site allows it.
+#[test]
+fn a_standby_is_an_operators_choice_under_the_policy() {
+    let gw = guarded();
+    let volume = unique("standby");
+    let out = output(gw.docker().args([
+        "volume",
+        "create",
+        "-d",
+        "local",
+        "-o",
+        "standby=h2",
+        &volume,
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("a volume sent to another host on a schedule (standby=h2"),
+        "{err}"
+    );
+    let mount = format!("type=volume,source={volume},target=/d,volume-opt=standby=h2");
+    let out = output(
+        gw.docker()
+            .args(["create", "--mount", &mount, IMAGE, "true"]),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("standby=h2"), "{err}");
+    let service = format!(
+        r#"{{"Name":"x","TaskTemplate":{{"ContainerSpec":{{"Image":"{IMAGE}","Mounts":[{{"Type":"volume","Source":"{volume}","Target":"/d","VolumeOptions":{{"DriverConfig":{{"Name":"luastrip","Options":{{"standby":"h2"}}}}}}}}]}}}}}}"#
+    );
+    let resp = raw(
+        &gw.socket,
+        &http_request(
+            "POST",
+            "/v1.41/services/create",
+            "Content-Type: application/json\r\n",
+            service.as_bytes(),
+        ),
+    );
+    assert_eq!(status(&resp), "403", "{resp}");
+    assert!(!daemon_has("volume", &volume));
+    // A site that allows it: the call reaches dockerd (whose local driver has no such option).
+    let script = support::temp_dir("standby").join("allow.lua");
+    std::fs::write(
+        &script,
+        "require('luastrip.policy').guard { allow_standby = true }",
+    )
+    .unwrap();
+    let open = Gateway::start_with(
+        &Daemon::shared().socket,
+        &["--scripts", script.to_str().unwrap()],
+    );
+    let out = output(open.docker().args([
+        "volume",
+        "create",
+        "-d",
+        "local",
+        "-o",
+        "standby=h2",
+        &volume,
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("invalid option") && !err.contains("schedule"),
+        "{err}"
+    );
+}

@@ -119,11 +119,16 @@ local function dropped(given, defaults)
   return nil
 end
 
---- Why volume driver options reach into the host (local driver: bind, or a device), or nil.
-function policy.volume_options_power(driver, opts)
+--- Why volume driver options reach into the host (local driver: bind, or a device), or send
+--- the volume to another host (luastrip's plugin: standby=HOST, unless `guard.allow_standby`).
+function policy.volume_options_power(driver, opts, guard)
+  opts = object(opts)
+  if opts.standby ~= nil and not object(guard).allow_standby then
+    return "a volume sent to another host on a schedule (standby=" .. tostring(opts.standby)
+      .. "; an operator sets standbys, or the policy allows them with allow_standby = true)"
+  end
   driver = lower(driver)
   if driver ~= "" and driver ~= "local" then return nil end
-  opts = object(opts)
   local o, kind = lower(opts.o), lower(opts.type)
   if o:find("bind", 1, true) or kind == "none" or kind == "bind" then
     return "a local volume that binds a host path (o=" .. tostring(opts.o) .. ")"
@@ -159,7 +164,7 @@ local function mounts_power(mounts, opts, ctx)
     if kind == "npipe" then return "a named pipe of the host" end
     if kind == "volume" then
       local driver = object(object(m.VolumeOptions).DriverConfig)
-      local why = policy.volume_options_power(driver.Name, driver.Options)
+      local why = policy.volume_options_power(driver.Name, driver.Options, opts)
       if why then return why end
     end
   end
@@ -343,7 +348,7 @@ function policy.guard(opts)
   end)
   route.pre("POST /volumes/create", function(req)
     local spec = object(req:json())
-    local why = policy.volume_options_power(spec.Driver, spec.DriverOpts)
+    local why = policy.volume_options_power(spec.Driver, spec.DriverOpts, opts)
     if why then return refuse(why .. " is not allowed") end
   end)
   -- A plugin runs as root on the host with whatever its config asks for.

@@ -4,6 +4,7 @@
 ---@class luastrip.policy.Options
 ---@field allow_binds string[]|nil  host paths that may be bind-mounted: exactly, or anything below "DIR/**" (compared cleaned)
 ---@field allow_cgroup_parents string[]|nil  cgroup parents (--cgroup-parent) a container may name
+---@field allow_standby boolean|nil  docker users may make a volume's standby (-o standby=HOST, also in --mount volume-opt and service mounts): refused unless true
 ---@field allow_images string[]|nil  when given, the only images containers may run and the daemon may pull ("busybox", "busybox:1.36", "registry.example/team/*")
 
 ---@class luastrip.policy
@@ -59,11 +60,13 @@ function policy.update_power(update) end
 ---@return string|nil
 function policy.service_power(spec, opts) end
 
----Why volume driver options reach into the host (local driver: bind, or a device), or nil.
+---Why volume driver options reach into the host (local driver: bind, or a device), or send the
+---volume to another host (luastrip's plugin: standby=HOST, unless `guard.allow_standby`), or nil.
 ---@param driver string|nil
 ---@param opts table|nil
+---@param guard luastrip.policy.Options|nil
 ---@return string|nil
-function policy.volume_options_power(driver, opts) end
+function policy.volume_options_power(driver, opts, guard) end
 
 ---Whether `image` is one of `allowed`, compared as Docker reads references ("busybox" is
 ---"docker.io/library/busybox:latest"); "REGISTRY/PATH/*" allows every image below PATH.
