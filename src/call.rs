@@ -229,6 +229,27 @@ impl Call {
         Ok(seen)
     }
 
+    /// The call's whole JSON body (at most `cap` bytes), read as dockerd will read it
+    /// ([`Call::adopt_json_body`]); `None` without one. A body that is not JSON is a 400.
+    pub async fn read_json_body(&mut self, cap: usize) -> Result<Option<serde_json::Value>, Error> {
+        let Some(body) = self.body.take() else {
+            return Ok(None);
+        };
+        let bytes = crate::body::read_to_cap(body, cap)
+            .await
+            .map_err(|e| Error::client(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}")))?;
+        let bytes = self.adopt_json_body(bytes)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::client(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            )
+        })
+    }
+
     /// Whether the daemon answers this call only when something happens: a stream, or a stop or
     /// restart that waits for the container (as long as the client asked).
     fn waits_on_the_daemon(&self) -> bool {

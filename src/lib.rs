@@ -61,8 +61,9 @@
 //! * [`volumes`] — the volume helper, built from its flags by [`volumes::Config::open`]: named volumes behind the `VolumeBackend` trait (ZFS,
 //!   driven by argv), checked names, ownership with a fencing epoch (a copy that is not the
 //!   volume is read-only), the two-phase push recorded step by step and settled at start, standby
-//!   replicas sent on a schedule, and the
-//!   `GET /luastrip/volumes` hook layer. Its state lives outside the Lua VMs; `zfs.*` drives it.
+//!   replicas sent on a schedule, the
+//!   `GET /luastrip/volumes` hook layer, and the swarm guard (services on its volumes update
+//!   stop-first). Its state lives outside the Lua VMs; `zfs.*` drives it.
 //! * [`plugin`] — Docker's plugin protocol, served for the helpers on
 //!   `/run/docker/plugins/NAME.sock` so that dockerd calls them itself: the volume driver and
 //!   the network and IPAM drivers.

@@ -7,7 +7,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use support::{http_request, json_body, output, raw, run_ok, Daemon, Gateway, Pool, IMAGE};
+use support::{http_request, json_body, output, raw, run_ok, status, Daemon, Gateway, Pool, IMAGE};
 
 /// One test at a time on zfs-fuse: concurrent pool creation, dataset mounts and large writes
 /// from several tests can deadlock zfs-fuse 0.7 (a `zfs create` stuck in D state, seen in CI),
@@ -743,6 +743,20 @@ fn the_volume_plugin_serves_dockerd_itself() {
     let cluster = support::temp_dir("volumes").join("cluster.json");
     let gw = gateway_with(&pool, "h1", "", &cluster, &["--volume-plugin", &plugin]);
     let direct = Daemon::shared();
+    // dockerd has loaded the plugin before anyone used it (what a swarm node reports, and so
+    // where swarm schedules tasks that mount its volumes: moby#23619).
+    support::wait_until(
+        "dockerd lists the plugin in docker info",
+        std::time::Duration::from_secs(10),
+        || {
+            run_ok(
+                direct
+                    .docker()
+                    .args(["info", "--format", "{{json .Plugins.Volume}}"]),
+            )
+            .contains(&format!("\"{plugin}\""))
+        },
+    );
     // The protocol itself.
     let activate = raw(&sock, &http_request("POST", "/Plugin.Activate", "", b"{}"));
     assert!(json_body(&activate)["Implements"]
@@ -877,6 +891,54 @@ fn the_volume_plugin_serves_dockerd_itself() {
     run_ok(gw.docker().args(["volume", "rm", "pdb", "pdb2"]));
     let left = pool.zfs(&["list", "-H", "-o", "name", "-r", &pool.name]);
     assert!(!left.contains("/pdb"), "{left}");
+    // A swarm service on the plugin's volumes that updates or rolls back start-first is
+    // refused (however its keys are spelt); stop-first reaches dockerd (not a swarm manager).
+    let service = |update: &str, rollback: &str| {
+        format!(
+            r#"{{"Name":"s{pid}","TaskTemplate":{{"ContainerSpec":{{"Image":"{IMAGE}","Mounts":[{{"Type":"volume","Source":"db","Target":"/data","VolumeOptions":{{"DriverConfig":{{"Name":"{plugin}"}}}}}}]}}}},"{update}":{{"Order":"start-first"}},"RollbackConfig":{{"Order":"{rollback}"}}}}"#,
+            pid = std::process::id()
+        )
+    };
+    for (path, body, says) in [
+        (
+            "/v1.41/services/create",
+            service("UpdateConfig", "stop-first"),
+            Some("--update-order stop-first"),
+        ),
+        (
+            "/v1.41/services/create",
+            service("updateconfig", "stop-first"),
+            Some("--update-order stop-first"),
+        ),
+        (
+            "/v1.41/services/s1/update?version=3",
+            service("UpdateConfig", "stop-first"),
+            Some("--update-order stop-first"),
+        ),
+        (
+            "/v1.41/services/create",
+            service("x", "start-first"),
+            Some("--rollback-order stop-first"),
+        ),
+        ("/v1.41/services/create", service("x", "stop-first"), None),
+    ] {
+        let resp = raw(
+            &gw.socket,
+            &http_request(
+                "POST",
+                path,
+                "Content-Type: application/json\r\n",
+                body.as_bytes(),
+            ),
+        );
+        match says {
+            Some(says) => {
+                assert_eq!(status(&resp), "400", "{body}: {resp}");
+                assert!(resp.contains(says) && resp.contains("service s"), "{resp}");
+            }
+            None => assert!(resp.contains("not a swarm manager"), "{body}: {resp}"),
+        }
+    }
     // The plugin socket goes with the gateway.
     let mut gw = gw;
     assert_eq!(gw.terminate(), Some(0));

@@ -127,19 +127,7 @@ fn conflict(message: String) -> Error {
 
 /// The call's JSON body, read once and checked as dockerd reads it; `None` when empty.
 async fn json_body(call: &mut Call) -> Result<Option<Value>, Error> {
-    let Some(body) = call.body.take() else {
-        return Ok(None);
-    };
-    let bytes = crate::body::read_to_cap(body, BODY_CAP)
-        .await
-        .map_err(|e| Error::client(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}")))?;
-    let bytes = call.adopt_json_body(bytes)?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| bad(format!("the body is not JSON: {e}")))
+    call.read_json_body(BODY_CAP).await
 }
 
 /// The address `ip` and the subnet of `network` it is in.

@@ -46,6 +46,59 @@ pub trait Driver: Send + Sync + 'static {
     fn call<'a>(&'a self, method: &'a str, body: Value) -> Option<DriverFuture<'a>>;
 }
 
+/// Make dockerd load the volume plugin `name`, whose socket is up, now and after every restart of
+/// dockerd, until `stop`. dockerd discovers a plugin of the plugin directory only when something
+/// asks for it, and until then a swarm node does not report it, so swarm schedules no task that
+/// mounts its volumes there (moby#23619: a service waited for someone to run `docker volume
+/// ls` on a fresh node). Listing volumes loads every volume plugin whose socket is in the
+/// directory, as `docker volume ls` does. The daemon's events stream says when it restarted.
+pub async fn announce(
+    upstream: crate::upstream::Upstream,
+    name: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let announcer = Arc::new(Announcer {
+        upstream: upstream.clone(),
+        name,
+    });
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    crate::events::follow(upstream, announcer, stopped).await
+}
+
+/// The events follower of [`announce`].
+struct Announcer {
+    upstream: crate::upstream::Upstream,
+    name: String,
+}
+
+impl crate::events::Follower for Announcer {
+    fn name(&self) -> &'static str {
+        "volume plugin announcer"
+    }
+
+    fn filters(&self) -> Option<String> {
+        Some(r#"{"type":["daemon"]}"#.into())
+    }
+
+    fn opened(&self) -> crate::events::FollowFuture<'_> {
+        Box::pin(async {
+            match self.upstream.get_json("/volumes").await {
+                Ok(_) => {
+                    tracing::info!(plugin = %self.name, "dockerd has loaded the volume plugin")
+                }
+                Err(e) => tracing::warn!(plugin = %self.name, error = %e,
+                    "cannot make dockerd load the volume plugin (it loads it at first use)"),
+            }
+        })
+    }
+
+    fn event<'a>(&'a self, _: &'a Value) -> crate::events::FollowFuture<'a> {
+        Box::pin(async {})
+    }
+}
+
 /// Serve `drivers` on `listener` until `stop` turns true.
 pub async fn serve(
     listener: UnixListener,

@@ -505,6 +505,10 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
             v.clone(),
         )));
     }
+    // Swarm services on the volume plugin's volumes update stop-first.
+    if let Some(plugin) = config.volumes.as_ref().and_then(|v| v.plugin.clone()) {
+        gateway = gateway.with_hooks(Arc::new(crate::volumes::swarm::SwarmGuard { plugin }));
+    }
     // Plugin drivers by plugin name: drivers given the same name share one socket.
     let mut plugins: std::collections::BTreeMap<String, Vec<Arc<dyn crate::plugin::Driver>>> =
         Default::default();
@@ -525,7 +529,15 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
         }
     }
     for (name, drivers) in plugins {
+        let volume = drivers.iter().any(|d| d.implements() == "VolumeDriver");
         serve_plugin(&background, &name, &config.plugin_dir, drivers)?;
+        // dockerd loads a volume plugin now, not at its first use (swarm sees it at once).
+        if volume {
+            let upstream = Upstream::new(config.upstream.clone());
+            background.spawn("volume plugin announcer", move |stop| {
+                crate::plugin::announce(upstream, name, stop)
+            });
+        }
     }
     if let (Some(v), Some(cfg)) = (&volumes, &config.volumes) {
         if let Some(peer) = cfg.peer_listener().await? {

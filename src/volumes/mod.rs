@@ -16,6 +16,7 @@ pub mod owner;
 pub mod peers;
 pub mod push;
 pub mod replicate;
+pub mod swarm;
 pub mod zfs;
 
 use std::future::Future;
