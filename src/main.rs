@@ -405,6 +405,12 @@ struct VolumeArgs {
     /// -d NAME), on PLUGIN_DIR/NAME.sock.
     #[arg(long, env = "LUASTRIP_VOLUME_PLUGIN")]
     volume_plugin: Option<String>,
+    /// With --volume-plugin and the cluster store on etcd: a volume another gateway owns moves
+    /// here when this host's dockerd mounts it (a swarm task rescheduled here, docker run -v),
+    /// once no container there uses it; without it, such a mount is refused, naming the owner.
+    /// Whoever may run containers on this host may then take a volume from another.
+    #[arg(long, env = "LUASTRIP_VOLUME_FOLLOW")]
+    volume_follow: bool,
     /// Another gateway volumes move to and from: NAME=http://HOST:PORT (repeat for each).
     #[arg(long = "peer", env = "LUASTRIP_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
@@ -440,13 +446,20 @@ impl VolumeArgs {
             if self.volume_plugin.is_some() {
                 return Err("--volume-plugin needs --volume-backend".into());
             }
+            if self.volume_follow {
+                return Err("--volume-follow needs --volume-backend and --volume-plugin".into());
+            }
             return Ok(None);
         };
+        if self.volume_follow && self.volume_plugin.is_none() {
+            return Err("--volume-follow needs --volume-plugin".into());
+        }
         Ok(Some(luastrip::volumes::Config {
             backend,
             zfs_pool: self.zfs_pool,
             zfs_root: self.zfs_root,
             zfs_timeout: std::time::Duration::from_secs(self.zfs_timeout_s),
+            follow: self.volume_follow,
             plugin: self.volume_plugin,
             peers: self.peers,
             peer_listen: self.peer_listen,

@@ -1523,20 +1523,8 @@ fn peers_come_from_the_cluster_on_etcd() {
     let pools = [Pool::new(256), Pool::new(256)];
     let ports = [support::free_port(), support::free_port()];
     let start = |i: usize| {
-        let listen = format!("127.0.0.1:{}", ports[i]);
-        let me = format!("http://127.0.0.1:{}", ports[i]);
-        let extra = [
-            "--peer-listen",
-            &listen,
-            "--peer-url",
-            &me,
-            "--peer-token-file",
-            token.to_str().unwrap(),
-            "--cluster",
-            &url,
-            "--cluster-prefix",
-            &prefix,
-        ];
+        let flags = peer_and_cluster_flags(ports[i], &token, &url, &prefix);
+        let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
         // No --cluster-file is shared: each gets its own, unused with --cluster.
         let unused = dir.join(format!("unused-{i}.json"));
         gateway_with(&pools[i], &format!("h{}", i + 1), "", &unused, &extra)
@@ -1553,6 +1541,32 @@ fn peers_come_from_the_cluster_on_etcd() {
         gw1.log_text(),
         gw2.log_text()
     );
+}
+
+/// A gateway's flags for the peer API on 127.0.0.1:`port` (published as its `--peer-url`) and
+/// the cluster on etcd at `url` under `prefix`.
+fn peer_and_cluster_flags(
+    port: u16,
+    token: &std::path::Path,
+    url: &str,
+    prefix: &str,
+) -> Vec<String> {
+    let listen = format!("127.0.0.1:{port}");
+    let me = format!("http://{listen}");
+    [
+        "--peer-listen",
+        &listen,
+        "--peer-url",
+        &me,
+        "--peer-token-file",
+        token.to_str().unwrap(),
+        "--cluster",
+        url,
+        "--cluster-prefix",
+        prefix,
+    ]
+    .map(str::to_string)
+    .to_vec()
 }
 
 /// Routes the ownership tests drive a gateway with: push (to `?to=`), adopt, roll back (to
@@ -2183,4 +2197,183 @@ fn a_standby_replica_survives_its_owners_host() {
     // stays h2's).
     run_ok(h.gw(0).docker().args(["volume", "rm", "rep"]));
     assert_eq!(h.volume(1, "rep")["owner"], "h2");
+}
+
+/// Issue 22, item 1 without swarm's scheduler: with `--volume-follow`, a volume moves to the
+/// dockerd that mounts it through the plugin (two dockerds, each with its gateway, pool and
+/// plugin name, sharing etcd). While its container runs on the owner, the mount elsewhere waits
+/// and then fails naming the host and container, and the volume stays; once that container
+/// stops, the move is Flocker's two-phase push mapped onto the plugin's calls: the bulk copy at
+/// `Create`, the cut-over when the owner's container has stopped, `Mount` returning then.
+#[test]
+fn a_volume_follows_the_dockerd_that_mounts_it() {
+    let _zfs = zfs_one_at_a_time();
+    support::remove_dead_plugin_sockets();
+    let pid = std::process::id();
+    let etcd = support::etcd::Etcd::start();
+    let url = etcd.url();
+    let prefix = format!("/luastrip-f{pid}/");
+    let dir = support::temp_dir("follow");
+    let token = token_file(&dir);
+    let pools = [Pool::new(256), Pool::new(256)];
+    let ports = [support::free_port(), support::free_port()];
+    let plugins = [format!("lst{pid}f1"), format!("lst{pid}f2")];
+    let _sockets: Vec<_> = plugins
+        .iter()
+        .map(|p| support::RemoveOnDrop(format!("/run/docker/plugins/{p}.sock").into()))
+        .collect();
+    let daemon2 = support::Daemon::start(&support::temp_dir("dockerd-follow"));
+    daemon2.import_busybox();
+    let gateway = |i: usize, upstream: &std::path::Path| {
+        let unused = dir.join(format!("unused-{i}.json"));
+        let host = format!("h{}", i + 1);
+        let mut flags: Vec<String> = [
+            "--volume-backend",
+            "zfs",
+            "--zfs-pool",
+            &pools[i].name,
+            "--volume-plugin",
+            &plugins[i],
+            "--volume-follow",
+            "--host-name",
+            &host,
+            "--cluster-file",
+            unused.to_str().unwrap(),
+        ]
+        .map(str::to_string)
+        .to_vec();
+        flags.extend(peer_and_cluster_flags(ports[i], &token, &url, &prefix));
+        Gateway::start_with(
+            upstream,
+            &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let gws = [
+        gateway(0, &Daemon::shared().socket),
+        gateway(1, &daemon2.socket),
+    ];
+    let mount = |i: usize| {
+        format!(
+            "type=volume,source=fv{pid},target=/data,volume-driver={}",
+            plugins[i]
+        )
+    };
+    // On h1: 8 MB, its checksum, and a numbered line every 50 ms.
+    let writer = run_ok(gws[0].docker().args([
+        "run",
+        "-d",
+        "--mount",
+        &mount(0),
+        IMAGE,
+        "sh",
+        "-c",
+        "dd if=/dev/urandom of=/data/blob bs=1M count=8 2>/dev/null; \
+         sha256sum /data/blob > /data/blob.sum; \
+         i=0; while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.05; done",
+    ]))
+    .trim()
+    .to_string();
+    support::wait_until(
+        "the writer has begun",
+        std::time::Duration::from_secs(20),
+        || {
+            run_ok(gws[0].docker().args([
+                "exec",
+                &writer,
+                "sh",
+                "-c",
+                "cat /data/log 2>/dev/null | wc -l",
+            ]))
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+                > 5
+        },
+    );
+    // On h2 while it runs: refused after the wait, naming h1 and the container; nothing moved.
+    let out = output(
+        gws[1]
+            .docker()
+            .args(["run", "--rm", "--mount", &mount(1), IMAGE, "true"]),
+    );
+    let err = stderr(&out);
+    let name = run_ok(
+        gws[0]
+            .docker()
+            .args(["inspect", "-f", "{{.Name}}", &writer]),
+    );
+    let name = name.trim().trim_start_matches('/');
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "in use on host h1 by the running container {name}"
+            )),
+        "{err}\nh1:\n{}\nh2:\n{}",
+        gws[0].log_text(),
+        gws[1].log_text()
+    );
+    let before = run_ok(
+        gws[0]
+            .docker()
+            .args(["exec", &writer, "wc", "-l", "/data/log"]),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = run_ok(
+        gws[0]
+            .docker()
+            .args(["exec", &writer, "wc", "-l", "/data/log"]),
+    );
+    assert_ne!(before, after, "the writer on h1 writes on");
+    // The writer stops on h1 a second after the container on h2 asks for the volume: step 1
+    // runs while it writes, the cut-over once it has stopped.
+    let stopper = {
+        let (host, writer) = (gws[0].host(), writer.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            run_ok(support::docker_cli(&host).args(["stop", "-t", "1", &writer]));
+            std::time::Instant::now()
+        })
+    };
+    let reader =
+        run_ok(
+            gws[1]
+                .docker()
+                .args(["run", "-d", "--mount", &mount(1), IMAGE, "sleep", "300"]),
+        )
+        .trim()
+        .to_string();
+    let started = std::time::Instant::now();
+    let stopped = stopper.join().unwrap();
+    eprintln!(
+        "moved: the reader started {:?} after the writer's stop returned",
+        started.saturating_duration_since(stopped)
+    );
+    run_ok(
+        gws[1]
+            .docker()
+            .args(["exec", &reader, "sha256sum", "-c", "/data/blob.sum"]),
+    );
+    let log = run_ok(gws[1].docker().args(["exec", &reader, "cat", "/data/log"]));
+    let lines: Vec<u32> = log.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(lines.len() > 20, "{log}");
+    assert!(
+        lines.iter().enumerate().all(|(n, l)| *l == n as u32 + 1),
+        "a gap-free log: {log}"
+    );
+    let v = json_body(&raw(
+        &gws[1].socket,
+        &http_request("GET", &format!("/luastrip/volumes/fv{pid}"), "", b""),
+    ));
+    assert_eq!(
+        (v["owner"].as_str(), v["epoch"].as_u64()),
+        (Some("h2"), Some(2)),
+        "{v}"
+    );
+    run_ok(gws[1].docker().args(["rm", "-f", &reader]));
+    run_ok(gws[0].docker().args(["rm", "-f", &writer]));
+    for gw in &gws {
+        let _ = output(gw.docker().args(["volume", "rm", &format!("fv{pid}")]));
+    }
+    drop(gws);
+    daemon2.stop();
 }

@@ -8,21 +8,52 @@
 //! `docker volume create -d NAME -o standby=HOST [-o every=SECONDS] db` also makes HOST the
 //! volume's standby ([`crate::volumes::replicate`]).
 //!
-//! A volume owned by another gateway is refused at `Mount` with its owner's name, and so is a
-//! stale copy (its epoch behind the owner record's: see [`crate::volumes::owner`]).
+//! **A volume follows its container** (`--volume-follow`, a site's choice: whoever may run
+//! containers on this host may then take a volume another host does not use). With the cluster
+//! store shared (scope `global`), a volume another live gateway owns moves here when this host's
+//! dockerd wants it — a swarm task rescheduled here, or `docker run` on this host — as Flocker's
+//! two-phase push mapped onto the calls dockerd makes ([`crate::volumes::push`]):
+//!
+//! * `Create` (which swarm's new node sends while the old task still runs) asks the owner to
+//!   push the volume here: step 1, the bulk copy, runs while the old container writes;
+//! * the owner's cut-over (step 2) waits for its last container using the volume to stop by
+//!   itself — the old task, stopped by swarm, whose `Unmount` comes then — never stopping it;
+//! * `Mount` here waits for the move to land (at most [`MOUNT_WAIT`], below dockerd's 30 s for
+//!   a plugin call) and returns the volume. If the owner's container does not stop within
+//!   [`RELEASE_WAIT`], the move fails and `Mount` says which container on which host holds it:
+//!   a volume is never taken from under a running container.
+//!
+//! A stale copy (its epoch behind the owner record's: see [`crate::volumes::owner`]) is refused,
+//! and so is a volume owned elsewhere without `--volume-follow`, naming its owner.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 use super::{err, reason, Driver, DriverFuture};
+use crate::volumes::name::VolumeName;
 use crate::volumes::Volumes;
+
+/// How long the owner's cut-over waits for its containers that use the volume to stop.
+pub const RELEASE_WAIT: Duration = Duration::from_secs(20);
+
+/// How long `Mount` waits for a volume moving here.
+pub const MOUNT_WAIT: Duration = Duration::from_secs(25);
+
+/// A move of a volume to this host: `None` while it runs, then how it ended.
+type Pulling = watch::Receiver<Option<Result<(), String>>>;
 
 pub struct VolumeDriver {
     volumes: Arc<Volumes>,
     /// Container IDs that have each volume mounted.
     mounts: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// Moves of volumes to this host, by volume.
+    pulls: Mutex<HashMap<String, Pulling>>,
+    /// `--volume-follow`: volumes move here when dockerd mounts them.
+    follow: bool,
 }
 
 /// Options `docker volume create -o` may pass: a standby host the volume is sent to, and how
@@ -30,10 +61,58 @@ pub struct VolumeDriver {
 const OPTIONS: &[&str] = &["standby", "every"];
 
 impl VolumeDriver {
-    pub fn new(volumes: Arc<Volumes>) -> Self {
+    pub fn new(volumes: Arc<Volumes>, follow: bool) -> Self {
         VolumeDriver {
             volumes,
             mounts: Mutex::new(BTreeMap::new()),
+            pulls: Mutex::new(HashMap::new()),
+            follow,
+        }
+    }
+
+    /// Whether `v` should move here when dockerd wants it: owned by another gateway, through a
+    /// shared cluster store, and not refused for another reason (stale, orphaned).
+    fn movable(&self, v: &crate::volumes::VolumeInfo) -> bool {
+        self.follow
+            && self.volumes.cluster_wide()
+            && !v.owned
+            && !v.orphaned
+            && v.owner.as_deref().is_some_and(|o| o != self.volumes.host())
+    }
+
+    /// The move of `name` here: the one under way, else a new one, asked of its owner.
+    fn pull(&self, name: &VolumeName) -> Pulling {
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pulls.get(name.as_str()) {
+            if p.borrow().is_none() {
+                return p.clone();
+            }
+        }
+        let (tx, rx) = watch::channel(None);
+        pulls.insert(name.to_string(), rx.clone());
+        let (volumes, name) = (self.volumes.clone(), name.clone());
+        tokio::spawn(async move {
+            let timeout = RELEASE_WAIT + Duration::from_secs(600);
+            let moved = volumes
+                .pull_when_released(&name, Some(RELEASE_WAIT), timeout)
+                .await;
+            let _ = tx.send(Some(moved.map(drop).map_err(reason)));
+        });
+        rx
+    }
+
+    /// Wait (at most [`MOUNT_WAIT`]) for `name` to move here; what is wrong if it did not.
+    async fn arrived(&self, name: &VolumeName, owner: &str) -> Result<(), String> {
+        let mut pulling = self.pull(name);
+        let done = tokio::time::timeout(MOUNT_WAIT, pulling.wait_for(Option::is_some)).await;
+        match done {
+            Ok(Ok(r)) => r.clone().unwrap_or(Ok(())),
+            Ok(Err(_)) => Err(format!("volume {name}: its move from {owner} ended unseen")),
+            Err(_) => Err(format!(
+                "volume {name} is still moving here from {owner} after {} s; the next \
+                 attempt finds it here once it has landed",
+                MOUNT_WAIT.as_secs()
+            )),
         }
     }
 
@@ -68,8 +147,13 @@ impl VolumeDriver {
                 ))
             }
         };
-        if let Err(e) = self.volumes.volume(&name).await {
-            return err(reason(e));
+        let v = match self.volumes.volume(&name).await {
+            Ok(v) => v,
+            Err(e) => return err(reason(e)),
+        };
+        // Swarm's new node creates the volume while the old task runs: the copy starts now.
+        if self.movable(&v) {
+            drop(self.pull(&name));
         }
         if let Some(host) = opt("standby") {
             let every = std::time::Duration::from_secs(every);
@@ -119,10 +203,20 @@ impl VolumeDriver {
             Err(e) => return err(e),
         };
         let id = body["ID"].as_str().unwrap_or_default().to_string();
-        let v = match self.volumes.volume(&name).await {
+        let mut v = match self.volumes.volume(&name).await {
             Ok(v) => v,
             Err(e) => return err(reason(e)),
         };
+        if self.movable(&v) {
+            let owner = v.owner.clone().unwrap_or_default();
+            if let Err(why) = self.arrived(&name, &owner).await {
+                return err(why);
+            }
+            v = match self.volumes.volume(&name).await {
+                Ok(v) => v,
+                Err(e) => return err(reason(e)),
+            };
+        }
         if !v.owned {
             return err(match &v.refused {
                 Some(why) => format!("{why}; move it here first"),

@@ -524,7 +524,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> Resu
     if let (Some(v), Some(cfg)) = (&volumes, &config.volumes) {
         if let Some(name) = &cfg.plugin {
             plugins.entry(name.clone()).or_default().push(Arc::new(
-                crate::plugin::volume::VolumeDriver::new(v.clone()),
+                crate::plugin::volume::VolumeDriver::new(v.clone(), cfg.follow),
             ));
         }
     }

@@ -27,6 +27,9 @@ pub struct Config {
     pub zfs_timeout: Duration,
     /// `--volume-plugin`: also serve the Docker volume plugin protocol under this name.
     pub plugin: Option<String>,
+    /// `--volume-follow`: a volume owned by another gateway moves here when this host's dockerd
+    /// mounts it through the plugin (a swarm task moved here, a `docker run`).
+    pub follow: bool,
     /// `--peer NAME=http://HOST:PORT`: other gateways volumes move to and from.
     pub peers: Vec<String>,
     /// `--peer-listen HOST:PORT`: serve the peer API here.

@@ -484,8 +484,9 @@ impl Volumes {
             .map(|c| c.name))
     }
 
-    /// The containers (running ones only unless `all`) whose mounts include the volume's
-    /// mountpoint.
+    /// The containers (running ones only unless `all`) whose mounts include the volume: its
+    /// mountpoint (a bind, `/flocker/NAME`), or the volume by name through a volume plugin
+    /// (dockerd lists those without a source).
     async fn containers_using(
         &self,
         v: &BackendVolume,
@@ -506,9 +507,13 @@ impl Volumes {
             .flatten()
             .filter(|c| {
                 c["Mounts"].as_array().into_iter().flatten().any(|m| {
-                    m["Source"]
+                    let by_path = m["Source"]
                         .as_str()
-                        .is_some_and(|s| s == mountpoint || s.starts_with(&inside))
+                        .is_some_and(|s| s == mountpoint || s.starts_with(&inside));
+                    let by_plugin = m["Type"].as_str() == Some("volume")
+                        && m["Name"].as_str() == Some(v.name.as_str())
+                        && m["Driver"].as_str().is_some_and(|d| d != "local");
+                    by_path || by_plugin
                 })
             })
             .filter_map(|c| {

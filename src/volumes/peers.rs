@@ -297,15 +297,21 @@ impl Peers {
             .map(|_| ())
     }
 
-    /// Ask `owner` to push `name` here (`to` is this gateway's name); its push report.
+    /// Ask `owner` to push `name` here (`to` is this gateway's name); its push report. With
+    /// `release_wait`, the owner's containers keep the volume until they stop by themselves
+    /// ([`super::PushOptions::release_wait`]).
     pub async fn request_push(
         &self,
         owner: &str,
         name: &VolumeName,
         to: &str,
+        release_wait: Option<Duration>,
         timeout: Duration,
     ) -> Result<Value, Error> {
-        let path = format!("/luastrip/peer/v1/volumes/{name}/push?to={to}");
+        let mut path = format!("/luastrip/peer/v1/volumes/{name}/push?to={to}");
+        if let Some(w) = release_wait {
+            path.push_str(&format!("&release_wait_ms={}", w.as_millis()));
+        }
         self.call(owner, Method::POST, &path, Self::empty(), Some(timeout))
             .await
     }
@@ -345,6 +351,24 @@ impl From<SnapshotWire> for Snapshot {
             created: s.created,
             used: s.used,
         }
+    }
+}
+
+/// The most a push asked for by a peer waits for the volume's containers to stop.
+pub const MAX_RELEASE_WAIT: Duration = Duration::from_secs(60);
+
+/// A push request's `?release_wait_ms=`: the cut-over waits that long for the running
+/// containers that use the volume to stop by themselves ([`super::PushOptions::release_wait`]).
+fn release_wait(req: &Request<Incoming>) -> Result<Option<Duration>, Error> {
+    match query(req, "release_wait_ms") {
+        None => Ok(None),
+        Some(ms) => match ms.parse::<u64>().map(Duration::from_millis) {
+            Ok(d) if d <= MAX_RELEASE_WAIT => Ok(Some(d)),
+            _ => Err(helper(format!(
+                "release_wait_ms={ms}: a whole number of milliseconds, at most {}",
+                MAX_RELEASE_WAIT.as_millis()
+            ))),
+        },
     }
 }
 
@@ -489,12 +513,16 @@ async fn handle(
                 }
             }
         },
-        (Method::POST, "push") => match query(&req, "to") {
-            None => Err(helper("push needs ?to=PEER")),
-            Some(to) => volumes
-                .push(&name, &to, super::PushOptions::default())
-                .await
-                .map(|r| json!(r)),
+        (Method::POST, "push") => match (query(&req, "to"), release_wait(&req)) {
+            (None, _) => Err(helper("push needs ?to=PEER")),
+            (_, Err(e)) => Err(e),
+            (Some(to), Ok(release_wait)) => {
+                let opts = super::PushOptions {
+                    release_wait,
+                    ..super::PushOptions::default()
+                };
+                volumes.push(&name, &to, opts).await.map(|r| json!(r))
+            }
         },
         _ => {
             return reply(

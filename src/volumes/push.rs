@@ -42,6 +42,11 @@ pub struct PushOptions {
     pub stop: bool,
     /// Seconds a container gets to stop before it is killed (as `docker stop -t`).
     pub stop_timeout: u32,
+    /// Running containers that use the volume keep it during step 1, and the cut-over waits
+    /// at most this long for the last of them to stop by itself (a swarm task being moved:
+    /// swarm stops it); they are never stopped by the push. Past it, the push fails naming
+    /// them, and the volume stays here.
+    pub release_wait: Option<Duration>,
 }
 
 impl Default for PushOptions {
@@ -49,6 +54,7 @@ impl Default for PushOptions {
         PushOptions {
             stop: false,
             stop_timeout: 10,
+            release_wait: None,
         }
     }
 }
@@ -379,7 +385,7 @@ impl Volumes {
             return Err(helper(format!("cannot push: {why}")));
         }
         let running = self.containers_using(&v, false).await?;
-        if let (Some(c), false) = (running.first(), opts.stop) {
+        if let (Some(c), false, None) = (running.first(), opts.stop, opts.release_wait) {
             return Err(helper(format!(
                 "volume {name} is in use by the running container {c}; stop it before moving \
                  the volume (or push with {{ stop = true }})"
@@ -464,6 +470,13 @@ impl Volumes {
             }
         }
         let step1_ms = t1.elapsed().as_millis() as u64;
+        let running = match opts.release_wait {
+            Some(wait) if !running.is_empty() => {
+                self.wait_for_release(name, to, wait).await?;
+                Vec::new()
+            }
+            _ => running,
+        };
 
         // Step 2: the cut-over, with the calls that need the volume held.
         let hold = self.hold(name);
@@ -551,11 +564,61 @@ impl Volumes {
         })
     }
 
+    /// Wait until no running container on this host uses `name` (at most `wait`): the containers
+    /// that do are someone else's to stop (swarm's, moving a task). Polled every 50 ms, so the
+    /// cut-over starts within that of the last one's stop.
+    async fn wait_for_release(
+        &self,
+        name: &VolumeName,
+        to: &str,
+        wait: Duration,
+    ) -> Result<(), Error> {
+        let v = self.existing(name).await?;
+        let until = Instant::now() + wait;
+        let mut noted = false;
+        loop {
+            let running = self.containers_using(&v, false).await?;
+            let Some(first) = running.first() else {
+                return Ok(());
+            };
+            let names: Vec<&str> = running.iter().map(|c| c.name.as_str()).collect();
+            if Instant::now() >= until {
+                return Err(helper(format!(
+                    "volume {name} is in use on host {} by the running container {}: it moves \
+                     to {to} only once that container stops, and did not within {} s (never \
+                     taken from under a running container)",
+                    self.host,
+                    names.join(", "),
+                    wait.as_secs()
+                )));
+            }
+            if !noted {
+                self.note(
+                    format!("push: {name} → {to}: step 2 waits for {} to stop", first.name),
+                    json!({ "volume": name.as_str(), "to": to, "step": 2, "waits_for": first.name }),
+                );
+                noted = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Bring `name` here: ask its owner to push it to this gateway. A volume owned here (or by
     /// no one) needs nothing; the report is `None` then.
     pub async fn pull(
         &self,
         name: &VolumeName,
+        timeout: Duration,
+    ) -> Result<Option<PushReport>, Error> {
+        self.pull_when_released(name, None, timeout).await
+    }
+
+    /// [`Volumes::pull`], with the owner's running containers keeping the volume until they
+    /// stop by themselves, for at most `release_wait` ([`PushOptions::release_wait`]).
+    pub async fn pull_when_released(
+        &self,
+        name: &VolumeName,
+        release_wait: Option<Duration>,
         timeout: Duration,
     ) -> Result<Option<PushReport>, Error> {
         let owner = match self.owner(name).await? {
@@ -566,7 +629,7 @@ impl Volumes {
             helper(format!("volume {name} is owned by {owner}; name it with --peer {owner}=http://HOST:PORT to move it here"))
         })?;
         let report = peers
-            .request_push(&owner, name, &self.host, timeout)
+            .request_push(&owner, name, &self.host, release_wait, timeout)
             .await?;
         serde_json::from_value(report)
             .map(Some)
