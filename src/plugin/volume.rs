@@ -209,9 +209,13 @@ impl VolumeDriver {
         };
         if self.movable(&v) {
             let owner = v.owner.clone().unwrap_or_default();
+            let waiting = std::time::Instant::now();
             if let Err(why) = self.arrived(&name, &owner).await {
                 return err(why);
             }
+            tracing::info!(volume = %name, from = %owner,
+                waited_ms = waiting.elapsed().as_millis() as u64,
+                "the volume moved here: mounted");
             v = match self.volumes.volume(&name).await {
                 Ok(v) => v,
                 Err(e) => return err(reason(e)),
