@@ -2222,7 +2222,8 @@ fn a_volume_follows_the_dockerd_that_mounts_it() {
         .iter()
         .map(|p| support::RemoveOnDrop(format!("/run/docker/plugins/{p}.sock").into()))
         .collect();
-    let daemon2 = support::Daemon::start(&support::temp_dir("dockerd-follow"));
+    let daemon2 = StopsDaemon(support::Daemon::start(&support::temp_dir("dockerd-follow")));
+    let daemon2 = &daemon2.0;
     daemon2.import_busybox();
     let gateway = |i: usize, upstream: &std::path::Path| {
         let unused = dir.join(format!("unused-{i}.json"));
@@ -2252,6 +2253,11 @@ fn a_volume_follows_the_dockerd_that_mounts_it() {
         gateway(0, &Daemon::shared().socket),
         gateway(1, &daemon2.socket),
     ];
+    let label = format!("lst-test=follow{pid}");
+    let _containers = RemovesContainers {
+        hosts: vec![Daemon::shared().host(), daemon2.host()],
+        label: label.clone(),
+    };
     let mount = |i: usize| {
         format!(
             "type=volume,source=fv{pid},target=/data,volume-driver={}",
@@ -2262,6 +2268,8 @@ fn a_volume_follows_the_dockerd_that_mounts_it() {
     let writer = run_ok(gws[0].docker().args([
         "run",
         "-d",
+        "--label",
+        &label,
         "--mount",
         &mount(0),
         IMAGE,
@@ -2334,14 +2342,14 @@ fn a_volume_follows_the_dockerd_that_mounts_it() {
             std::time::Instant::now()
         })
     };
-    let reader =
-        run_ok(
-            gws[1]
-                .docker()
-                .args(["run", "-d", "--mount", &mount(1), IMAGE, "sleep", "300"]),
-        )
-        .trim()
-        .to_string();
+    let reader = run_ok(
+        gws[1]
+            .docker()
+            .args(["run", "-d", "--label", &label, "--mount", &mount(1), IMAGE])
+            .args(["sleep", "300"]),
+    )
+    .trim()
+    .to_string();
     let started = std::time::Instant::now();
     let stopped = stopper.join().unwrap();
     eprintln!(
@@ -2374,6 +2382,32 @@ fn a_volume_follows_the_dockerd_that_mounts_it() {
     for gw in &gws {
         let _ = output(gw.docker().args(["volume", "rm", &format!("fv{pid}")]));
     }
-    drop(gws);
-    daemon2.stop();
+}
+
+/// Stops a daemon on drop (also when the test fails).
+struct StopsDaemon(Daemon);
+
+impl Drop for StopsDaemon {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+/// On drop (also when the test fails), removes the containers labelled `label` on each daemon
+/// (`unix://` hosts): a container left running would keep its volume's pool busy.
+struct RemovesContainers {
+    hosts: Vec<String>,
+    label: String,
+}
+
+impl Drop for RemovesContainers {
+    fn drop(&mut self) {
+        for host in &self.hosts {
+            let filter = format!("label={}", self.label);
+            let ids = output(support::docker_cli(host).args(["ps", "-aq", "--filter", &filter]));
+            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+                let _ = output(support::docker_cli(host).args(["rm", "-f", id]));
+            }
+        }
+    }
 }
