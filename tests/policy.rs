@@ -744,15 +744,18 @@ fn compose_projects_run_through_the_guard_and_hooks_that_read_every_body() {
 fn a_standby_is_an_operators_choice_under_the_policy() {
     let gw = guarded();
     let volume = unique("standby");
-    let out = output(gw.docker().args([
-        "volume",
-        "create",
-        "-d",
-        "local",
-        "-o",
-        "standby=h2",
-        &volume,
-    ]));
+    let create_with_standby = |gw: &Gateway| {
+        output(gw.docker().args([
+            "volume",
+            "create",
+            "-d",
+            "local",
+            "-o",
+            "standby=h2",
+            &volume,
+        ]))
+    };
+    let out = create_with_standby(&gw);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
@@ -791,15 +794,7 @@ fn a_standby_is_an_operators_choice_under_the_policy() {
         &Daemon::shared().socket,
         &["--scripts", script.to_str().unwrap()],
     );
-    let out = output(open.docker().args([
-        "volume",
-        "create",
-        "-d",
-        "local",
-        "-o",
-        "standby=h2",
-        &volume,
-    ]));
+    let out = create_with_standby(&open);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("invalid option") && !err.contains("schedule"),

@@ -319,12 +319,11 @@ pub async fn underlays(
     cluster: &dyn Cluster,
     me: &str,
 ) -> Result<(Vec<Ipv4Addr>, u64), ClusterError> {
-    let alive = cluster.list(ALIVE).await?;
-    let newest = alive.iter().map(|(_, r)| r.revision).max().unwrap_or(0);
-    let peers = alive
-        .iter()
-        .filter(|(k, _)| k[ALIVE.len()..] != *me)
-        .filter_map(|(_, r)| r.value["underlay"].as_str()?.parse().ok())
+    let (by_host, newest) = underlays_by_host(cluster).await?;
+    let peers = by_host
+        .into_iter()
+        .filter(|(name, _)| name != me)
+        .map(|(_, a)| a)
         .collect();
     Ok((peers, newest))
 }
