@@ -44,6 +44,30 @@ fn gateway_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Gateway {
+    gateway_in(
+        None,
+        &Daemon::shared().socket,
+        pool,
+        host,
+        script,
+        cluster,
+        extra,
+        env,
+    )
+}
+
+/// The same in front of `upstream`, inside the network namespace `netns` if given.
+#[allow(clippy::too_many_arguments)]
+fn gateway_in(
+    netns: Option<&str>,
+    upstream: &std::path::Path,
+    pool: &Pool,
+    host: &str,
+    script: &str,
+    cluster: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Gateway {
     let mut args = vec![
         "--volume-backend",
         "zfs",
@@ -55,11 +79,15 @@ fn gateway_env(
         host,
     ];
     args.extend_from_slice(extra);
-    Gateway::with_script_env(
-        &format!("require('luastrip.flocker').enable {{ may_pull = function() return true end }}\n{script}"),
-        &args,
-        env,
+    let path = support::temp_dir("script").join("s.lua");
+    std::fs::write(
+        &path,
+        format!("require('luastrip.flocker').enable {{ may_pull = function() return true end }}\n{script}"),
     )
+    .unwrap();
+    let mut all = vec!["--scripts", path.to_str().unwrap()];
+    all.extend_from_slice(&args);
+    Gateway::start_in_env(netns, upstream, &all, env)
 }
 
 /// A container with the Flocker volume `volume` on `/data`, through `gw`, is refused, and the
@@ -1603,13 +1631,36 @@ struct EtcdHosts {
     gws: [Option<Gateway>; 2],
     /// More flags for each host's gateway.
     extra: [Vec<String>; 2],
+    /// Host h1 as a machine of its own, if it is one.
+    apart: Option<Apart>,
+}
+
+/// Host h1 of [`EtcdHosts`] as a machine of its own: a network namespace on a veth underlay, with
+/// its own dockerd (stopped on drop); etcd and h2 listen on this side of the underlay.
+struct Apart {
+    daemon: Daemon,
+    dir: PathBuf,
+    /// This side's address on the underlay, and the namespace's.
+    here: String,
+    there: String,
+    underlay: support::Underlay,
+}
+
+impl Drop for Apart {
+    fn drop(&mut self) {
+        self.daemon.stop();
+    }
 }
 
 impl EtcdHosts {
     fn new(tag: &str) -> EtcdHosts {
+        EtcdHosts::with(tag, support::etcd::Etcd::start(), None)
+    }
+
+    fn with(tag: &str, etcd: support::etcd::Etcd, apart: Option<Apart>) -> EtcdHosts {
         let dir = support::temp_dir("etcd-hosts");
         EtcdHosts {
-            etcd: support::etcd::Etcd::start(),
+            etcd,
             prefix: format!("/luastrip-{tag}{}/", std::process::id()),
             token: token_file(&dir),
             dir,
@@ -1617,7 +1668,76 @@ impl EtcdHosts {
             ports: [support::free_port(), support::free_port()],
             gws: [None, None],
             extra: [Vec::new(), Vec::new()],
+            apart,
         }
+    }
+
+    /// The same with h1 on a machine of its own ([`Apart`]).
+    fn with_h1_apart(tag: &str) -> EtcdHosts {
+        let pid = std::process::id();
+        let x = (pid + 220) % 250;
+        let (here, there) = (format!("198.18.{x}.21"), format!("198.18.{x}.22"));
+        let netns = format!("lst{pid}{tag}");
+        let underlay = support::Underlay::new(
+            &netns,
+            &format!("lsu{}{tag}a", pid % 100_000),
+            &format!("lsu{}{tag}b", pid % 100_000),
+            &here,
+            &there,
+        );
+        let etcd = support::etcd::Etcd::start_also_on(Some(&here));
+        let dir = support::temp_dir("dockerd-apart");
+        let daemon = Daemon::start_in_netns(&dir, &netns);
+        let apart = Apart {
+            daemon,
+            dir,
+            here,
+            there,
+            underlay,
+        };
+        EtcdHosts::with(tag, etcd, Some(apart))
+    }
+
+    /// h1's machine is lost at once: every process in its namespace — its dockerd, the
+    /// containers, its gateway — is killed.
+    fn lose_h1(&mut self) {
+        let a = self.apart.as_mut().expect("h1 is apart");
+        let ns = a.underlay.netns.clone();
+        // The containers' processes (each in a network namespace of its own), then everything
+        // in the machine's namespace.
+        let running = run_ok(a.daemon.docker().args(["ps", "-q"]));
+        let mut pids: Vec<String> = running
+            .split_whitespace()
+            .map(|id| {
+                run_ok(
+                    a.daemon
+                        .docker()
+                        .args(["inspect", "-f", "{{.State.Pid}}", id]),
+                )
+            })
+            .map(|p| p.trim().to_string())
+            .collect();
+        pids.extend(
+            run_ok(Command::new("ip").args(["netns", "pids", &ns]))
+                .split_whitespace()
+                .map(str::to_string),
+        );
+        run_ok(Command::new("kill").arg("-9").args(&pids));
+        // Reaped, and its pid file gone (as a reboot clears /run).
+        a.daemon.stop();
+        let _ = std::fs::remove_file(a.dir.join("pid"));
+        if let Some(mut gw) = self.gws[0].take() {
+            let _ = gw.child.wait();
+        }
+        support::wait_until(
+            "h1's processes are gone",
+            std::time::Duration::from_secs(20),
+            || {
+                run_ok(Command::new("ip").args(["netns", "pids", &ns]))
+                    .trim()
+                    .is_empty()
+            },
+        );
     }
 
     /// (Re)start host `i`'s gateway, with the failpoints `failpoints` armed (none: "").
@@ -1628,9 +1748,25 @@ impl EtcdHosts {
             }
         }
         let other = 1 - i;
-        let listen = format!("127.0.0.1:{}", self.ports[i]);
-        let peer = format!("h{}=http://127.0.0.1:{}", other + 1, self.ports[other]);
-        let url = self.etcd.url();
+        // With h1 apart: each listens on its side of the underlay, and etcd is reached there.
+        let (mine, theirs, url) = match &self.apart {
+            None => (
+                "127.0.0.1".to_string(),
+                "127.0.0.1".to_string(),
+                self.etcd.url(),
+            ),
+            Some(a) => {
+                let (h1, h2) = (a.there.clone(), a.here.clone());
+                let url = self.etcd.url_on(&a.here);
+                if i == 0 {
+                    (h1, h2, url)
+                } else {
+                    (h2, h1, url)
+                }
+            }
+        };
+        let listen = format!("{mine}:{}", self.ports[i]);
+        let peer = format!("h{}=http://{theirs}:{}", other + 1, self.ports[other]);
         let mut extra = vec![
             "--peer-listen",
             &listen,
@@ -1646,14 +1782,34 @@ impl EtcdHosts {
         extra.extend(self.extra[i].iter().map(String::as_str));
         let unused = self.dir.join(format!("unused-{i}.json"));
         let env = [("LUASTRIP_FAILPOINTS", failpoints)];
-        self.gws[i] = Some(gateway_env(
-            &self.pools[i],
-            &format!("h{}", i + 1),
-            OWNERSHIP_ROUTES,
-            &unused,
-            &extra,
-            &env,
-        ));
+        let host = format!("h{}", i + 1);
+        self.gws[i] = Some(match self.apart.as_mut().filter(|_| i == 0) {
+            None => gateway_env(
+                &self.pools[i],
+                &host,
+                OWNERSHIP_ROUTES,
+                &unused,
+                &extra,
+                &env,
+            ),
+            Some(a) => {
+                // The machine comes back: its dockerd starts again on its data.
+                let ping = b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n";
+                if support::try_raw(&a.daemon.socket, ping).is_err() {
+                    a.daemon = Daemon::start_in_netns(&a.dir, &a.underlay.netns);
+                }
+                gateway_in(
+                    Some(&a.underlay.netns),
+                    &a.daemon.socket,
+                    &self.pools[i],
+                    &host,
+                    OWNERSHIP_ROUTES,
+                    &unused,
+                    &extra,
+                    &env,
+                )
+            }
+        });
     }
 
     fn gw(&self, i: usize) -> &Gateway {
@@ -2041,15 +2197,16 @@ fn a_returning_host_cannot_write_a_volume_adopted_meanwhile() {
     assert_eq!(h.volume(0, "ret")["epoch"], 3);
 }
 
-/// Issue 22 (standby replicas): h1 sends its volume to h2 every second while a container on h1
-/// appends a numbered line every 0.1 s. h1's host is lost (its gateway killed, the writer gone).
+/// Issue 22 (standby replicas): h1, a machine of its own (a network namespace with its own
+/// dockerd), sends its volume to h2 every second while a container on h1 appends a numbered line
+/// every 0.1 s. h1's machine is lost at once: every process in it killed mid-write.
 /// Once h1 is forgotten, `luastrip cluster adopt` gives the volume to its standby, whose gateway
 /// takes its copy at the next mount: a consistent prefix of the log, at most the window (a
 /// period and a send) behind. h1, back with its old copy, is fenced.
 #[test]
 fn a_standby_replica_survives_its_owners_host() {
     let _zfs = zfs_one_at_a_time();
-    let mut h = EtcdHosts::new("standby");
+    let mut h = EtcdHosts::with_h1_apart("sb");
     // h1 serves the volume plugin too: its create takes a standby.
     let plugin = format!("lst{}stby", std::process::id());
     support::remove_dead_plugin_sockets();
@@ -2100,7 +2257,7 @@ fn a_standby_replica_survives_its_owners_host() {
         resp.starts_with("HTTP/1.1 502") && resp.contains("at least 1 second"),
         "{resp}"
     );
-    let writer = run_ok(h.gw(0).docker().args([
+    run_ok(h.gw(0).docker().args([
         "run",
         "-d",
         "-v",
@@ -2110,16 +2267,10 @@ fn a_standby_replica_survives_its_owners_host() {
         "-c",
         "i=0; while :; do i=$((i+1)); echo $i >> /data/log; sleep 0.1; done",
     ]));
-    let writer = writer.trim();
     std::thread::sleep(std::time::Duration::from_secs(5));
-    // h1's host is lost: its gateway dies, and the writer with it.
+    // h1's machine is lost: its dockerd, the writer and its gateway, all at once.
     let log1 = PathBuf::from(h.volume(0, "rep")["mountpoint"].as_str().unwrap()).join("log");
-    h.gws[0].as_mut().unwrap().child.kill().unwrap();
-    h.gws[0].as_mut().unwrap().child.wait().unwrap();
-    run_ok(
-        support::docker_cli(&format!("unix://{}", Daemon::shared().socket.display()))
-            .args(["rm", "-f", writer]),
-    );
+    h.lose_h1();
     let written = std::fs::read_to_string(&log1).unwrap().lines().count();
     let cluster = |args: &[&str]| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_luastrip"));
@@ -2194,7 +2345,8 @@ fn a_standby_replica_survives_its_owners_host() {
     // h1 comes back with its old copy: fenced by the epoch.
     h.returns_fenced(0, "rep", "h2", 2);
     // dockerd's record of the plugin's volume goes with h1's copy (not the volume: the record
-    // stays h2's).
+    // stays h2's), once the writer that died with the machine is removed.
+    run_ok(h.gw(0).docker().args(["container", "prune", "-f"]));
     run_ok(h.gw(0).docker().args(["volume", "rm", "rep"]));
     assert_eq!(h.volume(1, "rep")["owner"], "h2");
 }

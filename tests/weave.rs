@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{output, run_ok, Daemon, Gateway, IMAGE};
+use support::{output, run_ok, Daemon, Gateway, Underlay, IMAGE};
 
 /// One overlay set-up: a gateway with the weave script in front of a daemon (the shared one,
 /// or a second "host"'s in a network namespace).
@@ -940,54 +940,6 @@ fn an_owners_address_is_checked_again_at_every_start() {
     assert!(theirs.len() == 32 && theirs != claim, "{theirs:?}");
     run_ok(o.docker().args(["start", "-a", &other]));
     run_ok(o.docker().args(["rm", "-f", &other, &victim]));
-}
-
-/// A second "host": a network namespace linked to this one by a veth pair (the underlay), both
-/// removed on drop.
-struct Underlay {
-    netns: String,
-    link: String,
-}
-
-impl Underlay {
-    fn new(netns: &str, link: &str, peer: &str, ip: &str, peer_ip: &str) -> Underlay {
-        support::require_tool("bridge", "iproute2");
-        let _ = output(Command::new("ip").args(["netns", "del", netns]));
-        let _ = output(Command::new("ip").args(["link", "del", link]));
-        run_ok(Command::new("ip").args(["netns", "add", netns]));
-        let u = Underlay {
-            netns: netns.into(),
-            link: link.into(),
-        };
-        for args in [
-            &[
-                "link", "add", link, "type", "veth", "peer", "name", peer, "netns", netns,
-            ][..],
-            &["addr", "add", &format!("{ip}/30"), "dev", link],
-            &["link", "set", link, "up"],
-            &[
-                "-n",
-                netns,
-                "addr",
-                "add",
-                &format!("{peer_ip}/30"),
-                "dev",
-                peer,
-            ],
-            &["-n", netns, "link", "set", peer, "up"],
-            &["-n", netns, "link", "set", "lo", "up"],
-        ] {
-            run_ok(Command::new("ip").args(args));
-        }
-        u
-    }
-}
-
-impl Drop for Underlay {
-    fn drop(&mut self) {
-        let _ = output(Command::new("ip").args(["link", "del", &self.link]));
-        let _ = output(Command::new("ip").args(["netns", "del", &self.netns]));
-    }
 }
 
 /// Stops a daemon on drop.

@@ -1344,3 +1344,52 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// A second "host": a network namespace linked to this one by a veth pair (the underlay), both
+/// removed on drop.
+pub struct Underlay {
+    pub netns: String,
+    link: String,
+}
+
+impl Underlay {
+    /// `link` (this side, address `ip`/30) and `peer` (in `netns`, address `peer_ip`/30).
+    pub fn new(netns: &str, link: &str, peer: &str, ip: &str, peer_ip: &str) -> Underlay {
+        require_tool("bridge", "iproute2");
+        let _ = output(Command::new("ip").args(["netns", "del", netns]));
+        let _ = output(Command::new("ip").args(["link", "del", link]));
+        run_ok(Command::new("ip").args(["netns", "add", netns]));
+        let u = Underlay {
+            netns: netns.into(),
+            link: link.into(),
+        };
+        for args in [
+            &[
+                "link", "add", link, "type", "veth", "peer", "name", peer, "netns", netns,
+            ][..],
+            &["addr", "add", &format!("{ip}/30"), "dev", link],
+            &["link", "set", link, "up"],
+            &[
+                "-n",
+                netns,
+                "addr",
+                "add",
+                &format!("{peer_ip}/30"),
+                "dev",
+                peer,
+            ],
+            &["-n", netns, "link", "set", peer, "up"],
+            &["-n", netns, "link", "set", "lo", "up"],
+        ] {
+            run_ok(Command::new("ip").args(args));
+        }
+        u
+    }
+}
+
+impl Drop for Underlay {
+    fn drop(&mut self) {
+        let _ = output(Command::new("ip").args(["link", "del", &self.link]));
+        let _ = output(Command::new("ip").args(["netns", "del", &self.netns]));
+    }
+}
