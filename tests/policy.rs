@@ -320,15 +320,9 @@ fn docker_py_creates_the_same_containers_through_a_body_reading_hook() {
         "/usr/bin/python3 is missing: apt-get install -y python3 python3-docker"
     );
     let dir = support::temp_dir("dockerpy");
-    let script = dir.join("reads.lua");
-    std::fs::write(
-        &script,
+    let gw = Gateway::with_script(
         "route.pre('POST /containers/create', function(req) local spec = req:json() end)\n",
-    )
-    .unwrap();
-    let gw = Gateway::start_with(
-        &Daemon::shared().socket,
-        &["--scripts", script.to_str().unwrap()],
+        &[],
     );
     let out = output(
         Command::new("/usr/bin/python3")
@@ -784,15 +778,9 @@ fn a_standby_is_an_operators_choice_under_the_policy() {
     assert_eq!(status(&resp), "403", "{resp}");
     assert!(!daemon_has("volume", &volume));
     // A site that allows it: the call reaches dockerd (whose local driver has no such option).
-    let script = support::temp_dir("standby").join("allow.lua");
-    std::fs::write(
-        &script,
+    let open = Gateway::with_script(
         "require('luastrip.policy').guard { allow_standby = true }",
-    )
-    .unwrap();
-    let open = Gateway::start_with(
-        &Daemon::shared().socket,
-        &["--scripts", script.to_str().unwrap()],
+        &[],
     );
     let out = create_with_standby(&open);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -79,15 +79,13 @@ fn gateway_in(
         host,
     ];
     args.extend_from_slice(extra);
-    let path = support::temp_dir("script").join("s.lua");
-    std::fs::write(
-        &path,
-        format!("require('luastrip.flocker').enable {{ may_pull = function() return true end }}\n{script}"),
+    Gateway::with_script_in(
+        netns,
+        upstream,
+        &format!("require('luastrip.flocker').enable {{ may_pull = function() return true end }}\n{script}"),
+        &args,
+        env,
     )
-    .unwrap();
-    let mut all = vec!["--scripts", path.to_str().unwrap()];
-    all.extend_from_slice(&args);
-    Gateway::start_in_env(netns, upstream, &all, env)
 }
 
 /// A container with the Flocker volume `volume` on `/data`, through `gw`, is refused, and the

@@ -395,12 +395,23 @@ impl Gateway {
 
     /// The same, with `env` set for the gateway.
     pub fn with_script_env(script: &str, extra: &[&str], env: &[(&str, &str)]) -> Gateway {
+        Gateway::with_script_in(None, &Daemon::shared().socket, script, extra, env)
+    }
+
+    /// The same in front of `upstream`, inside the network namespace `netns` if given.
+    pub fn with_script_in(
+        netns: Option<&str>,
+        upstream: &Path,
+        script: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let path = temp_dir("script").join("s.lua");
         std::fs::write(&path, script).unwrap();
         let path = path.to_str().unwrap().to_string();
         let mut args = vec!["--scripts", path.as_str()];
         args.extend_from_slice(extra);
-        Gateway::start_in_env(None, &Daemon::shared().socket, &args, env)
+        Gateway::start_in_env(netns, upstream, &args, env)
     }
 
     /// Start `luastrip serve` in front of the shared daemon.
