@@ -177,7 +177,11 @@ async fn handle(drivers: &[Arc<dyn Driver>], req: Request<Incoming>) -> Response
     if let Some((interface, method)) = path.split_once('.') {
         if let Some(d) = drivers.iter().find(|d| d.implements() == interface) {
             if let Some(answer) = d.call(method, body) {
-                return reply(StatusCode::OK, &answer.await);
+                let started = std::time::Instant::now();
+                let answer = answer.await;
+                debug!(call = %path, duration_us = started.elapsed().as_micros() as u64,
+                    err = answer["Err"].as_str().unwrap_or_default(), "plugin call answered");
+                return reply(StatusCode::OK, &answer);
             }
         }
     }
