@@ -122,3 +122,39 @@ running() {
 unmount_under() {
     grep -o " $1[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
 }
+
+# start_etcd DIR IP CLIENT1 PEER1 CLIENT2 PEER2 CLIENT3 PEER3 — a 3-member etcd (Debian's
+# etcd-server) on IP with those ports, its data and logs under DIR; waits until every member is
+# healthy. Sets ETCD_URL (luastrip's `--cluster` value) and appends the members' pids to PIDS.
+start_etcd() {
+    local dir=$1 ip=$2 i initial= urls=
+    shift 2
+    local ports=("$@")
+    for i in 0 1 2; do
+        initial+="${initial:+,}m$i=http://$ip:${ports[i * 2 + 1]}"
+        urls+="${urls:+,}$ip:${ports[i * 2]}"
+    done
+    mkdir -p "$dir"
+    for i in 0 1 2; do
+        etcd --name "m$i" --data-dir "$dir/m$i" \
+            --listen-client-urls "http://$ip:${ports[i * 2]}" \
+            --advertise-client-urls "http://$ip:${ports[i * 2]}" \
+            --listen-peer-urls "http://$ip:${ports[i * 2 + 1]}" \
+            --initial-advertise-peer-urls "http://$ip:${ports[i * 2 + 1]}" \
+            --initial-cluster "$initial" --initial-cluster-state new \
+            --initial-cluster-token "etcd-$$" --logger zap --log-level warn 2>"$dir/m$i.log" &
+        PIDS+=($!)
+    done
+    for i in 0 1 2; do
+        for _ in $(seq 150); do
+            curl -s "http://$ip:${ports[i * 2]}/health" | grep -q '"health":"true"' && break
+            sleep 0.2
+        done
+        curl -s "http://$ip:${ports[i * 2]}/health" | grep -q '"health":"true"' || {
+            echo "etcd member m$i did not become healthy; its log ends:" >&2
+            tail -5 "$dir/m$i.log" >&2
+            return 1
+        }
+    done
+    ETCD_URL=etcd://$urls
+}
