@@ -25,7 +25,7 @@ VNI=${VNI:-4277}          # the overlay's VXLAN id
 . tools/hosts.sh
 need dockerd:docker.io docker:docker.io docker-compose:docker-compose zfs-fuse:zfs-fuse \
     zpool:zfs-fuse etcd:etcd-server ip:iproute2 nsenter:util-linux unshare:util-linux \
-    findmnt:util-linux curl:curl busybox-static
+    findmnt:util-linux curl:curl protoc:protobuf-compiler busybox-static
 build_luastrip
 W=$(mktemp -d /tmp/luastrip-demo.XXXXXX)
 BRIDGE=${DEMO}0

@@ -796,17 +796,22 @@ impl Ipam {
                 }
                 Ok(())
             }
-            Some(_) if is_identity(owner) => Err(helper(format!(
+            // A claim, but an earlier one: the identity's container left behind on a move.
+            Some(_) if is_identity(owner) && claim.is_some() => Err(helper(format!(
                 "{a} is the overlay address of {owner}, which has moved to host {} since this \
                  container was created (its claim on the address is the earlier one): refused. \
                  Remove this container; the identity's container on host {0} has the address",
                 r.value["host"].as_str().unwrap_or_default()
             ))),
             Some(_) => Err(helper(format!(
-                "{a} is the overlay address of container {}, and this endpoint was not given \
-                 it by luastrip (was the container created on another network of the same name \
-                 or ID prefix?): refused",
-                short(owner)
+                "{a} is the overlay address of {}, and this endpoint was not given it by \
+                 luastrip (was the container created on another network of the same name or ID \
+                 prefix?): refused",
+                if is_identity(owner) {
+                    owner.to_string()
+                } else {
+                    format!("container {}", short(owner))
+                }
             ))),
         }
     }

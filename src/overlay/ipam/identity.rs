@@ -591,6 +591,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("has moved to host h2"), "{e}");
+        // A stranger asking for it by value (no claim) is refused as one, not told it moved.
+        let e = h1
+            .endpoint_may_take(&pool, a, None, Some("ep3"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("overlay address of {db}, and this endpoint was not given it")),
+            "{e}"
+        );
         // The create on h2 failed: the address goes back as it was.
         assert_eq!(h2.release_owner(db).await.unwrap().len(), 1);
         assert_eq!(h1.located().await.unwrap().0, vec![(a, "h1".to_string())]);
