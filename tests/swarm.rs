@@ -22,6 +22,13 @@ fn one_swarm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     SWARM.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A task's program: an 8 MB file and its checksum written once, then a line numbered on from
+/// the last one in `/data/log` every 50 ms.
+const WRITER: &str = "[ -f /data/blob ] || { dd if=/dev/urandom of=/data/blob bs=1M count=8 \
+     2>/dev/null; sha256sum /data/blob > /data/blob.sum; }; \
+     i=$(cat /data/log 2>/dev/null | wc -l); \
+     while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.05; done";
+
 /// One swarm node: its namespaces (held by its zfs-fuse, which outlives dockerd), its dockerd,
 /// pool and gateway.
 struct Node {
@@ -369,10 +376,7 @@ fn a_swarm_task_moved_to_another_node_takes_its_volume() {
         IMAGE,
         "sh",
         "-c",
-        "[ -f /data/blob ] || { dd if=/dev/urandom of=/data/blob bs=1M count=8 2>/dev/null; \
-         sha256sum /data/blob > /data/blob.sum; }; \
-         i=$(cat /data/log 2>/dev/null | wc -l); \
-         while true; do i=$((i+1)); echo $i >> /data/log; sleep 0.05; done",
+        WRITER,
     ]));
     let mut first = None;
     support::wait_until("the task runs on node 1", Duration::from_secs(60), || {
@@ -508,6 +512,113 @@ fn log_time(log: &str, matches: impl Fn(&str) -> bool) -> Vec<f64> {
             Some(h * 3600.0 + m * 60.0 + s)
         })
         .collect()
+}
+
+/// A global service on one luastrip volume (a task on each node, as a user might ask for a
+/// database): both nodes create the volume at once, one of them gets it, and the other's task is
+/// refused with a message naming the running container that has it. The volume is never taken
+/// from under that container, which writes on (REX-Ray's forced takeover, MongoDB's double
+/// mount).
+#[test]
+fn a_global_service_never_takes_a_running_tasks_volume() {
+    let _one = one_swarm_at_a_time();
+    let nodes = SwarmNodes::new();
+    let volume = format!("gl{}", std::process::id());
+    let mount = format!(
+        "type=volume,source={volume},target=/data,volume-driver={},volume-nocopy=true",
+        nodes.plugin
+    );
+    let gw = nodes.nodes[0].gw();
+    run_ok(
+        gw.docker()
+            .args(["service", "create", "--detach", "--no-resolve-image"])
+            .args([
+                "--name",
+                "dbg",
+                "--mode",
+                "global",
+                "--endpoint-mode",
+                "dnsrr",
+                "--mount",
+                &mount,
+                IMAGE,
+                "sh",
+                "-c",
+                WRITER,
+            ]),
+    );
+    let lines = |i: usize, task: &str| -> Vec<u32> {
+        let out = output(
+            nodes
+                .daemon(i)
+                .docker()
+                .args(["exec", task, "cat", "/data/log"]),
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    let mut winner = None;
+    support::wait_until("one node's task writes", Duration::from_secs(60), || {
+        winner = (0..2).find_map(|i| {
+            let task = nodes.task_on(i, "dbg")?;
+            (lines(i, &task).len() > 10).then_some((i, task))
+        });
+        winner.is_some()
+    });
+    let (w, task) = winner.unwrap();
+    let loser = 1 - w;
+    // The other node's task is refused (after Mount's wait, 25 s), naming the host and the task.
+    let mut errors = String::new();
+    support::wait_until(
+        "the other node's task is refused, naming the running one",
+        Duration::from_secs(90),
+        || {
+            errors = run_ok(gw.docker().args([
+                "service",
+                "ps",
+                "--no-trunc",
+                "--format",
+                "{{.Node}} {{.CurrentState}} {{.Error}}",
+                "dbg",
+            ]));
+            errors.contains(&format!("in use on host n{}", w + 1))
+        },
+    );
+    let name = run_ok(
+        nodes
+            .daemon(w)
+            .docker()
+            .args(["inspect", "-f", "{{.Name}}", &task]),
+    );
+    assert!(
+        errors.contains(name.trim().trim_start_matches('/')),
+        "{errors}"
+    );
+    assert_eq!(nodes.task_on(loser, "dbg"), None, "{errors}");
+    // The winner never lost it: the same task, still writing, every line in order.
+    assert_eq!(nodes.task_on(w, "dbg").as_deref(), Some(task.as_str()));
+    let (before, t) = (lines(w, &task).len(), Instant::now());
+    support::wait_until("it writes on", Duration::from_secs(10), || {
+        lines(w, &task).len() > before
+    });
+    let log = lines(w, &task);
+    assert!(
+        log.iter().enumerate().all(|(n, l)| *l == n as u32 + 1),
+        "a gap-free log after {:?}: {log:?}",
+        t.elapsed()
+    );
+    let v = json_body(&raw(
+        &nodes.nodes[w].gw().socket,
+        &http_request("GET", &format!("/luastrip/volumes/{volume}"), "", b""),
+    ));
+    assert_eq!(
+        v["owner"].as_str(),
+        Some(format!("n{}", w + 1).as_str()),
+        "{v}"
+    );
+    run_ok(gw.docker().args(["service", "rm", "dbg"]));
 }
 
 /// Issue 22, item 4: `examples/demo/run.sh` as a reader runs it (with this suite's binary and

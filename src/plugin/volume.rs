@@ -3,8 +3,11 @@
 //! use the same volumes as the `/flocker/NAME` binds, and dockerd asks for them itself on every
 //! start, including the starts that never pass through luastrip's socket.
 //!
-//! `Mount`/`Unmount` are counted per container ID: `Remove` refuses a volume that a container
-//! has mounted (or that any container's mounts name, so the answer survives a luastrip restart).
+//! `Mount`/`Unmount` are counted per mount ID, in the volume helper
+//! ([`Volumes::mount_for_docker`]): `Remove` refuses a volume that dockerd has mounted (or that
+//! any container's mounts name, so the answer survives a luastrip restart), and a push of the
+//! volume counts each mount as a user, so a container dockerd is starting with it is never left
+//! on a copy that moved away.
 //! `docker volume create -d NAME -o standby=HOST [-o every=SECONDS] db` also makes HOST the
 //! volume's standby ([`crate::volumes::replicate`]).
 //!
@@ -26,7 +29,7 @@
 //! A stale copy (its epoch behind the owner record's: see [`crate::volumes::owner`]) is refused,
 //! and so is a volume owned elsewhere without `--volume-follow`, naming its owner.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,8 +51,6 @@ type Pulling = watch::Receiver<Option<Result<(), String>>>;
 
 pub struct VolumeDriver {
     volumes: Arc<Volumes>,
-    /// Container IDs that have each volume mounted.
-    mounts: Mutex<BTreeMap<String, BTreeSet<String>>>,
     /// Moves of volumes to this host, by volume.
     pulls: Mutex<HashMap<String, Pulling>>,
     /// `--volume-follow`: volumes move here when dockerd mounts them.
@@ -64,7 +65,6 @@ impl VolumeDriver {
     pub fn new(volumes: Arc<Volumes>, follow: bool) -> Self {
         VolumeDriver {
             volumes,
-            mounts: Mutex::new(BTreeMap::new()),
             pulls: Mutex::new(HashMap::new()),
             follow,
         }
@@ -203,7 +203,7 @@ impl VolumeDriver {
             Err(e) => return err(e),
         };
         let id = body["ID"].as_str().unwrap_or_default().to_string();
-        let mut v = match self.volumes.volume(&name).await {
+        let mut v = match self.volumes.mount_for_docker(&name, &id).await {
             Ok(v) => v,
             Err(e) => return err(reason(e)),
         };
@@ -216,7 +216,7 @@ impl VolumeDriver {
             tracing::info!(volume = %name, from = %owner,
                 waited_ms = waiting.elapsed().as_millis() as u64,
                 "the volume moved here: mounted");
-            v = match self.volumes.volume(&name).await {
+            v = match self.volumes.mount_for_docker(&name, &id).await {
                 Ok(v) => v,
                 Err(e) => return err(reason(e)),
             };
@@ -227,12 +227,6 @@ impl VolumeDriver {
                 None => format!("volume {name} has no owner here; move it here first"),
             });
         }
-        self.mounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name.to_string())
-            .or_default()
-            .insert(id);
         json!({ "Mountpoint": v.mountpoint, "Err": "" })
     }
 
@@ -241,14 +235,8 @@ impl VolumeDriver {
             Ok(n) => n,
             Err(e) => return err(e),
         };
-        let id = body["ID"].as_str().unwrap_or_default();
-        let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(ids) = mounts.get_mut(name.as_str()) {
-            ids.remove(id);
-            if ids.is_empty() {
-                mounts.remove(name.as_str());
-            }
-        }
+        self.volumes
+            .unmount_for_docker(&name, body["ID"].as_str().unwrap_or_default());
         json!({ "Err": "" })
     }
 
@@ -257,12 +245,7 @@ impl VolumeDriver {
             Ok(n) => n,
             Err(e) => return err(e),
         };
-        let mounted = self
-            .mounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name.as_str())
-            .map_or(0, |ids| ids.len());
+        let mounted = self.volumes.docker_mounts(&name);
         if mounted > 0 {
             return err(format!(
                 "volume {name} is mounted by {mounted} container(s); remove them first"

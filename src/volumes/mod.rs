@@ -213,6 +213,10 @@ pub struct Volumes {
     moves: std::sync::Mutex<std::collections::HashMap<ContainerRef, ContainerMove>>,
     /// The volumes this process is pushing now (a move recorded for any other is a leftover).
     pushing: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The mounts dockerd holds through the volume plugin, by volume: mount IDs, each counted
+    /// from `Mount` to `Unmount` ([`Volumes::mount_for_docker`]).
+    docker_mounts:
+        std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>>,
     /// The replication loops ([`replicate`]), by volume.
     replicas: std::sync::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>,
 }
@@ -264,6 +268,7 @@ impl Volumes {
             upstream,
             peers: None,
             holds: Default::default(),
+            docker_mounts: Default::default(),
             events: None,
             moves: Default::default(),
             pushing: Default::default(),
@@ -363,6 +368,51 @@ impl Volumes {
         // Wait while a push cuts this volume over; then answer as it is afterwards.
         let hold = self.hold(name);
         let _cutting = hold.read().await;
+        self.volume_unheld(name).await
+    }
+
+    /// dockerd mounts `name` for its mount `id` (the volume plugin's `Mount`): the volume as
+    /// [`Volumes::volume`] gives it, recorded as mounted here when this host owns it, in one
+    /// step that no cut-over interleaves with. A push counts these mounts as users of the volume
+    /// ([`Volumes::users`]), so a container dockerd is starting with the volume (mounted, not yet
+    /// running) is never left on a copy that is going away.
+    pub async fn mount_for_docker(&self, name: &VolumeName, id: &str) -> Result<VolumeInfo, Error> {
+        let hold = self.hold(name);
+        let _cutting = hold.read().await;
+        let v = self.volume_unheld(name).await?;
+        if v.owned {
+            self.docker_mounts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(name.to_string())
+                .or_default()
+                .insert(id.to_string());
+        }
+        Ok(v)
+    }
+
+    /// dockerd lets go of its mount `id` of `name` (the volume plugin's `Unmount`).
+    pub fn unmount_for_docker(&self, name: &VolumeName, id: &str) {
+        let mut mounts = self.docker_mounts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ids) = mounts.get_mut(name.as_str()) {
+            ids.remove(id);
+            if ids.is_empty() {
+                mounts.remove(name.as_str());
+            }
+        }
+    }
+
+    /// How many mounts of `name` dockerd holds through the volume plugin.
+    pub fn docker_mounts(&self, name: &VolumeName) -> usize {
+        self.docker_mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name.as_str())
+            .map_or(0, |ids| ids.len())
+    }
+
+    /// [`Volumes::volume`], with the cut-over lock already taken by the caller.
+    async fn volume_unheld(&self, name: &VolumeName) -> Result<VolumeInfo, Error> {
         let (mut v, new) = self.backend.create(name).await?;
         let (record, rev, claimed) = self.claim(name).await?;
         if claimed {
@@ -484,6 +534,32 @@ impl Volumes {
             .map(|c| c.name))
     }
 
+    /// Who has the volume on this host: the running containers whose mounts include it, and,
+    /// while dockerd holds plugin mounts of it, the containers it is starting or has paused with
+    /// it too (their mount is live before they run). Mounts with no such container found are
+    /// named as what they are (a user without an ID, which nothing can stop).
+    async fn users(&self, v: &BackendVolume) -> Result<Vec<ContainerRef>, Error> {
+        let mounts = self.docker_mounts(&v.name);
+        if mounts == 0 {
+            return self.containers_using(v, false).await;
+        }
+        let mut users = self
+            .containers_using_where(v, "/containers/json?all=1", |c| {
+                matches!(
+                    c["State"].as_str(),
+                    Some("running" | "created" | "restarting" | "paused")
+                )
+            })
+            .await?;
+        if users.is_empty() {
+            users.push(ContainerRef {
+                name: format!("a container dockerd mounted it for ({mounts} mount(s))"),
+                id: String::new(),
+            });
+        }
+        Ok(users)
+    }
+
     /// The containers (running ones only unless `all`) whose mounts include the volume: its
     /// mountpoint (a bind, `/flocker/NAME`), or the volume by name through a volume plugin
     /// (dockerd lists those without a source).
@@ -497,6 +573,17 @@ impl Volumes {
         } else {
             "/containers/json"
         };
+        self.containers_using_where(v, path, |_| true).await
+    }
+
+    /// The containers of the list at `path` that `keep` keeps and whose mounts include the
+    /// volume.
+    async fn containers_using_where(
+        &self,
+        v: &BackendVolume,
+        path: &str,
+        keep: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<Vec<ContainerRef>, Error> {
         // A pool of its own: this may run on any worker's thread.
         let containers = self.upstream.fork().get_json(path).await?;
         let mountpoint = v.mountpoint.display().to_string();
@@ -505,6 +592,7 @@ impl Volumes {
             .as_array()
             .into_iter()
             .flatten()
+            .filter(|c| keep(c))
             .filter(|c| {
                 c["Mounts"].as_array().into_iter().flatten().any(|m| {
                     let by_path = m["Source"]

@@ -65,6 +65,10 @@ const STALL: Duration = Duration::from_secs(60);
 /// A catch-up round that sent less than this leaves little enough for the cut-over.
 const CATCH_UP_DONE: u64 = 1 << 20;
 
+/// How long a cut-over waits for dockerd to let go of its plugin mounts of the volume once no
+/// container that uses it runs (an `Unmount` follows the container's stop by a moment).
+const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
+
 /// What a push did.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PushReport {
@@ -384,7 +388,15 @@ impl Volumes {
         if let Some(why) = owner::fenced(&self.host, &v, &o) {
             return Err(helper(format!("cannot push: {why}")));
         }
-        let running = self.containers_using(&v, false).await?;
+        let running = self.users(&v).await?;
+        if let Some(c) = running.iter().find(|c| c.id.is_empty()) {
+            if opts.release_wait.is_none() {
+                return Err(helper(format!(
+                    "volume {name} is in use: dockerd holds {c}, and it moves only once that is \
+                     let go"
+                )));
+            }
+        }
         if let (Some(c), false, None) = (running.first(), opts.stop, opts.release_wait) {
             return Err(helper(format!(
                 "volume {name} is in use by the running container {c}; stop it before moving \
@@ -470,8 +482,10 @@ impl Volumes {
             }
         }
         let step1_ms = t1.elapsed().as_millis() as u64;
+        // (Waited for even when nothing used it at the start: a container may have been
+        // started with it during step 1.)
         let running = match opts.release_wait {
-            Some(wait) if !running.is_empty() => {
+            Some(wait) => {
                 self.wait_for_release(name, to, wait).await?;
                 Vec::new()
             }
@@ -499,6 +513,9 @@ impl Volumes {
             self.stop_container(&c.id, opts.stop_timeout).await?;
         }
         let stop_ms = stopping.elapsed().as_millis() as u64;
+        // A container dockerd began to start with the volume since the check above: its mount
+        // came before the hold; the volume stays here with it.
+        self.no_docker_mounts_left(name, to).await?;
         self.note(
             format!(
                 "push: {name} → {to}: step 2, cut-over (calls for it held{})",
@@ -577,7 +594,7 @@ impl Volumes {
         let until = Instant::now() + wait;
         let mut noted = false;
         loop {
-            let running = self.containers_using(&v, false).await?;
+            let running = self.users(&v).await?;
             let Some(first) = running.first() else {
                 return Ok(());
             };
@@ -598,6 +615,28 @@ impl Volumes {
                     json!({ "volume": name.as_str(), "to": to, "step": 2, "waits_for": first.name }),
                 );
                 noted = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// With the cut-over's hold taken (no new plugin mount can come): wait for dockerd to let go
+    /// of the mounts it still holds (a stopped container's `Unmount` may follow its stop by a
+    /// moment), at most [`UNMOUNT_WAIT`]; past that, the move fails and the volume stays here.
+    async fn no_docker_mounts_left(&self, name: &VolumeName, to: &str) -> Result<(), Error> {
+        let until = Instant::now() + UNMOUNT_WAIT;
+        loop {
+            let mounts = self.docker_mounts(name);
+            if mounts == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(helper(format!(
+                    "volume {name} is in use on host {}: dockerd mounted it for a container \
+                     ({mounts} mount(s)) as the move to {to} was cutting over; it stays here \
+                     (never taken from under a container)",
+                    self.host
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -598,7 +598,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains(&format!("overlay address of {db}, and this endpoint was not given it")),
+            e.contains(&format!(
+                "overlay address of {db}, and this endpoint was not given it"
+            )),
             "{e}"
         );
         // The create on h2 failed: the address goes back as it was.
