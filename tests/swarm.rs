@@ -285,6 +285,31 @@ impl SwarmNodes {
         &self.nodes[i].daemon
     }
 
+    /// Create (through node 1's gateway, the manager) the service `name` running [`WRITER`] on
+    /// the plugin's volume `volume`, with `extra` flags.
+    fn writer_service(&self, name: &str, volume: &str, extra: &[&str]) {
+        let mount = format!(
+            "type=volume,source={volume},target=/data,volume-driver={},volume-nocopy=true",
+            self.plugin
+        );
+        run_ok(
+            self.nodes[0]
+                .gw()
+                .docker()
+                .args(["service", "create", "--detach", "--no-resolve-image"])
+                .args([
+                    "--name",
+                    name,
+                    "--endpoint-mode",
+                    "dnsrr",
+                    "--mount",
+                    &mount,
+                ])
+                .args(extra)
+                .args([IMAGE, "sh", "-c", WRITER]),
+        );
+    }
+
     /// The running container of service `service` on node `i`, if any.
     fn task_on(&self, i: usize, service: &str) -> Option<String> {
         let label = format!("label=com.docker.swarm.service.name={service}");
@@ -352,32 +377,18 @@ fn a_swarm_task_moved_to_another_node_takes_its_volume() {
     let nodes = SwarmNodes::new();
     let pid = std::process::id();
     let volume = format!("sw{pid}");
-    let mount = format!(
-        "type=volume,source={volume},target=/data,volume-driver={},volume-nocopy=true",
-        nodes.plugin
-    );
     // Through node 1's gateway (the manager).
     let gw = nodes.nodes[0].gw();
-    run_ok(gw.docker().args([
-        "service",
-        "create",
-        "--detach",
-        "--no-resolve-image",
-        "--name",
+    nodes.writer_service(
         "db",
-        "--endpoint-mode",
-        "dnsrr",
-        "--stop-grace-period",
-        "1s",
-        "--constraint",
-        "node.labels.n==1",
-        "--mount",
-        &mount,
-        IMAGE,
-        "sh",
-        "-c",
-        WRITER,
-    ]));
+        &volume,
+        &[
+            "--stop-grace-period",
+            "1s",
+            "--constraint",
+            "node.labels.n==1",
+        ],
+    );
     let mut first = None;
     support::wait_until("the task runs on node 1", Duration::from_secs(60), || {
         first = nodes.task_on(0, "db");
@@ -524,29 +535,8 @@ fn a_global_service_never_takes_a_running_tasks_volume() {
     let _one = one_swarm_at_a_time();
     let nodes = SwarmNodes::new();
     let volume = format!("gl{}", std::process::id());
-    let mount = format!(
-        "type=volume,source={volume},target=/data,volume-driver={},volume-nocopy=true",
-        nodes.plugin
-    );
     let gw = nodes.nodes[0].gw();
-    run_ok(
-        gw.docker()
-            .args(["service", "create", "--detach", "--no-resolve-image"])
-            .args([
-                "--name",
-                "dbg",
-                "--mode",
-                "global",
-                "--endpoint-mode",
-                "dnsrr",
-                "--mount",
-                &mount,
-                IMAGE,
-                "sh",
-                "-c",
-                WRITER,
-            ]),
-    );
+    nodes.writer_service("dbg", &volume, &["--mode", "global"]);
     let lines = |i: usize, task: &str| -> Vec<u32> {
         let out = output(
             nodes
