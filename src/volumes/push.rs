@@ -65,8 +65,8 @@ const STALL: Duration = Duration::from_secs(60);
 /// A catch-up round that sent less than this leaves little enough for the cut-over.
 const CATCH_UP_DONE: u64 = 1 << 20;
 
-/// How long a cut-over waits for dockerd to let go of its plugin mounts of the volume once no
-/// container that uses it runs (an `Unmount` follows the container's stop by a moment).
+/// How long a cut-over waits, once it holds the volume, for the last users to let go of it (an
+/// `Unmount` follows a container's stop by a moment).
 const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
 
 /// What a push did.
@@ -513,9 +513,9 @@ impl Volumes {
             self.stop_container(&c.id, opts.stop_timeout).await?;
         }
         let stop_ms = stopping.elapsed().as_millis() as u64;
-        // A container dockerd began to start with the volume since the check above: its mount
-        // came before the hold; the volume stays here with it.
-        self.no_docker_mounts_left(name, to).await?;
+        // A container started with the volume since the checks above (its mount, or its start
+        // through the socket, came before the hold) keeps it here.
+        self.unused_at_cut_over(name, to).await?;
         self.note(
             format!(
                 "push: {name} → {to}: step 2, cut-over (calls for it held{})",
@@ -620,22 +620,24 @@ impl Volumes {
         }
     }
 
-    /// With the cut-over's hold taken (no new plugin mount can come): wait for dockerd to let go
-    /// of the mounts it still holds (a stopped container's `Unmount` may follow its stop by a
+    /// With the cut-over's hold taken (no new plugin mount can come): wait until nothing uses
+    /// the volume here any more (a stopped container's `Unmount` may follow its stop by a
     /// moment), at most [`UNMOUNT_WAIT`]; past that, the move fails and the volume stays here.
-    async fn no_docker_mounts_left(&self, name: &VolumeName, to: &str) -> Result<(), Error> {
+    async fn unused_at_cut_over(&self, name: &VolumeName, to: &str) -> Result<(), Error> {
+        let v = self.existing(name).await?;
         let until = Instant::now() + UNMOUNT_WAIT;
         loop {
-            let mounts = self.docker_mounts(name);
-            if mounts == 0 {
+            let users = self.users(&v).await?;
+            if users.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= until {
+                let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
                 return Err(helper(format!(
-                    "volume {name} is in use on host {}: dockerd mounted it for a container \
-                     ({mounts} mount(s)) as the move to {to} was cutting over; it stays here \
-                     (never taken from under a container)",
-                    self.host
+                    "volume {name} is in use on host {}: {} began to use it as the move to {to} \
+                     was cutting over; it stays here (never taken from under a container)",
+                    self.host,
+                    names.join(", ")
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
