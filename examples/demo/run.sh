@@ -23,6 +23,7 @@ NET=${NET:-198.18.77}     # the /24 of the bridge (.1, etcd), host a (.2) and ho
 VNI=${VNI:-4277}          # the overlay's VXLAN id
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces, dockerd, zfs-fuse)" >&2; exit 1; }
 . tools/hosts.sh
+. tools/nodes.sh
 need dockerd:docker.io docker:docker.io docker-compose:docker-compose zfs-fuse:zfs-fuse \
     zpool:zfs-fuse etcd:etcd-server ip:iproute2 nsenter:util-linux unshare:util-linux \
     findmnt:util-linux curl:curl protoc:protobuf-compiler busybox-static
@@ -49,28 +50,10 @@ timed() {
 }
 
 cleanup() {
-    local h zpid
-    for h in "${HOSTS[@]}"; do
-        DOCKER_HOST=unix://$W/$h/docker.sock docker swarm leave --force >/dev/null 2>&1 || true
-        DOCKER_HOST=unix://$W/$h/docker.sock docker ps -aq 2>/dev/null |
-            xargs -r env DOCKER_HOST="unix://$W/$h/docker.sock" docker rm -f >/dev/null 2>&1 || true
-    done
-    # dockerd first: a dockerd whose plugin is gone retries it for seconds.
-    for h in "${HOSTS[@]}"; do stop_dockerd "$W/$h"; done
+    local h
+    for h in "${HOSTS[@]}"; do stop_node "$W/$h"; done
     stop_all "${PIDS[@]}"
-    for h in "${HOSTS[@]}"; do
-        zpid=$(cat "$W/$h/zfs-fuse.pid" 2>/dev/null) || zpid=
-        if [ -n "$zpid" ]; then
-            for _ in $(seq 20); do
-                nsenter -t "$zpid" -m zpool destroy -f "demo$h" 2>/dev/null && break
-                sleep 0.3
-            done
-            kill "$zpid" 2>/dev/null || true
-            for _ in $(seq 300); do kill -0 "$zpid" 2>/dev/null || break; sleep 0.1; done
-        fi
-        ip netns del "$DEMO-$h" 2>/dev/null || true
-        ip link del "$DEMO-$h" 2>/dev/null || true
-    done
+    for h in "${HOSTS[@]}"; do remove_node "$W/$h" "$DEMO-$h" "demo$h"; done
     ip link del "$BRIDGE" 2>/dev/null || true
     unmount_under "$W"
     rm -rf "$W"
@@ -79,9 +62,7 @@ trap cleanup EXIT
 trap "exit 130" INT TERM
 
 # The bridge between the hosts (this machine's side holds etcd).
-ip link add "$BRIDGE" type bridge
-ip addr add "$NET.1/24" dev "$BRIDGE"
-ip link set "$BRIDGE" up
+node_bridge "$BRIDGE" "$NET.1"
 
 step "etcd: 3 members on $NET.1"
 start_etcd "$W/etcd" "$NET.1" 2389 2390 2399 2400 2409 2410
@@ -89,39 +70,12 @@ done_step
 ETCD=$ETCD_URL
 (umask 077 && head -c 24 /dev/urandom | base64 > "$W/token")
 
-# start_host NAME IP — the host NAME: its network namespace on the bridge at IP; in a mount
-# namespace of its own (private plugin and zfs-fuse directories), its zfs-fuse and pool, its
-# dockerd and its luastrip. zfs-fuse cannot unmount a dataset whose mount was copied into another
-# mount namespace, so each host has its own zfs-fuse and drops its copies of this machine's.
+# start_host NAME IP — the host NAME (tools/nodes.sh: a network namespace on the bridge at IP,
+# a mount namespace with its own zfs-fuse pool and dockerd), and its luastrip.
 start_host() {
-    local h=$1 ip=$2 d=$W/$1 ns=$DEMO-$1
+    local h=$1 ip=$2 d=$W/$1
     HOSTS+=("$h")
-    mkdir -p "$d"
-    ip netns add "$ns"
-    ip link add "$DEMO-$h" type veth peer name eth0 netns "$ns"
-    ip link set "$DEMO-$h" master "$BRIDGE" up
-    ip -n "$ns" addr add "$ip/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" link set lo up
-    truncate -s 512M "$d/pool.img"
-    nsenter "--net=/run/netns/$ns" unshare --mount --propagation private --uts sh -c "
-        set -e; hostname $h
-        for m in /run/docker/plugins /etc/docker /run/containerd /run/zfs /run/lock/zfs \
-                 /var/lib/zfs; do mkdir -p \$m; mount -t tmpfs tmpfs \$m; done
-        findmnt -rn -t fuse,fuse.zfs -o SOURCE,TARGET | while read -r src target; do
-            case \$src in */*) umount -l \"\$target\";; esac; done
-        zfs-fuse --no-kstat-mount -p $d/zfs-fuse.pid
-        n=0; until zpool list >/dev/null 2>&1; do
-            n=\$((n+1)); [ \$n -lt 200 ] || exit 1; sleep 0.1; done
-        zpool create -f -m $d/mnt demo$h $d/pool.img
-        exec dockerd --host unix://$d/docker.sock --data-root $d/data --exec-root $d/exec \
-            --pidfile $d/pid --bridge=none --iptables=false --ip-masq=false" > "$d/log" 2>&1 &
-    for _ in $(seq 300); do
-        curl -sf --unix-socket "$d/docker.sock" http://d/_ping >/dev/null 2>&1 && break
-        sleep 0.1
-    done
-    curl -sf --unix-socket "$d/docker.sock" http://d/_ping >/dev/null ||
-        { echo "host $h did not start; its log ends:" >&2; tail -5 "$d/log" >&2; return 1; }
+    start_node "$d" "$DEMO-$h" "$BRIDGE" "$ip" "demo$h"
     DOCKER_HOST=unix://$d/docker.sock import_busybox luastrip-demo/busybox "$d"
     # (the plugin's calls logged too: the cut-over is timed from them)
     LUASTRIP_LOG=info,luastrip::plugin=debug nsenter -t "$(cat "$d/pid")" -m -n "$BIN" serve \

@@ -486,7 +486,7 @@ impl Volumes {
         // started with it during step 1.)
         let running = match opts.release_wait {
             Some(wait) => {
-                self.wait_for_release(name, to, wait).await?;
+                self.until_unused(name, to, wait, false).await?;
                 Vec::new()
             }
             _ => running,
@@ -515,7 +515,7 @@ impl Volumes {
         let stop_ms = stopping.elapsed().as_millis() as u64;
         // A container started with the volume since the checks above (its mount, or its start
         // through the socket, came before the hold) keeps it here.
-        self.unused_at_cut_over(name, to).await?;
+        self.until_unused(name, to, UNMOUNT_WAIT, true).await?;
         self.note(
             format!(
                 "push: {name} → {to}: step 2, cut-over (calls for it held{})",
@@ -581,33 +581,47 @@ impl Volumes {
         })
     }
 
-    /// Wait until no running container on this host uses `name` (at most `wait`): the containers
-    /// that do are someone else's to stop (swarm's, moving a task). Polled every 50 ms, so the
-    /// cut-over starts within that of the last one's stop.
-    async fn wait_for_release(
+    /// Wait until nothing on this host uses `name` ([`Volumes::users`]), at most `wait`, polled
+    /// every 50 ms so the cut-over starts within that of the last one's stop; past `wait`, the
+    /// move fails naming what still uses it. The users are someone else's to stop (swarm's,
+    /// moving a task). `holding`: the cut-over holds the volume already, so no new plugin mount
+    /// can come, and anything still using it began to as the move was cutting over (or is a
+    /// stopped container whose `Unmount` is a moment behind).
+    async fn until_unused(
         &self,
         name: &VolumeName,
         to: &str,
         wait: Duration,
+        holding: bool,
     ) -> Result<(), Error> {
         let v = self.existing(name).await?;
         let until = Instant::now() + wait;
-        let mut noted = false;
+        let mut noted = holding;
         loop {
-            let running = self.users(&v).await?;
-            let Some(first) = running.first() else {
+            let users = self.users(&v).await?;
+            let Some(first) = users.first() else {
                 return Ok(());
             };
-            let names: Vec<&str> = running.iter().map(|c| c.name.as_str()).collect();
+            let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
             if Instant::now() >= until {
-                return Err(helper(format!(
-                    "volume {name} is in use on host {} by the running container {}: it moves \
-                     to {to} only once that container stops, and did not within {} s (never \
-                     taken from under a running container)",
-                    self.host,
-                    names.join(", "),
-                    wait.as_secs()
-                )));
+                return Err(helper(if holding {
+                    format!(
+                        "volume {name} is in use on host {}: {} began to use it as the move to \
+                         {to} was cutting over; it stays here (never taken from under a \
+                         container)",
+                        self.host,
+                        names.join(", ")
+                    )
+                } else {
+                    format!(
+                        "volume {name} is in use on host {} by the running container {}: it \
+                         moves to {to} only once that container stops, and did not within {} s \
+                         (never taken from under a running container)",
+                        self.host,
+                        names.join(", "),
+                        wait.as_secs()
+                    )
+                }));
             }
             if !noted {
                 self.note(
@@ -615,30 +629,6 @@ impl Volumes {
                     json!({ "volume": name.as_str(), "to": to, "step": 2, "waits_for": first.name }),
                 );
                 noted = true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// With the cut-over's hold taken (no new plugin mount can come): wait until nothing uses
-    /// the volume here any more (a stopped container's `Unmount` may follow its stop by a
-    /// moment), at most [`UNMOUNT_WAIT`]; past that, the move fails and the volume stays here.
-    async fn unused_at_cut_over(&self, name: &VolumeName, to: &str) -> Result<(), Error> {
-        let v = self.existing(name).await?;
-        let until = Instant::now() + UNMOUNT_WAIT;
-        loop {
-            let users = self.users(&v).await?;
-            if users.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= until {
-                let names: Vec<&str> = users.iter().map(|c| c.name.as_str()).collect();
-                return Err(helper(format!(
-                    "volume {name} is in use on host {}: {} began to use it as the move to {to} \
-                     was cutting over; it stays here (never taken from under a container)",
-                    self.host,
-                    names.join(", ")
-                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
