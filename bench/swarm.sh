@@ -26,10 +26,9 @@ D=$(mktemp -d /tmp/luastrip-swarm.XXXXXX)
 PIDS=()
 NODES=()
 cleanup() {
-    local n
-    for n in "${NODES[@]}"; do stop_node "$D/$n"; done
+    stop_nodes
     stop_all "${PIDS[@]}"
-    for n in "${NODES[@]}"; do remove_node "$D/$n" "$B-$n" "bench$n"; done
+    remove_nodes
     ip link del "${B}0" 2>/dev/null || true
     unmount_under "$D"
     rm -rf "$D"
@@ -42,7 +41,6 @@ start_etcd "$D/etcd" "$NET.1" 2489 2490 2499 2500 2509 2510
 (umask 077 && head -c 24 /dev/urandom | base64 > "$D/token")
 declare -A ip=([a]=$NET.2 [b]=$NET.3)
 for n in a b; do
-    NODES+=("$n")
     NODE_POOL_SIZE=2G start_node "$D/$n" "$B-$n" "${B}0" "${ip[$n]}" "bench$n"
     DOCKER_HOST="unix://$D/$n/docker.sock" import_busybox luastrip-bench/busybox "$D/$n"
     LUASTRIP_LOG=info,luastrip::plugin=debug nsenter -t "$(cat "$D/$n/pid")" -m -n "$BIN" serve \

@@ -34,6 +34,13 @@ start_dockerd() {
     "${pre[@]}" dockerd --host "unix://$dir/docker.sock" --data-root "$dir/data" \
         --exec-root "$dir/exec" --pidfile "$dir/pid" --bridge=none --iptables=false \
         > "$dir/log" 2>&1 &
+    wait_dockerd "$dir"
+}
+
+# wait_dockerd DIR — wait (30 s) until the dockerd of DIR answers on DIR/docker.sock; if it does
+# not, say so with the end of DIR/log.
+wait_dockerd() {
+    local dir=$1
     for _ in $(seq 300); do
         curl -sf --unix-socket "$dir/docker.sock" http://d/_ping >/dev/null 2>&1 && return 0
         sleep 0.1

@@ -1,9 +1,9 @@
-# "Nodes" on one machine (source tools/hosts.sh first; as root): each a network namespace on a
-# bridge of this machine and a mount namespace of its own, with its own zfs-fuse pool and
-# dockerd, as a swarm node or a second host needs. Its own zfs-fuse, because zfs-fuse cannot
-# unmount or destroy a dataset whose mount was copied into another mount namespace ("dataset is
-# busy"): nodes sharing one would pin each other's datasets. Used by examples/demo/run.sh and
-# bench/swarm.sh (tests/swarm.rs does the same in Rust).
+# "Nodes" on one machine (source tools/hosts.sh first and set NODES=(); as root): each a
+# network namespace on a bridge of this machine and a mount namespace of its own, with its own
+# zfs-fuse pool and dockerd, as a swarm node or a second host needs. Its own zfs-fuse, because
+# zfs-fuse cannot unmount or destroy a dataset whose mount was copied into another mount
+# namespace ("dataset is busy"): nodes sharing one would pin each other's datasets. Used by
+# examples/demo/run.sh and bench/swarm.sh (tests/swarm.rs does the same in Rust).
 
 # node_bridge BRIDGE IP — the bridge the nodes join, with IP/24 on this machine's side.
 node_bridge() {
@@ -17,10 +17,12 @@ node_bridge() {
 # /run/docker/plugins, /etc/docker, /run/containerd and zfs-fuse directories, its copies of this
 # machine's zfs mounts dropped, its zfs-fuse (pid in DIR/zfs-fuse.pid), the pool POOL on
 # DIR/pool.img mounted under DIR/mnt, and dockerd (socket DIR/docker.sock, pid in DIR/pid, log
-# DIR/log). Waits until dockerd answers. Run a gateway in the node's namespaces with
+# DIR/log). Waits until dockerd answers. The node is added to NODES (for stop_nodes and
+# remove_nodes) before anything is made. Run a gateway in the node's namespaces with
 # `nsenter -t "$(cat DIR/pid)" -m -n luastrip serve …` (nsenter execs it: `$!` is its pid).
 start_node() {
     local d=$1 ns=$2 bridge=$3 ip=$4 pool=$5
+    NODES+=("$d $ns $pool")
     mkdir -p "$d"
     ip netns add "$ns"
     ip link add "$ns" type veth peer name eth0 netns "$ns"
@@ -41,39 +43,40 @@ start_node() {
         zpool create -f -m $d/mnt $pool $d/pool.img
         exec dockerd --host unix://$d/docker.sock --data-root $d/data --exec-root $d/exec \
             --pidfile $d/pid --bridge=none --iptables=false --ip-masq=false" > "$d/log" 2>&1 &
-    for _ in $(seq 300); do
-        curl -sf --unix-socket "$d/docker.sock" http://d/_ping >/dev/null 2>&1 && return 0
-        sleep 0.1
+    wait_dockerd "$d"
+}
+
+# stop_nodes — for each node of NODES: leave the swarm, remove every container, stop dockerd.
+# Stop the nodes' gateways after this (a dockerd whose plugin is gone retries it for seconds),
+# then remove_nodes.
+stop_nodes() {
+    local node d
+    for node in "${NODES[@]}"; do
+        d=${node%% *}
+        [ -S "$d/docker.sock" ] || continue
+        DOCKER_HOST=unix://$d/docker.sock docker swarm leave --force >/dev/null 2>&1 || true
+        DOCKER_HOST=unix://$d/docker.sock docker ps -aq 2>/dev/null |
+            xargs -r env DOCKER_HOST="unix://$d/docker.sock" docker rm -f >/dev/null 2>&1 || true
+        stop_dockerd "$d"
     done
-    echo "node $ns did not start; its log ends:" >&2
-    tail -5 "$d/log" >&2
-    return 1
 }
 
-# stop_node DIR — leave the swarm, remove every container, stop dockerd. Stop the node's
-# gateways after this (a dockerd whose plugin is gone retries it for seconds), then remove_node.
-stop_node() {
-    local d=$1
-    [ -S "$d/docker.sock" ] || return 0
-    DOCKER_HOST=unix://$d/docker.sock docker swarm leave --force >/dev/null 2>&1 || true
-    DOCKER_HOST=unix://$d/docker.sock docker ps -aq 2>/dev/null |
-        xargs -r env DOCKER_HOST="unix://$d/docker.sock" docker rm -f >/dev/null 2>&1 || true
-    stop_dockerd "$d"
-}
-
-# remove_node DIR NAME POOL — destroy the pool, stop the node's zfs-fuse (its mount namespace
-# goes with it), remove the network namespace and the veth.
-remove_node() {
-    local d=$1 ns=$2 pool=$3 zpid
-    zpid=$(cat "$d/zfs-fuse.pid" 2>/dev/null) || zpid=
-    if [ -n "$zpid" ]; then
-        for _ in $(seq 20); do
-            nsenter -t "$zpid" -m zpool destroy -f "$pool" 2>/dev/null && break
-            sleep 0.3
-        done
-        kill "$zpid" 2>/dev/null || true
-        for _ in $(seq 300); do kill -0 "$zpid" 2>/dev/null || break; sleep 0.1; done
-    fi
-    ip netns del "$ns" 2>/dev/null || true
-    ip link del "$ns" 2>/dev/null || true
+# remove_nodes — for each node of NODES: destroy its pool, stop its zfs-fuse (its mount
+# namespace goes with it), remove its network namespace and veth.
+remove_nodes() {
+    local node d ns pool zpid
+    for node in "${NODES[@]}"; do
+        read -r d ns pool <<< "$node"
+        zpid=$(cat "$d/zfs-fuse.pid" 2>/dev/null) || zpid=
+        if [ -n "$zpid" ]; then
+            for _ in $(seq 20); do
+                nsenter -t "$zpid" -m zpool destroy -f "$pool" 2>/dev/null && break
+                sleep 0.3
+            done
+            kill "$zpid" 2>/dev/null || true
+            for _ in $(seq 300); do kill -0 "$zpid" 2>/dev/null || break; sleep 0.1; done
+        fi
+        ip netns del "$ns" 2>/dev/null || true
+        ip link del "$ns" 2>/dev/null || true
+    done
 }

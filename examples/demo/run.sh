@@ -31,7 +31,7 @@ build_luastrip
 W=$(mktemp -d /tmp/luastrip-demo.XXXXXX)
 BRIDGE=${DEMO}0
 PIDS=()         # etcd members and the gateways
-HOSTS=()        # the hosts started so far
+NODES=()        # the hosts started so far (tools/nodes.sh)
 
 # ── the two hosts and etcd ──────────────────────────────────────────────────────────────────
 
@@ -50,10 +50,9 @@ timed() {
 }
 
 cleanup() {
-    local h
-    for h in "${HOSTS[@]}"; do stop_node "$W/$h"; done
+    stop_nodes
     stop_all "${PIDS[@]}"
-    for h in "${HOSTS[@]}"; do remove_node "$W/$h" "$DEMO-$h" "demo$h"; done
+    remove_nodes
     ip link del "$BRIDGE" 2>/dev/null || true
     unmount_under "$W"
     rm -rf "$W"
@@ -74,7 +73,6 @@ ETCD=$ETCD_URL
 # a mount namespace with its own zfs-fuse pool and dockerd), and its luastrip.
 start_host() {
     local h=$1 ip=$2 d=$W/$1
-    HOSTS+=("$h")
     start_node "$d" "$DEMO-$h" "$BRIDGE" "$ip" "demo$h"
     DOCKER_HOST=unix://$d/docker.sock import_busybox luastrip-demo/busybox "$d"
     # (the plugin's calls logged too: the cut-over is timed from them)
