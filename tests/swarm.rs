@@ -113,44 +113,33 @@ impl SwarmNodes {
             let me = net(1 + i);
             swarm.start_node(i, &me, &shared.join(format!("node{i}")));
             let node = swarm.nodes.last().unwrap();
-            let gw_dir = node.dir.join("gateway");
-            std::fs::create_dir_all(&gw_dir).unwrap();
-            let socket = gw_dir.join("luastrip.sock");
-            let log = gw_dir.join("luastrip.log");
             let peer = format!("{me}:{}", 7600 + i);
-            let child = node
-                .inside(env!("CARGO_BIN_EXE_luastrip"))
-                .args(["serve", "--listen"])
-                .arg(format!("unix://{}", socket.display()))
-                .arg("--upstream")
-                .arg(format!("unix://{}", node.daemon.socket.display()))
-                .args(["--volume-backend", "zfs", "--zfs-pool", &node.pool])
-                .args(["--volume-plugin", &plugin, "--volume-follow"])
-                .args(["--host-name", &format!("n{i}")])
-                .args([
+            let gw = Gateway::start_by(
+                node.inside(env!("CARGO_BIN_EXE_luastrip")),
+                &node.daemon.socket,
+                &[
+                    "--volume-backend",
+                    "zfs",
+                    "--zfs-pool",
+                    &node.pool,
+                    "--volume-plugin",
+                    &plugin,
+                    "--volume-follow",
+                    "--host-name",
+                    &format!("n{i}"),
                     "--cluster",
                     &url,
                     "--cluster-prefix",
                     &format!("/luastrip-sw{pid}/"),
-                ])
-                .args([
                     "--peer-listen",
                     &peer,
                     "--peer-url",
                     &format!("http://{peer}"),
-                ])
-                .arg("--peer-token-file")
-                .arg(&token)
-                .env("LUASTRIP_LOG", "info,luastrip=debug")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .expect("start luastrip in the node's namespaces");
-            let gw = Gateway { socket, child, log };
-            support::wait_until("the node's gateway serves", Duration::from_secs(20), || {
-                gw.socket.exists()
-            });
+                    "--peer-token-file",
+                    token.to_str().unwrap(),
+                ],
+                &[],
+            );
             swarm.nodes.last_mut().unwrap().gateway = Some(gw);
         }
         // dockerd has loaded the plugin (the gateway's announcer, moby#23619) before the swarm

@@ -365,10 +365,26 @@ impl Gateway {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Gateway {
+        Gateway::start_by(
+            in_netns(netns, env!("CARGO_BIN_EXE_luastrip")),
+            upstream,
+            extra,
+            env,
+        )
+    }
+
+    /// The same, `luastrip` being what `launcher` runs (the binary, or `nsenter … luastrip` to
+    /// start it in other namespaces).
+    pub fn start_by(
+        mut launcher: Command,
+        upstream: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = temp_dir("gateway");
         let socket = dir.join("luastrip.sock");
         let log = dir.join("luastrip.log");
-        let child = in_netns(netns, env!("CARGO_BIN_EXE_luastrip"))
+        let child = launcher
             .arg("serve")
             .arg("--listen")
             .arg(format!("unix://{}", socket.display()))
