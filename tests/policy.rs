@@ -594,15 +594,7 @@ fn plugins_and_host_power_services_are_refused() {
         r#"{{"Name":"x","TaskTemplate":{{"ContainerSpec":{{"Image":"{IMAGE}","CapabilityAdd":["CAP_SYS_ADMIN"]}}}}}}"#
     );
     for body in [service, cap] {
-        let resp = raw(
-            &gw.socket,
-            &http_request(
-                "POST",
-                "/v1.41/services/create",
-                "Content-Type: application/json\r\n",
-                body.as_bytes(),
-            ),
-        );
+        let resp = create_service(&gw, &body);
         assert_eq!(status(&resp), "403", "{body}: {resp}");
     }
 }
@@ -766,15 +758,7 @@ fn a_standby_is_an_operators_choice_under_the_policy() {
     let service = format!(
         r#"{{"Name":"x","TaskTemplate":{{"ContainerSpec":{{"Image":"{IMAGE}","Mounts":[{{"Type":"volume","Source":"{volume}","Target":"/d","VolumeOptions":{{"DriverConfig":{{"Name":"luastrip","Options":{{"standby":"h2"}}}}}}}}]}}}}}}"#
     );
-    let resp = raw(
-        &gw.socket,
-        &http_request(
-            "POST",
-            "/v1.41/services/create",
-            "Content-Type: application/json\r\n",
-            service.as_bytes(),
-        ),
-    );
+    let resp = create_service(&gw, &service);
     assert_eq!(status(&resp), "403", "{resp}");
     assert!(!daemon_has("volume", &volume));
     // A site that allows it: the call reaches dockerd (whose local driver has no such option).
@@ -788,4 +772,17 @@ fn a_standby_is_an_operators_choice_under_the_policy() {
         !out.status.success() && err.contains("invalid option") && !err.contains("schedule"),
         "{err}"
     );
+}
+
+/// `POST /v1.41/services/create` with the JSON `body`, raw, through `gw`: the answer.
+fn create_service(gw: &Gateway, body: &str) -> String {
+    raw(
+        &gw.socket,
+        &http_request(
+            "POST",
+            "/v1.41/services/create",
+            "Content-Type: application/json\r\n",
+            body.as_bytes(),
+        ),
+    )
 }

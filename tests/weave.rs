@@ -1605,6 +1605,17 @@ fn an_identitys_address_follows_it_to_another_host() {
     };
     let on_b = id(run_db(b, &[]));
     let x = ip_of(b, &on_b);
+    // A stranger (an unnamed container) asking for db's address by value, on host `o`.
+    let by_value = |o: &Overlay| {
+        output(o.docker().args([
+            "run",
+            "--rm",
+            "-e",
+            &format!("WEAVE_CIDR={x}/16"),
+            IMAGE,
+            "true",
+        ]))
+    };
     assert!(x.starts_with("10.133."), "{x}");
     let mac = mac_of(&x);
     let link = run_ok(
@@ -1678,17 +1689,7 @@ fn an_identitys_address_follows_it_to_another_host() {
     // address stays db's (given back once, as it was), so db starts again with it.
     run_ok(a.docker().args(["stop", "-t", "0", &on_a]));
     refused(run_db(a, &[]), "is already in use");
-    refused(
-        output(b.docker().args([
-            "run",
-            "--rm",
-            "-e",
-            &format!("WEAVE_CIDR={x}/16"),
-            IMAGE,
-            "true",
-        ])),
-        &format!("by name:{db} on host t1"),
-    );
+    refused(by_value(b), &format!("by name:{db} on host t1"));
     run_ok(a.docker().args(["start", &on_a]));
     assert_eq!(ip_of(a, &on_a), x);
 
@@ -1703,14 +1704,7 @@ fn an_identitys_address_follows_it_to_another_host() {
     let shown = listed();
     assert!(shown.contains("overlay hold 45 s"), "{shown}");
     refused(
-        output(a.docker().args([
-            "run",
-            "--rm",
-            "-e",
-            &format!("WEAVE_CIDR={x}/16"),
-            IMAGE,
-            "true",
-        ])),
+        by_value(a),
         &format!("held for name:{db}, whose container was removed on host t1"),
     );
     // On B, the name is still taken by the old container: dockerd refuses the create, and the

@@ -971,6 +971,23 @@ pub fn serve_http<L: Accept>(
 }
 
 /// Poll `cond` every 50 ms; fail naming `what` if it is not true within `limit`.
+/// The numbered lines of a writer's log (`1`, `2`, … one per line), asserted to be every number
+/// from 1 on, in order: nothing lost, nothing written twice.
+pub fn gap_free(log: &str) -> Vec<u32> {
+    let lines: Vec<u32> = log
+        .lines()
+        .map(|l| {
+            l.parse()
+                .unwrap_or_else(|_| panic!("a log line that is not a number: {l:?}"))
+        })
+        .collect();
+    assert!(
+        lines.iter().enumerate().all(|(n, l)| *l == n as u32 + 1),
+        "a gap-free log: {log}"
+    );
+    lines
+}
+
 pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
