@@ -34,8 +34,8 @@
 //!   what the hooks changed and its line-by-line diff; recordings to NDJSON files with secrets
 //!   redacted (`--record`, `record start`, `--journal` across restarts).
 //! * [`error`] — the one error type, recording its source, and its Docker JSON form.
-//! * [`failpoint`] — named steps where a test makes the process die as if killed
-//!   (`LUASTRIP_FAILPOINTS`), to test what survives a crash.
+//! * [`failpoint`] — named steps where a test makes the process die as if killed, or pause
+//!   (`LUASTRIP_FAILPOINTS`), to test what survives a crash or a call in mid-step.
 //!
 //! The extensions — they hang off the core's phases:
 //!

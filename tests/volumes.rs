@@ -2358,50 +2358,15 @@ fn a_standby_replica_survives_its_owners_host() {
 #[test]
 fn a_volume_follows_the_dockerd_that_mounts_it() {
     let _zfs = zfs_one_at_a_time();
-    support::remove_dead_plugin_sockets();
     let pid = std::process::id();
-    let etcd = support::etcd::Etcd::start();
-    let url = etcd.url();
-    let prefix = format!("/luastrip-f{pid}/");
-    let dir = support::temp_dir("follow");
-    let token = token_file(&dir);
-    let pools = [Pool::new(256), Pool::new(256)];
-    let ports = [support::free_port(), support::free_port()];
-    let plugins = [format!("lst{pid}f1"), format!("lst{pid}f2")];
-    let _sockets: Vec<_> = plugins
-        .iter()
-        .map(|p| support::RemoveOnDrop(format!("/run/docker/plugins/{p}.sock").into()))
-        .collect();
+    let pair = FollowPair::new("f");
+    let plugins = &pair.plugins;
     let daemon2 = StopsDaemon(support::Daemon::start(&support::temp_dir("dockerd-follow")));
     let daemon2 = &daemon2.0;
     daemon2.import_busybox();
-    let gateway = |i: usize, upstream: &std::path::Path| {
-        let unused = dir.join(format!("unused-{i}.json"));
-        let host = format!("h{}", i + 1);
-        let mut flags: Vec<String> = [
-            "--volume-backend",
-            "zfs",
-            "--zfs-pool",
-            &pools[i].name,
-            "--volume-plugin",
-            &plugins[i],
-            "--volume-follow",
-            "--host-name",
-            &host,
-            "--cluster-file",
-            unused.to_str().unwrap(),
-        ]
-        .map(str::to_string)
-        .to_vec();
-        flags.extend(peer_and_cluster_flags(ports[i], &token, &url, &prefix));
-        Gateway::start_with(
-            upstream,
-            &flags.iter().map(String::as_str).collect::<Vec<_>>(),
-        )
-    };
     let gws = [
-        gateway(0, &Daemon::shared().socket),
-        gateway(1, &daemon2.socket),
+        pair.gateway(0, &Daemon::shared().socket, &[]),
+        pair.gateway(1, &daemon2.socket, &[]),
     ];
     let label = format!("lst-test=follow{pid}");
     let _containers = RemovesContainers {
@@ -2526,6 +2491,187 @@ fn a_volume_follows_the_dockerd_that_mounts_it() {
     run_ok(gws[0].docker().args(["rm", "-f", &writer]));
     for gw in &gws {
         let _ = output(gw.docker().args(["volume", "rm", &format!("fv{pid}")]));
+    }
+}
+
+/// A volume's first copy landing on a host (its placeholder replaced by a full stream) is never
+/// "no volume" to that host's dockerd, and no call there makes an empty copy in the meantime.
+/// Found by the demo: dockerd asked `Get` while the stream landed, heard "no volume", and made a
+/// *local* volume of the same name for a container started without a driver: it ran on an empty
+/// directory instead of the data.
+#[test]
+fn a_volume_landing_here_is_never_missing_to_dockerd() {
+    let _zfs = zfs_one_at_a_time();
+    let pid = std::process::id();
+    let pair = FollowPair::new("l");
+    let socks: Vec<PathBuf> = pair.plugins.iter().map(|p| plugin_socket(p)).collect();
+    // h2 holds its first copy's landing open for 1.5 s (the placeholder gone, the stream not
+    // yet received): the calls below come in that moment.
+    let pause = [("LUASTRIP_FAILPOINTS", "volumes.receive.landing=sleep:1500")];
+    let gws = [
+        pair.gateway(0, &Daemon::shared().socket, &[]),
+        pair.gateway(1, &Daemon::shared().socket, &pause),
+    ];
+    let call = |i: usize, method: &str, body: serde_json::Value| {
+        json_body(&raw(
+            &socks[i],
+            &http_request(
+                "POST",
+                &format!("/VolumeDriver.{method}"),
+                "",
+                body.to_string().as_bytes(),
+            ),
+        ))
+    };
+    let name = format!("lv{pid}");
+    let vol = serde_json::json!({ "Name": name });
+    // On h1: 64 MB and its checksum, written straight into the mounted volume.
+    assert_eq!(call(0, "Create", vol.clone())["Err"], "", "h1: Create");
+    let m = call(0, "Mount", serde_json::json!({ "Name": name, "ID": "w" }));
+    let at = PathBuf::from(m["Mountpoint"].as_str().unwrap_or_default());
+    assert_eq!(m["Err"], "", "h1: Mount: {m}");
+    run_ok(Command::new("dd").args([
+        "if=/dev/urandom",
+        &format!("of={}", at.join("blob").display()),
+        "bs=1M",
+        "count=64",
+    ]));
+    let sum = run_ok(Command::new("sha256sum").arg(at.join("blob")));
+    let sum = sum.split_whitespace().next().unwrap().to_string();
+    assert_eq!(
+        call(0, "Unmount", serde_json::json!({ "Name": name, "ID": "w" }))["Err"],
+        ""
+    );
+    // A name h2's dockerd was never given is "no volume" there (dockerd then Creates it).
+    let gets = call(1, "Get", vol.clone());
+    assert!(
+        gets["Err"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no volume"),
+        "{gets}"
+    );
+    // h2's dockerd creates it (the move begins: a full stream lands on h2's placeholder); in
+    // the landing's moment, dockerd asks for it (as its container create does) and mounts it.
+    assert_eq!(call(1, "Create", vol.clone())["Err"], "", "h2: Create");
+    support::wait_until(
+        "h2's first copy is landing",
+        std::time::Duration::from_secs(30),
+        || gws[1].log_text().contains("failpoint reached: pausing"),
+    );
+    let mounter = {
+        let (sock, name) = (socks[1].clone(), name.clone());
+        std::thread::spawn(move || {
+            let body = serde_json::json!({ "Name": name, "ID": "r" }).to_string();
+            json_body(&raw(
+                &sock,
+                &http_request("POST", "/VolumeDriver.Mount", "", body.as_bytes()),
+            ))
+        })
+    };
+    for method in ["Get", "Path"] {
+        let a = call(1, method, vol.clone());
+        assert_eq!(
+            a["Err"],
+            "",
+            "h2's {method} said the volume was missing while it landed: {a}\nh2:\n{}",
+            gws[1].log_text()
+        );
+        if method == "Get" {
+            assert_eq!(a["Volume"]["Status"]["owner"], "h1", "{a}");
+            assert_eq!(a["Volume"]["Status"]["moving_here"], true, "{a}");
+        }
+    }
+    let m = mounter.join().unwrap();
+    // The Mount waited for the move and has the data; the volume is h2's.
+    assert_eq!(m["Err"], "", "h2: Mount: {m}\nh2:\n{}", gws[1].log_text());
+    let there = PathBuf::from(m["Mountpoint"].as_str().unwrap());
+    let got = run_ok(Command::new("sha256sum").arg(there.join("blob")));
+    assert!(got.starts_with(&sum), "{got} (was {sum})");
+    let v = json_body(&raw(
+        &gws[1].socket,
+        &http_request("GET", &format!("/luastrip/volumes/{name}"), "", b""),
+    ));
+    assert_eq!(
+        (v["owner"].as_str(), v["epoch"].as_u64()),
+        (Some("h2"), Some(2)),
+        "{v}"
+    );
+    assert_eq!(
+        call(1, "Unmount", serde_json::json!({ "Name": name, "ID": "r" }))["Err"],
+        ""
+    );
+}
+
+/// The path of the plugin socket named `plugin`.
+fn plugin_socket(plugin: &str) -> PathBuf {
+    PathBuf::from(format!("/run/docker/plugins/{plugin}.sock"))
+}
+
+/// Two hosts' gateways, h1 and h2, each with its pool and volume plugin name, with
+/// `--volume-follow`, sharing a 3-member etcd and a peer token; their plugin sockets are
+/// removed on drop.
+struct FollowPair {
+    plugins: [String; 2],
+    pools: [Pool; 2],
+    ports: [u16; 2],
+    dir: PathBuf,
+    token: PathBuf,
+    prefix: String,
+    etcd: support::etcd::Etcd,
+    _sockets: Vec<support::RemoveOnDrop>,
+}
+
+impl FollowPair {
+    /// The pair's parts (`tag` tells its names from another test's).
+    fn new(tag: &str) -> FollowPair {
+        support::remove_dead_plugin_sockets();
+        let pid = std::process::id();
+        let plugins = [format!("lst{pid}{tag}1"), format!("lst{pid}{tag}2")];
+        let dir = support::temp_dir(&format!("follow-{tag}"));
+        FollowPair {
+            _sockets: plugins
+                .iter()
+                .map(|p| support::RemoveOnDrop(plugin_socket(p)))
+                .collect(),
+            plugins,
+            pools: [Pool::new(256), Pool::new(256)],
+            ports: [support::free_port(), support::free_port()],
+            token: token_file(&dir),
+            dir,
+            prefix: format!("/luastrip-{tag}{pid}/"),
+            etcd: support::etcd::Etcd::start(),
+        }
+    }
+
+    /// Host `i`'s gateway (named h1 or h2) in front of `upstream`, with `env`.
+    fn gateway(&self, i: usize, upstream: &std::path::Path, env: &[(&str, &str)]) -> Gateway {
+        let unused = self.dir.join(format!("unused-{i}.json"));
+        let host = format!("h{}", i + 1);
+        let mut flags: Vec<String> = [
+            "--volume-backend",
+            "zfs",
+            "--zfs-pool",
+            &self.pools[i].name,
+            "--volume-plugin",
+            &self.plugins[i],
+            "--volume-follow",
+            "--host-name",
+            &host,
+            "--cluster-file",
+            unused.to_str().unwrap(),
+        ]
+        .map(str::to_string)
+        .to_vec();
+        let url = self.etcd.url();
+        flags.extend(peer_and_cluster_flags(
+            self.ports[i],
+            &self.token,
+            &url,
+            &self.prefix,
+        ));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Gateway::start_in_env(None, upstream, &flags, env)
     }
 }
 

@@ -49,7 +49,23 @@ timed() {
     done_step
 }
 
+# On failure: each host's log lines about volumes, plugin calls and errors (the whole logs are
+# copied to DEMO_LOGS, a directory, when it is set).
+show_logs() {
+    local h
+    for h in a b; do
+        [ -f "$W/$h/luastrip.log" ] || continue
+        if [ -n "${DEMO_LOGS:-}" ]; then
+            mkdir -p "$DEMO_LOGS/$h"
+            cp "$W/$h/luastrip.log" "$W/$h/log" "$DEMO_LOGS/$h/" 2>/dev/null || true
+        fi
+        echo "--- luastrip on $h: its last lines about volumes, plugin calls and errors" >&2
+        grep -E 'VolumeDriver|push|recv|volume|WARN|ERROR' "$W/$h/luastrip.log" | tail -n 60 >&2 || true
+    done
+}
 cleanup() {
+    local rc=$?
+    [ "$rc" = 0 ] || show_logs
     stop_nodes
     stop_all "${PIDS[@]}"
     remove_nodes

@@ -38,6 +38,7 @@ use tokio::sync::watch;
 
 use super::{err, reason, Driver, DriverFuture};
 use crate::volumes::name::VolumeName;
+use crate::volumes::owner::Ownership;
 use crate::volumes::Volumes;
 
 /// How long the owner's cut-over waits for its containers that use the volume to stop.
@@ -164,23 +165,59 @@ impl VolumeDriver {
         json!({ "Err": "" })
     }
 
+    /// `Get` and `Path`: the copy here; else, for a volume moving here (a move this dockerd's
+    /// `Create` or `Mount` began), the volume as the cluster records it, with an empty
+    /// `Mountpoint` until it has landed. Once dockerd has been told a volume exists, it never
+    /// hears "no volume" for it while it moves: dockerd takes that as gone, and for a
+    /// `-v NAME:/data` without a driver it then makes a *local* volume of that name, whose empty
+    /// directory the container uses instead of the data. (This happened to the demo's `db` in
+    /// the moment the first copy arriving here replaced the empty placeholder `Create` made.)
     async fn get(&self, body: Value, full: bool) -> Value {
         let name = match Self::name(&body) {
             Ok(n) => n,
             Err(e) => return err(e),
         };
-        match self.volumes.backend().get(&name).await {
-            Ok(Some(v)) if full => json!({
-                "Volume": {
-                    "Name": name.as_str(),
-                    "Mountpoint": v.mountpoint,
-                    "Status": { "dataset": v.id, "read_only": v.read_only },
-                },
+        let here = match self.volumes.backend().get(&name).await {
+            Ok(v) => v,
+            Err(e) => return err(reason(e)),
+        };
+        let (mountpoint, status) = match here {
+            Some(v) => (
+                v.mountpoint.display().to_string(),
+                json!({ "dataset": v.id, "read_only": v.read_only }),
+            ),
+            None => match self.moving_here(&name).await {
+                Ok(Some(o)) => (
+                    String::new(),
+                    json!({ "owner": o.owner, "epoch": o.epoch, "moving_here": true }),
+                ),
+                Ok(None) => return err(format!("no volume {name}")),
+                Err(e) => return err(e),
+            },
+        };
+        if full {
+            json!({
+                "Volume": { "Name": name.as_str(), "Mountpoint": mountpoint, "Status": status },
                 "Err": "",
-            }),
-            Ok(Some(v)) => json!({ "Mountpoint": v.mountpoint, "Err": "" }),
-            Ok(None) => err(format!("no volume {name}")),
-            Err(e) => err(reason(e)),
+            })
+        } else {
+            json!({ "Mountpoint": mountpoint, "Err": "" })
+        }
+    }
+
+    /// The owner record of `name` if a move of it here has begun (its copy may be landing).
+    async fn moving_here(&self, name: &VolumeName) -> Result<Option<Ownership>, String> {
+        let begun = self
+            .pulls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name.as_str());
+        if !begun {
+            return Ok(None);
+        }
+        match self.volumes.ownership(name).await {
+            Ok(r) => Ok(r.map(|(o, _)| o)),
+            Err(e) => Err(reason(e)),
         }
     }
 
@@ -252,7 +289,17 @@ impl VolumeDriver {
             ));
         }
         match self.volumes.destroy(&name).await {
-            Ok(()) => json!({ "Err": "" }),
+            Ok(()) => {
+                // Gone from this dockerd: no longer answered as moving here.
+                let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+                if pulls
+                    .get(name.as_str())
+                    .is_some_and(|p| p.borrow().is_some())
+                {
+                    pulls.remove(name.as_str());
+                }
+                json!({ "Err": "" })
+            }
             Err(e) => err(reason(e)),
         }
     }

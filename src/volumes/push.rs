@@ -158,13 +158,29 @@ impl Volumes {
             )));
         }
         self.check_handoff(name, by, None).await?;
+        // A first copy (a full stream: nothing here has a snapshot) lands with the volume held
+        // here: no call sees it missing or half made, and none makes an empty copy of it in the
+        // meantime (`Volumes::volume` would, and the stream could not land on that).
+        let here = self.backend.get(name).await?;
+        let first = match &here {
+            None => true,
+            Some(_) => self.backend.snapshots(name).await?.is_empty(),
+        };
+        let hold = self.hold(name);
+        let _landing = if first {
+            Some(hold.write().await)
+        } else {
+            None
+        };
         // A copy with no snapshot has never received anything (and, not being the owner's,
         // was never written): only a full stream can land on it. Make room for it, since
         // replacing an existing filesystem with a full stream is where zfs-fuse fails
         // ("cannot receive new filesystem stream: I/O error").
-        if self.backend.get(name).await?.is_some() && self.backend.snapshots(name).await?.is_empty()
-        {
-            self.backend.destroy(name).await?;
+        if first {
+            if self.backend.get(name).await?.is_some() {
+                self.backend.destroy(name).await?;
+            }
+            crate::failpoint::pause("volumes.receive.landing").await;
         }
         self.backend.receive(name, stream).await?;
         // A copy this gateway does not own stays read-only (a full receive resets it).
