@@ -2505,9 +2505,9 @@ fn a_volume_landing_here_is_never_missing_to_dockerd() {
     let pid = std::process::id();
     let pair = FollowPair::new("l");
     let socks: Vec<PathBuf> = pair.plugins.iter().map(|p| plugin_socket(p)).collect();
-    // h2 holds its first copy's landing open for 1.5 s (the placeholder gone, the stream not
+    // h2 holds its first copy's landing open for 4 s (the placeholder gone, the stream not
     // yet received): the calls below come in that moment.
-    let pause = [("LUASTRIP_FAILPOINTS", "volumes.receive.landing=sleep:1500")];
+    let pause = [("LUASTRIP_FAILPOINTS", "volumes.receive.landing=sleep:4000")];
     let gws = [
         pair.gateway(0, &Daemon::shared().socket, &[]),
         pair.gateway(1, &Daemon::shared().socket, &pause),
