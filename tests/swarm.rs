@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{http_request, json_body, output, raw, run_ok, Daemon, Gateway, IMAGE};
+use support::{output, run_ok, Daemon, Gateway, IMAGE};
 
 /// One swarm at a time: each forms its own, on its own addresses, but two at once would double
 /// the load on two cores for nothing.
@@ -434,10 +434,7 @@ fn a_swarm_task_moved_to_another_node_takes_its_volume() {
     std::thread::sleep(Duration::from_millis(300));
     let log = run_ok(d2.docker().args(["exec", &moved, "cat", "/data/log"]));
     assert!(support::gap_free(&log).len() > 10, "{log}");
-    let v = json_body(&raw(
-        &nodes.nodes[1].gw().socket,
-        &http_request("GET", &format!("/luastrip/volumes/{volume}"), "", b""),
-    ));
+    let v = nodes.nodes[1].gw().volume(&volume);
     assert_eq!(
         (v["owner"].as_str(), v["epoch"].as_u64()),
         (Some("n2"), Some(2)),
@@ -576,10 +573,7 @@ fn a_global_service_never_takes_a_running_tasks_volume() {
         log_of(w, &task).lines().count() > before
     });
     support::gap_free(&log_of(w, &task));
-    let v = json_body(&raw(
-        &nodes.nodes[w].gw().socket,
-        &http_request("GET", &format!("/luastrip/volumes/{volume}"), "", b""),
-    ));
+    let v = nodes.nodes[w].gw().volume(&volume);
     assert_eq!(
         v["owner"].as_str(),
         Some(format!("n{}", w + 1).as_str()),

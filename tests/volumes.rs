@@ -193,10 +193,7 @@ fn flocker_binds_through_the_docker_cli() {
     assert_eq!(db["owner"], "h1");
     assert_eq!(db["owned"], true);
     assert_eq!(db["mountpoint"], mountpoint.trim());
-    let one = json_body(&raw(
-        &gw.socket,
-        &http_request("GET", "/luastrip/volumes/db", "", b""),
-    ));
+    let one = gw.volume("db");
     assert_eq!(one["name"], "db");
     let missing = raw(
         &gw.socket,
@@ -1041,10 +1038,7 @@ impl TwoHosts {
     }
 
     fn volume(&self, i: usize, name: &str) -> serde_json::Value {
-        json_body(&raw(
-            &self.gws[i].socket,
-            &http_request("GET", &format!("/luastrip/volumes/{name}"), "", b""),
-        ))
+        self.gws[i].volume(name)
     }
 }
 
@@ -1822,10 +1816,7 @@ impl EtcdHosts {
     }
 
     fn volume(&self, i: usize, name: &str) -> serde_json::Value {
-        json_body(&raw(
-            &self.gw(i).socket,
-            &http_request("GET", &format!("/luastrip/volumes/{name}"), "", b""),
-        ))
+        self.gw(i).volume(name)
     }
 
     /// Wait for host `i`'s gateway to die at its failpoint (abort: SIGABRT).
@@ -2478,10 +2469,7 @@ fn a_volume_follows_the_dockerd_that_mounts_it() {
     );
     let log = run_ok(gws[1].docker().args(["exec", &reader, "cat", "/data/log"]));
     assert!(support::gap_free(&log).len() > 20, "{log}");
-    let v = json_body(&raw(
-        &gws[1].socket,
-        &http_request("GET", &format!("/luastrip/volumes/fv{pid}"), "", b""),
-    ));
+    let v = gws[1].volume(&format!("fv{pid}"));
     assert_eq!(
         (v["owner"].as_str(), v["epoch"].as_u64()),
         (Some("h2"), Some(2)),
@@ -2588,10 +2576,7 @@ fn a_volume_landing_here_is_never_missing_to_dockerd() {
     let there = PathBuf::from(m["Mountpoint"].as_str().unwrap());
     let got = run_ok(Command::new("sha256sum").arg(there.join("blob")));
     assert!(got.starts_with(&sum), "{got} (was {sum})");
-    let v = json_body(&raw(
-        &gws[1].socket,
-        &http_request("GET", &format!("/luastrip/volumes/{name}"), "", b""),
-    ));
+    let v = gws[1].volume(&name);
     assert_eq!(
         (v["owner"].as_str(), v["epoch"].as_u64()),
         (Some("h2"), Some(2)),

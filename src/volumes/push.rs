@@ -161,8 +161,7 @@ impl Volumes {
         // A first copy (a full stream: nothing here has a snapshot) lands with the volume held
         // here: no call sees it missing or half made, and none makes an empty copy of it in the
         // meantime (`Volumes::volume` would, and the stream could not land on that).
-        let here = self.backend.get(name).await?;
-        let first = match &here {
+        let first = match self.backend.get(name).await? {
             None => true,
             Some(_) => self.backend.snapshots(name).await?.is_empty(),
         };

@@ -491,6 +491,15 @@ impl Gateway {
         .and_then(|v| v.trim().parse().ok())
     }
 
+    /// The volume helper's view of volume `name` (`GET /luastrip/volumes/NAME`: its owner,
+    /// epoch, copy here …).
+    pub fn volume(&self, name: &str) -> serde_json::Value {
+        json_body(&raw(
+            &self.socket,
+            &http_request("GET", &format!("/luastrip/volumes/{name}"), "", b""),
+        ))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
